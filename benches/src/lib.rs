@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmark workloads of `shared/BENCHMARKS.md`.

@@ -1,0 +1,244 @@
+use crate::index::{checked_product, row_major_strides};
+use crate::GeometryError;
+
+/// What to do when `(μ + p_before + p_after − f) / s` is not an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputRounding {
+    /// Refuse the geometry with [`GeometryError::NotDivisible`].
+    #[default]
+    Strict,
+    /// Truncate: input cells past the last full window are not used.
+    Floor,
+}
+
+/// Which way the filter runs over the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelMode {
+    /// The source's true convolution: `γ_i = s_i·β_i + f_i − p_i − α_i − 1`
+    /// (the filter is flipped).
+    #[default]
+    Convolution,
+    /// Cross-correlation, as most frameworks compute: `γ_i = s_i·β_i − p_i + α_i`.
+    CrossCorrelation,
+}
+
+/// Padding of one spatial dimension: cells added before index 0 and after the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Padding {
+    /// Cells before the input (the source's p_i).
+    pub before: usize,
+    /// Cells after the input (the source's p_i when symmetric).
+    pub after: usize,
+}
+
+impl Padding {
+    /// The same padding `p` on both sides, as in the source.
+    pub const fn symmetric(p: usize) -> Self {
+        Self {
+            before: p,
+            after: p,
+        }
+    }
+}
+
+/// The validated geometry of an N-dimensional convolution (or pooling window) over one
+/// channel plane: input lengths μ, filter lengths f, strides s, padding p, and the
+/// output lengths `v_i = (μ_i + p_before_i + p_after_i − f_i) / s_i + 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvGeometry {
+    input: Vec<usize>,
+    filter: Vec<usize>,
+    stride: Vec<usize>,
+    padding: Vec<Padding>,
+    output: Vec<usize>,
+    mode: KernelMode,
+    input_len: usize,
+    filter_len: usize,
+    output_len: usize,
+}
+
+impl ConvGeometry {
+    /// Validates the geometry and computes the output lengths, with checked arithmetic.
+    ///
+    /// Every list has one entry per spatial dimension.
+    pub fn new(
+        input: &[usize],
+        filter: &[usize],
+        stride: &[usize],
+        padding: &[Padding],
+        rounding: OutputRounding,
+        mode: KernelMode,
+    ) -> Result<Self, GeometryError> {
+        let rank = input.len();
+        if rank == 0 {
+            return Err(GeometryError::NoSpatialDims);
+        }
+        for (what, got) in [
+            ("filter", filter.len()),
+            ("stride", stride.len()),
+            ("padding", padding.len()),
+        ] {
+            if got != rank {
+                return Err(GeometryError::RankMismatch {
+                    what,
+                    expected: rank,
+                    got,
+                });
+            }
+        }
+        let mut output = Vec::with_capacity(rank);
+        for dim in 0..rank {
+            let (mu, f, s, p) = (input[dim], filter[dim], stride[dim], padding[dim]);
+            for (what, value) in [("input length", mu), ("filter length", f), ("stride", s)] {
+                if value == 0 {
+                    return Err(GeometryError::Zero { what, dim });
+                }
+            }
+            let padded = mu
+                .checked_add(p.before)
+                .and_then(|v| v.checked_add(p.after))
+                .ok_or(GeometryError::Overflow {
+                    what: "padded input length",
+                })?;
+            if f > padded {
+                return Err(GeometryError::FilterTooLarge {
+                    dim,
+                    filter: f,
+                    padded,
+                });
+            }
+            let span = padded - f;
+            let remainder = span % s;
+            if remainder != 0 && rounding == OutputRounding::Strict {
+                return Err(GeometryError::NotDivisible {
+                    dim,
+                    input: mu,
+                    pad_before: p.before,
+                    pad_after: p.after,
+                    filter: f,
+                    stride: s,
+                    remainder,
+                });
+            }
+            output.push(span / s + 1);
+        }
+        // Coordinates are computed as isize: keep every padded length representable.
+        if input
+            .iter()
+            .zip(padding)
+            .any(|(&mu, p)| mu + p.before + p.after > isize::MAX as usize)
+        {
+            return Err(GeometryError::Overflow {
+                what: "padded input length",
+            });
+        }
+        let overflow = |what| GeometryError::Overflow { what };
+        Ok(Self {
+            input_len: checked_product(input).ok_or(overflow("input size"))?,
+            filter_len: checked_product(filter).ok_or(overflow("filter size"))?,
+            output_len: checked_product(&output).ok_or(overflow("output size"))?,
+            input: input.to_vec(),
+            filter: filter.to_vec(),
+            stride: stride.to_vec(),
+            padding: padding.to_vec(),
+            output,
+            mode,
+        })
+    }
+
+    /// Number of spatial dimensions n.
+    pub fn rank(&self) -> usize {
+        self.input.len()
+    }
+    /// Input lengths μ.
+    pub fn input(&self) -> &[usize] {
+        &self.input
+    }
+    /// Filter lengths f.
+    pub fn filter(&self) -> &[usize] {
+        &self.filter
+    }
+    /// Strides s.
+    pub fn stride(&self) -> &[usize] {
+        &self.stride
+    }
+    /// Padding per dimension.
+    pub fn padding(&self) -> &[Padding] {
+        &self.padding
+    }
+    /// Output lengths v.
+    pub fn output(&self) -> &[usize] {
+        &self.output
+    }
+    /// The kernel mode.
+    pub fn mode(&self) -> KernelMode {
+        self.mode
+    }
+    /// ∏μ: cells in one input plane.
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+    /// ∏f: cells in one filter plane.
+    pub fn filter_len(&self) -> usize {
+        self.filter_len
+    }
+    /// ∏v: cells in one output plane.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// The offset added to `s·β − p_before` for filter index α in dimension `dim`:
+    /// `f − 1 − α` for the source's convolution, `α` for cross-correlation.
+    #[inline]
+    pub(crate) fn tap_offset(&self, dim: usize, alpha: usize) -> isize {
+        match self.mode {
+            KernelMode::Convolution => (self.filter[dim] - 1 - alpha) as isize,
+            KernelMode::CrossCorrelation => alpha as isize,
+        }
+    }
+
+    /// True when im2col would copy the input unchanged (1×…×1 filter, stride 1, no
+    /// padding), so the input itself can serve as the column matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.filter.iter().all(|&f| f == 1)
+            && self.stride.iter().all(|&s| s == 1)
+            && self.padding.iter().all(|p| p.before == 0 && p.after == 0)
+    }
+
+    pub(crate) fn input_strides(&self) -> Vec<usize> {
+        row_major_strides(&self.input)
+    }
+
+    /// For the innermost dimension, the range of output indices β whose input cell
+    /// `s·β − p_before + offset` lies inside the input; the rest read padding.
+    #[inline]
+    pub(crate) fn inner_valid_range(&self, offset: isize) -> (usize, usize) {
+        let d = self.rank() - 1;
+        valid_range(
+            self.stride[d],
+            self.padding[d].before,
+            offset,
+            self.input[d],
+            self.output[d],
+        )
+    }
+}
+
+/// The β in `0..out` with `0 ≤ s·β − pad + offset < len`, as a half-open range.
+#[inline]
+pub(crate) fn valid_range(
+    s: usize,
+    pad: usize,
+    offset: isize,
+    len: usize,
+    out: usize,
+) -> (usize, usize) {
+    let (s, shift) = (s as isize, offset - pad as isize);
+    // γ = s·β + shift ≥ 0  ⇔  β ≥ ceil(−shift / s)
+    let lo = if shift >= 0 { 0 } else { (-shift + s - 1) / s };
+    // γ ≤ len − 1  ⇔  β ≤ floor((len − 1 − shift) / s)
+    let top = len as isize - 1 - shift;
+    let hi = if top < 0 { 0 } else { top / s + 1 };
+    let lo = (lo as usize).min(out);
+    (lo, (hi as usize).clamp(lo, out))
+}

@@ -1,0 +1,352 @@
+use super::reference::conv_forward_reference;
+use super::*;
+use proptest::prelude::*;
+
+fn data(len: usize, seed: u64) -> Vec<f64> {
+    (0..len)
+        .map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    problem: ConvProblem,
+    batch: usize,
+    pad_value: f64,
+    bias: bool,
+}
+
+/// Random geometry over 1–4 spatial dimensions, each dimension with its own length,
+/// filter, stride and (asymmetric) padding; both rounding modes and kernel modes.
+fn case() -> impl Strategy<Value = Case> {
+    let dims = (1usize..=4).prop_flat_map(|rank| {
+        prop::collection::vec(
+            (1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3),
+            rank,
+        )
+    });
+    (
+        dims,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..4,
+        1usize..4,
+        1usize..4,
+        prop::sample::select(vec![0.0, 0.75, -2.0]),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "geometry must be valid",
+            |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
+                let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
+                let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
+                let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
+                let padding: Vec<Padding> = dims
+                    .iter()
+                    .map(|d| Padding {
+                        before: d.3,
+                        after: d.4,
+                    })
+                    .collect();
+                let rounding = if floor {
+                    OutputRounding::Floor
+                } else {
+                    OutputRounding::Strict
+                };
+                let mode = if flip {
+                    KernelMode::Convolution
+                } else {
+                    KernelMode::CrossCorrelation
+                };
+                let geometry =
+                    ConvGeometry::new(&input, &filter, &stride, &padding, rounding, mode).ok()?;
+                // Keep each case small: the reference is a direct sum.
+                (geometry.input_len() * geometry.filter_len() <= 4000).then_some(())?;
+                Some(Case {
+                    problem: ConvProblem::new(geometry, c_in, c_out).ok()?,
+                    batch,
+                    pad_value,
+                    bias,
+                })
+            },
+        )
+}
+
+fn run_forward(case: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let mut y = vec![f64::NAN; case.batch * case.problem.output_image_len()];
+    conv_forward(&case.problem, case.batch, x, w, b, case.pad_value, &mut y).unwrap();
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn forward_matches_the_formula(case in case()) {
+        let p = &case.problem;
+        let x = data(case.batch * p.input_image_len(), 1);
+        let w = data(p.weight_len(), 2);
+        let b = data(p.out_channels, 3);
+        let bias = case.bias.then_some(&b[..]);
+        let fast = run_forward(&case, &x, &w, bias);
+        let slow = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            prop_assert!((f - s).abs() < 1e-12, "cell {}: {} vs {}", i, f, s);
+        }
+    }
+
+    // The backward kernels are the adjoints of the forward map:
+    //   <conv_x(x), dy> = <x, ∂x>        (padding value 0 and no bias: linear in x)
+    //   <conv_w(w), dy> = <w, ∂w>        (linear in w, with x′ holding the padding value)
+    //   <b broadcast, dy> = <b, ∂b>
+    #[test]
+    fn backward_is_the_adjoint(case in case()) {
+        let p = &case.problem;
+        let x = data(case.batch * p.input_image_len(), 4);
+        let w = data(p.weight_len(), 5);
+        let b = data(p.out_channels, 7);
+        let dy = data(case.batch * p.output_image_len(), 6);
+
+        let linear = Case { pad_value: 0.0, ..case.clone() };
+        let y = run_forward(&linear, &x, &w, None);
+        let mut dx = vec![f64::NAN; x.len()];
+        conv_backward_input(p, case.batch, &w, &dy, &mut dx).unwrap();
+        prop_assert!((dot(&y, &dy) - dot(&x, &dx)).abs() < 1e-9 * (1.0 + dot(&y, &dy).abs()));
+
+        let y = run_forward(&case, &x, &w, None);
+        let mut dw = vec![0.0; w.len()];
+        conv_backward_weight(p, case.batch, &x, &dy, case.pad_value, &mut dw).unwrap();
+        prop_assert!((dot(&y, &dy) - dot(&w, &dw)).abs() < 1e-9 * (1.0 + dot(&y, &dy).abs()));
+
+        let zero_w = vec![0.0; w.len()];
+        let y_b = run_forward(&Case { pad_value: 0.0, ..case.clone() }, &x, &zero_w, Some(&b));
+        let mut db = vec![0.0; b.len()];
+        conv_backward_bias(p, case.batch, &dy, &mut db).unwrap();
+        prop_assert!((dot(&y_b, &dy) - dot(&b, &db)).abs() < 1e-9 * (1.0 + dot(&y_b, &dy).abs()));
+    }
+}
+
+fn problem_1d(
+    input: usize,
+    filter: usize,
+    stride: usize,
+    pad: usize,
+    mode: KernelMode,
+) -> ConvProblem {
+    let g = ConvGeometry::new(
+        &[input],
+        &[filter],
+        &[stride],
+        &[Padding::symmetric(pad)],
+        OutputRounding::Strict,
+        mode,
+    )
+    .unwrap();
+    ConvProblem::new(g, 1, 1).unwrap()
+}
+
+#[test]
+fn source_convolution_flips_the_filter() {
+    // y_β = Σ_α x_{β + f − 1 − α} w_α: with w = [1, 2, 3] and x = [1, 0, 0, 0], the
+    // true convolution gives y_0 = x_0·w_2 = 3; cross-correlation gives y_0 = x_0·w_0 = 1.
+    let x = [1.0, 0.0, 0.0, 0.0];
+    let w = [1.0, 2.0, 3.0];
+    let mut y = [0.0; 2];
+    conv_forward(
+        &problem_1d(4, 3, 1, 0, KernelMode::Convolution),
+        1,
+        &x,
+        &w,
+        None,
+        0.0,
+        &mut y,
+    )
+    .unwrap();
+    assert_eq!(y, [3.0, 0.0]);
+    conv_forward(
+        &problem_1d(4, 3, 1, 0, KernelMode::CrossCorrelation),
+        1,
+        &x,
+        &w,
+        None,
+        0.0,
+        &mut y,
+    )
+    .unwrap();
+    assert_eq!(y, [1.0, 0.0]);
+}
+
+#[test]
+fn padding_value_reaches_weight_gradient_not_input_gradient() {
+    // Input [1, 1], filter 3, padding 1 with value v = 5: x′ = [5, 1, 1, 5], v = 2 outputs.
+    let p = problem_1d(2, 3, 1, 1, KernelMode::CrossCorrelation);
+    let (x, w, dy) = ([1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0]);
+    let mut dw = [0.0; 3];
+    conv_backward_weight(&p, 1, &x, &dy, 5.0, &mut dw).unwrap();
+    // ∂w_α = Σ_β dy_β x′_{β+α}: α=0: 5+1, α=1: 1+1, α=2: 1+5.
+    assert_eq!(dw, [6.0, 2.0, 6.0]);
+    let w_ones = [1.0, 1.0, 1.0];
+    let mut dx = [0.0; 2];
+    conv_backward_input(&p, 1, &w_ones, &dy, &mut dx).unwrap();
+    // Each input cell is in both windows; padding cells are dropped whatever v is.
+    assert_eq!(dx, [2.0, 2.0]);
+    let mut y = [0.0; 2];
+    conv_forward(&p, 1, &x, &w_ones, None, 5.0, &mut y).unwrap();
+    assert_eq!(y, [7.0, 7.0]);
+    let _ = w;
+}
+
+#[test]
+fn geometry_errors_name_the_dimension() {
+    let pad = [Padding::default(); 2];
+    let e = ConvGeometry::new(
+        &[5, 5],
+        &[2, 2],
+        &[1, 2],
+        &pad,
+        OutputRounding::Strict,
+        KernelMode::Convolution,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        GeometryError::NotDivisible {
+            dim: 1,
+            input: 5,
+            pad_before: 0,
+            pad_after: 0,
+            filter: 2,
+            stride: 2,
+            remainder: 1
+        }
+    );
+    let g = ConvGeometry::new(
+        &[5, 5],
+        &[2, 2],
+        &[1, 2],
+        &pad,
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    assert_eq!(g.output(), &[4, 2]);
+    let e = ConvGeometry::new(
+        &[5, 2],
+        &[2, 4],
+        &[1, 1],
+        &pad,
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        GeometryError::FilterTooLarge {
+            dim: 1,
+            filter: 4,
+            padded: 2
+        }
+    );
+    let e = ConvGeometry::new(
+        &[5, 2],
+        &[2, 1],
+        &[1, 0],
+        &pad,
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        GeometryError::Zero {
+            what: "stride",
+            dim: 1
+        }
+    );
+    let e = ConvGeometry::new(
+        &[5],
+        &[2, 1],
+        &[1, 1],
+        &pad,
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        GeometryError::RankMismatch {
+            what: "filter",
+            expected: 1,
+            got: 2
+        }
+    );
+    let e = ConvGeometry::new(
+        &[usize::MAX, 2],
+        &[1, 1],
+        &[1, 1],
+        &[Padding::symmetric(1); 2],
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        GeometryError::Overflow {
+            what: "padded input length"
+        }
+    );
+}
+
+#[test]
+fn weight_gradient_is_bit_identical_across_thread_counts() {
+    let g = ConvGeometry::new(
+        &[9, 9],
+        &[3, 3],
+        &[1, 1],
+        &[Padding::symmetric(1); 2],
+        OutputRounding::Strict,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    let p = ConvProblem::new(g, 3, 4).unwrap();
+    let batch = 13;
+    let x: Vec<f32> = data(batch * p.input_image_len(), 8)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let dy: Vec<f32> = data(batch * p.output_image_len(), 9)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut dw = vec![0.0f32; p.weight_len()];
+        pool.install(|| conv_backward_weight(&p, batch, &x, &dy, 0.5, &mut dw))
+            .unwrap();
+        dw
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(4));
+}
+
+#[test]
+fn buffer_length_errors() {
+    let p = problem_1d(4, 3, 1, 0, KernelMode::Convolution);
+    let mut y = [0.0f32; 3];
+    let e = conv_forward(&p, 1, &[0.0; 4], &[0.0; 3], None, 0.0, &mut y).unwrap_err();
+    assert_eq!(
+        e,
+        KernelError::BufferLength {
+            what: "conv forward: y",
+            expected: 2,
+            got: 3
+        }
+    );
+}

@@ -1,0 +1,95 @@
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// A floating-point element type the kernels support: `f32` or `f64`.
+pub trait Element:
+    num_traits::Float
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + Default
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + crate::simd::Lanes
+    + 'static
+{
+    /// The type's name as used in file formats ("F32" or "F64").
+    const DTYPE: &'static str;
+
+    /// Converts from `f64`, rounding to nearest.
+    fn from_f64(value: f64) -> Self;
+
+    /// Widens (or keeps) the value as `f64`.
+    fn to_f64(self) -> f64;
+
+    /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n.
+    ///
+    /// # Safety
+    /// Every index `i·rs + j·cs` in range of each matrix's dimensions must lie inside
+    /// the allocation its pointer points into, and C must not alias A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! impl_element {
+    ($t:ty, $name:literal, $gemm:path) => {
+        impl Element for $t {
+            const DTYPE: &'static str = $name;
+
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+
+            #[inline]
+            unsafe fn gemm_strided(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: forwarded verbatim; the caller upholds matrixmultiply's
+                // contract, which is the one stated on this method.
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+        }
+    };
+}
+
+impl_element!(f32, "F32", matrixmultiply::sgemm);
+impl_element!(f64, "F64", matrixmultiply::dgemm);

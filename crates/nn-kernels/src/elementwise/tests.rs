@@ -1,0 +1,103 @@
+use super::*;
+use proptest::prelude::*;
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25)
+        .collect()
+}
+
+// Each SIMD body is run both directly (portable code) and through `dispatch`
+// (AVX2+FMA where the CPU has it), against a scalar loop.
+#[test]
+fn relu_paths_match_scalar() {
+    for len in [0, 1, 7, 8, 9, 31, 64, 100] {
+        let x = values(len);
+        let expected: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+        let mut portable = vec![0.0; len];
+        relu_forward(&x, &mut portable);
+        let mut dispatched = vec![0.0; len];
+        activation_forward(Activation::Relu, &x, &mut dispatched);
+        assert_eq!(portable, expected);
+        assert_eq!(dispatched, expected);
+
+        let dy: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+        let expected_dx: Vec<f32> = x
+            .iter()
+            .zip(&dy)
+            .map(|(&y, &d)| if y > 0.0 { d } else { 0.0 })
+            .collect();
+        let mut portable_dx = vec![f32::NAN; len];
+        relu_backward(&expected, &dy, &mut portable_dx);
+        let mut dispatched_dx = vec![f32::NAN; len];
+        activation_backward(Activation::Relu, &x, &expected, &dy, &mut dispatched_dx);
+        assert_eq!(portable_dx, expected_dx);
+        assert_eq!(dispatched_dx, expected_dx);
+    }
+}
+
+#[test]
+fn vector_ops_paths_match_scalar() {
+    for len in [0, 3, 8, 13, 50] {
+        let x: Vec<f64> = (0..len).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let y0: Vec<f64> = (0..len).map(|i| 1.0 + i as f64).collect();
+        let expected: Vec<f64> = x.iter().zip(&y0).map(|(a, b)| b + 2.0 * a).collect();
+        let (mut portable, mut dispatched) = (y0.clone(), y0.clone());
+        axpy_body(2.0, &x, &mut portable);
+        axpy(2.0, &x, &mut dispatched);
+        assert_eq!(portable, expected);
+        assert_eq!(dispatched, expected);
+
+        let exact: f64 = x.iter().sum();
+        assert!((sum_body(&x) - exact).abs() < 1e-12);
+        assert_eq!(sum(&x), sum_body(&x));
+
+        let (mut p, mut d) = (x.clone(), x.clone());
+        scale_body(&mut p, 3.0);
+        scale(&mut d, 3.0);
+        let scaled: Vec<f64> = x.iter().map(|v| v * 3.0).collect();
+        assert_eq!((p, d), (scaled.clone(), scaled));
+
+        let (mut p, mut d) = (x.clone(), x.clone());
+        add_scalar_body(&mut p, 1.5);
+        add_scalar(&mut d, 1.5);
+        let shifted: Vec<f64> = x.iter().map(|v| v + 1.5).collect();
+        assert_eq!((p, d), (shifted.clone(), shifted));
+    }
+}
+
+const ALL: [Activation; 8] = [
+    Activation::Identity,
+    Activation::Relu,
+    Activation::LeakyRelu { slope: 0.1 },
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Elu { alpha: 1.3 },
+    Activation::Softplus,
+    Activation::Gelu,
+];
+
+#[test]
+fn activations_are_finite_at_extremes() {
+    for act in ALL {
+        for x in [-1e30f64, -800.0, -1.0, 0.0, 1.0, 800.0, 1e30] {
+            let y = scalar_forward(act, x);
+            assert!(!y.is_nan(), "{act:?}({x}) = {y}");
+            assert!(!scalar_derivative(act, x, y).is_nan(), "{act:?}'({x})");
+        }
+    }
+}
+
+proptest! {
+    // The derivative of each activation against a central difference in f64, away
+    // from the kinks of the piecewise ones.
+    #[test]
+    fn derivatives_match_finite_differences(x in -6.0f64..6.0, which in 0usize..8) {
+        prop_assume!(x.abs() > 1e-3);
+        let act = ALL[which];
+        let h = 1e-6;
+        let numeric = (scalar_forward(act, x + h) - scalar_forward(act, x - h)) / (2.0 * h);
+        let analytic = scalar_derivative(act, x, scalar_forward(act, x));
+        prop_assert!((numeric - analytic).abs() < 1e-6 * (1.0 + analytic.abs()), "{act:?} at {x}: {numeric} vs {analytic}");
+    }
+}

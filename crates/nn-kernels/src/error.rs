@@ -1,0 +1,100 @@
+use thiserror::Error;
+
+/// Geometry that cannot describe a convolution or pooling window.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GeometryError {
+    /// A per-dimension list has the wrong number of entries.
+    #[error("{what} has {got} entries, but the input has {expected} spatial dimensions")]
+    RankMismatch {
+        /// Which list (e.g. "stride").
+        what: &'static str,
+        /// The number of spatial dimensions.
+        expected: usize,
+        /// The number of entries given.
+        got: usize,
+    },
+    /// A length that must be positive is zero.
+    #[error("{what} is zero in spatial dimension {dim}")]
+    Zero {
+        /// Which quantity (e.g. "stride", "input length").
+        what: &'static str,
+        /// The spatial dimension (0-based).
+        dim: usize,
+    },
+    /// There must be at least one spatial dimension.
+    #[error("a convolution needs at least one spatial dimension")]
+    NoSpatialDims,
+    /// The filter does not fit inside the padded input.
+    #[error(
+        "filter length {filter} exceeds the padded input length {padded} in spatial dimension {dim}"
+    )]
+    FilterTooLarge {
+        /// The spatial dimension (0-based).
+        dim: usize,
+        /// Filter length f.
+        filter: usize,
+        /// μ + p_before + p_after.
+        padded: usize,
+    },
+    /// `(μ + p_before + p_after − f) / s` is not an integer in strict mode.
+    #[error(
+        "strict geometry: (input {input} + padding {pad_before}+{pad_after} - filter {filter}) / stride {stride} \
+         is not an integer in spatial dimension {dim} (remainder {remainder}); use Floor to truncate"
+    )]
+    NotDivisible {
+        /// The spatial dimension (0-based).
+        dim: usize,
+        /// Input length μ.
+        input: usize,
+        /// Padding before the input.
+        pad_before: usize,
+        /// Padding after the input.
+        pad_after: usize,
+        /// Filter length f.
+        filter: usize,
+        /// Stride s.
+        stride: usize,
+        /// The remainder of the division.
+        remainder: usize,
+    },
+    /// A size computation overflowed `usize`.
+    #[error("size overflow computing {what}")]
+    Overflow {
+        /// What was being computed.
+        what: &'static str,
+    },
+}
+
+/// An error from a kernel call: bad geometry or a buffer of the wrong length.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KernelError {
+    /// The geometry is invalid.
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    /// A buffer does not have the length the shapes require.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    BufferLength {
+        /// Which buffer (e.g. "gemm: A").
+        what: &'static str,
+        /// The length the shapes imply.
+        expected: usize,
+        /// The length passed.
+        got: usize,
+    },
+}
+
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::BufferLength {
+            what,
+            expected,
+            got,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! General matrix multiply on row-major slices: `C ← α·op(A)·op(B) + β·C`.
+//!
+//! The micro-kernels are `matrixmultiply`'s (AVX-512, AVX2/FMA or portable, chosen at
+//! run time by that crate). Threads come from rayon: a large product is cut into
+//! blocks of rows (or columns) of C, one per worker, so every element of C is computed
+//! by the same arithmetic in the same order whatever the thread count. That makes
+//! results bit-identical across thread counts.
+
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+use crate::error::check_len;
+use crate::{Element, KernelError};
+
+/// Whether an operand is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transpose {
+    /// `op(X) = X`.
+    No,
+    /// `op(X) = Xᵀ`.
+    Yes,
+}
+
+/// Below this many multiply-adds, one thread is faster than two: splitting a product
+/// costs a rayon hand-off and a second packing of the shared operand (measured: G1,
+/// 64³ = 262,144, is slower split; 128³ already gains).
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+/// Rows (or columns) of C given to one worker are a multiple of this, so blocks line
+/// up with the micro-kernel's tiles (16 is the AVX-512 tile; a multiple of 8 and 4).
+const SPLIT_ALIGN: usize = 16;
+
+/// The row and column strides of `op(X)` for X stored row-major.
+fn strides(trans: Transpose, rows: usize, cols: usize) -> (isize, isize) {
+    match trans {
+        // op(X) is rows×cols, stored as such.
+        Transpose::No => (cols as isize, 1),
+        // op(X) is rows×cols, stored as its transpose (cols×rows).
+        Transpose::Yes => (1, rows as isize),
+    }
+}
+
+/// `C ← α·op(A)·op(B) + β·C` with `op(A)` m×k, `op(B)` k×n and C m×n, all row-major.
+///
+/// A holds m·k elements (stored k×m when transposed), B holds k·n (stored n×k when
+/// transposed), C holds m·n. When β is zero, C's previous contents are ignored (NaN
+/// included).
+///
+/// Large products run on the current rayon pool; the result does not depend on the
+/// number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Element>(
+    trans_a: Transpose,
+    trans_b: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) -> Result<(), KernelError> {
+    let overflow = KernelError::Geometry(crate::GeometryError::Overflow { what: "gemm sizes" });
+    check_len(
+        "gemm: A",
+        m.checked_mul(k).ok_or(overflow.clone())?,
+        a.len(),
+    )?;
+    check_len(
+        "gemm: B",
+        k.checked_mul(n).ok_or(overflow.clone())?,
+        b.len(),
+    )?;
+    check_len(
+        "gemm: C",
+        m.checked_mul(n).ok_or(overflow.clone())?,
+        c.len(),
+    )?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (rsa, csa) = strides(trans_a, m, k);
+    let (rsb, csb) = strides(trans_b, k, n);
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work < PARALLEL_MIN_WORK {
+        gemm_on_one_thread(trans_a, trans_b, m, n, k, alpha, a, b, beta, c);
+        return Ok(());
+    }
+    if m >= n {
+        let rows_per = block_len(m, threads);
+        rayon::scope(|s| {
+            for (block, c_rows) in c.chunks_mut(rows_per * n).enumerate() {
+                let row0 = block * rows_per;
+                let rows = c_rows.len() / n;
+                s.spawn(move |_| {
+                    // SAFETY: op(A)'s rows row0..row0+rows start at offset row0·rsa and
+                    // stay in bounds (checked lengths); `c_rows` is this block's own
+                    // disjoint, contiguous slice of C.
+                    unsafe {
+                        T::gemm_strided(
+                            rows,
+                            k,
+                            n,
+                            alpha,
+                            a.as_ptr().offset(row0 as isize * rsa),
+                            rsa,
+                            csa,
+                            b.as_ptr(),
+                            rsb,
+                            csb,
+                            beta,
+                            c_rows.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
+                    }
+                });
+            }
+        });
+    } else {
+        let cols_per = block_len(n, threads);
+        let c_ptr = SendPtr(c.as_mut_ptr());
+        rayon::scope(|s| {
+            for col0 in (0..n).step_by(cols_per) {
+                let cols = cols_per.min(n - col0);
+                s.spawn(move |_| {
+                    let c_ptr = c_ptr;
+                    // SAFETY: each task writes only columns col0..col0+cols of C, and
+                    // the column ranges of different tasks are disjoint, so no element
+                    // is written twice or read while another task writes it; the
+                    // borrow of `c` outlives the scope. op(B)'s columns start at
+                    // col0·csb, in bounds by the checked lengths.
+                    unsafe {
+                        T::gemm_strided(
+                            m,
+                            k,
+                            cols,
+                            alpha,
+                            a.as_ptr(),
+                            rsa,
+                            csa,
+                            b.as_ptr().offset(col0 as isize * csb),
+                            rsb,
+                            csb,
+                            beta,
+                            c_ptr.0.add(col0),
+                            n as isize,
+                            1,
+                        )
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+/// [`gemm`] on the calling thread, for kernels that already run one task per worker.
+///
+/// Panics if a slice length does not match its shape: callers inside this crate
+/// derive the lengths from validated geometry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_on_one_thread<T: Element>(
+    trans_a: Transpose,
+    trans_b: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    assert!(
+        a.len() == m * k && b.len() == k * n && c.len() == m * n,
+        "gemm: inconsistent lengths"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = strides(trans_a, m, k);
+    let (rsb, csb) = strides(trans_b, k, n);
+    // SAFETY: the assertion above ties each slice's length to its shape, so every
+    // strided index is in bounds; `c` is a unique borrow and cannot alias `a` or `b`.
+    unsafe {
+        T::gemm_strided(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    };
+}
+
+/// The block length that cuts `len` into about `threads` aligned pieces.
+fn block_len(len: usize, threads: usize) -> usize {
+    let per = len.div_ceil(threads);
+    per.div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN
+}
+
+/// A raw pointer that may cross to a rayon task; see the SAFETY note where it is used.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to hand disjoint column blocks of one matrix to scoped tasks.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}

@@ -1,0 +1,136 @@
+use super::reference::gemm_reference;
+use super::*;
+use proptest::prelude::*;
+
+fn filled(len: usize, seed: u64) -> Vec<f64> {
+    // A small LCG: deterministic, non-repeating enough for test data.
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn check(ta: Transpose, tb: Transpose, m: usize, n: usize, k: usize, beta: f64) {
+    let a = filled(m * k, 1);
+    let b = filled(k * n, 2);
+    let mut c = filled(m * n, 3);
+    let mut expected = c.clone();
+    gemm(ta, tb, m, n, k, 0.5, &a, &b, beta, &mut c).unwrap();
+    gemm_reference(ta, tb, m, n, k, 0.5, &a, &b, beta, &mut expected);
+    for (i, (x, y)) in c.iter().zip(&expected).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-12 * (1.0 + y.abs()) * k as f64,
+            "{ta:?}{tb:?} {m}x{n}x{k} at {i}: {x} vs {y}"
+        );
+    }
+}
+
+const ALL: [(Transpose, Transpose); 4] = [
+    (Transpose::No, Transpose::No),
+    (Transpose::Yes, Transpose::No),
+    (Transpose::No, Transpose::Yes),
+    (Transpose::Yes, Transpose::Yes),
+];
+
+#[test]
+fn matches_reference_small_and_parallel_sizes() {
+    for (ta, tb) in ALL {
+        check(ta, tb, 3, 5, 7, 0.0);
+        check(ta, tb, 3, 5, 7, 1.0);
+        // Large enough to take the parallel path, tall (row split) and wide (column split).
+        check(ta, tb, 200, 70, 90, 0.25);
+        check(ta, tb, 50, 230, 100, 1.0);
+    }
+}
+
+#[test]
+fn beta_zero_ignores_nan_in_c() {
+    let mut c = vec![f32::NAN; 4];
+    gemm(
+        Transpose::No,
+        Transpose::No,
+        2,
+        2,
+        1,
+        1.0,
+        &[1.0, 2.0],
+        &[3.0, 4.0],
+        0.0,
+        &mut c,
+    )
+    .unwrap();
+    assert_eq!(c, vec![3.0, 4.0, 6.0, 8.0]);
+}
+
+#[test]
+fn wrong_lengths_are_errors() {
+    let mut c = vec![0.0f32; 4];
+    let err = gemm(
+        Transpose::No,
+        Transpose::No,
+        2,
+        2,
+        2,
+        1.0,
+        &[1.0; 3],
+        &[1.0; 4],
+        0.0,
+        &mut c,
+    );
+    assert_eq!(
+        err,
+        Err(KernelError::BufferLength {
+            what: "gemm: A",
+            expected: 4,
+            got: 3
+        })
+    );
+}
+
+#[test]
+fn bit_identical_across_thread_counts() {
+    let (m, n, k) = (300, 260, 200);
+    let a: Vec<f32> = filled(m * k, 4).into_iter().map(|v| v as f32).collect();
+    let b: Vec<f32> = filled(k * n, 5).into_iter().map(|v| v as f32).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut c = vec![0.0f32; m * n];
+        pool.install(|| {
+            gemm(
+                Transpose::No,
+                Transpose::Yes,
+                m,
+                n,
+                k,
+                1.0,
+                &a,
+                &b[..k * n],
+                0.0,
+                &mut c,
+            )
+        })
+        .unwrap();
+        c
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
+proptest! {
+    #[test]
+    fn prop_matches_reference(m in 1usize..40, n in 1usize..40, k in 1usize..40, t in 0usize..4, beta in prop::sample::select(vec![0.0, 1.0, -0.5])) {
+        let (ta, tb) = ALL[t];
+        check(ta, tb, m, n, k, beta);
+    }
+}

@@ -1,0 +1,140 @@
+use super::*;
+use crate::conv::{KernelMode, OutputRounding, Padding};
+use proptest::prelude::*;
+
+/// Max and mean of each window, computed from the definition with an odometer over the
+/// window (padding cells skipped).
+fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut maxes, mut means) = (Vec::new(), Vec::new());
+    let mut betas = Odometer::new(geom.output());
+    while let Some(beta) = betas.current() {
+        let (mut best, mut total, mut count) = (f64::NEG_INFINITY, 0.0, 0);
+        let mut alphas = Odometer::new(geom.filter());
+        while let Some(alpha) = alphas.current() {
+            let gamma: Vec<isize> = (0..geom.rank())
+                .map(|d| {
+                    (geom.stride()[d] * beta[d] + alpha[d]) as isize
+                        - geom.padding()[d].before as isize
+                })
+                .collect();
+            if gamma
+                .iter()
+                .zip(geom.input())
+                .all(|(&g, &m)| g >= 0 && g < m as isize)
+            {
+                let idx = gamma
+                    .iter()
+                    .zip(geom.input())
+                    .fold(0, |acc, (&g, &m)| acc * m + g as usize);
+                best = best.max(x[idx]);
+                total += x[idx];
+                count += 1;
+            }
+            alphas.advance();
+        }
+        maxes.push(best);
+        means.push(total / count as f64);
+        betas.advance();
+    }
+    (maxes, means)
+}
+
+fn geometry() -> impl Strategy<Value = ConvGeometry> {
+    (1usize..=4)
+        .prop_flat_map(|rank| {
+            prop::collection::vec(
+                (1usize..6, 1usize..4, 1usize..4, 0usize..3, 0usize..3),
+                rank,
+            )
+        })
+        .prop_filter_map("window must fit", |dims| {
+            let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
+            let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
+            let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
+            let padding: Vec<Padding> = dims
+                .iter()
+                .map(|d| Padding {
+                    before: d.3.min(d.1 - 1),
+                    after: d.4.min(d.1 - 1),
+                })
+                .collect();
+            let g = ConvGeometry::new(
+                &input,
+                &filter,
+                &stride,
+                &padding,
+                OutputRounding::Floor,
+                KernelMode::CrossCorrelation,
+            )
+            .ok()?;
+            check_pool_geometry(&g).ok()?;
+            Some(g)
+        })
+}
+
+proptest! {
+    #[test]
+    fn pooling_matches_reference(geom in geometry(), planes in 1usize..3, seed in 0u64..1000) {
+        let x: Vec<f64> = (0..planes * geom.input_len()).map(|i| ((i as u64 * 7919 + seed * 104729) % 1009) as f64 / 97.0).collect();
+        let out = planes * geom.output_len();
+        let (mut y, mut arg, mut avg) = (vec![0.0; out], vec![0u32; out], vec![0.0; out]);
+        max_pool_forward(&geom, planes, &x, &mut y, &mut arg).unwrap();
+        avg_pool_forward(&geom, planes, &x, &mut avg).unwrap();
+        for p in 0..planes {
+            let plane = &x[p * geom.input_len()..(p + 1) * geom.input_len()];
+            let (maxes, means) = reference(&geom, plane);
+            let range = p * geom.output_len()..(p + 1) * geom.output_len();
+            prop_assert_eq!(&y[range.clone()], &maxes[..]);
+            for (a, b) in avg[range.clone()].iter().zip(&means) {
+                prop_assert!((a - b).abs() < 1e-12);
+            }
+            for (&i, &m) in arg[range].iter().zip(&maxes) {
+                prop_assert_eq!(plane[i as usize], m);
+            }
+        }
+        // Adjoint identities: <pool(x), dy> = <x, poolᵀ(dy)> for the linear average, and
+        // the max gradient routes each dy to its argmax.
+        let dy: Vec<f64> = (0..out).map(|i| (i % 5) as f64 - 2.0).collect();
+        let mut dx = vec![f64::NAN; x.len()];
+        avg_pool_backward(&geom, planes, &dy, &mut dx).unwrap();
+        let lhs: f64 = avg.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+        prop_assert!((lhs - rhs).abs() < 1e-9 * (1.0 + lhs.abs()));
+        max_pool_backward(&geom, planes, &arg, &dy, &mut dx).unwrap();
+        let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+        prop_assert!((lhs - rhs).abs() < 1e-9 * (1.0 + lhs.abs()));
+    }
+}
+
+#[test]
+fn padding_as_large_as_the_window_is_refused() {
+    let g = ConvGeometry::new(
+        &[4],
+        &[2],
+        &[1],
+        &[Padding::symmetric(2)],
+        OutputRounding::Floor,
+        KernelMode::CrossCorrelation,
+    )
+    .unwrap();
+    assert!(check_pool_geometry(&g).is_err());
+}
+
+#[test]
+fn max_pool_2x2_by_hand() {
+    let g = ConvGeometry::new(
+        &[2, 4],
+        &[2, 2],
+        &[2, 2],
+        &[Padding::default(); 2],
+        OutputRounding::Strict,
+        KernelMode::CrossCorrelation,
+    )
+    .unwrap();
+    let x = [1.0f32, 5.0, 2.0, 2.0, 3.0, 4.0, 9.0, 2.0];
+    let (mut y, mut arg) = ([0.0; 2], [0u32; 2]);
+    max_pool_forward(&g, 1, &x, &mut y, &mut arg).unwrap();
+    assert_eq!(y, [5.0, 9.0]);
+    assert_eq!(arg, [1, 6]);
+}
