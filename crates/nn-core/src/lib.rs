@@ -1,14 +1,63 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Tensors, layers and the backpropagation algorithm of SPEC §1–§3.
+//!
+//! A network is a [`Sequential`] stack of [`Layer`]s. [`Sequential::forward`] is the
+//! source's Step 2 (`x⁽ᵏ⁺¹⁾ = f⁽ᵏ⁾(x⁽ᵏ⁾, w⁽ᵏ⁾)`), and [`Sequential::backward`] is Step 3:
+//! given `∂L/∂x⁽ᴺ⁾` from a [`Loss`], it walks the layers from last to first, each one
+//! returning `∂L/∂x⁽ᵏ⁾` and adding `∂L/∂w⁽ᵏ⁾` into its parameters' gradients. A
+//! minibatch is one batched tensor, so Step 4's sum over patterns p is computed at once.
+//!
+//! ```
+//! use nn_core::prelude::*;
+//!
+//! # fn main() -> Result<(), NnError> {
+//! // A 1-channel 8×8 input, a 3×3 convolution (the source's flipped filter), ReLU,
+//! // 2×2 max pooling, and a dense layer to 3 classes.
+//! let mut net = Sequential::<f32>::builder(&[1, 8, 8], 42)
+//!     .conv(ConvSpec::new(4, &[3, 3]).padding(&[1, 1]))
+//!     .relu()
+//!     .max_pool(&[2, 2])
+//!     .flatten()
+//!     .dense(3)
+//!     .build()?;
+//!
+//! let x = Tensor::from_vec(&[2, 1, 8, 8], (0..128).map(|i| i as f32 / 128.0).collect())?;
+//! let logits = net.forward(&x)?.clone();
+//! let mut grad = Tensor::zeros(logits.shape())?;
+//! let loss = SoftmaxCrossEntropy.loss_and_grad(&logits, &[0, 2], Reduction::Mean, &mut grad)?;
+//! net.zero_grad();
+//! net.backward(&grad)?;
+//! assert!(loss.is_finite());
+//! assert!(net.params().iter().any(|p| p.grad.data().iter().any(|&g| g != 0.0)));
+//! # Ok(())
+//! # }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+pub mod gradcheck;
+mod init;
+mod layer;
+pub mod layers;
+mod loss;
+mod network;
+mod tensor;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use error::NnError;
+pub use init::{seeded_rng, Init, SeededRng};
+pub use layer::{Layer, Param};
+pub use loss::{Loss, MeanSquaredError, Reduction, SoftmaxCrossEntropy};
+pub use network::{Sequential, SequentialBuilder};
+pub use nn_kernels::conv::{KernelMode, OutputRounding, Padding};
+pub use nn_kernels::elementwise::Activation;
+pub use nn_kernels::Element;
+pub use tensor::Tensor;
+
+/// Everything a user of the layers needs, in one import.
+pub mod prelude {
+    pub use crate::layers::{
+        ActivationLayer, Conv, ConvSpec, Dense, Flatten, Pool, PoolKind, PoolSpec,
+    };
+    pub use crate::{
+        seeded_rng, Activation, Element, Init, KernelMode, Layer, Loss, MeanSquaredError, NnError,
+        OutputRounding, Padding, Param, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
+    };
 }

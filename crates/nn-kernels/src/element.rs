@@ -25,7 +25,7 @@ pub trait Element:
     fn from_f64(value: f64) -> Self;
 
     /// Widens (or keeps) the value as `f64`.
-    fn to_f64(self) -> f64;
+    fn as_f64(self) -> f64;
 
     /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n.
     ///
@@ -62,7 +62,7 @@ macro_rules! impl_element {
             }
 
             #[inline(always)]
-            fn to_f64(self) -> f64 {
+            fn as_f64(self) -> f64 {
                 self as f64
             }
 

@@ -1,0 +1,111 @@
+use crate::{NnError, Tensor};
+use nn_kernels::Element;
+
+/// A trainable tensor and the gradient accumulated for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param<T> {
+    /// The parameter's name within its layer ("weight", "bias").
+    pub name: &'static str,
+    /// The current value w.
+    pub value: Tensor<T>,
+    /// `Σ_p ∂⁽ᵖ⁾w` accumulated by `backward` since the last zeroing.
+    pub grad: Tensor<T>,
+}
+
+impl<T: Element> Param<T> {
+    /// A parameter with a zero gradient of the same shape.
+    pub fn new(name: &'static str, value: Tensor<T>) -> Self {
+        let grad = Tensor::zeros(value.shape()).expect("same shape as an existing tensor");
+        Self { name, value, grad }
+    }
+}
+
+/// One layer `x⁽ᵏ⁺¹⁾ = f⁽ᵏ⁾(x⁽ᵏ⁾, w⁽ᵏ⁾)` of a feed-forward network.
+///
+/// Shapes are per sample; tensors passed in carry a leading batch dimension.
+pub trait Layer<T: Element>: Send + Sync {
+    /// A short name of the layer type ("dense", "conv", …), used in errors and in
+    /// parameter names.
+    fn kind(&self) -> &'static str;
+
+    /// The per-sample input shape this layer was built for.
+    fn input_shape(&self) -> &[usize];
+
+    /// The per-sample output shape.
+    fn output_shape(&self) -> &[usize];
+
+    /// Step 2 for this layer: computes `output` (reshaped to `[batch, output_shape…]`)
+    /// from `input` (`[batch, input_shape…]`).
+    fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError>;
+
+    /// Step 3 for this layer: given the `input` and `output` of the last forward and
+    /// `∂L/∂output`, adds `∂L/∂w` into each parameter's gradient and, when asked,
+    /// writes `∂L/∂input` into `grad_input` (reshaped to the input's shape).
+    fn backward(
+        &mut self,
+        input: &Tensor<T>,
+        output: &Tensor<T>,
+        grad_output: &Tensor<T>,
+        grad_input: Option<&mut Tensor<T>>,
+    ) -> Result<(), NnError>;
+
+    /// The trainable parameters, in a fixed order.
+    fn params(&self) -> Vec<&Param<T>> {
+        Vec::new()
+    }
+
+    /// The trainable parameters, mutably, in the same order as [`Layer::params`].
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        Vec::new()
+    }
+}
+
+/// Checks that `tensor` is `[batch, per_sample…]` with a positive batch, and returns
+/// the batch size.
+pub(crate) fn batch_of<T: Element>(
+    op: &'static str,
+    tensor: &Tensor<T>,
+    per_sample: &[usize],
+) -> Result<usize, NnError> {
+    let shape = tensor.shape();
+    if shape.len() != per_sample.len() + 1 || &shape[1..] != per_sample {
+        let mut expected = vec![0];
+        expected.extend_from_slice(per_sample);
+        return Err(NnError::Shape {
+            op,
+            expected,
+            got: shape.to_vec(),
+        });
+    }
+    if shape[0] == 0 {
+        return Err(NnError::ZeroSized {
+            op,
+            shape: shape.to_vec(),
+            dim: 0,
+        });
+    }
+    Ok(shape[0])
+}
+
+/// Checks the tensors handed to `backward`: input and output as the layer's shapes with
+/// one batch size, and `grad_output` shaped like `output`.
+pub(crate) fn backward_batch<T: Element, L: Layer<T> + ?Sized>(
+    layer: &L,
+    input: &Tensor<T>,
+    output: &Tensor<T>,
+    grad_output: &Tensor<T>,
+) -> Result<usize, NnError> {
+    let batch = batch_of("backward input", input, layer.input_shape())?;
+    if output.shape() != grad_output.shape()
+        || batch_of("backward output", output, layer.output_shape())? != batch
+    {
+        let mut expected = vec![batch];
+        expected.extend_from_slice(layer.output_shape());
+        return Err(NnError::Shape {
+            op: "backward grad_output",
+            expected,
+            got: grad_output.shape().to_vec(),
+        });
+    }
+    Ok(batch)
+}
