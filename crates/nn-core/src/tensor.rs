@@ -86,12 +86,9 @@ impl<T: Element> Tensor<T> {
     }
 
     /// Sets the shape to `[batch, per_sample…]`, keeping the allocation when it is large
-    /// enough; contents are unspecified afterwards (callers overwrite them).
-    pub(crate) fn set_batch_shape(
-        &mut self,
-        batch: usize,
-        per_sample: &[usize],
-    ) -> Result<(), NnError> {
+    /// enough, so a buffer refilled every step is allocated once. Contents are
+    /// unspecified afterwards: callers overwrite them.
+    pub fn set_batch_shape(&mut self, batch: usize, per_sample: &[usize]) -> Result<(), NnError> {
         let len = element_count(per_sample)?
             .checked_mul(batch)
             .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow {
@@ -116,5 +113,21 @@ impl<T: Element> Tensor<T> {
             shape: self.shape.clone(),
             data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect(),
         }
+    }
+}
+
+impl<T: Element> Default for Tensor<T> {
+    /// An empty tensor of shape `[0]`, to be filled later.
+    fn default() -> Self {
+        Self {
+            shape: vec![0],
+            data: Vec::new(),
+        }
+    }
+}
+
+impl<T> AsRef<Tensor<T>> for Tensor<T> {
+    fn as_ref(&self) -> &Tensor<T> {
+        self
     }
 }

@@ -1,14 +1,40 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Training for the `nn` crates: the source's Steps 1–5 as a [`Trainer`], with
+//! optimizers, stopping rules, evaluation, data loading and checkpoints.
+//!
+//! ```
+//! use nn_core::prelude::*;
+//! use nn_train::{data::TensorSet, optim::Sgd, NoProgress, StopReason, TrainConfig, Trainer};
+//!
+//! # fn main() -> Result<(), nn_train::TrainError> {
+//! // XOR, the source's algorithm: summed gradients, plain SGD, stop when E ≤ 0.01.
+//! let inputs = Tensor::from_vec(&[4, 2], vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])?;
+//! let targets = Tensor::from_vec(&[4, 1], vec![0.0, 1.0, 1.0, 0.0])?;
+//! let data = TensorSet::new(inputs, targets)?;
+//! let mut net = Sequential::<f64>::builder(&[2], 1)
+//!     .dense_with(4, true, Init::GlorotUniform).tanh()
+//!     .dense_with(1, true, Init::GlorotUniform).sigmoid()
+//!     .build()?;
+//! let config = TrainConfig { batch_size: 4, error_threshold: Some(0.01), max_iterations: Some(20_000), ..TrainConfig::default() };
+//! let report = Trainer::new(config).fit(&mut net, &mut Sgd::new(0.5), &MeanSquaredError, &data, None, &mut NoProgress)?;
+//! assert!(matches!(report.reason, StopReason::ErrorThreshold { .. }), "{:?}", report.reason);
+//! # Ok(())
+//! # }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod checkpoint;
+pub mod data;
+mod error;
+mod eval;
+pub mod optim;
+#[cfg(feature = "progress")]
+mod progress;
+mod trainer;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::TrainError;
+pub use eval::{evaluate, ConfusionMatrix, Evaluation};
+#[cfg(feature = "progress")]
+pub use progress::ProgressBars;
+pub use trainer::{
+    write_history_csv, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress, Observer,
+    StopReason, TrainConfig, TrainReport, Trainer, TrainerState,
+};

@@ -1,0 +1,285 @@
+//! Trains on Fashion-MNIST with the recipes T1 (`--model mlp`) and T2 (`--model cnn`)
+//! of shared/BENCHMARKS.md: softmax cross-entropy averaged over batches of 64, SGD with
+//! momentum 0.9, He-uniform weights, zero biases, shuffled every epoch.
+//!
+//! Run: `cargo run --release --example fashion_mnist -- --help`
+
+use clap::{Parser, ValueEnum};
+use nn_core::prelude::*;
+use nn_train::checkpoint::save_weights;
+use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
+use nn_train::data::ClassificationSet;
+use nn_train::optim::Sgd;
+use nn_train::{evaluate, write_history_csv, EpochStats, ProgressBars, TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Model {
+    /// T1: dense 784→256, ReLU, dense 256→128, ReLU, dense 128→10.
+    Mlp,
+    /// T2: conv 1→32 5×5 pad 2, ReLU, max-pool 2×2, conv 32→64 5×5 pad 2, ReLU,
+    /// max-pool 2×2, flatten, dense 3136→128, ReLU, dense 128→10.
+    Cnn,
+}
+
+/// Train a network on Fashion-MNIST and report test accuracy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Directory of the IDX files (default: $FASHION_MNIST_DIR, then
+    /// /usr/share/datasets/fashion-mnist, then the subset shipped with nn-train).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The network.
+    #[arg(long, value_enum, default_value = "cnn")]
+    model: Model,
+    /// Epochs (default: 5 for mlp, 3 for cnn).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Learning rate η (default: 0.05 for mlp, 0.01 for cnn).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the initial weights and of the shuffles.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write weights, history and plot (default: runs/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
+    match model {
+        Model::Mlp => Sequential::builder(&[784], seed)
+            .dense(256)
+            .relu()
+            .dense(128)
+            .relu()
+            .dense(10)
+            .build(),
+        Model::Cnn => Sequential::builder(&[1, 28, 28], seed)
+            .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
+            .relu()
+            .max_pool(&[2, 2])
+            .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+            .relu()
+            .max_pool(&[2, 2])
+            .flatten()
+            .dense(128)
+            .relu()
+            .dense(10)
+            .build(),
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, from the system clock.
+fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Peak resident memory of this process, from /proc (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Loss and accuracy per epoch as an SVG line chart.
+fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(450);
+    let epochs = history.len() as f64;
+    let series = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .filter_map(|s| f(s).map(|v| (s.epoch as f64 + 1.0, v)))
+            .collect()
+    };
+    let loss = series(&|s| Some(s.mean_loss));
+    let test_loss = series(&|s| s.validation.as_ref().map(|v| v.mean_loss));
+    let max_loss = loss
+        .iter()
+        .chain(&test_loss)
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("loss per sample", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.5..epochs + 0.5, 0.0..max_loss.max(1e-3))?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart
+        .draw_series(LineSeries::new(loss, &BLUE))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(test_loss, &RED))?
+        .label("test")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+
+    let acc = series(&|s| s.accuracy.map(|a| 100.0 * a));
+    let test_acc = series(&|s| {
+        s.validation
+            .as_ref()
+            .and_then(|v| v.accuracy)
+            .map(|a| 100.0 * a)
+    });
+    let min_acc = acc
+        .iter()
+        .chain(&test_acc)
+        .map(|p| p.1)
+        .fold(100.0, f64::min);
+    let mut chart = ChartBuilder::on(&right)
+        .caption("accuracy (%)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.5..epochs + 0.5, (min_acc - 2.0).max(0.0)..100.0)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    chart
+        .draw_series(LineSeries::new(acc, &BLUE))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(test_acc, &RED))?
+        .label("test")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    let (epochs, lr) = match args.model {
+        Model::Mlp => (args.epochs.unwrap_or(5), args.lr.unwrap_or(0.05)),
+        Model::Cnn => (args.epochs.unwrap_or(3), args.lr.unwrap_or(0.01)),
+    };
+    let source = fashion_mnist::locate(args.data.as_deref());
+    let (mut train, mut test): (ClassificationSet, ClassificationSet) =
+        fashion_mnist::load(&source.dir)?;
+    if args.model == Model::Mlp {
+        train = train.with_sample_shape(&[784])?;
+        test = test.with_sample_shape(&[784])?;
+    }
+    println!(
+        "data: {} ({}): {} training, {} test images",
+        source.dir.display(),
+        source.origin,
+        nn_train::data::Dataset::<f32>::len(&train),
+        nn_train::data::Dataset::<f32>::len(&test)
+    );
+
+    let mut net = build(args.model, args.seed)?;
+    println!(
+        "model: {:?}, {} parameters; {epochs} epochs, batch {}, SGD lr {lr} momentum 0.9, {} threads",
+        args.model,
+        net.num_params(),
+        args.batch,
+        rayon::current_num_threads()
+    );
+    let config = TrainConfig {
+        batch_size: args.batch,
+        seed: args.seed,
+        reduction: Reduction::Mean,
+        max_epochs: Some(epochs),
+        ..TrainConfig::default()
+    };
+    let mut optimizer = Sgd::new(lr).momentum(0.9);
+    let started = Instant::now();
+    let report = Trainer::new(config).fit(
+        &mut net,
+        &mut optimizer,
+        &SoftmaxCrossEntropy,
+        &train,
+        Some(&test),
+        &mut ProgressBars::new(),
+    )?;
+    let wall = started.elapsed().as_secs_f64();
+
+    println!(
+        "\nstopped: {:?} after {} iterations, {wall:.1} s",
+        report.reason, report.iteration
+    );
+    println!(
+        "{:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "epoch", "loss", "train acc", "test loss", "test acc", "img/s", "seconds"
+    );
+    for s in &report.history {
+        let v = s.validation.as_ref();
+        println!(
+            "{:>5} {:>10.4} {:>9.2}% {:>10.4} {:>9.2}% {:>10.0} {:>8.1}",
+            s.epoch + 1,
+            s.mean_loss,
+            100.0 * s.accuracy.unwrap_or(0.0),
+            v.map_or(f64::NAN, |v| v.mean_loss),
+            100.0 * v.and_then(|v| v.accuracy).unwrap_or(0.0),
+            s.images_per_sec,
+            s.seconds
+        );
+    }
+    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 500)?;
+    println!(
+        "\ntest accuracy: {:.2}% ({} images)",
+        100.0 * eval.accuracy.unwrap_or(0.0),
+        eval.samples
+    );
+    if let Some(confusion) = &eval.confusion {
+        println!(
+            "confusion matrix (rows: actual, columns: predicted label):\n{}",
+            confusion.to_table(Some(&CLASS_NAMES))
+        );
+    }
+    if let Some(peak) = peak_rss_mib() {
+        println!("peak resident memory: {peak:.0} MiB");
+    }
+
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
+    std::fs::create_dir_all(&out)?;
+    save_weights(&out.join("weights.safetensors"), &net)?;
+    write_history_csv(&out.join("history.csv"), &report.history)?;
+    plot(&out.join("training.svg"), &report.history)?;
+    println!(
+        "wrote {}/{{weights.safetensors, history.csv, training.svg}}",
+        out.display()
+    );
+    Ok(())
+}

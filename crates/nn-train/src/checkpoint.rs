@@ -1,0 +1,466 @@
+//! Saving and loading parameters and training state as safetensors files.
+//!
+//! - [`save_weights`] / [`load_weights`]: the network's parameters alone, named
+//!   `"{layer index}.{layer kind}.{parameter}"` (e.g. `"0.conv.weight"`), readable by
+//!   the `safetensors` Python package.
+//! - [`save_checkpoint`] / [`load_checkpoint`]: parameters (`"param.…"`), optimizer
+//!   buffers (`"optim.…"`), and the optimizer's scalars and the trainer's counters in
+//!   the file's metadata.
+//!
+//! Files are written to a temporary file in the same directory, flushed to disk, then
+//! renamed over the target: a crash mid-write leaves the previous file intact. Loading
+//! checks every name, shape and element type, and reports the first mismatch before
+//! changing anything in the network.
+
+use crate::optim::{Optimizer, OptimizerState};
+use crate::trainer::TrainerState;
+use crate::TrainError;
+use nn_core::{Element, Sequential, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+const FORMAT_KEY: &str = "format";
+const CHECKPOINT_FORMAT: &str = "nn-train-checkpoint-1";
+const WEIGHTS_FORMAT: &str = "nn-train-weights-1";
+
+/// A checkpoint or weights file that cannot be written or does not fit.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid safetensors.
+    #[error("{path}: not a valid safetensors file: {details}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        details: String,
+    },
+    /// A tensor the network or optimizer needs is absent.
+    #[error("{path}: missing tensor {name:?}")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// The file holds a tensor nothing in the network corresponds to.
+    #[error("{path}: unexpected tensor {name:?} (the network has no such parameter)")]
+    Unexpected {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// A tensor's shape differs from the parameter's.
+    #[error("{path}: tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The parameter's shape.
+        expected: Vec<usize>,
+        /// The file's shape.
+        found: Vec<usize>,
+    },
+    /// A tensor's element type differs from the network's.
+    #[error("{path}: tensor {name:?} has element type {found}, expected {expected}")]
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The network's type.
+        expected: &'static str,
+        /// The file's type.
+        found: String,
+    },
+    /// A metadata entry is missing or malformed.
+    #[error("{path}: metadata {key:?}: {details}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        details: String,
+    },
+}
+
+/// A tensor serialised as little-endian bytes.
+struct Bytes {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Bytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn dtype_of<T: Element>() -> Dtype {
+    if T::DTYPE == "F32" {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    }
+}
+
+fn to_bytes<T: Element>(tensor: &Tensor<T>) -> Bytes {
+    let data = match dtype_of::<T>() {
+        Dtype::F32 => tensor
+            .data()
+            .iter()
+            .flat_map(|v| (v.as_f64() as f32).to_le_bytes())
+            .collect(),
+        _ => tensor
+            .data()
+            .iter()
+            .flat_map(|v| v.as_f64().to_le_bytes())
+            .collect(),
+    };
+    Bytes {
+        dtype: dtype_of::<T>(),
+        shape: tensor.shape().to_vec(),
+        data,
+    }
+}
+
+/// Reads tensor `name` as T, checking element type and (when given) shape.
+fn read_tensor<T: Element>(
+    path: &Path,
+    file: &SafeTensors,
+    name: &str,
+    expected_shape: Option<&[usize]>,
+) -> Result<Tensor<T>, CheckpointError> {
+    let view = file.tensor(name).map_err(|_| CheckpointError::Missing {
+        path: path.into(),
+        name: name.into(),
+    })?;
+    if view.dtype() != dtype_of::<T>() {
+        return Err(CheckpointError::Dtype {
+            path: path.into(),
+            name: name.into(),
+            expected: T::DTYPE,
+            found: format!("{:?}", view.dtype()),
+        });
+    }
+    if let Some(expected) = expected_shape.filter(|&e| e != view.shape()) {
+        return Err(CheckpointError::Shape {
+            path: path.into(),
+            name: name.into(),
+            expected: expected.to_vec(),
+            found: view.shape().to_vec(),
+        });
+    }
+    let values: Vec<T> = match view.dtype() {
+        Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| T::from_f64(f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64))
+            .collect(),
+        _ => view
+            .data()
+            .chunks_exact(8)
+            .map(|b| T::from_f64(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
+            .collect(),
+    };
+    Tensor::from_vec(view.shape(), values).map_err(|e| CheckpointError::Format {
+        path: path.into(),
+        details: e.to_string(),
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.into(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("the path names no file")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        // The data must be on disk before the rename makes it the checkpoint.
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself (the directory entry); not possible on every OS.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+fn parse<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+    let format = |e: safetensors::SafeTensorError| CheckpointError::Format {
+        path: path.into(),
+        details: e.to_string(),
+    };
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(format)?;
+    let meta = metadata.metadata().clone().unwrap_or_default();
+    Ok((SafeTensors::deserialize(bytes).map_err(format)?, meta))
+}
+
+fn expect_format(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    format: &str,
+) -> Result<(), CheckpointError> {
+    match meta.get(FORMAT_KEY) {
+        Some(f) if f == format => Ok(()),
+        found => Err(CheckpointError::Metadata {
+            path: path.into(),
+            key: FORMAT_KEY.into(),
+            details: format!("expected {format:?}, found {found:?}"),
+        }),
+    }
+}
+
+/// Reads every parameter of `net` from `prefix{name}` tensors, checking that each
+/// exists with the right shape and type and that no other `prefix…` tensor exists.
+fn read_params<T: Element>(
+    path: &Path,
+    file: &SafeTensors,
+    net: &Sequential<T>,
+    prefix: &str,
+) -> Result<Vec<Tensor<T>>, CheckpointError> {
+    let named = net.named_params();
+    let values = named
+        .iter()
+        .map(|(name, p)| {
+            read_tensor(
+                path,
+                file,
+                &format!("{prefix}{name}"),
+                Some(p.value.shape()),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stray: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|n| {
+            n.starts_with(prefix) && !named.iter().any(|(name, _)| n[prefix.len()..] == **name)
+        })
+        .map(String::from)
+        .collect();
+    stray.sort();
+    if let Some(name) = stray.into_iter().next() {
+        return Err(CheckpointError::Unexpected {
+            path: path.into(),
+            name,
+        });
+    }
+    Ok(values)
+}
+
+fn assign<T: Element>(net: &mut Sequential<T>, values: Vec<Tensor<T>>) {
+    for (p, v) in net.params_mut().into_iter().zip(values) {
+        p.value = v;
+    }
+}
+
+/// Writes the network's parameters as a safetensors file.
+pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), CheckpointError> {
+    let tensors: Vec<(String, Bytes)> = net
+        .named_params()
+        .into_iter()
+        .map(|(n, p)| (n, to_bytes(&p.value)))
+        .collect();
+    let meta = HashMap::from([(FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string())]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
+        .map_err(|e| CheckpointError::Format {
+            path: path.into(),
+            details: e.to_string(),
+        })?;
+    write_atomically(path, &bytes)
+}
+
+/// Loads parameters written by [`save_weights`] into a network of the same structure.
+pub fn load_weights<T: Element>(
+    path: &Path,
+    net: &mut Sequential<T>,
+) -> Result<(), CheckpointError> {
+    let bytes = read_file(path)?;
+    let (file, meta) = parse(path, &bytes)?;
+    expect_format(path, &meta, WEIGHTS_FORMAT)?;
+    let values = read_params(path, &file, net, "")?;
+    assign(net, values);
+    Ok(())
+}
+
+/// Writes parameters, optimizer state and trainer counters to `path`.
+pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
+    path: &Path,
+    net: &Sequential<T>,
+    optimizer: &O,
+    state: &TrainerState,
+) -> Result<(), CheckpointError> {
+    let optim = optimizer.state();
+    let mut tensors: Vec<(String, Bytes)> = net
+        .named_params()
+        .into_iter()
+        .map(|(n, p)| (format!("param.{n}"), to_bytes(&p.value)))
+        .collect();
+    tensors.extend(
+        optim
+            .buffers
+            .iter()
+            .map(|(n, t)| (format!("optim.{n}"), to_bytes(t))),
+    );
+
+    let mut meta = HashMap::from([
+        (FORMAT_KEY.to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("optimizer".to_string(), optimizer.name().to_string()),
+        ("trainer.epoch".to_string(), state.epoch.to_string()),
+        ("trainer.iteration".to_string(), state.iteration.to_string()),
+        (
+            "trainer.epochs_without_improvement".to_string(),
+            state.epochs_without_improvement.to_string(),
+        ),
+    ]);
+    // f64 Display is the shortest string that parses back to the same bits.
+    let mut put = |key: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            meta.insert(key.to_string(), v.to_string());
+        }
+    };
+    put("trainer.last_error", state.last_error);
+    put("trainer.base_lr", state.base_lr);
+    put("trainer.best", state.best.map(|b| b.0));
+    put("trainer.best_epoch", state.best.map(|b| b.1 as f64));
+    for (name, value) in &optim.scalars {
+        put(&format!("optim.{name}"), Some(*value));
+    }
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
+        .map_err(|e| CheckpointError::Format {
+            path: path.into(),
+            details: e.to_string(),
+        })?;
+    write_atomically(path, &bytes)
+}
+
+/// Loads a checkpoint written by [`save_checkpoint`] into `net` and `optimizer`, and
+/// returns the trainer counters. The network is changed only if everything fits;
+/// the optimizer must be of the kind that wrote the file.
+pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
+    path: &Path,
+    net: &mut Sequential<T>,
+    optimizer: &mut O,
+) -> Result<TrainerState, TrainError> {
+    let bytes = read_file(path)?;
+    let (file, meta) = parse(path, &bytes)?;
+    expect_format(path, &meta, CHECKPOINT_FORMAT)?;
+    let meta_err = |key: &str, details: String| CheckpointError::Metadata {
+        path: path.into(),
+        key: key.into(),
+        details,
+    };
+    let get = |key: &str| -> Result<Option<f64>, CheckpointError> {
+        meta.get(key)
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|e| meta_err(key, format!("{v:?}: {e}")))
+            })
+            .transpose()
+    };
+    let required = |key: &str| get(key)?.ok_or_else(|| meta_err(key, "missing".into()));
+    match meta.get("optimizer") {
+        Some(name) if name == optimizer.name() => {}
+        found => {
+            return Err(meta_err(
+                "optimizer",
+                format!("file has {found:?}, loading into {:?}", optimizer.name()),
+            )
+            .into())
+        }
+    }
+    let values = read_params(path, &file, net, "param.")?;
+
+    let mut state = OptimizerState::default();
+    for key in meta.keys().filter_map(|k| k.strip_prefix("optim.")) {
+        state
+            .scalars
+            .push((key.to_string(), required(&format!("optim.{key}"))?));
+    }
+    for name in file
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("optim."))
+    {
+        state.buffers.push((
+            name.to_string(),
+            read_tensor(path, &file, &format!("optim.{name}"), None)?,
+        ));
+    }
+    {
+        let params: Vec<_> = values
+            .iter()
+            .zip(net.params())
+            .map(|(v, p)| nn_core::Param {
+                name: p.name,
+                value: v.clone(),
+                grad: v.clone(),
+            })
+            .collect();
+        optimizer.load_state(&state, &params.iter().collect::<Vec<_>>())?;
+    }
+    let trainer = TrainerState {
+        epoch: required("trainer.epoch")? as usize,
+        iteration: required("trainer.iteration")? as u64,
+        last_error: get("trainer.last_error")?,
+        base_lr: get("trainer.base_lr")?,
+        best: get("trainer.best")?.zip(get("trainer.best_epoch")?.map(|e| e as usize)),
+        epochs_without_improvement: required("trainer.epochs_without_improvement")? as usize,
+    };
+    assign(net, values);
+    Ok(trainer)
+}

@@ -1,0 +1,286 @@
+use super::idx::{element_offset, read_idx};
+use super::DataError;
+use nn_core::{Element, NnError, Tensor};
+use std::path::Path;
+
+/// The targets of one batch, reusable across batches.
+pub trait TargetBatch: Default + Send {
+    /// Class labels, when the targets are classes (for accuracy and confusion).
+    fn labels(&self) -> Option<&[usize]>;
+}
+
+impl TargetBatch for Vec<usize> {
+    fn labels(&self) -> Option<&[usize]> {
+        Some(self)
+    }
+}
+
+impl<T: Element> TargetBatch for Tensor<T> {
+    fn labels(&self) -> Option<&[usize]> {
+        None
+    }
+}
+
+/// A set of training patterns (x′⁽ᵖ⁾, t⁽ᵖ⁾) that fills batches on demand, so an epoch
+/// never copies the whole set.
+pub trait Dataset<T: Element>: Sync {
+    /// The targets of a batch.
+    type Targets: TargetBatch;
+
+    /// Number of patterns P.
+    fn len(&self) -> usize;
+
+    /// True when there is no pattern.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The per-sample input shape.
+    fn sample_shape(&self) -> &[usize];
+
+    /// Writes the patterns at `indices` into `inputs` (`[indices.len(), shape…]`) and
+    /// their targets into `targets`, reusing both buffers.
+    fn fill_batch(
+        &self,
+        indices: &[usize],
+        inputs: &mut Tensor<T>,
+        targets: &mut Self::Targets,
+    ) -> Result<(), NnError>;
+}
+
+/// Images stored as bytes with class labels: the pixels are converted (scaled to
+/// `[0, 1]`) only when a batch is filled, which keeps a 60,000-image set at 47 MB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassificationSet {
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+    sample_shape: Vec<usize>,
+    sample_len: usize,
+    classes: usize,
+}
+
+impl ClassificationSet {
+    /// A set from raw pixels (`labels.len()` samples of `∏sample_shape` bytes each)
+    /// and labels below `classes`.
+    pub fn new(
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+        sample_shape: &[usize],
+        classes: usize,
+    ) -> Result<Self, DataError> {
+        let sample_len: usize = sample_shape.iter().product();
+        if sample_len == 0 || pixels.len() != labels.len() * sample_len {
+            return Err(DataError::Mismatch {
+                details: format!(
+                    "{} pixels are not {} samples of shape {sample_shape:?}",
+                    pixels.len(),
+                    labels.len()
+                ),
+            });
+        }
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(DataError::Mismatch {
+                details: format!("label {l} of sample {i} is not below {classes} classes"),
+            });
+        }
+        Ok(Self {
+            pixels,
+            labels,
+            sample_shape: sample_shape.to_vec(),
+            sample_len,
+            classes,
+        })
+    }
+
+    /// Reads an image file and a label file in IDX format (gzip or raw), checking
+    /// that they have the same count and that every label is below `classes`.
+    pub fn from_idx(images: &Path, labels: &Path, classes: usize) -> Result<Self, DataError> {
+        let img = read_idx(images)?;
+        let lab = read_idx(labels)?;
+        if lab.dims.len() != 1 {
+            return Err(DataError::Invalid {
+                path: labels.to_path_buf(),
+                offset: 3,
+                details: format!("labels need 1 dimension, found {}", lab.dims.len()),
+            });
+        }
+        if img.dims.len() < 2 || img.dims[0] != lab.dims[0] {
+            return Err(DataError::Mismatch {
+                details: format!(
+                    "{} has dimensions {:?} but {} holds {} labels",
+                    images.display(),
+                    img.dims,
+                    labels.display(),
+                    lab.dims[0]
+                ),
+            });
+        }
+        if let Some((i, &l)) = lab
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(DataError::Invalid {
+                path: labels.to_path_buf(),
+                offset: element_offset(1, i),
+                details: format!("label {l} of sample {i} is not below {classes} classes"),
+            });
+        }
+        Self::new(img.data, lab.data, &img.dims[1..], classes)
+    }
+
+    /// The same samples seen with another per-sample shape of the same size (e.g.
+    /// `[784]` for a dense network, `[1, 28, 28]` for a convolutional one).
+    pub fn with_sample_shape(mut self, shape: &[usize]) -> Result<Self, DataError> {
+        if shape.iter().product::<usize>() != self.sample_len {
+            return Err(DataError::Mismatch {
+                details: format!(
+                    "shape {shape:?} does not hold samples of {} values",
+                    self.sample_len
+                ),
+            });
+        }
+        self.sample_shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Splits off the last `count` samples (e.g. a validation set).
+    pub fn split_off(&mut self, count: usize) -> Self {
+        let keep = self.labels.len().saturating_sub(count);
+        Self {
+            pixels: self.pixels.split_off(keep * self.sample_len),
+            labels: self.labels.split_off(keep),
+            sample_shape: self.sample_shape.clone(),
+            sample_len: self.sample_len,
+            classes: self.classes,
+        }
+    }
+
+    /// Keeps the first `count` samples.
+    pub fn truncate(&mut self, count: usize) {
+        self.labels.truncate(count);
+        self.pixels.truncate(count * self.sample_len);
+    }
+
+    /// The number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The label of each sample.
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+}
+
+impl<T: Element> Dataset<T> for ClassificationSet {
+    type Targets = Vec<usize>;
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
+    }
+
+    fn fill_batch(
+        &self,
+        indices: &[usize],
+        inputs: &mut Tensor<T>,
+        targets: &mut Vec<usize>,
+    ) -> Result<(), NnError> {
+        inputs.set_batch_shape(indices.len(), &self.sample_shape)?;
+        targets.clear();
+        let scale = T::from_f64(1.0 / 255.0);
+        for (dst, &i) in inputs.data_mut().chunks_mut(self.sample_len).zip(indices) {
+            let src = self
+                .pixels
+                .get(i * self.sample_len..(i + 1) * self.sample_len)
+                .ok_or_else(|| NnError::InvalidArgument {
+                    what: "batch index",
+                    details: format!("{i} is not below {}", self.labels.len()),
+                })?;
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = T::from_f64(s as f64) * scale;
+            }
+            targets.push(self.labels[i] as usize);
+        }
+        Ok(())
+    }
+}
+
+/// Inputs and targets held as tensors (`[P, …]` each): for regression and small
+/// problems such as XOR.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSet<T: Element> {
+    inputs: Tensor<T>,
+    targets: Tensor<T>,
+}
+
+impl<T: Element> TensorSet<T> {
+    /// A set of `inputs.shape()[0]` patterns; `targets` must have the same count.
+    pub fn new(inputs: Tensor<T>, targets: Tensor<T>) -> Result<Self, NnError> {
+        let (a, b) = (
+            inputs.shape().first().copied(),
+            targets.shape().first().copied(),
+        );
+        if a.is_none() || a != b || inputs.shape().len() < 2 || targets.shape().len() < 2 {
+            return Err(NnError::Shape {
+                op: "tensor set targets",
+                expected: inputs.shape().to_vec(),
+                got: targets.shape().to_vec(),
+            });
+        }
+        Ok(Self { inputs, targets })
+    }
+}
+
+fn gather<T: Element>(
+    source: &Tensor<T>,
+    indices: &[usize],
+    out: &mut Tensor<T>,
+) -> Result<(), NnError> {
+    let per_sample = &source.shape()[1..];
+    let len: usize = per_sample.iter().product();
+    out.set_batch_shape(indices.len(), per_sample)?;
+    for (dst, &i) in out.data_mut().chunks_mut(len.max(1)).zip(indices) {
+        let src =
+            source
+                .data()
+                .get(i * len..(i + 1) * len)
+                .ok_or_else(|| NnError::InvalidArgument {
+                    what: "batch index",
+                    details: format!("{i} is not below {}", source.shape()[0]),
+                })?;
+        dst.copy_from_slice(src);
+    }
+    Ok(())
+}
+
+impl<T: Element> Dataset<T> for TensorSet<T> {
+    type Targets = Tensor<T>;
+
+    fn len(&self) -> usize {
+        self.inputs.shape()[0]
+    }
+
+    fn sample_shape(&self) -> &[usize] {
+        &self.inputs.shape()[1..]
+    }
+
+    fn fill_batch(
+        &self,
+        indices: &[usize],
+        inputs: &mut Tensor<T>,
+        targets: &mut Tensor<T>,
+    ) -> Result<(), NnError> {
+        gather(&self.inputs, indices, inputs)?;
+        gather(&self.targets, indices, targets)
+    }
+}

@@ -1,0 +1,124 @@
+use crate::data::{Dataset, TargetBatch};
+use crate::TrainError;
+use nn_core::{Element, Loss, Reduction, Sequential, Tensor};
+
+/// A confusion matrix: `counts[actual][predicted]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfusionMatrix {
+    /// Counts by actual class (rows) and predicted class (columns).
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl ConfusionMatrix {
+    /// An all-zero matrix for `classes` classes.
+    pub fn new(classes: usize) -> Self {
+        Self {
+            counts: vec![vec![0; classes]; classes],
+        }
+    }
+
+    /// Fraction of samples on the diagonal.
+    pub fn accuracy(&self) -> f64 {
+        let total: u64 = self.counts.iter().flatten().sum();
+        let right: u64 = (0..self.counts.len()).map(|i| self.counts[i][i]).sum();
+        right as f64 / total.max(1) as f64
+    }
+
+    /// Renders the matrix as aligned text, rows labelled with `names` when given.
+    pub fn to_table(&self, names: Option<&[&str]>) -> String {
+        let label = |i: usize| {
+            names
+                .and_then(|n| n.get(i).map(|s| s.to_string()))
+                .unwrap_or_else(|| i.to_string())
+        };
+        let width = (0..self.counts.len())
+            .map(|i| label(i).len())
+            .max()
+            .unwrap_or(1)
+            .max(6);
+        let mut out = format!("{:>width$} |", "actual");
+        for j in 0..self.counts.len() {
+            out += &format!(" {j:>5}");
+        }
+        out.push('\n');
+        for (i, row) in self.counts.iter().enumerate() {
+            out += &format!("{:>width$} |", label(i));
+            for c in row {
+                out += &format!(" {c:>5}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The result of running a network over a dataset without touching gradients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Samples seen.
+    pub samples: usize,
+    /// `E = Σ_p L(t⁽ᵖ⁾, x⁽ᴺ⁾)`.
+    pub error_sum: f64,
+    /// `E / P`, the mean loss per sample.
+    pub mean_loss: f64,
+    /// Fraction of correct argmax predictions, for class targets.
+    pub accuracy: Option<f64>,
+    /// The confusion matrix, for class targets.
+    pub confusion: Option<ConfusionMatrix>,
+}
+
+/// Index of the largest value in each row (the first on ties).
+pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item = usize> + '_ {
+    let width = outputs.shape().get(1).copied().unwrap_or(1).max(1);
+    outputs.data().chunks(width).map(|row| {
+        row.iter()
+            .enumerate()
+            .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
+    })
+}
+
+/// Runs `net` over every sample of `data` in batches of `batch_size`, in order, and
+/// reports the summed and mean loss, and accuracy and confusion for class targets.
+pub fn evaluate<T, D, L>(
+    net: &mut Sequential<T>,
+    loss: &L,
+    data: &D,
+    batch_size: usize,
+) -> Result<Evaluation, TrainError>
+where
+    T: Element,
+    D: Dataset<T>,
+    L: Loss<T>,
+    D::Targets: AsRef<L::Target>,
+{
+    if batch_size == 0 {
+        return Err(TrainError::Config {
+            what: "batch size",
+            details: "must be positive".into(),
+        });
+    }
+    let (mut inputs, mut targets, mut grad) =
+        (Tensor::default(), D::Targets::default(), Tensor::default());
+    let mut error_sum = 0.0;
+    let mut confusion: Option<ConfusionMatrix> = None;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size) {
+        data.fill_batch(chunk, &mut inputs, &mut targets)?;
+        let outputs = net.forward(&inputs)?;
+        error_sum += loss.loss_and_grad(outputs, targets.as_ref(), Reduction::Sum, &mut grad)?;
+        if let Some(labels) = targets.labels() {
+            let classes = outputs.shape().get(1).copied().unwrap_or(1);
+            let matrix = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes));
+            for (&actual, predicted) in labels.iter().zip(argmax_rows(outputs)) {
+                matrix.counts[actual][predicted] += 1;
+            }
+        }
+    }
+    Ok(Evaluation {
+        samples: data.len(),
+        error_sum,
+        mean_loss: error_sum / data.len().max(1) as f64,
+        accuracy: confusion.as_ref().map(ConfusionMatrix::accuracy),
+        confusion,
+    })
+}

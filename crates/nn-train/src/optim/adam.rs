@@ -1,0 +1,145 @@
+use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use crate::TrainError;
+use nn_core::{Element, Param, Tensor};
+
+/// Adam (Kingma & Ba): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `Δw = −η·m̂/(√v̂ + ε)` with bias-corrected `m̂, v̂`. Weight decay λ is either L2
+/// (`g ← g + λw`, [`Adam::new`]) or decoupled (`w ← w − ηλw`, AdamW, [`Adam::adamw`]).
+#[derive(Debug, Clone)]
+pub struct Adam<T: Element> {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    epsilon: f64,
+    weight_decay: f64,
+    decoupled: bool,
+    step: u64,
+    m: Vec<Tensor<T>>,
+    v: Vec<Tensor<T>>,
+}
+
+impl<T: Element> Adam<T> {
+    /// Adam with η and the usual defaults β₁ = 0.9, β₂ = 0.999, ε = 1e-8, no decay.
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            step: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+    /// AdamW: Adam with decoupled weight decay λ.
+    pub fn adamw(lr: f64, weight_decay: f64) -> Self {
+        Self {
+            weight_decay,
+            decoupled: true,
+            ..Self::new(lr)
+        }
+    }
+    /// The moment decay rates β₁, β₂.
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
+        (self.beta1, self.beta2) = (beta1, beta2);
+        self
+    }
+    /// ε in the denominator.
+    pub fn epsilon(mut self, epsilon: f64) -> Self {
+        self.epsilon = epsilon;
+        self
+    }
+    /// L2 weight decay (or decoupled decay for AdamW).
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+}
+
+impl<T: Element> Optimizer<T> for Adam<T> {
+    fn name(&self) -> &'static str {
+        if self.decoupled {
+            "adamw"
+        } else {
+            "adam"
+        }
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError> {
+        ensure_buffers(&mut self.m, params)?;
+        ensure_buffers(&mut self.v, params)?;
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (T::from_f64(self.beta1), T::from_f64(self.beta2));
+        let (one_b1, one_b2) = (T::from_f64(1.0 - self.beta1), T::from_f64(1.0 - self.beta2));
+        // Bias correction folded into the step size: η·√(1−β₂ᵗ)/(1−β₁ᵗ).
+        let step_size =
+            T::from_f64(self.lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t)));
+        let eps = T::from_f64(self.epsilon * (1.0 - self.beta2.powi(t)).sqrt());
+        let (l2, decay) = if self.decoupled {
+            (T::zero(), T::from_f64(self.lr * self.weight_decay))
+        } else {
+            (T::from_f64(self.weight_decay), T::zero())
+        };
+        for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            let Param { value, grad, .. } = &mut **p;
+            for (((w, &g), m), v) in value
+                .data_mut()
+                .iter_mut()
+                .zip(grad.data())
+                .zip(m.data_mut())
+                .zip(v.data_mut())
+            {
+                let g = g + l2 * *w;
+                *m = b1 * *m + one_b1 * g;
+                *v = b2 * *v + one_b2 * g * g;
+                *w -= decay * *w + step_size * *m / (v.sqrt() + eps);
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState<T> {
+        OptimizerState {
+            scalars: vec![
+                ("lr".into(), self.lr),
+                ("beta1".into(), self.beta1),
+                ("beta2".into(), self.beta2),
+                ("epsilon".into(), self.epsilon),
+                ("weight_decay".into(), self.weight_decay),
+                ("decoupled".into(), self.decoupled as u8 as f64),
+                ("step".into(), self.step as f64),
+            ],
+            buffers: save_slot("m", &self.m)
+                .chain(save_slot("v", &self.v))
+                .collect(),
+        }
+    }
+
+    fn load_state(
+        &mut self,
+        state: &OptimizerState<T>,
+        params: &[&Param<T>],
+    ) -> Result<(), TrainError> {
+        self.lr = state.scalar("lr")?;
+        self.beta1 = state.scalar("beta1")?;
+        self.beta2 = state.scalar("beta2")?;
+        self.epsilon = state.scalar("epsilon")?;
+        self.weight_decay = state.scalar("weight_decay")?;
+        self.decoupled = state.scalar("decoupled")? != 0.0;
+        self.step = state.scalar("step")? as u64;
+        self.m = load_slot(state, "m", params)?;
+        self.v = load_slot(state, "v", params)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use crate::TrainError;
+use nn_core::{Element, Param, Tensor};
+
+/// Stochastic gradient descent: `Δw = −η·g`, the source's update when the loss sums
+/// over the minibatch. Optional momentum μ (`v ← μ·v + g`, `Δw = −η·v`), Nesterov
+/// momentum (`Δw = −η·(g + μ·v)`), and L2 weight decay λ (`g ← g + λ·w`).
+#[derive(Debug, Clone)]
+pub struct Sgd<T: Element> {
+    lr: f64,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    velocity: Vec<Tensor<T>>,
+}
+
+impl<T: Element> Sgd<T> {
+    /// Plain SGD with learning rate η.
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            velocity: Vec::new(),
+        }
+    }
+    /// Heavy-ball momentum μ.
+    pub fn momentum(mut self, momentum: f64) -> Self {
+        self.momentum = momentum;
+        self
+    }
+    /// Nesterov momentum (needs a momentum above zero).
+    pub fn nesterov(mut self, nesterov: bool) -> Self {
+        self.nesterov = nesterov;
+        self
+    }
+    /// L2 weight decay λ, added to the gradient.
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+}
+
+impl<T: Element> Optimizer<T> for Sgd<T> {
+    fn name(&self) -> &'static str {
+        "sgd"
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError> {
+        let (lr, mu, wd) = (
+            T::from_f64(self.lr),
+            T::from_f64(self.momentum),
+            T::from_f64(self.weight_decay),
+        );
+        if self.momentum == 0.0 {
+            for p in params.iter_mut() {
+                let Param { value, grad, .. } = &mut **p;
+                for (w, &g) in value.data_mut().iter_mut().zip(grad.data()) {
+                    *w -= lr * (g + wd * *w);
+                }
+            }
+            return Ok(());
+        }
+        ensure_buffers(&mut self.velocity, params)?;
+        for (p, v) in params.iter_mut().zip(&mut self.velocity) {
+            let Param { value, grad, .. } = &mut **p;
+            for ((w, &g), v) in value
+                .data_mut()
+                .iter_mut()
+                .zip(grad.data())
+                .zip(v.data_mut())
+            {
+                let g = g + wd * *w;
+                *v = mu * *v + g;
+                *w -= lr * if self.nesterov { g + mu * *v } else { *v };
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState<T> {
+        OptimizerState {
+            scalars: vec![
+                ("lr".into(), self.lr),
+                ("momentum".into(), self.momentum),
+                ("nesterov".into(), self.nesterov as u8 as f64),
+                ("weight_decay".into(), self.weight_decay),
+            ],
+            buffers: save_slot("velocity", &self.velocity).collect(),
+        }
+    }
+
+    fn load_state(
+        &mut self,
+        state: &OptimizerState<T>,
+        params: &[&Param<T>],
+    ) -> Result<(), TrainError> {
+        self.lr = state.scalar("lr")?;
+        self.momentum = state.scalar("momentum")?;
+        self.nesterov = state.scalar("nesterov")? != 0.0;
+        self.weight_decay = state.scalar("weight_decay")?;
+        self.velocity = load_slot(state, "velocity", params)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,509 @@
+//! The source's procedure (SPEC §1): Step 1 is the dataset and η; each minibatch runs
+//! Step 2 (forward), Step 3 (backward), Step 4 (update from the summed gradients);
+//! Step 5 checks the stopping rules after every update.
+
+use crate::data::{Dataset, TargetBatch};
+use crate::eval::{argmax_rows, evaluate, Evaluation};
+use crate::optim::{LrSchedule, Optimizer};
+use crate::{checkpoint, TrainError};
+use nn_core::{seeded_rng, Element, Loss, Reduction, Sequential, Tensor};
+use rand::seq::SliceRandom;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Which validation figure early stopping watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Monitor {
+    /// Mean validation loss; lower is better.
+    ValidationLoss,
+    /// Validation accuracy; higher is better.
+    ValidationAccuracy,
+}
+
+/// Stop when the monitored validation figure has not improved by more than
+/// `min_delta` for `patience` consecutive epochs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EarlyStopping {
+    /// Epochs without improvement tolerated.
+    pub patience: usize,
+    /// The smallest change that counts as an improvement.
+    pub min_delta: f64,
+    /// What is watched.
+    pub monitor: Monitor,
+}
+
+/// How to train, and when to stop. At least one of `max_iterations`, `max_epochs`,
+/// `max_time` or `error_threshold` must be set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Patterns per minibatch (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Seed of the per-epoch shuffles.
+    pub seed: u64,
+    /// Shuffle the patterns every epoch (else take them in order).
+    pub shuffle: bool,
+    /// Sum the loss over the batch as the source does, or take the mean.
+    pub reduction: Reduction,
+    /// Stop after this many updates (Step 5's iteration cap).
+    pub max_iterations: Option<u64>,
+    /// Stop once `E = Σ_p L` over the last full pass is at or below this (Step 5).
+    pub error_threshold: Option<f64>,
+    /// Stop after this many epochs.
+    pub max_epochs: Option<usize>,
+    /// Stop once this much wall time has passed in [`Trainer::fit`].
+    pub max_time: Option<Duration>,
+    /// Stop when validation stops improving (needs a validation set).
+    pub early_stopping: Option<EarlyStopping>,
+    /// The learning rate per epoch, from the optimizer's initial rate.
+    pub schedule: LrSchedule,
+    /// Save a checkpoint here at the end of every epoch.
+    pub checkpoint: Option<PathBuf>,
+    /// Batch size for validation passes.
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            seed: 0,
+            shuffle: true,
+            reduction: Reduction::Sum,
+            max_iterations: None,
+            error_threshold: None,
+            max_epochs: None,
+            max_time: None,
+            early_stopping: None,
+            schedule: LrSchedule::Constant,
+            checkpoint: None,
+            eval_batch_size: 500,
+        }
+    }
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// `E = Σ_p L` over the last full pass fell to the threshold.
+    ErrorThreshold {
+        /// E.
+        error: f64,
+        /// The threshold.
+        threshold: f64,
+    },
+    /// The update count reached its cap.
+    IterationCap {
+        /// The cap.
+        limit: u64,
+    },
+    /// The epoch count reached its cap.
+    EpochCap {
+        /// The cap.
+        limit: usize,
+    },
+    /// Validation did not improve for `patience` epochs.
+    EarlyStopping {
+        /// The epoch (0-based) with the best figure.
+        best_epoch: usize,
+        /// The best figure.
+        best: f64,
+    },
+    /// The wall-time budget ran out.
+    WallTime {
+        /// The budget.
+        limit: Duration,
+    },
+}
+
+/// Figures of one epoch (or of the partial epoch in which training stopped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochStats {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// False for an epoch cut short by an iteration or time cap.
+    pub complete: bool,
+    /// Updates done in total by the end of this epoch.
+    pub iterations: u64,
+    /// Patterns seen in this epoch.
+    pub samples: usize,
+    /// `E = Σ_p L` over this epoch's patterns, each measured when its batch was
+    /// forwarded (before that batch's update).
+    pub error_sum: f64,
+    /// `E / samples`.
+    pub mean_loss: f64,
+    /// Training accuracy over the epoch, for class targets.
+    pub accuracy: Option<f64>,
+    /// Validation figures at the end of the epoch.
+    pub validation: Option<Evaluation>,
+    /// Patterns per second of forward + backward + update (data loading excluded).
+    pub images_per_sec: f64,
+    /// Wall time of the epoch, data loading included.
+    pub seconds: f64,
+    /// η during this epoch.
+    pub learning_rate: f64,
+}
+
+/// Progress after one update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// 1-based batch within the epoch.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Updates done in total.
+    pub iteration: u64,
+    /// Mean loss per pattern so far this epoch.
+    pub mean_loss: f64,
+    /// Training accuracy so far this epoch, for class targets.
+    pub accuracy: Option<f64>,
+    /// Patterns per second of compute so far this epoch.
+    pub images_per_sec: f64,
+}
+
+/// Receives progress as training runs (a progress bar, a logger, a test probe).
+pub trait Observer {
+    /// An epoch begins.
+    fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
+    /// An update finished.
+    fn batch_end(&mut self, _progress: &BatchProgress) {}
+    /// An epoch finished (also called for a partial epoch when training stops early).
+    fn epoch_end(&mut self, _stats: &EpochStats) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Observer for NoProgress {}
+
+/// Counters that make training resumable; saved in checkpoints.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainerState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Updates done.
+    pub iteration: u64,
+    /// E over the last full pass.
+    pub last_error: Option<f64>,
+    /// The learning rate the schedule starts from.
+    pub base_lr: Option<f64>,
+    /// The best early-stopping figure so far, and its epoch.
+    pub best: Option<(f64, usize)>,
+    /// Epochs since the best.
+    pub epochs_without_improvement: usize,
+}
+
+/// The outcome of [`Trainer::fit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    /// Which rule stopped training.
+    pub reason: StopReason,
+    /// Updates done in total when it stopped.
+    pub iteration: u64,
+    /// Epochs completed when it stopped.
+    pub epoch: usize,
+    /// Per-epoch figures of this run.
+    pub history: Vec<EpochStats>,
+}
+
+/// Runs the training loop; keeps its counters so that training can continue or resume.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    config: TrainConfig,
+    state: TrainerState,
+}
+
+impl Trainer {
+    /// A trainer starting from epoch 0.
+    pub fn new(config: TrainConfig) -> Self {
+        Self {
+            config,
+            state: TrainerState::default(),
+        }
+    }
+
+    /// A trainer continuing from the checkpoint at `path`, whose parameters and
+    /// optimizer state are loaded into `net` and `optimizer`.
+    pub fn resume<T: Element, O: Optimizer<T>>(
+        config: TrainConfig,
+        path: &Path,
+        net: &mut Sequential<T>,
+        optimizer: &mut O,
+    ) -> Result<Self, TrainError> {
+        let state = checkpoint::load_checkpoint(path, net, optimizer)?;
+        Ok(Self { config, state })
+    }
+
+    /// The counters.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn check_config<T: Element, D: Dataset<T>>(
+        &self,
+        net: &Sequential<T>,
+        data: &D,
+        has_validation: bool,
+    ) -> Result<(), TrainError> {
+        let c = &self.config;
+        let invalid = |what, details: &str| {
+            Err(TrainError::Config {
+                what,
+                details: details.into(),
+            })
+        };
+        if c.batch_size == 0 || c.eval_batch_size == 0 {
+            return invalid("batch size", "must be positive");
+        }
+        if data.is_empty() {
+            return invalid("training data", "has no samples");
+        }
+        if data.sample_shape() != net.input_shape() {
+            return Err(TrainError::Config {
+                what: "training data",
+                details: format!(
+                    "samples have shape {:?}, the network takes {:?}",
+                    data.sample_shape(),
+                    net.input_shape()
+                ),
+            });
+        }
+        if c.max_iterations.is_none()
+            && c.max_epochs.is_none()
+            && c.max_time.is_none()
+            && c.error_threshold.is_none()
+        {
+            return invalid(
+                "stopping rules",
+                "set at least one of max_iterations, max_epochs, max_time, error_threshold",
+            );
+        }
+        if c.early_stopping.is_some() && !has_validation {
+            return invalid("early stopping", "needs a validation set");
+        }
+        Ok(())
+    }
+
+    /// Trains `net` on `train` until a stopping rule fires.
+    ///
+    /// After every update the rules are checked in this order: (1) the error threshold
+    /// on E over the last full pass (E changes only when a pass completes; with one
+    /// batch per epoch that is every update, as in the source), (2) the iteration cap,
+    /// (3) the epoch cap and (4) early stopping (both at the end of an epoch), (5) wall
+    /// time.
+    pub fn fit<T, D, L, O>(
+        &mut self,
+        net: &mut Sequential<T>,
+        optimizer: &mut O,
+        loss: &L,
+        train: &D,
+        validation: Option<&D>,
+        observer: &mut dyn Observer,
+    ) -> Result<TrainReport, TrainError>
+    where
+        T: Element,
+        D: Dataset<T>,
+        L: Loss<T>,
+        O: Optimizer<T>,
+        D::Targets: AsRef<L::Target>,
+    {
+        self.check_config(net, train, validation.is_some())?;
+        let config = self.config.clone();
+        let started = Instant::now();
+        let base_lr = *self.state.base_lr.get_or_insert(optimizer.learning_rate());
+        let (mut inputs, mut targets, mut grad) = (
+            Tensor::<T>::default(),
+            D::Targets::default(),
+            Tensor::<T>::default(),
+        );
+        let mut history = Vec::new();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let batches = train.len().div_ceil(config.batch_size);
+        loop {
+            let epoch = self.state.epoch;
+            if let Some(limit) = config.max_epochs.filter(|&limit| epoch >= limit) {
+                return Ok(self.report(StopReason::EpochCap { limit }, history));
+            }
+            let lr = config.schedule.rate(base_lr, epoch);
+            optimizer.set_learning_rate(lr);
+            order.iter_mut().enumerate().for_each(|(i, v)| *v = i);
+            if config.shuffle {
+                // Each epoch's order depends only on (seed, epoch): a resumed run
+                // sees the same batches as an uninterrupted one.
+                order.shuffle(&mut seeded_rng(
+                    config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ));
+            }
+            observer.epoch_start(epoch, batches);
+            let epoch_started = Instant::now();
+            let mut compute = Duration::ZERO;
+            let (mut error, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+                train.fill_batch(chunk, &mut inputs, &mut targets)?;
+                let step_started = Instant::now();
+                let outputs = net.forward(&inputs)?;
+                let batch_loss =
+                    loss.loss_and_grad(outputs, targets.as_ref(), config.reduction, &mut grad)?;
+                if let Some(labels) = targets.labels() {
+                    correct += labels
+                        .iter()
+                        .zip(argmax_rows(outputs))
+                        .filter(|(&t, p)| t == *p)
+                        .count();
+                }
+                net.zero_grad();
+                net.backward(&grad)?;
+                optimizer.step(&mut net.params_mut())?;
+                compute += step_started.elapsed();
+
+                self.state.iteration += 1;
+                seen += chunk.len();
+                error += match config.reduction {
+                    Reduction::Sum => batch_loss,
+                    Reduction::Mean => batch_loss * chunk.len() as f64,
+                };
+                let accuracy = targets.labels().map(|_| correct as f64 / seen as f64);
+                let images_per_sec = seen as f64 / compute.as_secs_f64().max(1e-9);
+                observer.batch_end(&BatchProgress {
+                    epoch,
+                    batch: b + 1,
+                    batches,
+                    iteration: self.state.iteration,
+                    mean_loss: error / seen as f64,
+                    accuracy,
+                    images_per_sec,
+                });
+
+                let epoch_done = b + 1 == batches;
+                let mut stats = EpochStats {
+                    epoch,
+                    complete: epoch_done,
+                    iterations: self.state.iteration,
+                    samples: seen,
+                    error_sum: error,
+                    mean_loss: error / seen as f64,
+                    accuracy,
+                    validation: None,
+                    images_per_sec,
+                    seconds: epoch_started.elapsed().as_secs_f64(),
+                    learning_rate: lr,
+                };
+                let (mut epoch_cap, mut early) = (None, None);
+                if epoch_done {
+                    self.state.epoch += 1;
+                    self.state.last_error = Some(error);
+                    if let Some(val) = validation {
+                        stats.validation = Some(evaluate(net, loss, val, config.eval_batch_size)?);
+                    }
+                    early = self.update_early_stopping(&stats);
+                    epoch_cap = config.max_epochs.filter(|&limit| self.state.epoch >= limit);
+                    if let Some(path) = &config.checkpoint {
+                        checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
+                    }
+                }
+                // Step 5, in the documented order.
+                let stop = config
+                    .error_threshold
+                    .and_then(|threshold| {
+                        let error = self.state.last_error.filter(|&e| e <= threshold)?;
+                        Some(StopReason::ErrorThreshold { error, threshold })
+                    })
+                    .or_else(|| {
+                        let limit = config
+                            .max_iterations
+                            .filter(|&limit| self.state.iteration >= limit)?;
+                        Some(StopReason::IterationCap { limit })
+                    })
+                    .or(epoch_cap.map(|limit| StopReason::EpochCap { limit }))
+                    .or(early)
+                    .or_else(|| {
+                        let limit = config
+                            .max_time
+                            .filter(|&limit| started.elapsed() >= limit)?;
+                        Some(StopReason::WallTime { limit })
+                    });
+                if epoch_done || stop.is_some() {
+                    observer.epoch_end(&stats);
+                    history.push(stats);
+                }
+                if let Some(reason) = stop {
+                    return Ok(self.report(reason, history));
+                }
+            }
+        }
+    }
+
+    /// Updates the early-stopping counters after an epoch; the rule's verdict.
+    fn update_early_stopping(&mut self, stats: &EpochStats) -> Option<StopReason> {
+        let (rule, val) = (self.config.early_stopping?, stats.validation.as_ref()?);
+        // Both figures as "lower is better".
+        let figure = match rule.monitor {
+            Monitor::ValidationLoss => val.mean_loss,
+            Monitor::ValidationAccuracy => -val.accuracy.unwrap_or(0.0),
+        };
+        match self.state.best {
+            Some((best, _)) if figure > best - rule.min_delta => {
+                self.state.epochs_without_improvement += 1
+            }
+            _ => {
+                self.state.best = Some((figure, stats.epoch));
+                self.state.epochs_without_improvement = 0;
+            }
+        }
+        if self.state.epochs_without_improvement < rule.patience {
+            return None;
+        }
+        let (best, best_epoch) = self.state.best?;
+        let best = if rule.monitor == Monitor::ValidationAccuracy {
+            -best
+        } else {
+            best
+        };
+        Some(StopReason::EarlyStopping { best_epoch, best })
+    }
+
+    fn report(&self, reason: StopReason, history: Vec<EpochStats>) -> TrainReport {
+        TrainReport {
+            reason,
+            iteration: self.state.iteration,
+            epoch: self.state.epoch,
+            history,
+        }
+    }
+}
+
+/// Writes per-epoch figures as CSV, one row per epoch.
+pub fn write_history_csv(path: &Path, history: &[EpochStats]) -> Result<(), TrainError> {
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+    let mut out = String::from(
+        "epoch,complete,iterations,samples,error_sum,mean_loss,train_accuracy,val_loss,val_accuracy,images_per_sec,seconds,learning_rate\n",
+    );
+    for s in history {
+        out += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            s.epoch,
+            s.complete,
+            s.iterations,
+            s.samples,
+            s.error_sum,
+            s.mean_loss,
+            opt(s.accuracy),
+            opt(s.validation.as_ref().map(|v| v.mean_loss)),
+            opt(s.validation.as_ref().and_then(|v| v.accuracy)),
+            s.images_per_sec,
+            s.seconds,
+            s.learning_rate
+        );
+    }
+    std::fs::write(path, out).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
