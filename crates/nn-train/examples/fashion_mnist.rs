@@ -254,7 +254,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.seconds
         );
     }
-    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 500)?;
+    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 128)?;
     println!(
         "\ntest accuracy: {:.2}% ({} images)",
         100.0 * eval.accuracy.unwrap_or(0.0),

@@ -76,7 +76,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             schedule: LrSchedule::Constant,
             checkpoint: None,
-            eval_batch_size: 500,
+            eval_batch_size: 128,
         }
     }
 }
@@ -448,8 +448,9 @@ impl Trainer {
             Monitor::ValidationLoss => val.mean_loss,
             Monitor::ValidationAccuracy => -val.accuracy.unwrap_or(0.0),
         };
+        // An improvement is lower by more than min_delta; an equal figure is not one.
         match self.state.best {
-            Some((best, _)) if figure > best - rule.min_delta => {
+            Some((best, _)) if figure >= best - rule.min_delta => {
                 self.state.epochs_without_improvement += 1
             }
             _ => {

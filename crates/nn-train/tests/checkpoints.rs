@@ -1,0 +1,212 @@
+//! Weights and checkpoints: round trips, resuming identically, mismatches reported,
+//! and writes that never destroy the previous file.
+
+mod common;
+
+use common::{small_cnn, subset, weights};
+use nn_core::prelude::*;
+use nn_train::checkpoint::{
+    load_checkpoint, load_weights, save_checkpoint, save_weights, CheckpointError,
+};
+use nn_train::data::ClassificationSet;
+use nn_train::optim::{Adam, Optimizer, Sgd};
+use nn_train::{NoProgress, TrainConfig, TrainError, Trainer};
+use std::path::Path;
+
+fn config(epochs: usize, checkpoint: Option<&Path>) -> TrainConfig {
+    TrainConfig {
+        batch_size: 32,
+        seed: 5,
+        reduction: Reduction::Mean,
+        max_epochs: Some(epochs),
+        checkpoint: checkpoint.map(Path::to_path_buf),
+        ..TrainConfig::default()
+    }
+}
+
+fn data() -> ClassificationSet {
+    let (mut train, _) = subset();
+    train.truncate(160);
+    train
+}
+
+fn resume_matches_uninterrupted<O: Optimizer<f32>>(make: impl Fn() -> O) {
+    let train = data();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt.safetensors");
+
+    let mut straight = small_cnn(1);
+    Trainer::new(config(3, None))
+        .fit(
+            &mut straight,
+            &mut make(),
+            &SoftmaxCrossEntropy,
+            &train,
+            None,
+            &mut NoProgress,
+        )
+        .unwrap();
+
+    let mut first = small_cnn(1);
+    Trainer::new(config(1, Some(&ckpt)))
+        .fit(
+            &mut first,
+            &mut make(),
+            &SoftmaxCrossEntropy,
+            &train,
+            None,
+            &mut NoProgress,
+        )
+        .unwrap();
+    // A fresh network and optimizer, as after a restart.
+    let (mut resumed, mut optimizer) = (small_cnn(99), make());
+    let mut trainer =
+        Trainer::resume(config(3, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
+    assert_eq!((trainer.state().epoch, trainer.state().iteration), (1, 5));
+    let report = trainer
+        .fit(
+            &mut resumed,
+            &mut optimizer,
+            &SoftmaxCrossEntropy,
+            &train,
+            None,
+            &mut NoProgress,
+        )
+        .unwrap();
+    assert_eq!(report.iteration, 15);
+    assert_eq!(weights(&resumed), weights(&straight));
+}
+
+#[test]
+fn resume_with_sgd_momentum_is_identical() {
+    resume_matches_uninterrupted(|| {
+        Sgd::new(0.05)
+            .momentum(0.9)
+            .nesterov(true)
+            .weight_decay(1e-4)
+    });
+}
+
+#[test]
+fn resume_with_adamw_is_identical() {
+    resume_matches_uninterrupted(|| Adam::adamw(1e-3, 0.01));
+}
+
+#[test]
+fn weights_round_trip_and_mismatches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let net = small_cnn(1);
+    save_weights(&path, &net).unwrap();
+    let mut other = small_cnn(2);
+    assert_ne!(weights(&other), weights(&net));
+    load_weights(&path, &mut other).unwrap();
+    assert_eq!(weights(&other), weights(&net));
+
+    // A network with a different second convolution: the first differing tensor is named.
+    let mut wider = Sequential::<f32>::builder(&[1, 28, 28], 0)
+        .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
+        .relu()
+        .max_pool(&[2, 2])
+        .conv(
+            ConvSpec::new(7, &[3, 3])
+                .stride(&[2, 2])
+                .rounding(OutputRounding::Floor),
+        )
+        .relu()
+        .flatten()
+        .dense(10)
+        .build()
+        .unwrap();
+    let before = weights(&wider);
+    let err = load_weights(&path, &mut wider).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::Shape { name, expected, found, .. } if name == "3.conv.weight" && expected == &[7, 4, 3, 3] && found == &[6, 4, 3, 3]),
+        "{err}"
+    );
+    assert_eq!(weights(&wider), before, "a failed load changes nothing");
+
+    let mut as_f64 = Sequential::<f64>::builder(&[1, 28, 28], 0)
+        .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
+        .build()
+        .unwrap();
+    let err = load_weights(&path, &mut as_f64).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CheckpointError::Dtype {
+                expected: "F64",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut fewer = Sequential::<f32>::builder(&[1, 28, 28], 0)
+        .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        load_weights(&path, &mut fewer),
+        Err(CheckpointError::Unexpected { .. })
+    ));
+
+    std::fs::write(&path, b"not safetensors").unwrap();
+    assert!(matches!(
+        load_weights(&path, &mut other),
+        Err(CheckpointError::Format { .. })
+    ));
+}
+
+#[test]
+fn checkpoint_checks_the_optimizer_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let net = small_cnn(1);
+    save_checkpoint(&path, &net, &Sgd::<f32>::new(0.1), &Default::default()).unwrap();
+    let err = load_checkpoint(&path, &mut small_cnn(1), &mut Adam::<f32>::new(0.1)).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Checkpoint(CheckpointError::Metadata { ref key, .. }) if key == "optimizer"),
+        "{err}"
+    );
+    assert!(matches!(
+        load_weights(&path, &mut small_cnn(1)),
+        Err(CheckpointError::Metadata { .. })
+    ));
+}
+
+#[test]
+fn an_interrupted_write_leaves_the_previous_checkpoint_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let net = small_cnn(1);
+    save_weights(&path, &net).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    // A crash mid-write leaves a partial temporary file beside the checkpoint, never a
+    // partial checkpoint: simulate one.
+    std::fs::write(
+        dir.path()
+            .join(format!(".c.safetensors.tmp-{}", std::process::id() + 1)),
+        &good[..100],
+    )
+    .unwrap();
+    let mut loaded = small_cnn(2);
+    load_weights(&path, &mut loaded).unwrap();
+    assert_eq!(weights(&loaded), weights(&net));
+    // A write that fails (the target is a directory) leaves nothing half-done.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"x").unwrap();
+    assert!(save_weights(&blocked, &net).is_err());
+    assert!(blocked.join("keep").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".blocked.tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+    // Saving over an existing checkpoint replaces it whole.
+    save_weights(&path, &small_cnn(3)).unwrap();
+    load_weights(&path, &mut loaded).unwrap();
+    assert_eq!(weights(&loaded), weights(&small_cnn(3)));
+}

@@ -1,0 +1,66 @@
+//! Optimizer updates against hand-computed values.
+
+use nn_core::{Param, Tensor};
+use nn_train::optim::{Adam, Optimizer, Sgd};
+
+fn param(w: f64, g: f64) -> Param<f64> {
+    let mut p = Param::new("w", Tensor::from_vec(&[1], vec![w]).unwrap());
+    p.grad.data_mut()[0] = g;
+    p
+}
+
+fn step<O: Optimizer<f64>>(opt: &mut O, p: &mut Param<f64>) -> f64 {
+    opt.step(&mut [p]).unwrap();
+    p.value.data()[0]
+}
+
+#[test]
+fn sgd_is_the_source_update() {
+    // Δw = −η·Σ_p ∂w
+    let mut p = param(1.0, 0.5);
+    assert_eq!(step(&mut Sgd::new(0.1), &mut p), 1.0 - 0.1 * 0.5);
+    let mut p = param(1.0, 0.5);
+    assert_eq!(
+        step(&mut Sgd::new(0.1).weight_decay(0.2), &mut p),
+        1.0 - 0.1 * (0.5 + 0.2)
+    );
+}
+
+#[test]
+fn momentum_and_nesterov() {
+    let mut opt = Sgd::new(0.1).momentum(0.9);
+    let mut p = param(0.0, 1.0);
+    // v = 1, w = −0.1; then v = 0.9 + 1 = 1.9, w = −0.1 − 0.19.
+    assert!((step(&mut opt, &mut p) + 0.1).abs() < 1e-15);
+    assert!((step(&mut opt, &mut p) + 0.29).abs() < 1e-15);
+    let mut opt = Sgd::new(0.1).momentum(0.9).nesterov(true);
+    let mut p = param(0.0, 1.0);
+    // v = 1, Δw = −η(g + μv) = −0.19.
+    assert!((step(&mut opt, &mut p) + 0.19).abs() < 1e-15);
+}
+
+#[test]
+fn adam_first_steps_have_size_lr_and_adamw_decays() {
+    let mut opt = Adam::new(0.01);
+    let mut p = param(1.0, 123.0);
+    // Bias-corrected first step: m̂/√v̂ = sign(g).
+    assert!((step(&mut opt, &mut p) - 0.99).abs() < 1e-9);
+    assert!((step(&mut opt, &mut p) - 0.98).abs() < 1e-9);
+    let mut opt = Adam::adamw(0.01, 0.5);
+    let mut p = param(1.0, 0.0);
+    // Zero gradient: only the decoupled decay, w ← w − η·λ·w.
+    assert!((step(&mut opt, &mut p) - (1.0 - 0.005)).abs() < 1e-12);
+}
+
+#[test]
+fn state_round_trip_and_shape_check() {
+    let mut opt = Adam::new(0.01);
+    let mut p = param(1.0, 2.0);
+    step(&mut opt, &mut p);
+    let state = opt.state();
+    let mut restored = Adam::new(0.5);
+    restored.load_state(&state, &[&p]).unwrap();
+    assert_eq!(restored.state(), state);
+    let wrong = Param::new("w", Tensor::<f64>::zeros(&[2]).unwrap());
+    assert!(restored.load_state(&state, &[&wrong]).is_err());
+}
