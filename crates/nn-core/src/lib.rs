@@ -32,6 +32,11 @@
 //! # }
 //! ```
 
+/// The README's code blocks, compiled and run as doctests so the front page stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod error;
 pub mod gradcheck;
 mod init;
