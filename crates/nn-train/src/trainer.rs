@@ -348,19 +348,22 @@ impl Trainer {
             for (b, chunk) in order.chunks(config.batch_size).enumerate() {
                 train.fill_batch(chunk, &mut inputs, &mut targets)?;
                 let step_started = Instant::now();
-                let outputs = net.forward(&inputs)?;
-                let batch_loss =
-                    loss.loss_and_grad(outputs, targets.as_ref(), config.reduction, &mut grad)?;
-                if let Some(labels) = targets.labels() {
+                let batch_loss = train_step(
+                    net,
+                    optimizer,
+                    loss,
+                    &inputs,
+                    targets.as_ref(),
+                    config.reduction,
+                    &mut grad,
+                )?;
+                if let (Some(labels), Some(outputs)) = (targets.labels(), net.output()) {
                     correct += labels
                         .iter()
                         .zip(argmax_rows(outputs))
                         .filter(|(&t, p)| t == *p)
                         .count();
                 }
-                net.zero_grad();
-                net.backward(&grad)?;
-                optimizer.step(&mut net.params_mut())?;
                 compute += step_started.elapsed();
 
                 self.state.iteration += 1;
@@ -478,6 +481,31 @@ impl Trainer {
             history,
         }
     }
+}
+
+/// One minibatch of Steps 2–4: forward, loss and its gradient, backward (gradients
+/// zeroed first, then summed over the batch), and one optimizer update. Returns the
+/// batch loss as reduced by `reduction`; `grad` is a reusable buffer.
+pub fn train_step<T, L, O>(
+    net: &mut Sequential<T>,
+    optimizer: &mut O,
+    loss: &L,
+    inputs: &Tensor<T>,
+    targets: &L::Target,
+    reduction: Reduction,
+    grad: &mut Tensor<T>,
+) -> Result<f64, TrainError>
+where
+    T: Element,
+    L: Loss<T>,
+    O: Optimizer<T> + ?Sized,
+{
+    let outputs = net.forward(inputs)?;
+    let batch_loss = loss.loss_and_grad(outputs, targets, reduction, grad)?;
+    net.zero_grad();
+    net.backward(grad)?;
+    optimizer.step(&mut net.params_mut())?;
+    Ok(batch_loss)
 }
 
 /// Writes per-epoch figures as CSV, one row per epoch.

@@ -1,0 +1,183 @@
+//! Runs the benchmark workloads and prints JSON; `cargo xtask bench` drives it.
+//!
+//! - `nn-bench peak`: the FMA peak.
+//! - `nn-bench run [--quick] [--filter ID]…`: every workload with 1 and all threads.
+//! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
+//! - `nn-bench list-instructions`: their names.
+
+use nn_benches::harness::{measure, with_threads, Budget, Timing};
+use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS};
+use nn_benches::{instructions, peak};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Reference {
+    name: &'static str,
+    median_s: f64,
+    gflops: f64,
+}
+
+#[derive(Serialize)]
+struct Record {
+    id: String,
+    threads: usize,
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    reps: usize,
+    gflops: Option<f64>,
+    images_per_s: Option<f64>,
+    references: Vec<Reference>,
+}
+
+fn record(
+    id: String,
+    threads: usize,
+    t: Timing,
+    flops: Option<f64>,
+    images: Option<f64>,
+    references: Vec<Reference>,
+) -> Record {
+    Record {
+        id,
+        threads,
+        median_s: t.median,
+        min_s: t.min,
+        max_s: t.max,
+        reps: t.reps,
+        gflops: flops.map(|f| f / t.median / 1e9),
+        images_per_s: images.map(|n| n / t.median),
+        references,
+    }
+}
+
+fn reference(name: &'static str, t: Timing, flops: f64) -> Reference {
+    Reference {
+        name,
+        median_s: t.median,
+        gflops: flops / t.median / 1e9,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match args.first().map(String::as_str) {
+        Some("peak") => println!(
+            "{}",
+            serde_json::to_string(&peak::measure(5, cores)).expect("serialisable")
+        ),
+        Some("list-instructions") => instructions::WORKLOADS
+            .iter()
+            .for_each(|w| println!("{}", w.name)),
+        Some("instructions") => {
+            let name = args.get(1).map(String::as_str).unwrap_or("");
+            if instructions::run(name).is_none() {
+                eprintln!("unknown instruction workload {name:?}");
+                std::process::exit(2);
+            }
+        }
+        Some("run") => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let filters: Vec<&str> = args
+                .windows(2)
+                .filter(|w| w[0] == "--filter")
+                .map(|w| w[1].as_str())
+                .collect();
+            let selected =
+                |id: &str| filters.is_empty() || filters.iter().any(|f| id.starts_with(f));
+            let budget = if quick { Budget::QUICK } else { Budget::FULL };
+            let thread_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
+            let mut records = Vec::new();
+            for case in GEMMS.iter().filter(|c| selected(c.id)) {
+                for &threads in &thread_counts {
+                    let mut run = GemmRun::new(*case);
+                    let ours = with_threads(threads, || measure(budget, || run.ours()));
+                    let mm = if threads == 1 {
+                        Some(reference(
+                            "matrixmultiply",
+                            measure(budget, || run.matrixmultiply()),
+                            case.flops(),
+                        ))
+                    } else {
+                        None
+                    };
+                    let gc = with_threads(threads, || measure(budget, || run.gemm_crate(threads)));
+                    let refs = mm
+                        .into_iter()
+                        .chain([reference("gemm crate", gc, case.flops())])
+                        .collect();
+                    records.push(record(
+                        case.id.into(),
+                        threads,
+                        ours,
+                        Some(case.flops()),
+                        None,
+                        refs,
+                    ));
+                    eprintln!("{} threads={threads} done", case.id);
+                }
+            }
+            for case in CONVS.iter().filter(|c| selected(c.id)) {
+                for &threads in &thread_counts {
+                    let mut run = ConvRun::new(case);
+                    let forward = with_threads(threads, || measure(budget, || run.forward()));
+                    let both = with_threads(threads, || measure(budget, || run.forward_backward()));
+                    let mut equivalent = GemmRun::new(run.equivalent_gemm());
+                    let eq_flops = run.equivalent_gemm().flops();
+                    let refs = if threads == 1 {
+                        vec![reference(
+                            "matrixmultiply, same-size GEMM",
+                            measure(budget, || equivalent.matrixmultiply()),
+                            eq_flops,
+                        )]
+                    } else {
+                        vec![]
+                    };
+                    let flops = case.forward_flops();
+                    records.push(record(
+                        format!("{}-fwd", case.id),
+                        threads,
+                        forward,
+                        Some(flops),
+                        None,
+                        refs,
+                    ));
+                    records.push(record(
+                        format!("{}-fwdbwd", case.id),
+                        threads,
+                        both,
+                        Some(3.0 * flops),
+                        None,
+                        vec![],
+                    ));
+                    eprintln!("{} threads={threads} done", case.id);
+                }
+            }
+            for case in TrainCase::ALL.into_iter().filter(|c| selected(c.id())) {
+                for &threads in &thread_counts {
+                    let mut run = TrainRun::new(case);
+                    let batch = run.batch as f64;
+                    let step = with_threads(threads, || measure(budget, || run.step()));
+                    records.push(record(
+                        format!("{}-step", case.id()),
+                        threads,
+                        step,
+                        None,
+                        Some(batch),
+                        vec![],
+                    ));
+                    eprintln!("{} threads={threads} done", case.id());
+                }
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&records).expect("serialisable")
+            );
+        }
+        _ => {
+            eprintln!("usage: nn-bench peak | run [--quick] [--filter ID]... | instructions NAME | list-instructions");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The workloads themselves: shapes, buffers filled with deterministic data, and one
+//! call that runs each.
+
+use nn_core::prelude::*;
+use nn_kernels::conv::{
+    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry,
+    ConvProblem,
+};
+use nn_kernels::gemm::{gemm, Transpose};
+use nn_train::data::{ClassificationSet, Dataset};
+use nn_train::optim::Sgd;
+
+/// Deterministic pseudo-random values in [−1, 1).
+pub fn filled(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A matrix product C = A·B, A M×K and B K×N.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmCase {
+    /// Workload id.
+    pub id: &'static str,
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// Columns of B and C.
+    pub n: usize,
+}
+
+/// G1–G6.
+pub const GEMMS: [GemmCase; 6] = [
+    GemmCase {
+        id: "G1",
+        m: 64,
+        k: 64,
+        n: 64,
+    },
+    GemmCase {
+        id: "G2",
+        m: 256,
+        k: 256,
+        n: 256,
+    },
+    GemmCase {
+        id: "G3",
+        m: 1024,
+        k: 1024,
+        n: 1024,
+    },
+    GemmCase {
+        id: "G4",
+        m: 2048,
+        k: 2048,
+        n: 2048,
+    },
+    GemmCase {
+        id: "G5",
+        m: 64,
+        k: 784,
+        n: 256,
+    },
+    GemmCase {
+        id: "G6",
+        m: 784,
+        k: 64,
+        n: 256,
+    },
+];
+
+impl GemmCase {
+    /// 2·M·N·K.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k) as f64
+    }
+}
+
+/// Buffers for one GEMM workload.
+pub struct GemmRun {
+    case: GemmCase,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl GemmRun {
+    /// Fills A and B.
+    pub fn new(case: GemmCase) -> Self {
+        Self {
+            case,
+            a: filled(case.m * case.k, 1),
+            b: filled(case.k * case.n, 2),
+            c: vec![0.0; case.m * case.n],
+        }
+    }
+
+    /// Our GEMM (threads from the current rayon pool).
+    pub fn ours(&mut self) {
+        let GemmCase { m, k, n, .. } = self.case;
+        gemm(
+            Transpose::No,
+            Transpose::No,
+            m,
+            n,
+            k,
+            1.0,
+            &self.a,
+            &self.b,
+            0.0,
+            &mut self.c,
+        )
+        .expect("valid shapes");
+    }
+
+    /// Plain `matrixmultiply::sgemm`, one call (its own threading is off).
+    pub fn matrixmultiply(&mut self) {
+        let GemmCase { m, k, n, .. } = self.case;
+        // SAFETY: the buffers have exactly m·k, k·n and m·n elements for these
+        // row-major strides.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                self.a.as_ptr(),
+                k as isize,
+                1,
+                self.b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                self.c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    }
+
+    /// The `gemm` crate with `threads` rayon threads (1: sequential).
+    pub fn gemm_crate(&mut self, threads: usize) {
+        let GemmCase { m, k, n, .. } = self.case;
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: as above; the crate takes column stride then row stride.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                self.c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                self.a.as_ptr(),
+                1,
+                k as isize,
+                self.b.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    }
+
+    /// C, for checking that the variants agree.
+    pub fn result(&self) -> &[f32] {
+        &self.c
+    }
+}
+
+/// A convolution layer's workload.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvCase {
+    /// Workload id.
+    pub id: &'static str,
+    /// Batch N.
+    pub batch: usize,
+    /// C_in.
+    pub c_in: usize,
+    /// Spatial input lengths.
+    pub input: &'static [usize],
+    /// C_out.
+    pub c_out: usize,
+    /// Filter lengths.
+    pub filter: &'static [usize],
+    /// Stride in every dimension.
+    pub stride: usize,
+    /// Padding in every dimension.
+    pub padding: usize,
+}
+
+/// C1–C6.
+pub const CONVS: [ConvCase; 6] = [
+    ConvCase {
+        id: "C1",
+        batch: 32,
+        c_in: 64,
+        input: &[1024],
+        c_out: 64,
+        filter: &[9],
+        stride: 1,
+        padding: 4,
+    },
+    ConvCase {
+        id: "C2",
+        batch: 64,
+        c_in: 1,
+        input: &[28, 28],
+        c_out: 32,
+        filter: &[5, 5],
+        stride: 1,
+        padding: 2,
+    },
+    ConvCase {
+        id: "C3",
+        batch: 64,
+        c_in: 32,
+        input: &[14, 14],
+        c_out: 64,
+        filter: &[5, 5],
+        stride: 1,
+        padding: 2,
+    },
+    ConvCase {
+        id: "C4",
+        batch: 32,
+        c_in: 64,
+        input: &[56, 56],
+        c_out: 64,
+        filter: &[3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    ConvCase {
+        id: "C5",
+        batch: 32,
+        c_in: 64,
+        input: &[56, 56],
+        c_out: 128,
+        filter: &[3, 3],
+        stride: 2,
+        padding: 1,
+    },
+    ConvCase {
+        id: "C6",
+        batch: 8,
+        c_in: 16,
+        input: &[16, 32, 32],
+        c_out: 32,
+        filter: &[3, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+];
+
+impl ConvCase {
+    /// The validated problem (floor geometry: C5's stride 2 over 56 + 2 − 3 is not exact).
+    pub fn problem(&self) -> ConvProblem {
+        let rank = self.input.len();
+        let geometry = ConvGeometry::new(
+            self.input,
+            self.filter,
+            &vec![self.stride; rank],
+            &vec![Padding::symmetric(self.padding); rank],
+            OutputRounding::Floor,
+            KernelMode::Convolution,
+        )
+        .expect("benchmark geometry is valid");
+        ConvProblem::new(geometry, self.c_in, self.c_out).expect("benchmark sizes are valid")
+    }
+
+    /// 2·N·C_out·C_in·∏f·∏v.
+    pub fn forward_flops(&self) -> f64 {
+        let p = self.problem();
+        2.0 * (self.batch
+            * self.c_out
+            * self.c_in
+            * p.geometry.filter_len()
+            * p.geometry.output_len()) as f64
+    }
+}
+
+/// Buffers for one convolution workload.
+pub struct ConvRun {
+    problem: ConvProblem,
+    batch: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    y: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+impl ConvRun {
+    /// Fills input, weights and output gradient.
+    pub fn new(case: &ConvCase) -> Self {
+        let problem = case.problem();
+        let batch = case.batch;
+        Self {
+            x: filled(batch * problem.input_image_len(), 3),
+            w: filled(problem.weight_len(), 4),
+            b: filled(case.c_out, 5),
+            y: vec![0.0; batch * problem.output_image_len()],
+            dy: filled(batch * problem.output_image_len(), 6),
+            dx: vec![0.0; batch * problem.input_image_len()],
+            dw: vec![0.0; problem.weight_len()],
+            db: vec![0.0; case.c_out],
+            problem,
+            batch,
+        }
+    }
+
+    /// y = conv(x, w) + b.
+    pub fn forward(&mut self) {
+        conv_forward(
+            &self.problem,
+            self.batch,
+            &self.x,
+            &self.w,
+            Some(&self.b),
+            0.0,
+            &mut self.y,
+        )
+        .expect("valid");
+    }
+
+    /// Forward, then the gradients of bias, weight and input.
+    pub fn forward_backward(&mut self) {
+        self.forward();
+        conv_backward_bias(&self.problem, self.batch, &self.dy, &mut self.db).expect("valid");
+        conv_backward_weight(
+            &self.problem,
+            self.batch,
+            &self.x,
+            &self.dy,
+            0.0,
+            &mut self.dw,
+        )
+        .expect("valid");
+        conv_backward_input(&self.problem, self.batch, &self.w, &self.dy, &mut self.dx)
+            .expect("valid");
+    }
+
+    /// The GEMM a convolution amounts to (C_out × C_in·∏f × N·∏v), for the in-run
+    /// reference: what one plain `matrixmultiply` call of the same FLOPs achieves.
+    pub fn equivalent_gemm(&self) -> GemmCase {
+        GemmCase {
+            id: "conv-equivalent",
+            m: self.problem.out_channels,
+            k: self.problem.in_channels * self.problem.geometry.filter_len(),
+            n: self.batch * self.problem.geometry.output_len(),
+        }
+    }
+}
+
+/// The training workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainCase {
+    /// Dense 784→256→128→10 with ReLU.
+    T1,
+    /// The two-convolution network of BENCHMARKS.md.
+    T2,
+}
+
+impl TrainCase {
+    /// Both.
+    pub const ALL: [TrainCase; 2] = [TrainCase::T1, TrainCase::T2];
+
+    /// "T1" or "T2".
+    pub fn id(self) -> &'static str {
+        match self {
+            TrainCase::T1 => "T1",
+            TrainCase::T2 => "T2",
+        }
+    }
+
+    /// The network, He-uniform weights, zero biases.
+    pub fn network(self) -> Sequential<f32> {
+        let built = match self {
+            TrainCase::T1 => Sequential::builder(&[784], 1)
+                .dense(256)
+                .relu()
+                .dense(128)
+                .relu()
+                .dense(10)
+                .build(),
+            TrainCase::T2 => Sequential::builder(&[1, 28, 28], 1)
+                .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
+                .relu()
+                .max_pool(&[2, 2])
+                .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+                .relu()
+                .max_pool(&[2, 2])
+                .flatten()
+                .dense(128)
+                .relu()
+                .dense(10)
+                .build(),
+        };
+        built.expect("benchmark networks are valid")
+    }
+
+    /// η from BENCHMARKS.md.
+    pub fn learning_rate(self) -> f64 {
+        match self {
+            TrainCase::T1 => 0.05,
+            TrainCase::T2 => 0.01,
+        }
+    }
+}
+
+/// A training loop on synthetic 28×28 byte images (the same pipeline as real data:
+/// bytes converted per batch), batch 64, SGD with momentum 0.9, mean cross-entropy.
+pub struct TrainRun {
+    net: Sequential<f32>,
+    optimizer: Sgd<f32>,
+    data: ClassificationSet,
+    inputs: Tensor<f32>,
+    targets: Vec<usize>,
+    grad: Tensor<f32>,
+    next: usize,
+    /// Patterns per step.
+    pub batch: usize,
+}
+
+impl TrainRun {
+    /// 1,024 synthetic images.
+    pub fn new(case: TrainCase) -> Self {
+        let count = 1024;
+        let pixels: Vec<u8> = filled(count * 784, 7)
+            .iter()
+            .map(|v| ((v + 1.0) * 127.5) as u8)
+            .collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i * 7 % 10) as u8).collect();
+        let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10)
+            .expect("consistent synthetic data");
+        let data = if case == TrainCase::T1 {
+            data.with_sample_shape(&[784]).expect("same size")
+        } else {
+            data
+        };
+        Self {
+            net: case.network(),
+            optimizer: Sgd::new(case.learning_rate()).momentum(0.9),
+            data,
+            inputs: Tensor::default(),
+            targets: Vec::new(),
+            grad: Tensor::default(),
+            next: 0,
+            batch: 64,
+        }
+    }
+
+    /// One minibatch: fill, forward, loss, backward, update.
+    pub fn step(&mut self) {
+        let n = Dataset::<f32>::len(&self.data);
+        let indices: Vec<usize> = (self.next..self.next + self.batch).map(|i| i % n).collect();
+        self.next = (self.next + self.batch) % n;
+        self.data
+            .fill_batch(&indices, &mut self.inputs, &mut self.targets)
+            .expect("indices in range");
+        nn_train::train_step(
+            &mut self.net,
+            &mut self.optimizer,
+            &SoftmaxCrossEntropy,
+            &self.inputs,
+            &self.targets,
+            Reduction::Mean,
+            &mut self.grad,
+        )
+        .expect("valid step");
+    }
+}
