@@ -6,9 +6,7 @@ use std::time::Duration;
 
 fn gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(3));
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
     for case in GEMMS {
         let mut run = GemmRun::new(case);
         group.throughput(Throughput::Elements(case.flops() as u64));
@@ -19,17 +17,13 @@ fn gemm(c: &mut Criterion) {
 
 fn conv(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(3));
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
     for case in CONVS {
         let mut run = ConvRun::new(&case);
         group.throughput(Throughput::Elements(case.forward_flops() as u64));
         group.bench_function(format!("{}-fwd", case.id), |b| b.iter(|| run.forward()));
         group.throughput(Throughput::Elements(3 * case.forward_flops() as u64));
-        group.bench_function(format!("{}-fwdbwd", case.id), |b| {
-            b.iter(|| run.forward_backward())
-        });
+        group.bench_function(format!("{}-fwdbwd", case.id), |b| b.iter(|| run.forward_backward()));
     }
     group.finish();
 }

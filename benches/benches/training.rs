@@ -7,9 +7,7 @@ use std::time::Duration;
 
 fn training(c: &mut Criterion) {
     let mut group = c.benchmark_group("train-step");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
     for case in TrainCase::ALL {
         let mut run = TrainRun::new(case);
         group.throughput(Throughput::Elements(run.batch as u64));

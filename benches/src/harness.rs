@@ -15,17 +15,9 @@ pub struct Budget {
 
 impl Budget {
     /// The default: ≥ 11 repetitions and ≥ 1 s.
-    pub const FULL: Budget = Budget {
-        min_reps: 11,
-        min_time: Duration::from_secs(1),
-        max_reps: 200,
-    };
+    pub const FULL: Budget = Budget { min_reps: 11, min_time: Duration::from_secs(1), max_reps: 200 };
     /// `--quick`: 5 repetitions, ≥ 0.2 s.
-    pub const QUICK: Budget = Budget {
-        min_reps: 5,
-        min_time: Duration::from_millis(200),
-        max_reps: 50,
-    };
+    pub const QUICK: Budget = Budget { min_reps: 5, min_time: Duration::from_millis(200), max_reps: 50 };
 }
 
 /// The median and spread of repeated runs.
@@ -46,27 +38,16 @@ pub fn measure(budget: Budget, mut f: impl FnMut()) -> Timing {
     f();
     let started = Instant::now();
     let mut times = Vec::new();
-    while times.len() < budget.min_reps
-        || (started.elapsed() < budget.min_time && times.len() < budget.max_reps)
-    {
+    while times.len() < budget.min_reps || (started.elapsed() < budget.min_time && times.len() < budget.max_reps) {
         let t = Instant::now();
         f();
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Timing {
-        median: times[times.len() / 2],
-        min: times[0],
-        max: times[times.len() - 1],
-        reps: times.len(),
-    }
+    Timing { median: times[times.len() / 2], min: times[0], max: times[times.len() - 1], reps: times.len() }
 }
 
 /// Runs `f` inside a rayon pool of `threads` threads.
 pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool")
-        .install(f)
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool").install(f)
 }

@@ -22,28 +22,15 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
     InstructionWorkload {
         name: "gemm_f32_64x64x64",
         setup: || {
-            let mut run = GemmRun::new(GemmCase {
-                id: "I",
-                m: 64,
-                k: 64,
-                n: 64,
-            });
+            let mut run = GemmRun::new(GemmCase { id: "I", m: 64, k: 64, n: 64 });
             Box::new(move || run.ours())
         },
     },
     InstructionWorkload {
         name: "conv1d_fwd_bwd",
         setup: || {
-            let case = ConvCase {
-                id: "I",
-                batch: 2,
-                c_in: 8,
-                input: &[128],
-                c_out: 8,
-                filter: &[9],
-                stride: 1,
-                padding: 4,
-            };
+            let case =
+                ConvCase { id: "I", batch: 2, c_in: 8, input: &[128], c_out: 8, filter: &[9], stride: 1, padding: 4 };
             let mut run = ConvRun::new(&case);
             Box::new(move || run.forward_backward())
         },
@@ -97,9 +84,7 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
             let mut y = vec![0.0f32; x.len()];
             let mut dx = vec![0.0f32; x.len()];
             Box::new(move || {
-                use nn_kernels::elementwise::{
-                    activation_backward, activation_forward, axpy, sum, Activation,
-                };
+                use nn_kernels::elementwise::{activation_backward, activation_forward, axpy, sum, Activation};
                 activation_forward(Activation::Relu, &x, &mut y);
                 activation_backward(Activation::Relu, &x, &y, &x, &mut dx);
                 axpy(0.5, &x, &mut dx);

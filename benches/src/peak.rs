@@ -61,20 +61,11 @@ fn kernel() -> (&'static str, fn(u64) -> f32, f64) {
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F was just detected on this CPU.
-            return (
-                "avx512f",
-                |n| unsafe { fma_avx512(n) },
-                (CHAINS * 16 * 2) as f64,
-            );
+            return ("avx512f", |n| unsafe { fma_avx512(n) }, (CHAINS * 16 * 2) as f64);
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: AVX2 and FMA were just detected on this CPU.
-            return (
-                "avx2+fma",
-                |n| unsafe { fma_avx2(n) },
-                (CHAINS * 8 * 2) as f64,
-            );
+            return ("avx2+fma", |n| unsafe { fma_avx2(n) }, (CHAINS * 8 * 2) as f64);
         }
     }
     ("scalar", fma_scalar, (CHAINS * 2) as f64)
@@ -101,28 +92,16 @@ fn run_once(f: fn(u64) -> f32, flops_per_iter: f64, iters: u64) -> f64 {
 /// runs where every thread runs the loop at once (summed).
 pub fn measure(reps: usize, threads: usize) -> Peak {
     let (isa, f, flops) = kernel();
-    let one_thread = (0..reps)
-        .map(|_| run_once(f, flops, ITERS))
-        .fold(0.0, f64::max);
+    let one_thread = (0..reps).map(|_| run_once(f, flops, ITERS)).fold(0.0, f64::max);
     let all_threads = (0..reps)
         .map(|_| {
             std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| s.spawn(move || run_once(f, flops, ITERS)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("probe thread"))
-                    .sum::<f64>()
+                let handles: Vec<_> = (0..threads).map(|_| s.spawn(move || run_once(f, flops, ITERS))).collect();
+                handles.into_iter().map(|h| h.join().expect("probe thread")).sum::<f64>()
             })
         })
         .fold(0.0, f64::max);
-    Peak {
-        isa,
-        one_thread,
-        all_threads,
-        threads,
-    }
+    Peak { isa, one_thread, all_threads, threads }
 }
 
 #[cfg(test)]
@@ -139,15 +118,9 @@ mod tests {
             r
         };
         let (_, f, flops) = super::kernel();
-        for (f, lanes) in [
-            (f, flops / 2.0),
-            (super::fma_scalar as fn(u64) -> f32, super::CHAINS as f64),
-        ] {
+        for (f, lanes) in [(f, flops / 2.0), (super::fma_scalar as fn(u64) -> f32, super::CHAINS as f64)] {
             let sum = f(10);
-            assert!(
-                (sum as f64 - expected as f64 * lanes).abs() < 1e-3 * lanes,
-                "{sum} vs {expected}×{lanes}"
-            );
+            assert!((sum as f64 - expected as f64 * lanes).abs() < 1e-3 * lanes, "{sum} vs {expected}×{lanes}");
         }
     }
 }

@@ -3,8 +3,7 @@
 
 use nn_core::prelude::*;
 use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry,
-    ConvProblem,
+    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_train::data::{ClassificationSet, Dataset};
@@ -38,42 +37,12 @@ pub struct GemmCase {
 
 /// G1–G6.
 pub const GEMMS: [GemmCase; 6] = [
-    GemmCase {
-        id: "G1",
-        m: 64,
-        k: 64,
-        n: 64,
-    },
-    GemmCase {
-        id: "G2",
-        m: 256,
-        k: 256,
-        n: 256,
-    },
-    GemmCase {
-        id: "G3",
-        m: 1024,
-        k: 1024,
-        n: 1024,
-    },
-    GemmCase {
-        id: "G4",
-        m: 2048,
-        k: 2048,
-        n: 2048,
-    },
-    GemmCase {
-        id: "G5",
-        m: 64,
-        k: 784,
-        n: 256,
-    },
-    GemmCase {
-        id: "G6",
-        m: 784,
-        k: 64,
-        n: 256,
-    },
+    GemmCase { id: "G1", m: 64, k: 64, n: 64 },
+    GemmCase { id: "G2", m: 256, k: 256, n: 256 },
+    GemmCase { id: "G3", m: 1024, k: 1024, n: 1024 },
+    GemmCase { id: "G4", m: 2048, k: 2048, n: 2048 },
+    GemmCase { id: "G5", m: 64, k: 784, n: 256 },
+    GemmCase { id: "G6", m: 784, k: 64, n: 256 },
 ];
 
 impl GemmCase {
@@ -94,30 +63,13 @@ pub struct GemmRun {
 impl GemmRun {
     /// Fills A and B.
     pub fn new(case: GemmCase) -> Self {
-        Self {
-            case,
-            a: filled(case.m * case.k, 1),
-            b: filled(case.k * case.n, 2),
-            c: vec![0.0; case.m * case.n],
-        }
+        Self { case, a: filled(case.m * case.k, 1), b: filled(case.k * case.n, 2), c: vec![0.0; case.m * case.n] }
     }
 
     /// Our GEMM (threads from the current rayon pool).
     pub fn ours(&mut self) {
         let GemmCase { m, k, n, .. } = self.case;
-        gemm(
-            Transpose::No,
-            Transpose::No,
-            m,
-            n,
-            k,
-            1.0,
-            &self.a,
-            &self.b,
-            0.0,
-            &mut self.c,
-        )
-        .expect("valid shapes");
+        gemm(Transpose::No, Transpose::No, m, n, k, 1.0, &self.a, &self.b, 0.0, &mut self.c).expect("valid shapes");
     }
 
     /// Plain `matrixmultiply::sgemm`, one call (its own threading is off).
@@ -148,11 +100,7 @@ impl GemmRun {
     /// The `gemm` crate with `threads` rayon threads (1: sequential).
     pub fn gemm_crate(&mut self, threads: usize) {
         let GemmCase { m, k, n, .. } = self.case;
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: as above; the crate takes column stride then row stride.
         unsafe {
             gemm::gemm(
@@ -208,56 +156,11 @@ pub struct ConvCase {
 
 /// C1–C6.
 pub const CONVS: [ConvCase; 6] = [
-    ConvCase {
-        id: "C1",
-        batch: 32,
-        c_in: 64,
-        input: &[1024],
-        c_out: 64,
-        filter: &[9],
-        stride: 1,
-        padding: 4,
-    },
-    ConvCase {
-        id: "C2",
-        batch: 64,
-        c_in: 1,
-        input: &[28, 28],
-        c_out: 32,
-        filter: &[5, 5],
-        stride: 1,
-        padding: 2,
-    },
-    ConvCase {
-        id: "C3",
-        batch: 64,
-        c_in: 32,
-        input: &[14, 14],
-        c_out: 64,
-        filter: &[5, 5],
-        stride: 1,
-        padding: 2,
-    },
-    ConvCase {
-        id: "C4",
-        batch: 32,
-        c_in: 64,
-        input: &[56, 56],
-        c_out: 64,
-        filter: &[3, 3],
-        stride: 1,
-        padding: 1,
-    },
-    ConvCase {
-        id: "C5",
-        batch: 32,
-        c_in: 64,
-        input: &[56, 56],
-        c_out: 128,
-        filter: &[3, 3],
-        stride: 2,
-        padding: 1,
-    },
+    ConvCase { id: "C1", batch: 32, c_in: 64, input: &[1024], c_out: 64, filter: &[9], stride: 1, padding: 4 },
+    ConvCase { id: "C2", batch: 64, c_in: 1, input: &[28, 28], c_out: 32, filter: &[5, 5], stride: 1, padding: 2 },
+    ConvCase { id: "C3", batch: 64, c_in: 32, input: &[14, 14], c_out: 64, filter: &[5, 5], stride: 1, padding: 2 },
+    ConvCase { id: "C4", batch: 32, c_in: 64, input: &[56, 56], c_out: 64, filter: &[3, 3], stride: 1, padding: 1 },
+    ConvCase { id: "C5", batch: 32, c_in: 64, input: &[56, 56], c_out: 128, filter: &[3, 3], stride: 2, padding: 1 },
     ConvCase {
         id: "C6",
         batch: 8,
@@ -289,11 +192,7 @@ impl ConvCase {
     /// 2·N·C_out·C_in·∏f·∏v.
     pub fn forward_flops(&self) -> f64 {
         let p = self.problem();
-        2.0 * (self.batch
-            * self.c_out
-            * self.c_in
-            * p.geometry.filter_len()
-            * p.geometry.output_len()) as f64
+        2.0 * (self.batch * self.c_out * self.c_in * p.geometry.filter_len() * p.geometry.output_len()) as f64
     }
 }
 
@@ -332,33 +231,15 @@ impl ConvRun {
 
     /// y = conv(x, w) + b.
     pub fn forward(&mut self) {
-        conv_forward(
-            &self.problem,
-            self.batch,
-            &self.x,
-            &self.w,
-            Some(&self.b),
-            0.0,
-            &mut self.y,
-        )
-        .expect("valid");
+        conv_forward(&self.problem, self.batch, &self.x, &self.w, Some(&self.b), 0.0, &mut self.y).expect("valid");
     }
 
     /// Forward, then the gradients of bias, weight and input.
     pub fn forward_backward(&mut self) {
         self.forward();
         conv_backward_bias(&self.problem, self.batch, &self.dy, &mut self.db).expect("valid");
-        conv_backward_weight(
-            &self.problem,
-            self.batch,
-            &self.x,
-            &self.dy,
-            0.0,
-            &mut self.dw,
-        )
-        .expect("valid");
-        conv_backward_input(&self.problem, self.batch, &self.w, &self.dy, &mut self.dx)
-            .expect("valid");
+        conv_backward_weight(&self.problem, self.batch, &self.x, &self.dy, 0.0, &mut self.dw).expect("valid");
+        conv_backward_input(&self.problem, self.batch, &self.w, &self.dy, &mut self.dx).expect("valid");
     }
 
     /// The GEMM a convolution amounts to (C_out × C_in·∏f × N·∏v), for the in-run
@@ -397,13 +278,7 @@ impl TrainCase {
     /// The network, He-uniform weights, zero biases.
     pub fn network(self) -> Sequential<f32> {
         let built = match self {
-            TrainCase::T1 => Sequential::builder(&[784], 1)
-                .dense(256)
-                .relu()
-                .dense(128)
-                .relu()
-                .dense(10)
-                .build(),
+            TrainCase::T1 => Sequential::builder(&[784], 1).dense(256).relu().dense(128).relu().dense(10).build(),
             TrainCase::T2 => Sequential::builder(&[1, 28, 28], 1)
                 .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
                 .relu()
@@ -447,18 +322,10 @@ impl TrainRun {
     /// 1,024 synthetic images.
     pub fn new(case: TrainCase) -> Self {
         let count = 1024;
-        let pixels: Vec<u8> = filled(count * 784, 7)
-            .iter()
-            .map(|v| ((v + 1.0) * 127.5) as u8)
-            .collect();
+        let pixels: Vec<u8> = filled(count * 784, 7).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
         let labels: Vec<u8> = (0..count).map(|i| (i * 7 % 10) as u8).collect();
-        let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10)
-            .expect("consistent synthetic data");
-        let data = if case == TrainCase::T1 {
-            data.with_sample_shape(&[784]).expect("same size")
-        } else {
-            data
-        };
+        let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10).expect("consistent synthetic data");
+        let data = if case == TrainCase::T1 { data.with_sample_shape(&[784]).expect("same size") } else { data };
         Self {
             net: case.network(),
             optimizer: Sgd::new(case.learning_rate()).momentum(0.9),
@@ -476,9 +343,7 @@ impl TrainRun {
         let n = Dataset::<f32>::len(&self.data);
         let indices: Vec<usize> = (self.next..self.next + self.batch).map(|i| i % n).collect();
         self.next = (self.next + self.batch) % n;
-        self.data
-            .fill_batch(&indices, &mut self.inputs, &mut self.targets)
-            .expect("indices in range");
+        self.data.fill_batch(&indices, &mut self.inputs, &mut self.targets).expect("indices in range");
         nn_train::train_step(
             &mut self.net,
             &mut self.optimizer,

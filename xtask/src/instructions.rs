@@ -28,28 +28,19 @@ fn count(binary: &Path, name: &str, scratch: &Path) -> Result<u64, String> {
     if !status.success() {
         return Err(format!("valgrind failed on {name}"));
     }
-    let text =
-        std::fs::read_to_string(&out_file).map_err(|e| format!("{}: {e}", out_file.display()))?;
+    let text = std::fs::read_to_string(&out_file).map_err(|e| format!("{}: {e}", out_file.display()))?;
     // callgrind writes the total as "summary: N" (and "totals: N").
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| format!("no instruction total in {}", out_file.display()))
 }
 
 /// Counts every workload, compares with the baseline (or writes it), prints a table.
 pub fn check(binary: &Path, root: &Path, save: bool) -> Result<bool, String> {
-    let names = String::from_utf8(
-        Command::new(binary)
-            .arg("list-instructions")
-            .output()
-            .map_err(|e| e.to_string())?
-            .stdout,
-    )
-    .map_err(|e| e.to_string())?;
+    let names =
+        String::from_utf8(Command::new(binary).arg("list-instructions").output().map_err(|e| e.to_string())?.stdout)
+            .map_err(|e| e.to_string())?;
     let scratch = root.join("target/bench");
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
     let mut counts = BTreeMap::new();
@@ -64,8 +55,7 @@ pub fn check(binary: &Path, root: &Path, save: bool) -> Result<bool, String> {
         counts.iter().for_each(|(n, c)| println!("{n}: {c}"));
         return Ok(true);
     }
-    let text = std::fs::read_to_string(&baseline_path)
-        .map_err(|e| format!("{}: {e}", baseline_path.display()))?;
+    let text = std::fs::read_to_string(&baseline_path).map_err(|e| format!("{}: {e}", baseline_path.display()))?;
     let baseline: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let mut ok = true;
     println!("| workload | baseline | now | change |\n| --- | --- | --- | --- |");

@@ -23,24 +23,13 @@ use std::process::{Command, ExitCode};
 const DEFAULT_THRESHOLD_PCT: f64 = 40.0;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Builds the benchmark binary in release mode and returns its path.
 fn build_bench_binary() -> Result<PathBuf, String> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "nn-benches",
-            "--bin",
-            "nn-bench",
-        ])
+        .args(["build", "--release", "--quiet", "-p", "nn-benches", "--bin", "nn-bench"])
         .current_dir(workspace_root())
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
@@ -64,35 +53,23 @@ fn run_bench(binary: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 fn value_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.windows(2)
-        .find(|w| w[0] == flag)
-        .map(|w| w[1].as_str())
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
 }
 
 fn bench(args: &[String]) -> Result<bool, String> {
     if args.iter().any(|a| a == "--instructions") {
         let binary = build_bench_binary()?;
-        return instructions::check(
-            &binary,
-            &workspace_root(),
-            args.iter().any(|a| a == "--save-baseline"),
-        );
+        return instructions::check(&binary, &workspace_root(), args.iter().any(|a| a == "--save-baseline"));
     }
     let threshold = match value_after(args, "--threshold") {
-        Some(v) => v
-            .parse::<f64>()
-            .map_err(|e| format!("--threshold {v}: {e}"))?,
+        Some(v) => v.parse::<f64>().map_err(|e| format!("--threshold {v}: {e}"))?,
         None => DEFAULT_THRESHOLD_PCT,
     };
-    let new = match (
-        value_after(args, "--compare"),
-        value_after(args, "--against"),
-    ) {
+    let new = match (value_after(args, "--compare"), value_after(args, "--against")) {
         (Some(_), Some(against)) => report::Results::read(Path::new(against))?,
         _ => {
             let binary = build_bench_binary()?;
-            let peak =
-                serde_json::from_str(&run_bench(&binary, &["peak"])?).map_err(|e| e.to_string())?;
+            let peak = serde_json::from_str(&run_bench(&binary, &["peak"])?).map_err(|e| e.to_string())?;
             let mut run_args = vec!["run"];
             if args.iter().any(|a| a == "--quick") {
                 run_args.push("--quick");
@@ -100,8 +77,7 @@ fn bench(args: &[String]) -> Result<bool, String> {
             for w in args.windows(2).filter(|w| w[0] == "--filter") {
                 run_args.extend(["--filter", w[1].as_str()]);
             }
-            let records =
-                serde_json::from_str(&run_bench(&binary, &run_args)?).map_err(|e| e.to_string())?;
+            let records = serde_json::from_str(&run_bench(&binary, &run_args)?).map_err(|e| e.to_string())?;
             let results = report::Results::new(peak, records);
             let path = workspace_root().join("target/bench/latest.json");
             results.write(&path)?;
@@ -111,11 +87,7 @@ fn bench(args: &[String]) -> Result<bool, String> {
         }
     };
     match value_after(args, "--compare") {
-        Some(old) => Ok(report::compare(
-            &report::Results::read(Path::new(old))?,
-            &new,
-            threshold,
-        )),
+        Some(old) => Ok(report::compare(&report::Results::read(Path::new(old))?, &new, threshold)),
         None => Ok(true),
     }
 }
@@ -123,17 +95,14 @@ fn bench(args: &[String]) -> Result<bool, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("peak") => build_bench_binary()
-            .and_then(|b| run_bench(&b, &["peak"]))
-            .map(|json| {
-                let peak: report::Peak =
-                    serde_json::from_str(&json).expect("nn-bench prints a peak");
-                println!(
-                    "f32 FMA peak ({}): {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads",
-                    peak.isa, peak.one_thread, peak.all_threads, peak.threads
-                );
-                true
-            }),
+        Some("peak") => build_bench_binary().and_then(|b| run_bench(&b, &["peak"])).map(|json| {
+            let peak: report::Peak = serde_json::from_str(&json).expect("nn-bench prints a peak");
+            println!(
+                "f32 FMA peak ({}): {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads",
+                peak.isa, peak.one_thread, peak.all_threads, peak.threads
+            );
+            true
+        }),
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(

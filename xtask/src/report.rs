@@ -83,19 +83,15 @@ impl Results {
                 (_, Some(i)) => format!("{i:.0} images/s"),
                 _ => String::new(),
             };
-            let refs: Vec<String> = r
-                .references
-                .iter()
-                .map(|x| format!("{} {:.1} GFLOP/s", x.name, x.gflops))
-                .collect();
+            let refs: Vec<String> =
+                r.references.iter().map(|x| format!("{} {:.1} GFLOP/s", x.name, x.gflops)).collect();
             out += &format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 r.id,
                 r.threads,
                 format_seconds(r.median_s),
                 throughput,
-                r.percent_of_peak
-                    .map_or(String::new(), |v| format!("{v:.0}%")),
+                r.percent_of_peak.map_or(String::new(), |v| format!("{v:.0}%")),
                 refs.join("; ")
             );
         }
@@ -117,11 +113,7 @@ pub fn compare(old: &Results, new: &Results, threshold_pct: f64) -> bool {
     let mut ok = true;
     println!("| workload | threads | old median | new median | change |\n| --- | --- | --- | --- | --- |");
     for n in &new.records {
-        let Some(o) = old
-            .records
-            .iter()
-            .find(|o| o.id == n.id && o.threads == n.threads)
-        else {
+        let Some(o) = old.records.iter().find(|o| o.id == n.id && o.threads == n.threads) else {
             continue;
         };
         let change = 100.0 * (n.median_s / o.median_s - 1.0);

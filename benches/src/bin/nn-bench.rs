@@ -4,6 +4,7 @@
 //! - `nn-bench run [--quick] [--filter ID]…`: every workload with 1 and all threads.
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
+//! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, with_threads, Budget, Timing};
 use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS};
@@ -52,24 +53,43 @@ fn record(
 }
 
 fn reference(name: &'static str, t: Timing, flops: f64) -> Reference {
-    Reference {
-        name,
-        median_s: t.median,
-        gflops: flops / t.median / 1e9,
-    }
+    Reference { name, median_s: t.median, gflops: flops / t.median / 1e9 }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     match args.first().map(String::as_str) {
-        Some("peak") => println!(
-            "{}",
-            serde_json::to_string(&peak::measure(5, cores)).expect("serialisable")
-        ),
-        Some("list-instructions") => instructions::WORKLOADS
-            .iter()
-            .for_each(|w| println!("{}", w.name)),
+        Some("peak") => println!("{}", serde_json::to_string(&peak::measure(5, cores)).expect("serialisable")),
+        Some("profile") => {
+            // Loops one workload (ours only) for a few seconds, for `perf record`.
+            let id = args.get(1).map(String::as_str).unwrap_or("");
+            let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+            let mut step: Box<dyn FnMut() + Send> = if let Some(c) = GEMMS.iter().find(|c| c.id == id) {
+                let mut run = GemmRun::new(*c);
+                Box::new(move || run.ours())
+            } else if let Some(c) = CONVS.iter().find(|c| id.starts_with(c.id)) {
+                let mut run = ConvRun::new(c);
+                if id.ends_with("-fwd") {
+                    Box::new(move || run.forward())
+                } else {
+                    Box::new(move || run.forward_backward())
+                }
+            } else if let Some(c) = TrainCase::ALL.into_iter().find(|c| id.starts_with(c.id())) {
+                let mut run = TrainRun::new(c);
+                Box::new(move || run.step())
+            } else {
+                eprintln!("unknown workload {id:?}");
+                std::process::exit(2);
+            };
+            with_threads(threads, || {
+                let started = std::time::Instant::now();
+                while started.elapsed().as_secs_f64() < 3.0 {
+                    step();
+                }
+            });
+        }
+        Some("list-instructions") => instructions::WORKLOADS.iter().for_each(|w| println!("{}", w.name)),
         Some("instructions") => {
             let name = args.get(1).map(String::as_str).unwrap_or("");
             if instructions::run(name).is_none() {
@@ -79,13 +99,8 @@ fn main() {
         }
         Some("run") => {
             let quick = args.iter().any(|a| a == "--quick");
-            let filters: Vec<&str> = args
-                .windows(2)
-                .filter(|w| w[0] == "--filter")
-                .map(|w| w[1].as_str())
-                .collect();
-            let selected =
-                |id: &str| filters.is_empty() || filters.iter().any(|f| id.starts_with(f));
+            let filters: Vec<&str> = args.windows(2).filter(|w| w[0] == "--filter").map(|w| w[1].as_str()).collect();
+            let selected = |id: &str| filters.is_empty() || filters.iter().any(|f| id.starts_with(f));
             let budget = if quick { Budget::QUICK } else { Budget::FULL };
             let thread_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
             let mut records = Vec::new();
@@ -94,27 +109,13 @@ fn main() {
                     let mut run = GemmRun::new(*case);
                     let ours = with_threads(threads, || measure(budget, || run.ours()));
                     let mm = if threads == 1 {
-                        Some(reference(
-                            "matrixmultiply",
-                            measure(budget, || run.matrixmultiply()),
-                            case.flops(),
-                        ))
+                        Some(reference("matrixmultiply", measure(budget, || run.matrixmultiply()), case.flops()))
                     } else {
                         None
                     };
                     let gc = with_threads(threads, || measure(budget, || run.gemm_crate(threads)));
-                    let refs = mm
-                        .into_iter()
-                        .chain([reference("gemm crate", gc, case.flops())])
-                        .collect();
-                    records.push(record(
-                        case.id.into(),
-                        threads,
-                        ours,
-                        Some(case.flops()),
-                        None,
-                        refs,
-                    ));
+                    let refs = mm.into_iter().chain([reference("gemm crate", gc, case.flops())]).collect();
+                    records.push(record(case.id.into(), threads, ours, Some(case.flops()), None, refs));
                     eprintln!("{} threads={threads} done", case.id);
                 }
             }
@@ -135,22 +136,8 @@ fn main() {
                         vec![]
                     };
                     let flops = case.forward_flops();
-                    records.push(record(
-                        format!("{}-fwd", case.id),
-                        threads,
-                        forward,
-                        Some(flops),
-                        None,
-                        refs,
-                    ));
-                    records.push(record(
-                        format!("{}-fwdbwd", case.id),
-                        threads,
-                        both,
-                        Some(3.0 * flops),
-                        None,
-                        vec![],
-                    ));
+                    records.push(record(format!("{}-fwd", case.id), threads, forward, Some(flops), None, refs));
+                    records.push(record(format!("{}-fwdbwd", case.id), threads, both, Some(3.0 * flops), None, vec![]));
                     eprintln!("{} threads={threads} done", case.id);
                 }
             }
@@ -159,24 +146,14 @@ fn main() {
                     let mut run = TrainRun::new(case);
                     let batch = run.batch as f64;
                     let step = with_threads(threads, || measure(budget, || run.step()));
-                    records.push(record(
-                        format!("{}-step", case.id()),
-                        threads,
-                        step,
-                        None,
-                        Some(batch),
-                        vec![],
-                    ));
+                    records.push(record(format!("{}-step", case.id()), threads, step, None, Some(batch), vec![]));
                     eprintln!("{} threads={threads} done", case.id());
                 }
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&records).expect("serialisable")
-            );
+            println!("{}", serde_json::to_string_pretty(&records).expect("serialisable"));
         }
         _ => {
-            eprintln!("usage: nn-bench peak | run [--quick] [--filter ID]... | instructions NAME | list-instructions");
+            eprintln!("usage: nn-bench peak | run [--quick] [--filter ID]... | profile ID [THREADS] | instructions NAME | list-instructions");
             std::process::exit(2);
         }
     }

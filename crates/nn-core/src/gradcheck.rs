@@ -20,10 +20,7 @@ pub struct GradCheckOptions {
 
 impl Default for GradCheckOptions {
     fn default() -> Self {
-        Self {
-            step: 1e-5,
-            seed: 0x5eed,
-        }
+        Self { step: 1e-5, seed: 0x5eed }
     }
 }
 
@@ -42,22 +39,14 @@ pub struct GradCheckReport {
 
 impl GradCheckReport {
     fn new() -> Self {
-        Self {
-            checked: 0,
-            max_error: 0.0,
-            worst: String::from("(nothing checked)"),
-        }
+        Self { checked: 0, max_error: 0.0, worst: String::from("(nothing checked)") }
     }
 
     fn record(&mut self, analytic: f64, numeric: f64, at: impl FnOnce() -> String) {
         let error = (analytic - numeric).abs() / 1f64.max(analytic.abs()).max(numeric.abs());
         self.checked += 1;
         if error > self.max_error || error.is_nan() || self.checked == 1 {
-            self.max_error = if error.is_nan() {
-                f64::INFINITY
-            } else {
-                error.max(self.max_error)
-            };
+            self.max_error = if error.is_nan() { f64::INFINITY } else { error.max(self.max_error) };
             self.worst = at();
         }
     }
@@ -103,9 +92,7 @@ fn compare(
             x.data_mut()[i] = original - h;
             let minus = probe.value(&x)?;
             x.data_mut()[i] = original;
-            report.record(analytic, (plus - minus) / (2.0 * h), || {
-                format!("input[{i}]")
-            });
+            report.record(analytic, (plus - minus) / (2.0 * h), || format!("input[{i}]"));
         }
     }
     for (p, (name, grads)) in grad_params.iter().enumerate() {
@@ -116,9 +103,7 @@ fn compare(
             *probe.param(p, i) = original - h;
             let minus = probe.value(input)?;
             *probe.param(p, i) = original;
-            report.record(analytic, (plus - minus) / (2.0 * h), || {
-                format!("{name}[{i}]")
-            });
+            report.record(analytic, (plus - minus) / (2.0 * h), || format!("{name}[{i}]"));
         }
     }
     Ok(report)
@@ -168,18 +153,9 @@ pub fn check_layer(
     }
     let mut grad_input = Tensor::zeros(&[0])?;
     layer.backward(input, &output, &r, Some(&mut grad_input))?;
-    let grad_params: Vec<(String, Vec<f64>)> = layer
-        .params()
-        .iter()
-        .map(|p| (p.name.to_string(), p.grad.data().to_vec()))
-        .collect();
-    compare(
-        &mut LayerProbe { layer, output, r },
-        input,
-        Some(&grad_input),
-        &grad_params,
-        options.step,
-    )
+    let grad_params: Vec<(String, Vec<f64>)> =
+        layer.params().iter().map(|p| (p.name.to_string(), p.grad.data().to_vec())).collect();
+    compare(&mut LayerProbe { layer, output, r }, input, Some(&grad_input), &grad_params, options.step)
 }
 
 /// Checks a whole network end to end: the gradient of `Σ r·output` with respect to the
@@ -193,18 +169,9 @@ pub fn check_network(
     let r = Tensor::from_vec(output.shape(), projection(output.len(), options.seed))?;
     net.zero_grad();
     let grad_input = net.backward_to_input(&r)?.clone();
-    let grad_params: Vec<(String, Vec<f64>)> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (n, p.grad.data().to_vec()))
-        .collect();
-    compare(
-        &mut NetworkProbe { net, r },
-        input,
-        Some(&grad_input),
-        &grad_params,
-        options.step,
-    )
+    let grad_params: Vec<(String, Vec<f64>)> =
+        net.named_params().into_iter().map(|(n, p)| (n, p.grad.data().to_vec())).collect();
+    compare(&mut NetworkProbe { net, r }, input, Some(&grad_input), &grad_params, options.step)
 }
 
 /// Checks a loss's gradient with respect to the prediction.
@@ -226,11 +193,5 @@ pub fn check_loss<L: Loss<f64>>(
     }
     let mut grad = Tensor::zeros(&[0])?;
     loss.loss_and_grad(prediction, target, reduction, &mut grad)?;
-    compare(
-        &mut LossProbe(loss, target, reduction),
-        prediction,
-        Some(&grad),
-        &[],
-        options.step,
-    )
+    compare(&mut LossProbe(loss, target, reduction), prediction, Some(&grad), &[], options.step)
 }

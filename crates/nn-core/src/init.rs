@@ -35,23 +35,15 @@ pub enum Init {
 
 impl Init {
     /// Fills `out` with draws from `rng`.
-    pub fn fill<T: Element, R: Rng>(
-        &self,
-        fan_in: usize,
-        fan_out: usize,
-        rng: &mut R,
-        out: &mut [T],
-    ) {
+    pub fn fill<T: Element, R: Rng>(&self, fan_in: usize, fan_out: usize, rng: &mut R, out: &mut [T]) {
         let (fan_in, fan_sum) = (fan_in.max(1) as f64, (fan_in + fan_out).max(1) as f64);
         let uniform = |bound: f64, rng: &mut R, out: &mut [T]| {
             let dist = Uniform::new_inclusive(-bound, bound);
-            out.iter_mut()
-                .for_each(|w| *w = T::from_f64(dist.sample(rng)));
+            out.iter_mut().for_each(|w| *w = T::from_f64(dist.sample(rng)));
         };
         let normal = |std: f64, rng: &mut R, out: &mut [T]| {
             let dist = Normal::new(0.0, std).expect("standard deviation is finite and positive");
-            out.iter_mut()
-                .for_each(|w| *w = T::from_f64(dist.sample(rng)));
+            out.iter_mut().for_each(|w| *w = T::from_f64(dist.sample(rng)));
         };
         match *self {
             Init::HeUniform => uniform((6.0 / fan_in).sqrt(), rng, out),
@@ -78,22 +70,13 @@ mod tests {
         let bound = (6.0f64 / 50.0).sqrt();
         assert!(a.iter().all(|w| w.abs() <= bound));
         let var = a.iter().map(|w| w * w).sum::<f64>() / a.len() as f64;
-        assert!(
-            (var - 2.0 / 50.0).abs() < 0.004,
-            "He variance 2/fan_in, got {var}"
-        );
+        assert!((var - 2.0 / 50.0).abs() < 0.004, "He variance 2/fan_in, got {var}");
 
         Init::GlorotNormal.fill(30, 70, &mut seeded_rng(1), &mut a);
         let var = a.iter().map(|w| w * w).sum::<f64>() / a.len() as f64;
-        assert!(
-            (var - 0.02).abs() < 0.002,
-            "Glorot variance 2/(in+out), got {var}"
-        );
+        assert!((var - 0.02).abs() < 0.002, "Glorot variance 2/(in+out), got {var}");
         Init::HeNormal.fill(8, 1, &mut seeded_rng(2), &mut b);
         let var = b.iter().map(|w| w * w).sum::<f64>() / b.len() as f64;
-        assert!(
-            (var - 0.25).abs() < 0.02,
-            "He normal variance 2/fan_in, got {var}"
-        );
+        assert!((var - 0.25).abs() < 0.02, "He normal variance 2/fan_in, got {var}");
     }
 }

@@ -71,18 +71,10 @@ pub(crate) fn batch_of<T: Element>(
     if shape.len() != per_sample.len() + 1 || &shape[1..] != per_sample {
         let mut expected = vec![0];
         expected.extend_from_slice(per_sample);
-        return Err(NnError::Shape {
-            op,
-            expected,
-            got: shape.to_vec(),
-        });
+        return Err(NnError::Shape { op, expected, got: shape.to_vec() });
     }
     if shape[0] == 0 {
-        return Err(NnError::ZeroSized {
-            op,
-            shape: shape.to_vec(),
-            dim: 0,
-        });
+        return Err(NnError::ZeroSized { op, shape: shape.to_vec(), dim: 0 });
     }
     Ok(shape[0])
 }
@@ -96,16 +88,10 @@ pub(crate) fn backward_batch<T: Element, L: Layer<T> + ?Sized>(
     grad_output: &Tensor<T>,
 ) -> Result<usize, NnError> {
     let batch = batch_of("backward input", input, layer.input_shape())?;
-    if output.shape() != grad_output.shape()
-        || batch_of("backward output", output, layer.output_shape())? != batch
-    {
+    if output.shape() != grad_output.shape() || batch_of("backward output", output, layer.output_shape())? != batch {
         let mut expected = vec![batch];
         expected.extend_from_slice(layer.output_shape());
-        return Err(NnError::Shape {
-            op: "backward grad_output",
-            expected,
-            got: grad_output.shape().to_vec(),
-        });
+        return Err(NnError::Shape { op: "backward grad_output", expected, got: grad_output.shape().to_vec() });
     }
     Ok(batch)
 }

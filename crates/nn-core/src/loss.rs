@@ -36,34 +36,20 @@ pub trait Loss<T: Element> {
     ) -> Result<f64, NnError>;
 
     /// The loss alone.
-    fn loss(
-        &self,
-        prediction: &Tensor<T>,
-        target: &Self::Target,
-        reduction: Reduction,
-    ) -> Result<f64, NnError> {
+    fn loss(&self, prediction: &Tensor<T>, target: &Self::Target, reduction: Reduction) -> Result<f64, NnError> {
         let mut scratch = Tensor::zeros(&[0])?;
         self.loss_and_grad(prediction, target, reduction, &mut scratch)
     }
 }
 
-fn batch_rows<T: Element>(
-    op: &'static str,
-    prediction: &Tensor<T>,
-) -> Result<(usize, usize), NnError> {
+fn batch_rows<T: Element>(op: &'static str, prediction: &Tensor<T>) -> Result<(usize, usize), NnError> {
     let shape = prediction.shape();
     match *shape {
         [batch, width] if batch > 0 && width > 0 => Ok((batch, width)),
-        [_, _] => Err(NnError::ZeroSized {
-            op,
-            shape: shape.to_vec(),
-            dim: shape.iter().position(|&d| d == 0).unwrap_or(0),
-        }),
-        _ => Err(NnError::Shape {
-            op,
-            expected: vec![0, 0],
-            got: shape.to_vec(),
-        }),
+        [_, _] => {
+            Err(NnError::ZeroSized { op, shape: shape.to_vec(), dim: shape.iter().position(|&d| d == 0).unwrap_or(0) })
+        }
+        _ => Err(NnError::Shape { op, expected: vec![0, 0], got: shape.to_vec() }),
     }
 }
 
@@ -96,12 +82,7 @@ impl<T: Element> Loss<T> for MeanSquaredError {
         let scale = reduction.scale(batch);
         grad.set_batch_shape(batch, &[width])?;
         let mut total = 0.0;
-        for ((g, &x), &t) in grad
-            .data_mut()
-            .iter_mut()
-            .zip(prediction.data())
-            .zip(target.data())
-        {
+        for ((g, &x), &t) in grad.data_mut().iter_mut().zip(prediction.data()).zip(target.data()) {
             let diff = x.as_f64() - t.as_f64();
             total += 0.5 * diff * diff;
             *g = T::from_f64(diff * scale);
@@ -138,24 +119,15 @@ impl<T: Element> Loss<T> for SoftmaxCrossEntropy {
             });
         }
         if let Some((index, &label)) = target.iter().enumerate().find(|(_, &l)| l >= classes) {
-            return Err(NnError::LabelOutOfRange {
-                index,
-                label,
-                classes,
-            });
+            return Err(NnError::LabelOutOfRange { index, label, classes });
         }
         let scale = reduction.scale(batch);
         grad.set_batch_shape(batch, &[classes])?;
         let mut total = 0.0;
-        for ((logits, g), &label) in prediction
-            .data()
-            .chunks(classes)
-            .zip(grad.data_mut().chunks_mut(classes))
-            .zip(target)
+        for ((logits, g), &label) in
+            prediction.data().chunks(classes).zip(grad.data_mut().chunks_mut(classes)).zip(target)
         {
-            let max = logits
-                .iter()
-                .fold(f64::NEG_INFINITY, |m, &x| m.max(x.as_f64()));
+            let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.as_f64()));
             let sum_exp: f64 = logits.iter().map(|&x| (x.as_f64() - max).exp()).sum();
             let log_sum = sum_exp.ln();
             total += log_sum - (logits[label].as_f64() - max);
@@ -176,14 +148,9 @@ mod tests {
     fn cross_entropy_is_stable_for_huge_logits() {
         let x = Tensor::from_vec(&[2, 3], vec![1e4f32, 0.0, -1e4, -3e38, 3e38, 0.0]).unwrap();
         let mut g = Tensor::zeros(&[1]).unwrap();
-        let loss = SoftmaxCrossEntropy
-            .loss_and_grad(&x, &[0, 0], Reduction::Sum, &mut g)
-            .unwrap();
+        let loss = SoftmaxCrossEntropy.loss_and_grad(&x, &[0, 0], Reduction::Sum, &mut g).unwrap();
         assert!(loss.is_finite());
-        assert!(
-            (loss - 6e38).abs() / 6e38 < 1e-6,
-            "second row loses 3e38 - (-3e38), got {loss}"
-        );
+        assert!((loss - 6e38).abs() / 6e38 < 1e-6, "second row loses 3e38 - (-3e38), got {loss}");
         assert!(g.data().iter().all(|v| v.is_finite()));
         assert_eq!(g.data()[0], 0.0);
         assert_eq!(g.data()[3], -1.0);
@@ -195,19 +162,9 @@ mod tests {
         let x = Tensor::from_vec(&[2, 1], vec![3.0f64, 1.0]).unwrap();
         let t = Tensor::from_vec(&[2, 1], vec![1.0f64, 1.0]).unwrap();
         let mut g = Tensor::zeros(&[1]).unwrap();
-        assert_eq!(
-            MeanSquaredError
-                .loss_and_grad(&x, &t, Reduction::Sum, &mut g)
-                .unwrap(),
-            2.0
-        );
+        assert_eq!(MeanSquaredError.loss_and_grad(&x, &t, Reduction::Sum, &mut g).unwrap(), 2.0);
         assert_eq!(g.data(), &[2.0, 0.0]);
-        assert_eq!(
-            MeanSquaredError
-                .loss_and_grad(&x, &t, Reduction::Mean, &mut g)
-                .unwrap(),
-            1.0
-        );
+        assert_eq!(MeanSquaredError.loss_and_grad(&x, &t, Reduction::Mean, &mut g).unwrap(), 1.0);
         assert_eq!(g.data(), &[1.0, 0.0]);
     }
 
@@ -216,20 +173,10 @@ mod tests {
         let x = Tensor::from_vec(&[2, 3], vec![0.0f32; 6]).unwrap();
         assert_eq!(
             SoftmaxCrossEntropy.loss(&x, &[1, 3], Reduction::Sum),
-            Err(NnError::LabelOutOfRange {
-                index: 1,
-                label: 3,
-                classes: 3
-            })
+            Err(NnError::LabelOutOfRange { index: 1, label: 3, classes: 3 })
         );
-        assert!(matches!(
-            SoftmaxCrossEntropy.loss(&x, &[1], Reduction::Sum),
-            Err(NnError::Shape { .. })
-        ));
+        assert!(matches!(SoftmaxCrossEntropy.loss(&x, &[1], Reduction::Sum), Err(NnError::Shape { .. })));
         let t = Tensor::from_vec(&[3, 2], vec![0.0f32; 6]).unwrap();
-        assert!(matches!(
-            MeanSquaredError.loss(&x, &t, Reduction::Sum),
-            Err(NnError::Shape { .. })
-        ));
+        assert!(matches!(MeanSquaredError.loss(&x, &t, Reduction::Sum), Err(NnError::Shape { .. })));
     }
 }

@@ -20,10 +20,7 @@ pub struct Sequential<T: Element> {
 impl<T: Element> std::fmt::Debug for Sequential<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kinds: Vec<_> = self.layers.iter().map(|l| l.kind()).collect();
-        f.debug_struct("Sequential")
-            .field("input_shape", &self.input_shape)
-            .field("layers", &kinds)
-            .finish()
+        f.debug_struct("Sequential").field("input_shape", &self.input_shape).field("layers", &kinds).finish()
     }
 }
 
@@ -57,9 +54,7 @@ impl<T: Element> Sequential<T> {
             }
             expected = layer.output_shape().to_vec();
         }
-        let activations = (0..=layers.len())
-            .map(|_| Tensor::zeros(&[0]))
-            .collect::<Result<_, _>>()?;
+        let activations = (0..=layers.len()).map(|_| Tensor::zeros(&[0])).collect::<Result<_, _>>()?;
         Ok(Self {
             input_shape: input_shape.to_vec(),
             layers,
@@ -88,9 +83,7 @@ impl<T: Element> Sequential<T> {
 
     /// The per-sample output shape.
     pub fn output_shape(&self) -> &[usize] {
-        self.layers
-            .last()
-            .map_or(&self.input_shape, |l| l.output_shape())
+        self.layers.last().map_or(&self.input_shape, |l| l.output_shape())
     }
 
     /// The layers, in order.
@@ -106,14 +99,12 @@ impl<T: Element> Sequential<T> {
         self.activations[0].copy_from(x);
         for (index, layer) in self.layers.iter_mut().enumerate() {
             let (inputs, outputs) = self.activations.split_at_mut(index + 1);
-            layer
-                .forward(&inputs[index], &mut outputs[0])
-                .map_err(|source| NnError::Layer {
-                    index,
-                    kind: layer.kind(),
-                    input: layer.input_shape().to_vec(),
-                    source: Box::new(source),
-                })?;
+            layer.forward(&inputs[index], &mut outputs[0]).map_err(|source| NnError::Layer {
+                index,
+                kind: layer.kind(),
+                input: layer.input_shape().to_vec(),
+                source: Box::new(source),
+            })?;
         }
         self.forward_done = true;
         Ok(&self.activations[self.layers.len()])
@@ -121,8 +112,7 @@ impl<T: Element> Sequential<T> {
 
     /// The output of the last forward pass, if any.
     pub fn output(&self) -> Option<&Tensor<T>> {
-        self.forward_done
-            .then(|| &self.activations[self.layers.len()])
+        self.forward_done.then(|| &self.activations[self.layers.len()])
     }
 
     /// Step 3: from `∂L/∂x⁽ᴺ⁾` (shaped like the last output), adds every parameter's
@@ -141,11 +131,7 @@ impl<T: Element> Sequential<T> {
         Ok(&self.grads[0])
     }
 
-    fn backward_impl(
-        &mut self,
-        grad_output: &Tensor<T>,
-        want_input_grad: bool,
-    ) -> Result<(), NnError> {
+    fn backward_impl(&mut self, grad_output: &Tensor<T>, want_input_grad: bool) -> Result<(), NnError> {
         if !self.forward_done {
             return Err(NnError::BackwardBeforeForward);
         }
@@ -162,21 +148,12 @@ impl<T: Element> Sequential<T> {
         let last = self.layers.len().saturating_sub(1);
         for index in (0..self.layers.len()).rev() {
             let [even, odd] = &mut self.grads;
-            let (write, read) = if index % 2 == 0 {
-                (even, &*odd)
-            } else {
-                (odd, &*even)
-            };
+            let (write, read) = if index % 2 == 0 { (even, &*odd) } else { (odd, &*even) };
             let upstream = if index == last { grad_output } else { read };
             let need_input = index > 0 || want_input_grad;
             let layer = &mut self.layers[index];
             layer
-                .backward(
-                    &self.activations[index],
-                    &self.activations[index + 1],
-                    upstream,
-                    need_input.then_some(write),
-                )
+                .backward(&self.activations[index], &self.activations[index + 1], upstream, need_input.then_some(write))
                 .map_err(|source| NnError::Layer {
                     index,
                     kind: layer.kind(),
@@ -194,10 +171,7 @@ impl<T: Element> Sequential<T> {
 
     /// Every parameter, mutably, in the order of [`params`](Self::params).
     pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| l.params_mut())
-            .collect()
+        self.layers.iter_mut().flat_map(|l| l.params_mut()).collect()
     }
 
     /// Every parameter with a name that says where it lives: `"{index}.{kind}.{name}"`,
@@ -206,11 +180,7 @@ impl<T: Element> Sequential<T> {
         self.layers
             .iter()
             .enumerate()
-            .flat_map(|(i, l)| {
-                l.params()
-                    .into_iter()
-                    .map(move |p| (format!("{i}.{}.{}", l.kind(), p.name), p))
-            })
+            .flat_map(|(i, l)| l.params().into_iter().map(move |p| (format!("{i}.{}.{}", l.kind(), p.name), p)))
             .collect()
     }
 
@@ -221,9 +191,7 @@ impl<T: Element> Sequential<T> {
             .enumerate()
             .flat_map(|(i, l)| {
                 let kind = l.kind();
-                l.params_mut()
-                    .into_iter()
-                    .map(move |p| (format!("{i}.{kind}.{}", p.name), p))
+                l.params_mut().into_iter().map(move |p| (format!("{i}.{kind}.{}", p.name), p))
             })
             .collect()
     }
@@ -295,25 +263,19 @@ impl<T: Element> SequentialBuilder<T> {
             [inputs] => Ok(Box::new(Dense::new(inputs, outputs, bias, init, rng)?)),
             _ => Err(NnError::InvalidArgument {
                 what: "dense input",
-                details: format!(
-                    "needs a one-dimensional sample, got {shape:?}; add flatten() first"
-                ),
+                details: format!("needs a one-dimensional sample, got {shape:?}; add flatten() first"),
             }),
         })
     }
 
     /// A convolution layer.
     pub fn conv(self, spec: ConvSpec) -> Self {
-        self.push_with("conv", |shape, rng| {
-            Ok(Box::new(Conv::new(shape, &spec, rng)?))
-        })
+        self.push_with("conv", |shape, rng| Ok(Box::new(Conv::new(shape, &spec, rng)?)))
     }
 
     /// An elementwise activation.
     pub fn activation(self, activation: Activation) -> Self {
-        self.push_with("activation", |shape, _| {
-            Ok(Box::new(ActivationLayer::new(shape, activation)))
-        })
+        self.push_with("activation", |shape, _| Ok(Box::new(ActivationLayer::new(shape, activation))))
     }
 
     /// ReLU.

@@ -11,34 +11,22 @@ pub struct Tensor<T> {
 }
 
 fn element_count(shape: &[usize]) -> Result<usize, NnError> {
-    checked_product(shape).ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow {
-        what: "tensor size",
-    }))
+    checked_product(shape).ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "tensor size" }))
 }
 
 impl<T: Element> Tensor<T> {
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Result<Self, NnError> {
-        Ok(Self {
-            shape: shape.to_vec(),
-            data: vec![T::zero(); element_count(shape)?],
-        })
+        Ok(Self { shape: shape.to_vec(), data: vec![T::zero(); element_count(shape)?] })
     }
 
     /// A tensor over `data`, which must hold exactly `∏shape` elements.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self, NnError> {
         let expected = element_count(shape)?;
         if data.len() != expected {
-            return Err(NnError::DataLength {
-                shape: shape.to_vec(),
-                expected,
-                got: data.len(),
-            });
+            return Err(NnError::DataLength { shape: shape.to_vec(), expected, got: data.len() });
         }
-        Ok(Self {
-            shape: shape.to_vec(),
-            data,
-        })
+        Ok(Self { shape: shape.to_vec(), data })
     }
 
     /// The shape.
@@ -75,11 +63,7 @@ impl<T: Element> Tensor<T> {
     pub fn reshape(&mut self, shape: &[usize]) -> Result<(), NnError> {
         let expected = element_count(shape)?;
         if expected != self.data.len() {
-            return Err(NnError::DataLength {
-                shape: shape.to_vec(),
-                expected,
-                got: self.data.len(),
-            });
+            return Err(NnError::DataLength { shape: shape.to_vec(), expected, got: self.data.len() });
         }
         self.shape = shape.to_vec();
         Ok(())
@@ -91,9 +75,7 @@ impl<T: Element> Tensor<T> {
     pub fn set_batch_shape(&mut self, batch: usize, per_sample: &[usize]) -> Result<(), NnError> {
         let len = element_count(per_sample)?
             .checked_mul(batch)
-            .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow {
-                what: "tensor size",
-            }))?;
+            .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "tensor size" }))?;
         self.shape.clear();
         self.shape.push(batch);
         self.shape.extend_from_slice(per_sample);
@@ -109,20 +91,14 @@ impl<T: Element> Tensor<T> {
 
     /// Converts every element to another element type.
     pub fn cast<U: Element>(&self) -> Tensor<U> {
-        Tensor {
-            shape: self.shape.clone(),
-            data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect(),
-        }
+        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect() }
     }
 }
 
 impl<T: Element> Default for Tensor<T> {
     /// An empty tensor of shape `[0]`, to be filled later.
     fn default() -> Self {
-        Self {
-            shape: vec![0],
-            data: Vec::new(),
-        }
+        Self { shape: vec![0], data: Vec::new() }
     }
 }
 

@@ -16,12 +16,8 @@ struct Case {
 }
 
 fn case(max_cells: usize) -> impl Strategy<Value = Case> {
-    let dims = (1usize..=4).prop_flat_map(|rank| {
-        prop::collection::vec(
-            (1usize..6, 1usize..4, 1usize..3, 0usize..3, 0usize..2),
-            rank,
-        )
-    });
+    let dims = (1usize..=4)
+        .prop_flat_map(|rank| prop::collection::vec((1usize..6, 1usize..4, 1usize..3, 0usize..3, 0usize..2), rank));
     (
         dims,
         1usize..3,
@@ -39,32 +35,15 @@ fn case(max_cells: usize) -> impl Strategy<Value = Case> {
                 shape.extend(dims.iter().map(|d| d.0));
                 let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
                 let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
-                let padding: Vec<Padding> = dims
-                    .iter()
-                    .map(|d| Padding {
-                        before: d.3,
-                        after: d.3 + d.4,
-                    })
-                    .collect();
+                let padding: Vec<Padding> = dims.iter().map(|d| Padding { before: d.3, after: d.3 + d.4 }).collect();
                 let spec = ConvSpec::new(c_out, &filter)
                     .stride(&stride)
                     .padding_asymmetric(&padding)
                     .pad_value(pad_value)
-                    .rounding(if floor {
-                        OutputRounding::Floor
-                    } else {
-                        OutputRounding::Strict
-                    })
-                    .mode(if flip {
-                        KernelMode::Convolution
-                    } else {
-                        KernelMode::CrossCorrelation
-                    })
+                    .rounding(if floor { OutputRounding::Floor } else { OutputRounding::Strict })
+                    .mode(if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation })
                     .bias(bias);
-                let cells: usize = shape.iter().product::<usize>()
-                    * filter.iter().product::<usize>()
-                    * c_out
-                    * batch;
+                let cells: usize = shape.iter().product::<usize>() * filter.iter().product::<usize>() * c_out * batch;
                 (cells <= max_cells).then_some(())?;
                 Conv::<f64>::new(&shape, &spec, &mut seeded_rng(0)).ok()?;
                 Some(Case { shape, spec, batch })
@@ -76,13 +55,7 @@ fn input(case: &Case, seed: u64) -> Tensor<f64> {
     let mut shape = vec![case.batch];
     shape.extend_from_slice(&case.shape);
     let mut rng = seeded_rng(seed);
-    Tensor::from_vec(
-        &shape,
-        (0..shape.iter().product())
-            .map(|_| rng.gen_range(-1.0..1.0))
-            .collect(),
-    )
-    .unwrap()
+    Tensor::from_vec(&shape, (0..shape.iter().product()).map(|_| rng.gen_range(-1.0..1.0)).collect()).unwrap()
 }
 
 proptest! {
@@ -125,10 +98,7 @@ fn padding_value_reaches_the_weight_gradient_and_never_the_input_gradient() {
     // not change; the weight gradient changes by exactly v × (∂y summed over the
     // windows where each tap reads padding).
     let grads = |pad_value: f64| {
-        let spec = ConvSpec::new(1, &[3])
-            .padding(&[1])
-            .pad_value(pad_value)
-            .bias(false);
+        let spec = ConvSpec::new(1, &[3]).padding(&[1]).pad_value(pad_value).bias(false);
         let mut layer = Conv::<f64>::new(&[1, 4], &spec, &mut seeded_rng(3)).unwrap();
         let x = Tensor::from_vec(&[1, 1, 4], vec![0.5, -1.0, 2.0, 0.25]).unwrap();
         let mut y = Tensor::zeros(&[0]).unwrap();

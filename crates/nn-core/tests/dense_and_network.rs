@@ -8,14 +8,8 @@ fn dense_by_hand() {
     let mut layer = Dense::<f64>::new(2, 3, true, Init::Constant(0.0), &mut seeded_rng(0)).unwrap();
     {
         let mut params = layer.params_mut();
-        params[0]
-            .value
-            .data_mut()
-            .copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        params[1]
-            .value
-            .data_mut()
-            .copy_from_slice(&[0.5, 0.0, -0.5]);
+        params[0].value.data_mut().copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        params[1].value.data_mut().copy_from_slice(&[0.5, 0.0, -0.5]);
     }
     let x = Tensor::from_vec(&[1, 2], vec![10.0, 100.0]).unwrap();
     let mut y = Tensor::zeros(&[0]).unwrap();
@@ -29,10 +23,7 @@ fn dense_by_hand() {
     // ∂x_i = Σ_j ∂y_j w_ij: ∂x_0 = 1 + 2·3 = 7, ∂x_1 = 4 + 2·6 = 16.
     assert_eq!(dx.data(), &[7.0, 16.0]);
     // ∂w_ij = x_i ∂y_j.
-    assert_eq!(
-        layer.weight().grad.data(),
-        &[10.0, 0.0, 20.0, 100.0, 0.0, 200.0]
-    );
+    assert_eq!(layer.weight().grad.data(), &[10.0, 0.0, 20.0, 100.0, 0.0, 200.0]);
     assert_eq!(layer.bias().unwrap().grad.data(), &[1.0, 0.0, 2.0]);
 
     // Gradients accumulate over calls (Σ_p), until zeroed.
@@ -59,11 +50,7 @@ fn f32_and_f64_networks_agree() {
         .dense(3)
         .build()
         .unwrap();
-    let x64 = Tensor::from_vec(
-        &[2, 1, 6, 6],
-        (0..72).map(|i| (i as f64 * 0.37).sin()).collect(),
-    )
-    .unwrap();
+    let x64 = Tensor::from_vec(&[2, 1, 6, 6], (0..72).map(|i| (i as f64 * 0.37).sin()).collect()).unwrap();
     let y64 = net64.forward(&x64).unwrap().clone();
     let y32 = net32.forward(&x64.cast::<f32>()).unwrap().clone();
     for (a, b) in y64.data().iter().zip(y32.data()) {
@@ -91,103 +78,40 @@ fn mismatched_layers_are_reported_by_index_and_shape() {
             next_input: vec![5]
         }
     );
-    assert_eq!(
-        err.to_string(),
-        "layer 1 (relu) outputs [3] but layer 2 (dense) expects [5]"
-    );
+    assert_eq!(err.to_string(), "layer 1 (relu) outputs [3] but layer 2 (dense) expects [5]");
 }
 
 #[test]
 fn builder_errors_name_the_layer() {
-    let err = Sequential::<f32>::builder(&[1, 5, 5], 0)
-        .conv(ConvSpec::new(2, &[2, 2]).stride(&[2, 2]))
-        .build()
-        .unwrap_err();
-    let NnError::Layer {
-        index: 0,
-        kind: "conv",
-        source,
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
-    assert!(
-        matches!(
-            **source,
-            NnError::Geometry(nn_kernels::GeometryError::NotDivisible { dim: 0, .. })
-        ),
-        "{err}"
-    );
+    let err =
+        Sequential::<f32>::builder(&[1, 5, 5], 0).conv(ConvSpec::new(2, &[2, 2]).stride(&[2, 2])).build().unwrap_err();
+    let NnError::Layer { index: 0, kind: "conv", source, .. } = &err else { panic!("{err:?}") };
+    assert!(matches!(**source, NnError::Geometry(nn_kernels::GeometryError::NotDivisible { dim: 0, .. })), "{err}");
 
-    let err = Sequential::<f32>::builder(&[1, 4, 4], 0)
-        .relu()
-        .dense(3)
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            NnError::Layer {
-                index: 1,
-                kind: "dense",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = Sequential::<f32>::builder(&[1, 4, 4], 0).relu().dense(3).build().unwrap_err();
+    assert!(matches!(err, NnError::Layer { index: 1, kind: "dense", .. }), "{err}");
     assert!(err.to_string().contains("flatten"));
 
-    let err = Sequential::<f32>::builder(&[1, 4, 4], 0)
-        .conv(ConvSpec::new(2, &[9, 1]))
-        .build()
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("filter length 9 exceeds the padded input length 4"),
-        "{err}"
-    );
+    let err = Sequential::<f32>::builder(&[1, 4, 4], 0).conv(ConvSpec::new(2, &[9, 1])).build().unwrap_err();
+    assert!(err.to_string().contains("filter length 9 exceeds the padded input length 4"), "{err}");
 
-    let err = Sequential::<f32>::builder(&[1, 4], 0)
-        .conv(ConvSpec::new(2, &[1]).stride(&[0]))
-        .build()
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("stride is zero in spatial dimension 0"),
-        "{err}"
-    );
+    let err = Sequential::<f32>::builder(&[1, 4], 0).conv(ConvSpec::new(2, &[1]).stride(&[0])).build().unwrap_err();
+    assert!(err.to_string().contains("stride is zero in spatial dimension 0"), "{err}");
 }
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let mut net = Sequential::<f32>::builder(&[3], 0)
-        .dense(2)
-        .build()
-        .unwrap();
+    let mut net = Sequential::<f32>::builder(&[3], 0).dense(2).build().unwrap();
     let wrong = Tensor::zeros(&[2, 4]).unwrap();
     assert!(matches!(net.forward(&wrong), Err(NnError::Shape { .. })));
     let empty = Tensor::zeros(&[0, 3]).unwrap();
-    assert!(matches!(
-        net.forward(&empty),
-        Err(NnError::ZeroSized { .. })
-    ));
-    assert_eq!(
-        net.backward(&Tensor::zeros(&[1, 2]).unwrap()),
-        Err(NnError::BackwardBeforeForward)
-    );
+    assert!(matches!(net.forward(&empty), Err(NnError::ZeroSized { .. })));
+    assert_eq!(net.backward(&Tensor::zeros(&[1, 2]).unwrap()), Err(NnError::BackwardBeforeForward));
     net.forward(&Tensor::zeros(&[1, 3]).unwrap()).unwrap();
-    assert!(matches!(
-        net.backward(&Tensor::zeros(&[2, 2]).unwrap()),
-        Err(NnError::Shape { .. })
-    ));
+    assert!(matches!(net.backward(&Tensor::zeros(&[2, 2]).unwrap()), Err(NnError::Shape { .. })));
     assert!(matches!(
         Tensor::<f32>::from_vec(&[2, 2], vec![0.0; 3]),
-        Err(NnError::DataLength {
-            expected: 4,
-            got: 3,
-            ..
-        })
+        Err(NnError::DataLength { expected: 4, got: 3, .. })
     ));
     assert!(Tensor::<f32>::zeros(&[usize::MAX, 2]).is_err());
 }
@@ -202,14 +126,6 @@ fn named_parameters_say_where_they_live() {
         .build()
         .unwrap();
     let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(
-        names,
-        [
-            "0.conv.weight",
-            "0.conv.bias",
-            "3.dense.weight",
-            "3.dense.bias"
-        ]
-    );
+    assert_eq!(names, ["0.conv.weight", "0.conv.bias", "3.dense.weight", "3.dense.bias"]);
     assert_eq!(net.num_params(), 2 * 9 + 2 + 8 * 3 + 3);
 }

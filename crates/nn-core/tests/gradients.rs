@@ -36,33 +36,15 @@ fn dense_with_and_without_bias() {
 #[test]
 fn conv_in_one_to_four_dimensions() {
     let cases: Vec<(Vec<usize>, ConvSpec)> = vec![
-        (
-            vec![2, 9],
-            ConvSpec::new(3, &[3])
-                .stride(&[2])
-                .padding(&[1])
-                .pad_value(0.5),
-        ),
-        (
-            vec![2, 6, 5],
-            ConvSpec::new(2, &[3, 2])
-                .stride(&[1, 2])
-                .padding(&[1, 0])
-                .rounding(OutputRounding::Floor),
-        ),
+        (vec![2, 9], ConvSpec::new(3, &[3]).stride(&[2]).padding(&[1]).pad_value(0.5)),
+        (vec![2, 6, 5], ConvSpec::new(2, &[3, 2]).stride(&[1, 2]).padding(&[1, 0]).rounding(OutputRounding::Floor)),
         (
             vec![1, 4, 5, 3],
             ConvSpec::new(2, &[2, 3, 1])
                 .padding_asymmetric(&[
-                    Padding {
-                        before: 1,
-                        after: 0,
-                    },
+                    Padding { before: 1, after: 0 },
                     Padding::symmetric(1),
-                    Padding {
-                        before: 0,
-                        after: 2,
-                    },
+                    Padding { before: 0, after: 2 },
                 ])
                 .pad_value(-1.5)
                 .mode(KernelMode::CrossCorrelation),
@@ -80,11 +62,7 @@ fn conv_in_one_to_four_dimensions() {
         let mut layer = Conv::<f64>::new(&shape, &spec, &mut seeded_rng(i as u64)).unwrap();
         layer.params_mut().iter_mut().for_each(|p| {
             if p.name == "bias" {
-                p.value
-                    .data_mut()
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(j, b)| *b = j as f64 * 0.1);
+                p.value.data_mut().iter_mut().enumerate().for_each(|(j, b)| *b = j as f64 * 0.1);
             }
         });
         assert_layer(&mut layer, 2, 10 + i as u64);
@@ -112,21 +90,13 @@ fn pooling_and_flatten() {
     let specs = [
         PoolSpec::new(PoolKind::Max, &[2, 2]),
         PoolSpec::new(PoolKind::Average, &[2, 2]),
-        PoolSpec::new(PoolKind::Max, &[3, 2])
-            .stride(&[2, 1])
-            .padding(&[1, 1]),
-        PoolSpec::new(PoolKind::Average, &[3, 2])
-            .stride(&[2, 1])
-            .padding(&[1, 1]),
+        PoolSpec::new(PoolKind::Max, &[3, 2]).stride(&[2, 1]).padding(&[1, 1]),
+        PoolSpec::new(PoolKind::Average, &[3, 2]).stride(&[2, 1]).padding(&[1, 1]),
     ];
     for spec in specs {
         assert_layer(&mut Pool::new(&[2, 5, 4], spec).unwrap(), 2, 6);
     }
-    assert_layer(
-        &mut Pool::new(&[1, 4, 4, 4], PoolSpec::new(PoolKind::Max, &[2, 2, 2])).unwrap(),
-        2,
-        7,
-    );
+    assert_layer(&mut Pool::new(&[1, 4, 4, 4], PoolSpec::new(PoolKind::Max, &[2, 2, 2])).unwrap(), 2, 7);
     assert_layer(&mut Flatten::new(&[2, 3, 2]).unwrap(), 2, 8);
 }
 
@@ -134,24 +104,10 @@ fn pooling_and_flatten() {
 fn losses() {
     let x = random_tensor(&[4, 5], 9);
     for reduction in [Reduction::Sum, Reduction::Mean] {
-        let r = check_loss(
-            &SoftmaxCrossEntropy,
-            &x,
-            &[0, 4, 2, 2],
-            reduction,
-            GradCheckOptions::default(),
-        )
-        .unwrap();
+        let r = check_loss(&SoftmaxCrossEntropy, &x, &[0, 4, 2, 2], reduction, GradCheckOptions::default()).unwrap();
         assert!(r.passed(TOLERANCE), "{r:?}");
         let t = random_tensor(&[4, 5], 10);
-        let r = check_loss(
-            &MeanSquaredError,
-            &x,
-            &t,
-            reduction,
-            GradCheckOptions::default(),
-        )
-        .unwrap();
+        let r = check_loss(&MeanSquaredError, &x, &t, reduction, GradCheckOptions::default()).unwrap();
         assert!(r.passed(TOLERANCE), "{r:?}");
     }
 }

@@ -83,9 +83,32 @@ macro_rules! impl_element {
                 rsc: isize,
                 csc: isize,
             ) {
-                // SAFETY: forwarded verbatim; the caller upholds matrixmultiply's
-                // contract, which is the one stated on this method.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+                // SAFETY: the caller upholds the contract stated on this method, which
+                // is the `gemm` crate's. That crate computes dst ← α′·dst + β′·lhs·rhs,
+                // so our α and β trade places, and dst is read only when β ≠ 0.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c,
+                        csc,
+                        rsc,
+                        beta != 0.0,
+                        a,
+                        csa,
+                        rsa,
+                        b,
+                        csb,
+                        rsb,
+                        beta,
+                        alpha,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
             }
         }
     };

@@ -25,9 +25,7 @@ pub enum GeometryError {
     #[error("a convolution needs at least one spatial dimension")]
     NoSpatialDims,
     /// The filter does not fit inside the padded input.
-    #[error(
-        "filter length {filter} exceeds the padded input length {padded} in spatial dimension {dim}"
-    )]
+    #[error("filter length {filter} exceeds the padded input length {padded} in spatial dimension {dim}")]
     FilterTooLarge {
         /// The spatial dimension (0-based).
         dim: usize,
@@ -83,18 +81,10 @@ pub enum KernelError {
     },
 }
 
-pub(crate) fn check_len(
-    what: &'static str,
-    expected: usize,
-    got: usize,
-) -> Result<(), KernelError> {
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::BufferLength {
-            what,
-            expected,
-            got,
-        })
+        Err(KernelError::BufferLength { what, expected, got })
     }
 }

@@ -28,11 +28,7 @@ impl Odometer {
     /// An odometer over `shape`; a shape with a zero length yields nothing, and the
     /// empty shape yields one empty index.
     pub fn new(shape: &[usize]) -> Self {
-        Self {
-            shape: shape.to_vec(),
-            current: vec![0; shape.len()],
-            done: shape.contains(&0),
-        }
+        Self { shape: shape.to_vec(), current: vec![0; shape.len()], done: shape.contains(&0) }
     }
 
     /// The current index, or `None` once every index has been visited.
@@ -65,9 +61,7 @@ mod tests {
             seen.push(i.to_vec());
             odo.advance();
         }
-        let expected: Vec<Vec<usize>> = (0..2)
-            .flat_map(|a| (0..3).map(move |b| vec![a, b]))
-            .collect();
+        let expected: Vec<Vec<usize>> = (0..2).flat_map(|a| (0..3).map(move |b| vec![a, b])).collect();
         assert_eq!(seen, expected);
     }
 

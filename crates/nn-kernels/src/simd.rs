@@ -29,14 +29,7 @@ pub fn detected_level() -> SimdLevel {
         AVX2 => SimdLevel::Avx2Fma,
         _ => {
             let level = detect();
-            LEVEL.store(
-                if level == SimdLevel::Avx2Fma {
-                    AVX2
-                } else {
-                    PORTABLE
-                },
-                Ordering::Relaxed,
-            );
+            LEVEL.store(if level == SimdLevel::Avx2Fma { AVX2 } else { PORTABLE }, Ordering::Relaxed);
             level
         }
     }
@@ -134,11 +127,7 @@ mod tests {
         let level = detected_level();
         // CI can insist that the fast path is really exercised on its machines.
         if std::env::var_os("NN_REQUIRE_AVX2").is_some() {
-            assert_eq!(
-                level,
-                SimdLevel::Avx2Fma,
-                "NN_REQUIRE_AVX2 is set but AVX2+FMA was not detected"
-            );
+            assert_eq!(level, SimdLevel::Avx2Fma, "NN_REQUIRE_AVX2 is set but AVX2+FMA was not detected");
         }
         assert_eq!(level, detect());
     }

@@ -56,13 +56,7 @@ struct Args {
 
 fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
     match model {
-        Model::Mlp => Sequential::builder(&[784], seed)
-            .dense(256)
-            .relu()
-            .dense(128)
-            .relu()
-            .dense(10)
-            .build(),
+        Model::Mlp => Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build(),
         Model::Cnn => Sequential::builder(&[1, 28, 28], seed)
             .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
             .relu()
@@ -80,9 +74,7 @@ fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
 
 /// `YYYYMMDD-HHMMSS` in UTC, from the system clock.
 fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -94,12 +86,7 @@ fn utc_timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Peak resident memory of this process, from /proc (Linux only).
@@ -118,19 +105,11 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
     let (left, right) = root.split_horizontally(450);
     let epochs = history.len() as f64;
     let series = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
-        history
-            .iter()
-            .filter_map(|s| f(s).map(|v| (s.epoch as f64 + 1.0, v)))
-            .collect()
+        history.iter().filter_map(|s| f(s).map(|v| (s.epoch as f64 + 1.0, v))).collect()
     };
     let loss = series(&|s| Some(s.mean_loss));
     let test_loss = series(&|s| s.validation.as_ref().map(|v| v.mean_loss));
-    let max_loss = loss
-        .iter()
-        .chain(&test_loss)
-        .map(|p| p.1)
-        .fold(0.0, f64::max)
-        * 1.1;
+    let max_loss = loss.iter().chain(&test_loss).map(|p| p.1).fold(0.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&left)
         .caption("loss per sample", ("sans-serif", 18))
         .margin(10)
@@ -149,17 +128,8 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
     chart.configure_series_labels().border_style(BLACK).draw()?;
 
     let acc = series(&|s| s.accuracy.map(|a| 100.0 * a));
-    let test_acc = series(&|s| {
-        s.validation
-            .as_ref()
-            .and_then(|v| v.accuracy)
-            .map(|a| 100.0 * a)
-    });
-    let min_acc = acc
-        .iter()
-        .chain(&test_acc)
-        .map(|p| p.1)
-        .fold(100.0, f64::min);
+    let test_acc = series(&|s| s.validation.as_ref().and_then(|v| v.accuracy).map(|a| 100.0 * a));
+    let min_acc = acc.iter().chain(&test_acc).map(|p| p.1).fold(100.0, f64::min);
     let mut chart = ChartBuilder::on(&right)
         .caption("accuracy (%)", ("sans-serif", 18))
         .margin(10)
@@ -183,17 +153,14 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(threads) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
     let (epochs, lr) = match args.model {
         Model::Mlp => (args.epochs.unwrap_or(5), args.lr.unwrap_or(0.05)),
         Model::Cnn => (args.epochs.unwrap_or(3), args.lr.unwrap_or(0.01)),
     };
     let source = fashion_mnist::locate(args.data.as_deref());
-    let (mut train, mut test): (ClassificationSet, ClassificationSet) =
-        fashion_mnist::load(&source.dir)?;
+    let (mut train, mut test): (ClassificationSet, ClassificationSet) = fashion_mnist::load(&source.dir)?;
     if args.model == Model::Mlp {
         train = train.with_sample_shape(&[784])?;
         test = test.with_sample_shape(&[784])?;
@@ -233,10 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let wall = started.elapsed().as_secs_f64();
 
-    println!(
-        "\nstopped: {:?} after {} iterations, {wall:.1} s",
-        report.reason, report.iteration
-    );
+    println!("\nstopped: {:?} after {} iterations, {wall:.1} s", report.reason, report.iteration);
     println!(
         "{:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "epoch", "loss", "train acc", "test loss", "test acc", "img/s", "seconds"
@@ -255,11 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 128)?;
-    println!(
-        "\ntest accuracy: {:.2}% ({} images)",
-        100.0 * eval.accuracy.unwrap_or(0.0),
-        eval.samples
-    );
+    println!("\ntest accuracy: {:.2}% ({} images)", 100.0 * eval.accuracy.unwrap_or(0.0), eval.samples);
     if let Some(confusion) = &eval.confusion {
         println!(
             "confusion matrix (rows: actual, columns: predicted label):\n{}",
@@ -270,16 +230,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("peak resident memory: {peak:.0} MiB");
     }
 
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
+    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
     std::fs::create_dir_all(&out)?;
     save_weights(&out.join("weights.safetensors"), &net)?;
     write_history_csv(&out.join("history.csv"), &report.history)?;
     plot(&out.join("training.svg"), &report.history)?;
-    println!(
-        "wrote {}/{{weights.safetensors, history.csv, training.svg}}",
-        out.display()
-    );
+    println!("wrote {}/{{weights.safetensors, history.csv, training.svg}}", out.display());
     Ok(())
 }

@@ -54,10 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut PrintError { every: 250 },
     )?;
 
-    println!(
-        "stopped: {:?} after {} iterations",
-        report.reason, report.iteration
-    );
+    println!("stopped: {:?} after {} iterations", report.reason, report.iteration);
     let outputs = net.forward(&inputs)?;
     for (x, y) in inputs.data().chunks(2).zip(outputs.data()) {
         println!("  {:?} -> {y:.4}", x);

@@ -130,22 +130,10 @@ fn dtype_of<T: Element>() -> Dtype {
 
 fn to_bytes<T: Element>(tensor: &Tensor<T>) -> Bytes {
     let data = match dtype_of::<T>() {
-        Dtype::F32 => tensor
-            .data()
-            .iter()
-            .flat_map(|v| (v.as_f64() as f32).to_le_bytes())
-            .collect(),
-        _ => tensor
-            .data()
-            .iter()
-            .flat_map(|v| v.as_f64().to_le_bytes())
-            .collect(),
+        Dtype::F32 => tensor.data().iter().flat_map(|v| (v.as_f64() as f32).to_le_bytes()).collect(),
+        _ => tensor.data().iter().flat_map(|v| v.as_f64().to_le_bytes()).collect(),
     };
-    Bytes {
-        dtype: dtype_of::<T>(),
-        shape: tensor.shape().to_vec(),
-        data,
-    }
+    Bytes { dtype: dtype_of::<T>(), shape: tensor.shape().to_vec(), data }
 }
 
 /// Reads tensor `name` as T, checking element type and (when given) shape.
@@ -155,10 +143,7 @@ fn read_tensor<T: Element>(
     name: &str,
     expected_shape: Option<&[usize]>,
 ) -> Result<Tensor<T>, CheckpointError> {
-    let view = file.tensor(name).map_err(|_| CheckpointError::Missing {
-        path: path.into(),
-        name: name.into(),
-    })?;
+    let view = file.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
     if view.dtype() != dtype_of::<T>() {
         return Err(CheckpointError::Dtype {
             path: path.into(),
@@ -187,30 +172,16 @@ fn read_tensor<T: Element>(
             .map(|b| T::from_f64(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
             .collect(),
     };
-    Tensor::from_vec(view.shape(), values).map_err(|e| CheckpointError::Format {
-        path: path.into(),
-        details: e.to_string(),
-    })
+    Tensor::from_vec(view.shape(), values)
+        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.into(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("the path names no file")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let io = |source| CheckpointError::Io { path: path.into(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("the path names no file")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -230,30 +201,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    std::fs::read(path).map_err(|source| CheckpointError::Io {
-        path: path.into(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })
 }
 
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
-    let format = |e: safetensors::SafeTensorError| CheckpointError::Format {
-        path: path.into(),
-        details: e.to_string(),
-    };
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+    let format =
+        |e: safetensors::SafeTensorError| CheckpointError::Format { path: path.into(), details: e.to_string() };
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(format)?;
     let meta = metadata.metadata().clone().unwrap_or_default();
     Ok((SafeTensors::deserialize(bytes).map_err(format)?, meta))
 }
 
-fn expect_format(
-    path: &Path,
-    meta: &HashMap<String, String>,
-    format: &str,
-) -> Result<(), CheckpointError> {
+fn expect_format(path: &Path, meta: &HashMap<String, String>, format: &str) -> Result<(), CheckpointError> {
     match meta.get(FORMAT_KEY) {
         Some(f) if f == format => Ok(()),
         found => Err(CheckpointError::Metadata {
@@ -275,29 +234,17 @@ fn read_params<T: Element>(
     let named = net.named_params();
     let values = named
         .iter()
-        .map(|(name, p)| {
-            read_tensor(
-                path,
-                file,
-                &format!("{prefix}{name}"),
-                Some(p.value.shape()),
-            )
-        })
+        .map(|(name, p)| read_tensor(path, file, &format!("{prefix}{name}"), Some(p.value.shape())))
         .collect::<Result<Vec<_>, _>>()?;
     let mut stray: Vec<String> = file
         .names()
         .into_iter()
-        .filter(|n| {
-            n.starts_with(prefix) && !named.iter().any(|(name, _)| n[prefix.len()..] == **name)
-        })
+        .filter(|n| n.starts_with(prefix) && !named.iter().any(|(name, _)| n[prefix.len()..] == **name))
         .map(String::from)
         .collect();
     stray.sort();
     if let Some(name) = stray.into_iter().next() {
-        return Err(CheckpointError::Unexpected {
-            path: path.into(),
-            name,
-        });
+        return Err(CheckpointError::Unexpected { path: path.into(), name });
     }
     Ok(values)
 }
@@ -310,25 +257,15 @@ fn assign<T: Element>(net: &mut Sequential<T>, values: Vec<Tensor<T>>) {
 
 /// Writes the network's parameters as a safetensors file.
 pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), CheckpointError> {
-    let tensors: Vec<(String, Bytes)> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (n, to_bytes(&p.value)))
-        .collect();
+    let tensors: Vec<(String, Bytes)> = net.named_params().into_iter().map(|(n, p)| (n, to_bytes(&p.value))).collect();
     let meta = HashMap::from([(FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string())]);
     let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
-        .map_err(|e| CheckpointError::Format {
-            path: path.into(),
-            details: e.to_string(),
-        })?;
+        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })?;
     write_atomically(path, &bytes)
 }
 
 /// Loads parameters written by [`save_weights`] into a network of the same structure.
-pub fn load_weights<T: Element>(
-    path: &Path,
-    net: &mut Sequential<T>,
-) -> Result<(), CheckpointError> {
+pub fn load_weights<T: Element>(path: &Path, net: &mut Sequential<T>) -> Result<(), CheckpointError> {
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
     expect_format(path, &meta, WEIGHTS_FORMAT)?;
@@ -345,27 +282,16 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
     state: &TrainerState,
 ) -> Result<(), CheckpointError> {
     let optim = optimizer.state();
-    let mut tensors: Vec<(String, Bytes)> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (format!("param.{n}"), to_bytes(&p.value)))
-        .collect();
-    tensors.extend(
-        optim
-            .buffers
-            .iter()
-            .map(|(n, t)| (format!("optim.{n}"), to_bytes(t))),
-    );
+    let mut tensors: Vec<(String, Bytes)> =
+        net.named_params().into_iter().map(|(n, p)| (format!("param.{n}"), to_bytes(&p.value))).collect();
+    tensors.extend(optim.buffers.iter().map(|(n, t)| (format!("optim.{n}"), to_bytes(t))));
 
     let mut meta = HashMap::from([
         (FORMAT_KEY.to_string(), CHECKPOINT_FORMAT.to_string()),
         ("optimizer".to_string(), optimizer.name().to_string()),
         ("trainer.epoch".to_string(), state.epoch.to_string()),
         ("trainer.iteration".to_string(), state.iteration.to_string()),
-        (
-            "trainer.epochs_without_improvement".to_string(),
-            state.epochs_without_improvement.to_string(),
-        ),
+        ("trainer.epochs_without_improvement".to_string(), state.epochs_without_improvement.to_string()),
     ]);
     // f64 Display is the shortest string that parses back to the same bits.
     let mut put = |key: &str, value: Option<f64>| {
@@ -381,10 +307,7 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
         put(&format!("optim.{name}"), Some(*value));
     }
     let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
-        .map_err(|e| CheckpointError::Format {
-            path: path.into(),
-            details: e.to_string(),
-        })?;
+        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })?;
     write_atomically(path, &bytes)
 }
 
@@ -399,57 +322,32 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
     expect_format(path, &meta, CHECKPOINT_FORMAT)?;
-    let meta_err = |key: &str, details: String| CheckpointError::Metadata {
-        path: path.into(),
-        key: key.into(),
-        details,
-    };
+    let meta_err =
+        |key: &str, details: String| CheckpointError::Metadata { path: path.into(), key: key.into(), details };
     let get = |key: &str| -> Result<Option<f64>, CheckpointError> {
-        meta.get(key)
-            .map(|v| {
-                v.parse::<f64>()
-                    .map_err(|e| meta_err(key, format!("{v:?}: {e}")))
-            })
-            .transpose()
+        meta.get(key).map(|v| v.parse::<f64>().map_err(|e| meta_err(key, format!("{v:?}: {e}")))).transpose()
     };
     let required = |key: &str| get(key)?.ok_or_else(|| meta_err(key, "missing".into()));
     match meta.get("optimizer") {
         Some(name) if name == optimizer.name() => {}
         found => {
-            return Err(meta_err(
-                "optimizer",
-                format!("file has {found:?}, loading into {:?}", optimizer.name()),
-            )
-            .into())
+            return Err(meta_err("optimizer", format!("file has {found:?}, loading into {:?}", optimizer.name())).into())
         }
     }
     let values = read_params(path, &file, net, "param.")?;
 
     let mut state = OptimizerState::default();
     for key in meta.keys().filter_map(|k| k.strip_prefix("optim.")) {
-        state
-            .scalars
-            .push((key.to_string(), required(&format!("optim.{key}"))?));
+        state.scalars.push((key.to_string(), required(&format!("optim.{key}"))?));
     }
-    for name in file
-        .names()
-        .into_iter()
-        .filter_map(|n| n.strip_prefix("optim."))
-    {
-        state.buffers.push((
-            name.to_string(),
-            read_tensor(path, &file, &format!("optim.{name}"), None)?,
-        ));
+    for name in file.names().into_iter().filter_map(|n| n.strip_prefix("optim.")) {
+        state.buffers.push((name.to_string(), read_tensor(path, &file, &format!("optim.{name}"), None)?));
     }
     {
         let params: Vec<_> = values
             .iter()
             .zip(net.params())
-            .map(|(v, p)| nn_core::Param {
-                name: p.name,
-                value: v.clone(),
-                grad: v.clone(),
-            })
+            .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })
             .collect();
         optimizer.load_state(&state, &params.iter().collect::<Vec<_>>())?;
     }

@@ -12,9 +12,7 @@ pub struct ConfusionMatrix {
 impl ConfusionMatrix {
     /// An all-zero matrix for `classes` classes.
     pub fn new(classes: usize) -> Self {
-        Self {
-            counts: vec![vec![0; classes]; classes],
-        }
+        Self { counts: vec![vec![0; classes]; classes] }
     }
 
     /// Fraction of samples on the diagonal.
@@ -26,16 +24,8 @@ impl ConfusionMatrix {
 
     /// Renders the matrix as aligned text, rows labelled with `names` when given.
     pub fn to_table(&self, names: Option<&[&str]>) -> String {
-        let label = |i: usize| {
-            names
-                .and_then(|n| n.get(i).map(|s| s.to_string()))
-                .unwrap_or_else(|| i.to_string())
-        };
-        let width = (0..self.counts.len())
-            .map(|i| label(i).len())
-            .max()
-            .unwrap_or(1)
-            .max(6);
+        let label = |i: usize| names.and_then(|n| n.get(i).map(|s| s.to_string())).unwrap_or_else(|| i.to_string());
+        let width = (0..self.counts.len()).map(|i| label(i).len()).max().unwrap_or(1).max(6);
         let mut out = format!("{:>width$} |", "actual");
         for j in 0..self.counts.len() {
             out += &format!(" {j:>5}");
@@ -70,11 +60,10 @@ pub struct Evaluation {
 /// Index of the largest value in each row (the first on ties).
 pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item = usize> + '_ {
     let width = outputs.shape().get(1).copied().unwrap_or(1).max(1);
-    outputs.data().chunks(width).map(|row| {
-        row.iter()
-            .enumerate()
-            .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
-    })
+    outputs
+        .data()
+        .chunks(width)
+        .map(|row| row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best }))
 }
 
 /// Runs `net` over every sample of `data` in batches of `batch_size`, in order, and
@@ -92,13 +81,9 @@ where
     D::Targets: AsRef<L::Target>,
 {
     if batch_size == 0 {
-        return Err(TrainError::Config {
-            what: "batch size",
-            details: "must be positive".into(),
-        });
+        return Err(TrainError::Config { what: "batch size", details: "must be positive".into() });
     }
-    let (mut inputs, mut targets, mut grad) =
-        (Tensor::default(), D::Targets::default(), Tensor::default());
+    let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
     let mut error_sum = 0.0;
     let mut confusion: Option<ConfusionMatrix> = None;
     let indices: Vec<usize> = (0..data.len()).collect();

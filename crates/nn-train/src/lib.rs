@@ -35,6 +35,6 @@ pub use eval::{evaluate, ConfusionMatrix, Evaluation};
 #[cfg(feature = "progress")]
 pub use progress::ProgressBars;
 pub use trainer::{
-    train_step, write_history_csv, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress,
-    Observer, StopReason, TrainConfig, TrainReport, Trainer, TrainerState,
+    train_step, write_history_csv, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress, Observer, StopReason,
+    TrainConfig, TrainReport, Trainer, TrainerState,
 };

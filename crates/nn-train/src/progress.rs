@@ -18,11 +18,9 @@ impl Observer for ProgressBars {
     fn epoch_start(&mut self, epoch: usize, batches: usize) {
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_prefix((epoch + 1).to_string());
         self.bar = Some(bar);
@@ -33,13 +31,8 @@ impl Observer for ProgressBars {
             bar.set_position(p.batch as u64);
             // Formatting every batch costs more than the bar is worth on tiny batches.
             if p.batch % 10 == 0 || p.batch == p.batches {
-                let acc = p
-                    .accuracy
-                    .map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
-                bar.set_message(format!(
-                    "loss {:.4}{acc} {:.0} img/s",
-                    p.mean_loss, p.images_per_sec
-                ));
+                let acc = p.accuracy.map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
+                bar.set_message(format!("loss {:.4}{acc} {:.0} img/s", p.mean_loss, p.images_per_sec));
             }
         }
     }
@@ -51,13 +44,8 @@ impl Observer for ProgressBars {
                 .as_ref()
                 .and_then(|v| v.accuracy)
                 .map_or(String::new(), |a| format!(" val acc {:.2}%", 100.0 * a));
-            let acc = stats
-                .accuracy
-                .map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
-            bar.finish_with_message(format!(
-                "loss {:.4}{acc}{val} {:.0} img/s",
-                stats.mean_loss, stats.images_per_sec
-            ));
+            let acc = stats.accuracy.map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
+            bar.finish_with_message(format!("loss {:.4}{acc}{val} {:.0} img/s", stats.mean_loss, stats.images_per_sec));
         }
     }
 }

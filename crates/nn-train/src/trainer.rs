@@ -218,10 +218,7 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer starting from epoch 0.
     pub fn new(config: TrainConfig) -> Self {
-        Self {
-            config,
-            state: TrainerState::default(),
-        }
+        Self { config, state: TrainerState::default() }
     }
 
     /// A trainer continuing from the checkpoint at `path`, whose parameters and
@@ -253,12 +250,7 @@ impl Trainer {
         has_validation: bool,
     ) -> Result<(), TrainError> {
         let c = &self.config;
-        let invalid = |what, details: &str| {
-            Err(TrainError::Config {
-                what,
-                details: details.into(),
-            })
-        };
+        let invalid = |what, details: &str| Err(TrainError::Config { what, details: details.into() });
         if c.batch_size == 0 || c.eval_batch_size == 0 {
             return invalid("batch size", "must be positive");
         }
@@ -275,11 +267,7 @@ impl Trainer {
                 ),
             });
         }
-        if c.max_iterations.is_none()
-            && c.max_epochs.is_none()
-            && c.max_time.is_none()
-            && c.error_threshold.is_none()
-        {
+        if c.max_iterations.is_none() && c.max_epochs.is_none() && c.max_time.is_none() && c.error_threshold.is_none() {
             return invalid(
                 "stopping rules",
                 "set at least one of max_iterations, max_epochs, max_time, error_threshold",
@@ -318,11 +306,8 @@ impl Trainer {
         let config = self.config.clone();
         let started = Instant::now();
         let base_lr = *self.state.base_lr.get_or_insert(optimizer.learning_rate());
-        let (mut inputs, mut targets, mut grad) = (
-            Tensor::<T>::default(),
-            D::Targets::default(),
-            Tensor::<T>::default(),
-        );
+        let (mut inputs, mut targets, mut grad) =
+            (Tensor::<T>::default(), D::Targets::default(), Tensor::<T>::default());
         let mut history = Vec::new();
         let mut order: Vec<usize> = (0..train.len()).collect();
         let batches = train.len().div_ceil(config.batch_size);
@@ -337,9 +322,7 @@ impl Trainer {
             if config.shuffle {
                 // Each epoch's order depends only on (seed, epoch): a resumed run
                 // sees the same batches as an uninterrupted one.
-                order.shuffle(&mut seeded_rng(
-                    config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ));
+                order.shuffle(&mut seeded_rng(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             }
             observer.epoch_start(epoch, batches);
             let epoch_started = Instant::now();
@@ -348,21 +331,10 @@ impl Trainer {
             for (b, chunk) in order.chunks(config.batch_size).enumerate() {
                 train.fill_batch(chunk, &mut inputs, &mut targets)?;
                 let step_started = Instant::now();
-                let batch_loss = train_step(
-                    net,
-                    optimizer,
-                    loss,
-                    &inputs,
-                    targets.as_ref(),
-                    config.reduction,
-                    &mut grad,
-                )?;
+                let batch_loss =
+                    train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad)?;
                 if let (Some(labels), Some(outputs)) = (targets.labels(), net.output()) {
-                    correct += labels
-                        .iter()
-                        .zip(argmax_rows(outputs))
-                        .filter(|(&t, p)| t == *p)
-                        .count();
+                    correct += labels.iter().zip(argmax_rows(outputs)).filter(|(&t, p)| t == *p).count();
                 }
                 compute += step_started.elapsed();
 
@@ -419,17 +391,13 @@ impl Trainer {
                         Some(StopReason::ErrorThreshold { error, threshold })
                     })
                     .or_else(|| {
-                        let limit = config
-                            .max_iterations
-                            .filter(|&limit| self.state.iteration >= limit)?;
+                        let limit = config.max_iterations.filter(|&limit| self.state.iteration >= limit)?;
                         Some(StopReason::IterationCap { limit })
                     })
                     .or(epoch_cap.map(|limit| StopReason::EpochCap { limit }))
                     .or(early)
                     .or_else(|| {
-                        let limit = config
-                            .max_time
-                            .filter(|&limit| started.elapsed() >= limit)?;
+                        let limit = config.max_time.filter(|&limit| started.elapsed() >= limit)?;
                         Some(StopReason::WallTime { limit })
                     });
                 if epoch_done || stop.is_some() {
@@ -453,9 +421,7 @@ impl Trainer {
         };
         // An improvement is lower by more than min_delta; an equal figure is not one.
         match self.state.best {
-            Some((best, _)) if figure >= best - rule.min_delta => {
-                self.state.epochs_without_improvement += 1
-            }
+            Some((best, _)) if figure >= best - rule.min_delta => self.state.epochs_without_improvement += 1,
             _ => {
                 self.state.best = Some((figure, stats.epoch));
                 self.state.epochs_without_improvement = 0;
@@ -465,21 +431,12 @@ impl Trainer {
             return None;
         }
         let (best, best_epoch) = self.state.best?;
-        let best = if rule.monitor == Monitor::ValidationAccuracy {
-            -best
-        } else {
-            best
-        };
+        let best = if rule.monitor == Monitor::ValidationAccuracy { -best } else { best };
         Some(StopReason::EarlyStopping { best_epoch, best })
     }
 
     fn report(&self, reason: StopReason, history: Vec<EpochStats>) -> TrainReport {
-        TrainReport {
-            reason,
-            iteration: self.state.iteration,
-            epoch: self.state.epoch,
-            history,
-        }
+        TrainReport { reason, iteration: self.state.iteration, epoch: self.state.epoch, history }
     }
 }
 
@@ -531,8 +488,5 @@ pub fn write_history_csv(path: &Path, history: &[EpochStats]) -> Result<(), Trai
             s.learning_rate
         );
     }
-    std::fs::write(path, out).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::write(path, out).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }

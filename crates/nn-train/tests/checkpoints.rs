@@ -5,9 +5,7 @@ mod common;
 
 use common::{small_cnn, subset, weights};
 use nn_core::prelude::*;
-use nn_train::checkpoint::{
-    load_checkpoint, load_weights, save_checkpoint, save_weights, CheckpointError,
-};
+use nn_train::checkpoint::{load_checkpoint, load_weights, save_checkpoint, save_weights, CheckpointError};
 use nn_train::data::ClassificationSet;
 use nn_train::optim::{Adam, Optimizer, Sgd};
 use nn_train::{NoProgress, TrainConfig, TrainError, Trainer};
@@ -37,54 +35,26 @@ fn resume_matches_uninterrupted<O: Optimizer<f32>>(make: impl Fn() -> O) {
 
     let mut straight = small_cnn(1);
     Trainer::new(config(3, None))
-        .fit(
-            &mut straight,
-            &mut make(),
-            &SoftmaxCrossEntropy,
-            &train,
-            None,
-            &mut NoProgress,
-        )
+        .fit(&mut straight, &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
         .unwrap();
 
     let mut first = small_cnn(1);
     Trainer::new(config(1, Some(&ckpt)))
-        .fit(
-            &mut first,
-            &mut make(),
-            &SoftmaxCrossEntropy,
-            &train,
-            None,
-            &mut NoProgress,
-        )
+        .fit(&mut first, &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
         .unwrap();
     // A fresh network and optimizer, as after a restart.
     let (mut resumed, mut optimizer) = (small_cnn(99), make());
-    let mut trainer =
-        Trainer::resume(config(3, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
+    let mut trainer = Trainer::resume(config(3, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
     assert_eq!((trainer.state().epoch, trainer.state().iteration), (1, 5));
-    let report = trainer
-        .fit(
-            &mut resumed,
-            &mut optimizer,
-            &SoftmaxCrossEntropy,
-            &train,
-            None,
-            &mut NoProgress,
-        )
-        .unwrap();
+    let report =
+        trainer.fit(&mut resumed, &mut optimizer, &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
     assert_eq!(report.iteration, 15);
     assert_eq!(weights(&resumed), weights(&straight));
 }
 
 #[test]
 fn resume_with_sgd_momentum_is_identical() {
-    resume_matches_uninterrupted(|| {
-        Sgd::new(0.05)
-            .momentum(0.9)
-            .nesterov(true)
-            .weight_decay(1e-4)
-    });
+    resume_matches_uninterrupted(|| Sgd::new(0.05).momentum(0.9).nesterov(true).weight_decay(1e-4));
 }
 
 #[test]
@@ -108,11 +78,7 @@ fn weights_round_trip_and_mismatches() {
         .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
         .relu()
         .max_pool(&[2, 2])
-        .conv(
-            ConvSpec::new(7, &[3, 3])
-                .stride(&[2, 2])
-                .rounding(OutputRounding::Floor),
-        )
+        .conv(ConvSpec::new(7, &[3, 3]).stride(&[2, 2]).rounding(OutputRounding::Floor))
         .relu()
         .flatten()
         .dense(10)
@@ -126,36 +92,17 @@ fn weights_round_trip_and_mismatches() {
     );
     assert_eq!(weights(&wider), before, "a failed load changes nothing");
 
-    let mut as_f64 = Sequential::<f64>::builder(&[1, 28, 28], 0)
-        .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
-        .build()
-        .unwrap();
+    let mut as_f64 =
+        Sequential::<f64>::builder(&[1, 28, 28], 0).conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2])).build().unwrap();
     let err = load_weights(&path, &mut as_f64).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CheckpointError::Dtype {
-                expected: "F64",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, CheckpointError::Dtype { expected: "F64", .. }), "{err}");
 
-    let mut fewer = Sequential::<f32>::builder(&[1, 28, 28], 0)
-        .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
-        .build()
-        .unwrap();
-    assert!(matches!(
-        load_weights(&path, &mut fewer),
-        Err(CheckpointError::Unexpected { .. })
-    ));
+    let mut fewer =
+        Sequential::<f32>::builder(&[1, 28, 28], 0).conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2])).build().unwrap();
+    assert!(matches!(load_weights(&path, &mut fewer), Err(CheckpointError::Unexpected { .. })));
 
     std::fs::write(&path, b"not safetensors").unwrap();
-    assert!(matches!(
-        load_weights(&path, &mut other),
-        Err(CheckpointError::Format { .. })
-    ));
+    assert!(matches!(load_weights(&path, &mut other), Err(CheckpointError::Format { .. })));
 }
 
 #[test]
@@ -169,10 +116,7 @@ fn checkpoint_checks_the_optimizer_kind() {
         matches!(err, TrainError::Checkpoint(CheckpointError::Metadata { ref key, .. }) if key == "optimizer"),
         "{err}"
     );
-    assert!(matches!(
-        load_weights(&path, &mut small_cnn(1)),
-        Err(CheckpointError::Metadata { .. })
-    ));
+    assert!(matches!(load_weights(&path, &mut small_cnn(1)), Err(CheckpointError::Metadata { .. })));
 }
 
 #[test]
@@ -184,12 +128,7 @@ fn an_interrupted_write_leaves_the_previous_checkpoint_intact() {
     let good = std::fs::read(&path).unwrap();
     // A crash mid-write leaves a partial temporary file beside the checkpoint, never a
     // partial checkpoint: simulate one.
-    std::fs::write(
-        dir.path()
-            .join(format!(".c.safetensors.tmp-{}", std::process::id() + 1)),
-        &good[..100],
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(format!(".c.safetensors.tmp-{}", std::process::id() + 1)), &good[..100]).unwrap();
     let mut loaded = small_cnn(2);
     load_weights(&path, &mut loaded).unwrap();
     assert_eq!(weights(&loaded), weights(&net));

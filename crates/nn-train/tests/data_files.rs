@@ -38,44 +38,13 @@ fn truncated_and_oversized() {
     let p = Path::new("x.idx");
     let full = idx(&[2, 3], &[1, 2, 3, 4, 5, 6]);
     let err = parse_idx(&full[..full.len() - 2], p).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataError::Truncated {
-                offset: 16,
-                needed: 18,
-                what: "elements",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "x.idx: truncated at byte offset 16: the elements need 18 bytes"
-    );
-    assert!(matches!(
-        parse_idx(&full[..6], p),
-        Err(DataError::Truncated {
-            offset: 6,
-            needed: 12,
-            ..
-        })
-    ));
-    assert!(matches!(
-        parse_idx(&full[..2], p),
-        Err(DataError::Truncated {
-            offset: 2,
-            needed: 4,
-            ..
-        })
-    ));
+    assert!(matches!(err, DataError::Truncated { offset: 16, needed: 18, what: "elements", .. }), "{err:?}");
+    assert_eq!(err.to_string(), "x.idx: truncated at byte offset 16: the elements need 18 bytes");
+    assert!(matches!(parse_idx(&full[..6], p), Err(DataError::Truncated { offset: 6, needed: 12, .. })));
+    assert!(matches!(parse_idx(&full[..2], p), Err(DataError::Truncated { offset: 2, needed: 4, .. })));
     let mut long = full.clone();
     long.push(9);
-    assert!(matches!(
-        parse_idx(&long, p),
-        Err(DataError::Invalid { offset: 18, .. })
-    ));
+    assert!(matches!(parse_idx(&long, p), Err(DataError::Invalid { offset: 18, .. })));
 }
 
 #[test]
@@ -83,18 +52,11 @@ fn corrupted_headers() {
     let p = Path::new("x.idx");
     let mut bad_magic = idx(&[1], &[0]);
     bad_magic[0] = 0x42;
-    assert!(matches!(
-        parse_idx(&bad_magic, p),
-        Err(DataError::BadMagic { .. })
-    ));
+    assert!(matches!(parse_idx(&bad_magic, p), Err(DataError::BadMagic { .. })));
     let mut float = idx(&[1], &[0, 0, 0, 0]);
     float[2] = 0x0D;
     let err = parse_idx(&float, p).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("byte offset 2: unsupported IDX element type 0x0d"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("byte offset 2: unsupported IDX element type 0x0d"), "{err}");
     let huge = idx(&[u32::MAX, u32::MAX, u32::MAX], &[]);
     assert!(parse_idx(&huge, p).is_err());
 }
@@ -106,38 +68,22 @@ fn truncated_gzip_stream() {
     let path = dir.path().join("cut.gz");
     std::fs::write(&path, &compressed[..compressed.len() / 2]).unwrap();
     let err = read_idx(&path).unwrap_err();
-    assert!(
-        matches!(err, DataError::Gzip { .. } | DataError::Truncated { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::Gzip { .. } | DataError::Truncated { .. }), "{err:?}");
     assert!(err.to_string().contains("cut.gz"));
 }
 
 #[test]
 fn labels_checked_against_images_and_classes() {
     let dir = tempfile::tempdir().unwrap();
-    let (images, labels, short) = (
-        dir.path().join("img"),
-        dir.path().join("lab"),
-        dir.path().join("short"),
-    );
+    let (images, labels, short) = (dir.path().join("img"), dir.path().join("lab"), dir.path().join("short"));
     std::fs::write(&images, idx(&[3, 2, 2], &[0; 12])).unwrap();
     std::fs::write(&labels, idx(&[3], &[1, 0, 10])).unwrap();
     std::fs::write(&short, idx(&[2], &[1, 0])).unwrap();
     let err = ClassificationSet::from_idx(&images, &labels, 10).unwrap_err();
     // Label 10 of sample 2 sits at byte 4 + 4 + 2.
-    assert!(
-        matches!(err, DataError::Invalid { offset: 10, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::Invalid { offset: 10, .. }), "{err:?}");
     assert!(err.to_string().contains("label 10 of sample 2"));
-    assert!(matches!(
-        ClassificationSet::from_idx(&images, &short, 10),
-        Err(DataError::Mismatch { .. })
-    ));
+    assert!(matches!(ClassificationSet::from_idx(&images, &short, 10), Err(DataError::Mismatch { .. })));
     assert!(ClassificationSet::from_idx(&images, &labels, 11).is_ok());
-    assert!(matches!(
-        read_idx(&dir.path().join("absent")),
-        Err(DataError::Io { .. })
-    ));
+    assert!(matches!(read_idx(&dir.path().join("absent")), Err(DataError::Io { .. })));
 }

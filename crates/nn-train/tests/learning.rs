@@ -11,22 +11,9 @@ use nn_train::{evaluate, NoProgress, TrainConfig, Trainer};
 #[test]
 fn mlp_learns_fashion_mnist_subset_in_one_epoch() {
     let (train, test) = subset();
-    let (train, test) = (
-        train.with_sample_shape(&[784]).unwrap(),
-        test.with_sample_shape(&[784]).unwrap(),
-    );
-    assert_eq!(
-        (Dataset::<f32>::len(&train), Dataset::<f32>::len(&test)),
-        (6000, 1000)
-    );
-    let mut net = Sequential::<f32>::builder(&[784], 42)
-        .dense(256)
-        .relu()
-        .dense(128)
-        .relu()
-        .dense(10)
-        .build()
-        .unwrap();
+    let (train, test) = (train.with_sample_shape(&[784]).unwrap(), test.with_sample_shape(&[784]).unwrap());
+    assert_eq!((Dataset::<f32>::len(&train), Dataset::<f32>::len(&test)), (6000, 1000));
+    let mut net = Sequential::<f32>::builder(&[784], 42).dense(256).relu().dense(128).relu().dense(10).build().unwrap();
     let config = TrainConfig {
         batch_size: 64,
         seed: 42,
@@ -35,14 +22,7 @@ fn mlp_learns_fashion_mnist_subset_in_one_epoch() {
         ..TrainConfig::default()
     };
     Trainer::new(config)
-        .fit(
-            &mut net,
-            &mut Sgd::new(0.05).momentum(0.9),
-            &SoftmaxCrossEntropy,
-            &train,
-            None,
-            &mut NoProgress,
-        )
+        .fit(&mut net, &mut Sgd::new(0.05).momentum(0.9), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
         .unwrap();
     let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 250).unwrap();
     let accuracy = eval.accuracy.unwrap();
@@ -53,10 +33,7 @@ fn mlp_learns_fashion_mnist_subset_in_one_epoch() {
 }
 
 fn train_cnn(train: &ClassificationSet, threads: usize) -> Vec<Vec<f32>> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         let mut net = small_cnn(3);
         let config = TrainConfig {
@@ -67,14 +44,7 @@ fn train_cnn(train: &ClassificationSet, threads: usize) -> Vec<Vec<f32>> {
             ..TrainConfig::default()
         };
         Trainer::new(config)
-            .fit(
-                &mut net,
-                &mut Sgd::new(0.02).momentum(0.9),
-                &SoftmaxCrossEntropy,
-                train,
-                None,
-                &mut NoProgress,
-            )
+            .fit(&mut net, &mut Sgd::new(0.02).momentum(0.9), &SoftmaxCrossEntropy, train, None, &mut NoProgress)
             .unwrap();
         weights(&net)
     })

@@ -20,10 +20,7 @@ fn sgd_is_the_source_update() {
     let mut p = param(1.0, 0.5);
     assert_eq!(step(&mut Sgd::new(0.1), &mut p), 1.0 - 0.1 * 0.5);
     let mut p = param(1.0, 0.5);
-    assert_eq!(
-        step(&mut Sgd::new(0.1).weight_decay(0.2), &mut p),
-        1.0 - 0.1 * (0.5 + 0.2)
-    );
+    assert_eq!(step(&mut Sgd::new(0.1).weight_decay(0.2), &mut p), 1.0 - 0.1 * (0.5 + 0.2));
 }
 
 #[test]

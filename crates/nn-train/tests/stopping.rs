@@ -10,35 +10,16 @@ use std::time::Duration;
 
 fn run(config: TrainConfig, lr: f64) -> Result<nn_train::TrainReport, TrainError> {
     let data = xor();
-    Trainer::new(config).fit(
-        &mut xor_net(1),
-        &mut Sgd::new(lr),
-        &MeanSquaredError,
-        &data,
-        Some(&data),
-        &mut NoProgress,
-    )
+    Trainer::new(config).fit(&mut xor_net(1), &mut Sgd::new(lr), &MeanSquaredError, &data, Some(&data), &mut NoProgress)
 }
 
 fn full_batch() -> TrainConfig {
-    TrainConfig {
-        batch_size: 4,
-        shuffle: false,
-        ..TrainConfig::default()
-    }
+    TrainConfig { batch_size: 4, shuffle: false, ..TrainConfig::default() }
 }
 
 #[test]
 fn iteration_cap() {
-    let report = run(
-        TrainConfig {
-            batch_size: 1,
-            max_iterations: Some(5),
-            ..TrainConfig::default()
-        },
-        0.1,
-    )
-    .unwrap();
+    let report = run(TrainConfig { batch_size: 1, max_iterations: Some(5), ..TrainConfig::default() }, 0.1).unwrap();
     assert_eq!(report.reason, StopReason::IterationCap { limit: 5 });
     assert_eq!((report.iteration, report.epoch), (5, 1));
     // One full epoch of 4 updates, then a partial one with 1.
@@ -48,18 +29,9 @@ fn iteration_cap() {
 
 #[test]
 fn error_threshold_is_the_sum_over_the_last_pass() {
-    let report = run(
-        TrainConfig {
-            error_threshold: Some(0.02),
-            max_iterations: Some(50_000),
-            ..full_batch()
-        },
-        0.5,
-    )
-    .unwrap();
-    let StopReason::ErrorThreshold { error, threshold } = report.reason else {
-        panic!("{:?}", report.reason)
-    };
+    let report =
+        run(TrainConfig { error_threshold: Some(0.02), max_iterations: Some(50_000), ..full_batch() }, 0.5).unwrap();
+    let StopReason::ErrorThreshold { error, threshold } = report.reason else { panic!("{:?}", report.reason) };
     assert!(error <= threshold);
     let last = report.history.last().unwrap();
     assert_eq!(last.error_sum, error);
@@ -69,135 +41,51 @@ fn error_threshold_is_the_sum_over_the_last_pass() {
 
 #[test]
 fn error_threshold_comes_before_the_iteration_cap() {
-    let first = run(
-        TrainConfig {
-            error_threshold: Some(0.02),
-            max_iterations: Some(50_000),
-            ..full_batch()
-        },
-        0.5,
-    )
-    .unwrap();
+    let first =
+        run(TrainConfig { error_threshold: Some(0.02), max_iterations: Some(50_000), ..full_batch() }, 0.5).unwrap();
     // Both rules fire at the same update: the error threshold is checked first.
-    let both = run(
-        TrainConfig {
-            error_threshold: Some(0.02),
-            max_iterations: Some(first.iteration),
-            ..full_batch()
-        },
-        0.5,
-    )
-    .unwrap();
-    assert!(
-        matches!(both.reason, StopReason::ErrorThreshold { .. }),
-        "{:?}",
-        both.reason
-    );
+    let both =
+        run(TrainConfig { error_threshold: Some(0.02), max_iterations: Some(first.iteration), ..full_batch() }, 0.5)
+            .unwrap();
+    assert!(matches!(both.reason, StopReason::ErrorThreshold { .. }), "{:?}", both.reason);
     assert_eq!(both.iteration, first.iteration);
 }
 
 #[test]
 fn epoch_cap() {
-    let report = run(
-        TrainConfig {
-            batch_size: 3,
-            max_epochs: Some(3),
-            ..TrainConfig::default()
-        },
-        0.1,
-    )
-    .unwrap();
+    let report = run(TrainConfig { batch_size: 3, max_epochs: Some(3), ..TrainConfig::default() }, 0.1).unwrap();
     assert_eq!(report.reason, StopReason::EpochCap { limit: 3 });
     assert_eq!((report.epoch, report.iteration), (3, 6));
-    assert_eq!(
-        report.history.iter().map(|s| s.samples).collect::<Vec<_>>(),
-        vec![4, 4, 4]
-    );
+    assert_eq!(report.history.iter().map(|s| s.samples).collect::<Vec<_>>(), vec![4, 4, 4]);
 }
 
 #[test]
 fn wall_time() {
-    let report = run(
-        TrainConfig {
-            max_time: Some(Duration::ZERO),
-            ..full_batch()
-        },
-        0.1,
-    )
-    .unwrap();
-    assert_eq!(
-        report.reason,
-        StopReason::WallTime {
-            limit: Duration::ZERO
-        }
-    );
+    let report = run(TrainConfig { max_time: Some(Duration::ZERO), ..full_batch() }, 0.1).unwrap();
+    assert_eq!(report.reason, StopReason::WallTime { limit: Duration::ZERO });
     assert_eq!(report.iteration, 1);
 }
 
 #[test]
 fn early_stopping_on_a_flat_validation_loss() {
     // With η = 0 nothing improves after the first epoch.
-    let rule = EarlyStopping {
-        patience: 2,
-        min_delta: 0.0,
-        monitor: Monitor::ValidationLoss,
-    };
-    let report = run(
-        TrainConfig {
-            early_stopping: Some(rule),
-            max_epochs: Some(100),
-            ..full_batch()
-        },
-        0.0,
-    )
-    .unwrap();
-    let StopReason::EarlyStopping { best_epoch, .. } = report.reason else {
-        panic!("{:?}", report.reason)
-    };
+    let rule = EarlyStopping { patience: 2, min_delta: 0.0, monitor: Monitor::ValidationLoss };
+    let report = run(TrainConfig { early_stopping: Some(rule), max_epochs: Some(100), ..full_batch() }, 0.0).unwrap();
+    let StopReason::EarlyStopping { best_epoch, .. } = report.reason else { panic!("{:?}", report.reason) };
     assert_eq!((best_epoch, report.epoch), (0, 3));
 }
 
 #[test]
 fn configuration_errors() {
+    assert!(matches!(run(full_batch(), 0.1), Err(TrainError::Config { what: "stopping rules", .. })));
     assert!(matches!(
-        run(full_batch(), 0.1),
-        Err(TrainError::Config {
-            what: "stopping rules",
-            ..
-        })
-    ));
-    assert!(matches!(
-        run(
-            TrainConfig {
-                batch_size: 0,
-                max_epochs: Some(1),
-                ..full_batch()
-            },
-            0.1
-        ),
+        run(TrainConfig { batch_size: 0, max_epochs: Some(1), ..full_batch() }, 0.1),
         Err(TrainError::Config { .. })
     ));
     let data = xor();
-    let mut wrong = Sequential::<f64>::builder(&[3], 0)
-        .dense(1)
-        .build()
-        .unwrap();
-    let err = Trainer::new(TrainConfig {
-        max_epochs: Some(1),
-        ..full_batch()
-    })
-    .fit(
-        &mut wrong,
-        &mut Sgd::new(0.1),
-        &MeanSquaredError,
-        &data,
-        None,
-        &mut NoProgress,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("samples have shape [2], the network takes [3]"),
-        "{err}"
-    );
+    let mut wrong = Sequential::<f64>::builder(&[3], 0).dense(1).build().unwrap();
+    let err = Trainer::new(TrainConfig { max_epochs: Some(1), ..full_batch() })
+        .fit(&mut wrong, &mut Sgd::new(0.1), &MeanSquaredError, &data, None, &mut NoProgress)
+        .unwrap_err();
+    assert!(err.to_string().contains("samples have shape [2], the network takes [3]"), "{err}");
 }

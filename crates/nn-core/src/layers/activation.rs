@@ -13,10 +13,7 @@ pub struct ActivationLayer {
 impl ActivationLayer {
     /// `activation` applied to inputs of per-sample shape `shape`.
     pub fn new(shape: &[usize], activation: Activation) -> Self {
-        Self {
-            activation,
-            shape: shape.to_vec(),
-        }
+        Self { activation, shape: shape.to_vec() }
     }
 
     /// The function applied.
@@ -64,13 +61,7 @@ impl<T: Element> Layer<T> for ActivationLayer {
         let batch = backward_batch(self, input, output, grad_output)?;
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.shape)?;
-            activation_backward(
-                self.activation,
-                input.data(),
-                output.data(),
-                grad_output.data(),
-                dx.data_mut(),
-            );
+            activation_backward(self.activation, input.data(), output.data(), grad_output.data(), dx.data_mut());
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 use crate::layer::{backward_batch, batch_of};
 use crate::{Init, Layer, NnError, Param, Tensor};
 use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry,
-    ConvProblem, KernelMode, OutputRounding, Padding,
+    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem, KernelMode,
+    OutputRounding, Padding,
 };
 use nn_kernels::Element;
 use rand::Rng;
@@ -110,18 +110,10 @@ pub struct Conv<T: Element> {
 
 impl<T: Element> Conv<T> {
     /// A convolution over inputs of per-sample shape `[C_in, μ_1, …, μ_n]`.
-    pub fn new<R: Rng>(
-        input_shape: &[usize],
-        spec: &ConvSpec,
-        rng: &mut R,
-    ) -> Result<Self, NnError> {
-        let invalid = |details: String| NnError::InvalidArgument {
-            what: "conv input shape",
-            details,
-        };
-        let (&in_channels, spatial) = input_shape
-            .split_first()
-            .ok_or_else(|| invalid("needs [channels, spatial…], got []".into()))?;
+    pub fn new<R: Rng>(input_shape: &[usize], spec: &ConvSpec, rng: &mut R) -> Result<Self, NnError> {
+        let invalid = |details: String| NnError::InvalidArgument { what: "conv input shape", details };
+        let (&in_channels, spatial) =
+            input_shape.split_first().ok_or_else(|| invalid("needs [channels, spatial…], got []".into()))?;
         if spatial.is_empty() {
             return Err(invalid(format!(
                 "needs at least one spatial dimension after the channels, got {input_shape:?}"
@@ -129,29 +121,14 @@ impl<T: Element> Conv<T> {
         }
         let rank = spatial.len();
         let stride = spec.stride.clone().unwrap_or_else(|| vec![1; rank]);
-        let padding = spec
-            .padding
-            .clone()
-            .unwrap_or_else(|| vec![Padding::default(); rank]);
-        let geometry = ConvGeometry::new(
-            spatial,
-            &spec.filter,
-            &stride,
-            &padding,
-            spec.rounding,
-            spec.mode,
-        )?;
+        let padding = spec.padding.clone().unwrap_or_else(|| vec![Padding::default(); rank]);
+        let geometry = ConvGeometry::new(spatial, &spec.filter, &stride, &padding, spec.rounding, spec.mode)?;
         let problem = ConvProblem::new(geometry, in_channels, spec.out_channels)?;
         let mut weight_shape = vec![spec.out_channels, in_channels];
         weight_shape.extend_from_slice(&spec.filter);
         let mut weight = Tensor::zeros(&weight_shape)?;
         let filter_len = problem.geometry.filter_len();
-        spec.init.fill(
-            in_channels * filter_len,
-            spec.out_channels * filter_len,
-            rng,
-            weight.data_mut(),
-        );
+        spec.init.fill(in_channels * filter_len, spec.out_channels * filter_len, rng, weight.data_mut());
         let mut output_shape = vec![spec.out_channels];
         output_shape.extend_from_slice(problem.geometry.output());
         Ok(Self {
@@ -159,11 +136,7 @@ impl<T: Element> Conv<T> {
             output_shape,
             pad_value: T::from_f64(spec.pad_value),
             weight: Param::new("weight", weight),
-            bias: if spec.bias {
-                Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?))
-            } else {
-                None
-            },
+            bias: if spec.bias { Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?)) } else { None },
             problem,
         })
     }
@@ -225,36 +198,19 @@ impl<T: Element> Layer<T> for Conv<T> {
         if let Some(bias) = &mut self.bias {
             conv_backward_bias(&self.problem, batch, dy, bias.grad.data_mut())?;
         }
-        conv_backward_weight(
-            &self.problem,
-            batch,
-            input.data(),
-            dy,
-            self.pad_value,
-            self.weight.grad.data_mut(),
-        )?;
+        conv_backward_weight(&self.problem, batch, input.data(), dy, self.pad_value, self.weight.grad.data_mut())?;
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.input_shape)?;
-            conv_backward_input(
-                &self.problem,
-                batch,
-                self.weight.value.data(),
-                dy,
-                dx.data_mut(),
-            )?;
+            conv_backward_input(&self.problem, batch, self.weight.value.data(), dy, dx.data_mut())?;
         }
         Ok(())
     }
 
     fn params(&self) -> Vec<&Param<T>> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        std::iter::once(&self.weight).chain(self.bias.as_ref()).collect()
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
-        std::iter::once(&mut self.weight)
-            .chain(self.bias.as_mut())
-            .collect()
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
 }

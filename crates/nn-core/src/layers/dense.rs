@@ -21,20 +21,10 @@ pub struct Dense<T: Element> {
 impl<T: Element> Dense<T> {
     /// A dense layer from `inputs` to `outputs` neurons, weights drawn by `init`
     /// (fan-in n, fan-out m), bias zero when present.
-    pub fn new<R: Rng>(
-        inputs: usize,
-        outputs: usize,
-        bias: bool,
-        init: Init,
-        rng: &mut R,
-    ) -> Result<Self, NnError> {
+    pub fn new<R: Rng>(inputs: usize, outputs: usize, bias: bool, init: Init, rng: &mut R) -> Result<Self, NnError> {
         for (dim, len) in [inputs, outputs].into_iter().enumerate() {
             if len == 0 {
-                return Err(NnError::ZeroSized {
-                    op: "dense",
-                    shape: vec![inputs, outputs],
-                    dim,
-                });
+                return Err(NnError::ZeroSized { op: "dense", shape: vec![inputs, outputs], dim });
             }
         }
         let mut weight = Tensor::zeros(&[inputs, outputs])?;
@@ -43,11 +33,7 @@ impl<T: Element> Dense<T> {
             input_shape: [inputs],
             output_shape: [outputs],
             weight: Param::new("weight", weight),
-            bias: if bias {
-                Some(Param::new("bias", Tensor::zeros(&[outputs])?))
-            } else {
-                None
-            },
+            bias: if bias { Some(Param::new("bias", Tensor::zeros(&[outputs])?)) } else { None },
         })
     }
 
@@ -147,14 +133,10 @@ impl<T: Element> Layer<T> for Dense<T> {
     }
 
     fn params(&self) -> Vec<&Param<T>> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        std::iter::once(&self.weight).chain(self.bias.as_ref()).collect()
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
-        std::iter::once(&mut self.weight)
-            .chain(self.bias.as_mut())
-            .collect()
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
 }

@@ -13,15 +13,9 @@ pub struct Flatten {
 impl Flatten {
     /// Flattens samples of shape `input_shape`.
     pub fn new(input_shape: &[usize]) -> Result<Self, NnError> {
-        let len = checked_product(input_shape).ok_or(NnError::Geometry(
-            nn_kernels::GeometryError::Overflow {
-                what: "flatten size",
-            },
-        ))?;
-        Ok(Self {
-            input_shape: input_shape.to_vec(),
-            output_shape: [len],
-        })
+        let len = checked_product(input_shape)
+            .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "flatten size" }))?;
+        Ok(Self { input_shape: input_shape.to_vec(), output_shape: [len] })
     }
 }
 

@@ -1,9 +1,7 @@
 use crate::layer::{backward_batch, batch_of};
 use crate::{Layer, NnError, Tensor};
 use nn_kernels::conv::{ConvGeometry, KernelMode, OutputRounding, Padding};
-use nn_kernels::pool::{
-    avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward,
-};
+use nn_kernels::pool::{avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward};
 use nn_kernels::Element;
 
 /// Which reduction a pooling window applies.
@@ -34,13 +32,7 @@ pub struct PoolSpec {
 impl PoolSpec {
     /// Non-overlapping windows of lengths `window`.
     pub fn new(kind: PoolKind, window: &[usize]) -> Self {
-        Self {
-            kind,
-            window: window.to_vec(),
-            stride: None,
-            padding: None,
-            rounding: OutputRounding::Floor,
-        }
+        Self { kind, window: window.to_vec(), stride: None, padding: None, rounding: OutputRounding::Floor }
     }
     /// Per-dimension strides.
     pub fn stride(mut self, stride: &[usize]) -> Self {
@@ -83,28 +75,13 @@ impl Pool {
         }
         let spatial = &input_shape[1..];
         let stride = spec.stride.clone().unwrap_or_else(|| spec.window.clone());
-        let padding = spec
-            .padding
-            .clone()
-            .unwrap_or_else(|| vec![Padding::default(); spatial.len()]);
-        let geometry = ConvGeometry::new(
-            spatial,
-            &spec.window,
-            &stride,
-            &padding,
-            spec.rounding,
-            KernelMode::CrossCorrelation,
-        )?;
+        let padding = spec.padding.clone().unwrap_or_else(|| vec![Padding::default(); spatial.len()]);
+        let geometry =
+            ConvGeometry::new(spatial, &spec.window, &stride, &padding, spec.rounding, KernelMode::CrossCorrelation)?;
         check_pool_geometry(&geometry)?;
         let mut output_shape = vec![input_shape[0]];
         output_shape.extend_from_slice(geometry.output());
-        Ok(Self {
-            spec,
-            geometry,
-            input_shape: input_shape.to_vec(),
-            output_shape,
-            argmax: Vec::new(),
-        })
+        Ok(Self { spec, geometry, input_shape: input_shape.to_vec(), output_shape, argmax: Vec::new() })
     }
 }
 
@@ -131,17 +108,9 @@ impl<T: Element> Layer<T> for Pool {
         match self.spec.kind {
             PoolKind::Max => {
                 self.argmax.resize(output.len(), 0);
-                max_pool_forward(
-                    &self.geometry,
-                    planes,
-                    input.data(),
-                    output.data_mut(),
-                    &mut self.argmax,
-                )?
+                max_pool_forward(&self.geometry, planes, input.data(), output.data_mut(), &mut self.argmax)?
             }
-            PoolKind::Average => {
-                avg_pool_forward(&self.geometry, planes, input.data(), output.data_mut())?
-            }
+            PoolKind::Average => avg_pool_forward(&self.geometry, planes, input.data(), output.data_mut())?,
         }
         Ok(())
     }
@@ -162,17 +131,9 @@ impl<T: Element> Layer<T> for Pool {
                 if self.argmax.len() != grad_output.len() {
                     return Err(NnError::BackwardBeforeForward);
                 }
-                max_pool_backward(
-                    &self.geometry,
-                    planes,
-                    &self.argmax,
-                    grad_output.data(),
-                    dx.data_mut(),
-                )?
+                max_pool_backward(&self.geometry, planes, &self.argmax, grad_output.data(), dx.data_mut())?
             }
-            PoolKind::Average => {
-                avg_pool_backward(&self.geometry, planes, grad_output.data(), dx.data_mut())?
-            }
+            PoolKind::Average => avg_pool_backward(&self.geometry, planes, grad_output.data(), dx.data_mut())?,
         }
         Ok(())
     }

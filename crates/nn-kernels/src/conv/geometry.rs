@@ -1,4 +1,4 @@
-use crate::index::{checked_product, row_major_strides};
+use crate::index::checked_product;
 use crate::GeometryError;
 
 /// What to do when `(μ + p_before + p_after − f) / s` is not an integer.
@@ -34,10 +34,7 @@ pub struct Padding {
 impl Padding {
     /// The same padding `p` on both sides, as in the source.
     pub const fn symmetric(p: usize) -> Self {
-        Self {
-            before: p,
-            after: p,
-        }
+        Self { before: p, after: p }
     }
 }
 
@@ -55,6 +52,7 @@ pub struct ConvGeometry {
     input_len: usize,
     filter_len: usize,
     output_len: usize,
+    runs: super::im2col::RunTable,
 }
 
 impl ConvGeometry {
@@ -73,17 +71,9 @@ impl ConvGeometry {
         if rank == 0 {
             return Err(GeometryError::NoSpatialDims);
         }
-        for (what, got) in [
-            ("filter", filter.len()),
-            ("stride", stride.len()),
-            ("padding", padding.len()),
-        ] {
+        for (what, got) in [("filter", filter.len()), ("stride", stride.len()), ("padding", padding.len())] {
             if got != rank {
-                return Err(GeometryError::RankMismatch {
-                    what,
-                    expected: rank,
-                    got,
-                });
+                return Err(GeometryError::RankMismatch { what, expected: rank, got });
             }
         }
         let mut output = Vec::with_capacity(rank);
@@ -97,15 +87,9 @@ impl ConvGeometry {
             let padded = mu
                 .checked_add(p.before)
                 .and_then(|v| v.checked_add(p.after))
-                .ok_or(GeometryError::Overflow {
-                    what: "padded input length",
-                })?;
+                .ok_or(GeometryError::Overflow { what: "padded input length" })?;
             if f > padded {
-                return Err(GeometryError::FilterTooLarge {
-                    dim,
-                    filter: f,
-                    padded,
-                });
+                return Err(GeometryError::FilterTooLarge { dim, filter: f, padded });
             }
             let span = padded - f;
             let remainder = span % s;
@@ -123,17 +107,11 @@ impl ConvGeometry {
             output.push(span / s + 1);
         }
         // Coordinates are computed as isize: keep every padded length representable.
-        if input
-            .iter()
-            .zip(padding)
-            .any(|(&mu, p)| mu + p.before + p.after > isize::MAX as usize)
-        {
-            return Err(GeometryError::Overflow {
-                what: "padded input length",
-            });
+        if input.iter().zip(padding).any(|(&mu, p)| mu + p.before + p.after > isize::MAX as usize) {
+            return Err(GeometryError::Overflow { what: "padded input length" });
         }
         let overflow = |what| GeometryError::Overflow { what };
-        Ok(Self {
+        let mut geometry = Self {
             input_len: checked_product(input).ok_or(overflow("input size"))?,
             filter_len: checked_product(filter).ok_or(overflow("filter size"))?,
             output_len: checked_product(&output).ok_or(overflow("output size"))?,
@@ -143,7 +121,15 @@ impl ConvGeometry {
             padding: padding.to_vec(),
             output,
             mode,
-        })
+            runs: super::im2col::RunTable::empty(),
+        };
+        geometry.runs = super::im2col::RunTable::new(&geometry);
+        Ok(geometry)
+    }
+
+    /// The im2col run starts of this geometry.
+    pub(crate) fn run_table(&self) -> &super::im2col::RunTable {
+        &self.runs
     }
 
     /// Number of spatial dimensions n.
@@ -204,35 +190,11 @@ impl ConvGeometry {
             && self.stride.iter().all(|&s| s == 1)
             && self.padding.iter().all(|p| p.before == 0 && p.after == 0)
     }
-
-    pub(crate) fn input_strides(&self) -> Vec<usize> {
-        row_major_strides(&self.input)
-    }
-
-    /// For the innermost dimension, the range of output indices β whose input cell
-    /// `s·β − p_before + offset` lies inside the input; the rest read padding.
-    #[inline]
-    pub(crate) fn inner_valid_range(&self, offset: isize) -> (usize, usize) {
-        let d = self.rank() - 1;
-        valid_range(
-            self.stride[d],
-            self.padding[d].before,
-            offset,
-            self.input[d],
-            self.output[d],
-        )
-    }
 }
 
 /// The β in `0..out` with `0 ≤ s·β − pad + offset < len`, as a half-open range.
 #[inline]
-pub(crate) fn valid_range(
-    s: usize,
-    pad: usize,
-    offset: isize,
-    len: usize,
-    out: usize,
-) -> (usize, usize) {
+pub(crate) fn valid_range(s: usize, pad: usize, offset: isize, len: usize, out: usize) -> (usize, usize) {
     let (s, shift) = (s as isize, offset - pad as isize);
     // γ = s·β + shift ≥ 0  ⇔  β ≥ ceil(−shift / s)
     let lo = if shift >= 0 { 0 } else { (-shift + s - 1) / s };

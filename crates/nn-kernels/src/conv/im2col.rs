@@ -4,132 +4,187 @@
 //! one column per output index β: `col[(c, α), β] = x′[c, γ(β, α)]`, with x′ the input
 //! padded by a constant. A convolution is then the matrix product `W · col`.
 //!
-//! Both walk the matrix row by row; the innermost spatial dimension is handled as a
-//! contiguous run (a straight copy when the stride is 1), the outer ones with an
-//! odometer, so the same code serves every number of dimensions.
+//! Each row is a sequence of runs, one per outer output index (all dimensions but the
+//! last), each run one output row long. Where a run starts in the input depends only
+//! on the outer filter and output indices, not on the channel, so those offsets are
+//! computed once per geometry ([`RunTable`]) and the per-run work is a table lookup
+//! and a copy. The same code serves every number of dimensions.
 
-use super::geometry::ConvGeometry;
-use crate::index::Odometer;
+use super::geometry::{valid_range, ConvGeometry};
+use crate::index::{row_major_strides, Odometer};
 use crate::Element;
+use std::ops::Range;
 
-/// Visits every contiguous run of one column-matrix row: for each outer output index,
-/// calls `run(col_start, input_start)` where `col_start` indexes the row's first cell of
-/// the run, and `input_start` is `Some(offset of γ for β_last = 0 in the channel plane)`
-/// when the outer coordinates are inside the input, or `None` when the whole run reads
-/// padding. Offsets are signed: β_last = 0 may itself fall in the padding.
-#[inline]
-fn for_each_run(
-    geom: &ConvGeometry,
-    alpha: &[usize],
-    strides: &[usize],
-    mut run: impl FnMut(usize, Option<isize>),
-) {
-    let last = geom.rank() - 1;
-    let out_last = geom.output()[last];
-    let mut outer = Odometer::new(&geom.output()[..last]);
-    let mut col_start = 0;
-    while let Some(beta) = outer.current() {
-        let mut base: isize = 0;
-        let mut inside = true;
-        for d in 0..last {
-            let gamma = (geom.stride()[d] * beta[d]) as isize - geom.padding()[d].before as isize
-                + geom.tap_offset(d, alpha[d]);
-            if gamma < 0 || gamma >= geom.input()[d] as isize {
-                inside = false;
-                break;
+/// Marks a run that lies wholly in the padding.
+const PADDING: isize = isize::MIN;
+
+/// Precomputed run starts of one geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunTable {
+    /// ∏v over the outer dimensions: runs per row.
+    runs_per_row: usize,
+    /// `starts[a·runs_per_row + b]`: for outer filter index a and outer output index b,
+    /// the input offset of the run's outer coordinates, or [`PADDING`].
+    starts: Vec<isize>,
+    /// Per filter index of the last dimension: the valid output range `lo..hi` and
+    /// the input offset of β_last = 0, `tap_offset − p_before` (may be negative).
+    inner: Vec<(usize, usize, isize)>,
+}
+
+impl RunTable {
+    /// Runs per row of the column matrix: ∏v over all dimensions but the last.
+    pub(crate) fn runs_per_row(&self) -> usize {
+        self.runs_per_row
+    }
+
+    /// A placeholder until the geometry it describes is complete.
+    pub(crate) fn empty() -> Self {
+        Self { runs_per_row: 0, starts: Vec::new(), inner: Vec::new() }
+    }
+
+    pub(crate) fn new(geom: &ConvGeometry) -> Self {
+        let last = geom.rank() - 1;
+        let strides = row_major_strides(geom.input());
+        let (outer_filter, outer_out) = (&geom.filter()[..last], &geom.output()[..last]);
+        let runs_per_row = outer_out.iter().product();
+        let mut starts = Vec::with_capacity(outer_filter.iter().product::<usize>() * runs_per_row);
+        let mut taps = Odometer::new(outer_filter);
+        while let Some(alpha) = taps.current() {
+            let mut outs = Odometer::new(outer_out);
+            while let Some(beta) = outs.current() {
+                let mut start = 0isize;
+                for d in 0..last {
+                    let gamma = (geom.stride()[d] * beta[d]) as isize - geom.padding()[d].before as isize
+                        + geom.tap_offset(d, alpha[d]);
+                    if gamma < 0 || gamma >= geom.input()[d] as isize {
+                        start = PADDING;
+                        break;
+                    }
+                    start += gamma * strides[d] as isize;
+                }
+                starts.push(start);
+                outs.advance();
             }
-            base += gamma * strides[d] as isize;
+            taps.advance();
         }
-        let inner = geom.tap_offset(last, alpha[last]) - geom.padding()[last].before as isize;
-        run(col_start, inside.then_some(base + inner));
-        col_start += out_last;
-        outer.advance();
+        let (s, pad, mu, v) =
+            (geom.stride()[last], geom.padding()[last].before, geom.input()[last], geom.output()[last]);
+        let inner = (0..geom.filter()[last])
+            .map(|a| {
+                let offset = geom.tap_offset(last, a);
+                let (lo, hi) = valid_range(s, pad, offset, mu, v);
+                (lo, hi, offset - pad as isize)
+            })
+            .collect();
+        Self { runs_per_row, starts, inner }
     }
 }
 
-/// Fills the column matrix of one image.
+/// Copies a short run without a `memcpy` call: runs are one output row long (often
+/// under 32 elements), where the call costs more than the copy.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d8, s8) in (&mut d).zip(&mut s) {
+        let block: [T; 8] = s8.try_into().expect("chunks of 8");
+        d8.copy_from_slice(&block);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// Calls `visit(channel, row, run, lo, hi, first)` for the runs `runs` of every row of
+/// the column matrix: `run` counts from `runs.start`, cells `lo..hi` of the run read the input
+/// starting at offset `first` of the channel plane (step: the last stride), and the
+/// other cells read padding. `first` is `None` for a run wholly in the padding.
+#[inline(always)]
+fn for_each_run(
+    geom: &ConvGeometry,
+    channels: usize,
+    runs: Range<usize>,
+    mut visit: impl FnMut(usize, usize, usize, usize, usize, Option<usize>),
+) {
+    let table = geom.run_table();
+    let (f_last, s_last) = (geom.filter()[geom.rank() - 1], geom.stride()[geom.rank() - 1]);
+    let mut row = 0;
+    for c in 0..channels {
+        for starts in table.starts.chunks(table.runs_per_row.max(1)) {
+            for &(lo, hi, shift) in &table.inner[..f_last] {
+                for (run, &start) in starts[runs.clone()].iter().enumerate() {
+                    let first =
+                        (start != PADDING && lo < hi).then(|| (start + shift + (s_last * lo) as isize) as usize);
+                    visit(c, row, run, lo, hi, first);
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Fills the columns of runs `runs` (outer output indices; all of them give the whole
+/// matrix) of one image's column matrix into a wider matrix: row r goes to
+/// `col[r·ld + offset ..]`, so that several images, or a tile of one, can sit side by
+/// side (e.g. `ld` = images·∏v, `offset` = image·∏v).
 ///
-/// `input` is `[channels, ∏μ]`, `col` is `[channels·∏f, ∏v]`; `pad_value` is read at
+/// `input` is `[channels, ∏μ]`; the rows are `channels·∏f`; `pad_value` is read at
 /// every padded cell. Lengths are the caller's to check.
 pub(crate) fn im2col<T: Element>(
     geom: &ConvGeometry,
     channels: usize,
     pad_value: T,
     input: &[T],
+    runs: Range<usize>,
     col: &mut [T],
+    ld: usize,
+    offset: usize,
 ) {
-    let last = geom.rank() - 1;
-    let stride = geom.stride()[last];
-    let strides = geom.input_strides();
-    let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    let mut row = 0;
-    for c in 0..channels {
+    let (in_len, v_last) = (geom.input_len(), geom.output()[geom.rank() - 1]);
+    let stride = geom.stride()[geom.rank() - 1];
+    for_each_run(geom, channels, runs, |c, row, run, lo, hi, first| {
         let plane = &input[c * in_len..(c + 1) * in_len];
-        let mut taps = Odometer::new(geom.filter());
-        while let Some(alpha) = taps.current() {
-            let col_row = &mut col[row * out_len..(row + 1) * out_len];
-            let (lo, hi) = geom.inner_valid_range(geom.tap_offset(last, alpha[last]));
-            for_each_run(geom, alpha, &strides, |start, input_start| {
-                let run = &mut col_row[start..start + geom.output()[last]];
-                match input_start {
-                    None => run.fill(pad_value),
-                    Some(origin) => {
-                        run[..lo].fill(pad_value);
-                        run[hi..].fill(pad_value);
-                        if lo == hi {
-                            return;
-                        }
-                        let first = (origin + (stride * lo) as isize) as usize;
-                        if stride == 1 {
-                            run[lo..hi].copy_from_slice(&plane[first..first + (hi - lo)]);
-                        } else {
-                            for (dst, src) in run[lo..hi]
-                                .iter_mut()
-                                .zip(plane[first..].iter().step_by(stride))
-                            {
-                                *dst = *src;
-                            }
-                        }
+        let cells = &mut col[row * ld + offset + run * v_last..][..v_last];
+        match first {
+            None => cells.fill(pad_value),
+            Some(first) => {
+                cells[..lo].fill(pad_value);
+                cells[hi..].fill(pad_value);
+                if stride == 1 {
+                    copy_run(&mut cells[lo..hi], &plane[first..first + (hi - lo)]);
+                } else {
+                    for (dst, src) in cells[lo..hi].iter_mut().zip(plane[first..].iter().step_by(stride)) {
+                        *dst = *src;
                     }
                 }
-            });
-            row += 1;
-            taps.advance();
+            }
         }
-    }
+    });
 }
 
-/// Adds the column matrix of one image back onto the input it came from:
+/// Adds the columns of runs `runs` of one image's column matrix back onto the input
+/// they came from:
 /// `input[c, γ] += col[(c, α), β]` for every in-bounds γ; padded cells are dropped,
-/// because they are constants with no gradient.
+/// because they are constants with no gradient. `ld` and `offset` place the image's
+/// columns in a wider matrix, as for [`im2col`].
 pub(crate) fn col2im_add<T: Element>(
     geom: &ConvGeometry,
     channels: usize,
     col: &[T],
+    ld: usize,
+    offset: usize,
+    runs: Range<usize>,
     input: &mut [T],
 ) {
-    let last = geom.rank() - 1;
-    let stride = geom.stride()[last];
-    let strides = geom.input_strides();
-    let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    let mut row = 0;
-    for c in 0..channels {
-        let plane = &mut input[c * in_len..(c + 1) * in_len];
-        let mut taps = Odometer::new(geom.filter());
-        while let Some(alpha) = taps.current() {
-            let col_row = &col[row * out_len..(row + 1) * out_len];
-            let (lo, hi) = geom.inner_valid_range(geom.tap_offset(last, alpha[last]));
-            for_each_run(geom, alpha, &strides, |start, input_start| {
-                if let (Some(origin), true) = (input_start, lo < hi) {
-                    let run = &col_row[start + lo..start + hi];
-                    let first = (origin + (stride * lo) as isize) as usize;
-                    for (src, dst) in run.iter().zip(plane[first..].iter_mut().step_by(stride)) {
-                        *dst += *src;
-                    }
-                }
-            });
-            row += 1;
-            taps.advance();
+    let (in_len, v_last) = (geom.input_len(), geom.output()[geom.rank() - 1]);
+    let stride = geom.stride()[geom.rank() - 1];
+    for_each_run(geom, channels, runs, |c, row, run, lo, hi, first| {
+        if let Some(first) = first {
+            let plane = &mut input[c * in_len..(c + 1) * in_len];
+            let cells = &col[row * ld + offset + run * v_last..][lo..hi];
+            for (src, dst) in cells.iter().zip(plane[first..].iter_mut().step_by(stride)) {
+                *dst += *src;
+            }
         }
-    }
+    });
 }

@@ -11,10 +11,11 @@
 //! y is `[N, C_out, v…]`.
 //!
 //! # Method
-//! Per image, im2col builds `col = [C_in·∏f, ∏v]`; then `y_n = W · col`,
-//! `∂W += ∂y_n · colᵀ`, `∂col = Wᵀ · ∂y_n` and col2im folds ∂col back onto ∂x. Images
-//! run in parallel on rayon; the weight gradient is summed over a fixed grouping of
-//! images, so results do not depend on the thread count.
+//! For a group of n images, im2col builds `col = [C_in·∏f, n·∏v]` (the images' column
+//! matrices side by side); then `y = W · col`, `∂W += ∂y · colᵀ`, `∂col = Wᵀ · ∂y`,
+//! and col2im folds ∂col back onto ∂x. Groups are sized to the cache and run in
+//! parallel on rayon; the weight gradient is summed over a fixed partition of the
+//! batch, so results do not depend on the thread count.
 
 mod geometry;
 mod im2col;
@@ -25,14 +26,19 @@ mod tests;
 pub use geometry::{ConvGeometry, KernelMode, OutputRounding, Padding};
 
 use crate::error::check_len;
-use crate::gemm::{gemm_on_one_thread, Transpose};
+use crate::gemm::{gemm_ld, MatRef, Transpose};
 use crate::{Element, GeometryError, KernelError};
 use rayon::prelude::*;
 
-/// The weight gradient is summed in this many fixed groups of images (fewer for a
-/// small batch) and the group sums are added in order: enough groups to keep every
-/// worker busy, and a grouping that does not depend on the thread count.
-const WEIGHT_GRADIENT_GROUPS: usize = 8;
+/// The weight gradient is summed in this many fixed chunks of the batch (fewer for a
+/// small batch) and the chunk sums are added in order: enough chunks to keep every
+/// worker busy, and a partition that does not depend on the thread count.
+const WEIGHT_GRADIENT_CHUNKS: usize = 8;
+
+/// Column matrices of several images are built side by side, up to this many bytes,
+/// so that one GEMM serves a group (fewer, larger products) while the matrix stays
+/// in the L2 cache between im2col and the GEMM.
+const COL_BUDGET_BYTES: usize = 1 << 19;
 
 /// A convolution over `in_channels` planes of one geometry, producing `out_channels`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,43 +49,36 @@ pub struct ConvProblem {
     pub in_channels: usize,
     /// C_out.
     pub out_channels: usize,
+    /// Bytes of column matrix one block of work may fill (see [`ConvProblem::with_col_budget`]).
+    col_budget: usize,
 }
 
 impl ConvProblem {
     /// A problem with validated sizes: channel counts positive and every buffer length
     /// representable.
-    pub fn new(
-        geometry: ConvGeometry,
-        in_channels: usize,
-        out_channels: usize,
-    ) -> Result<Self, GeometryError> {
+    pub fn new(geometry: ConvGeometry, in_channels: usize, out_channels: usize) -> Result<Self, GeometryError> {
         if in_channels == 0 {
-            return Err(GeometryError::Zero {
-                what: "input channel count",
-                dim: 0,
-            });
+            return Err(GeometryError::Zero { what: "input channel count", dim: 0 });
         }
         if out_channels == 0 {
-            return Err(GeometryError::Zero {
-                what: "output channel count",
-                dim: 0,
-            });
+            return Err(GeometryError::Zero { what: "output channel count", dim: 0 });
         }
-        let problem = Self {
-            geometry,
-            in_channels,
-            out_channels,
-        };
-        problem
-            .col_rows()
-            .checked_mul(problem.geometry.output_len())
-            .and_then(|_| problem.geometry.input_len().checked_mul(in_channels))
-            .and_then(|_| problem.geometry.output_len().checked_mul(out_channels))
-            .and_then(|_| problem.weight_len().checked_mul(1))
-            .ok_or(GeometryError::Overflow {
-                what: "convolution buffer size",
-            })?;
+        let checked = |a: usize, b: usize| a.checked_mul(b).ok_or(GeometryError::Overflow { what: "convolution buffer size" });
+        let col_rows = checked(in_channels, geometry.filter_len())?;
+        checked(col_rows, geometry.output_len())?;
+        checked(col_rows, out_channels)?;
+        checked(in_channels, geometry.input_len())?;
+        checked(out_channels, geometry.output_len())?;
+        let problem = Self { geometry, in_channels, out_channels, col_budget: COL_BUDGET_BYTES };
         Ok(problem)
+    }
+
+    /// Sets how many bytes of column matrix one block of work may fill (default 512 KiB,
+    /// tuned on a 2 MiB L2). Smaller budgets cut images into tiles; larger ones put
+    /// more images side by side. Results are the same up to rounding.
+    pub fn with_col_budget(mut self, bytes: usize) -> Self {
+        self.col_budget = bytes.max(1);
+        self
     }
 
     /// Elements of one input image: `C_in·∏μ`.
@@ -102,35 +101,124 @@ impl ConvProblem {
         self.col_rows() * self.geometry.output_len()
     }
 
-    fn check_batch(
-        &self,
-        what: &'static str,
-        len: usize,
-        per_image: usize,
-        batch: usize,
-    ) -> Result<(), KernelError> {
-        let expected = batch
-            .checked_mul(per_image)
-            .ok_or(GeometryError::Overflow {
-                what: "batch buffer size",
-            })?;
+    fn check_batch(&self, what: &'static str, len: usize, per_image: usize, batch: usize) -> Result<(), KernelError> {
+        let expected = batch.checked_mul(per_image).ok_or(GeometryError::Overflow { what: "batch buffer size" })?;
         check_len(what, expected, len)
     }
 
-    /// Fills `col` with the column matrix of one image, or borrows the image itself
-    /// when the convolution is pointwise.
-    fn columns<'a, T: Element>(
-        &self,
-        image: &'a [T],
-        pad_value: T,
-        col: &'a mut Vec<T>,
-    ) -> &'a [T] {
+    /// How to cut the batch into blocks whose column matrix fits the column budget:
+    /// several whole images side by side, or tiles of runs of one image when one
+    /// image's matrix is too large. A pointwise convolution uses the image itself as
+    /// its column matrix: whole images, one at a time.
+    fn plan<T>(&self) -> Plan {
+        let runs = self.geometry.run_table().runs_per_row();
         if self.geometry.is_pointwise() {
-            return image;
+            return Plan { images: 1, runs_per_tile: runs };
         }
-        col.resize(self.col_len(), T::zero());
-        im2col::im2col(&self.geometry, self.in_channels, pad_value, image, col);
+        let per_image = self.col_len() * std::mem::size_of::<T>();
+        if per_image <= self.col_budget {
+            return Plan { images: self.col_budget / per_image, runs_per_tile: runs };
+        }
+        let per_run = per_image / runs;
+        Plan { images: 1, runs_per_tile: (self.col_budget / per_run).clamp(1, runs) }
+    }
+
+    /// The column matrix of a block (`[C_in·∏f, width]`), built in `col`, or the image
+    /// itself when the convolution is pointwise.
+    fn block_columns<'a, T: Element>(&self, x: &'a [T], block: &Block, pad_value: T, col: &'a mut Vec<T>) -> &'a [T] {
+        let in_len = self.input_image_len();
+        let images = &x[block.first_image * in_len..(block.first_image + block.images) * in_len];
+        if self.geometry.is_pointwise() {
+            return images;
+        }
+        let width = block.width(&self.geometry);
+        let tile_width = width / block.images;
+        col.resize(self.col_rows() * width, T::zero());
+        for (i, image) in images.chunks(in_len).enumerate() {
+            im2col::im2col(
+                &self.geometry,
+                self.in_channels,
+                pad_value,
+                image,
+                block.runs.clone(),
+                col,
+                width,
+                i * tile_width,
+            );
+        }
         col
+    }
+
+    /// ∂y of a block as a `C_out × width` matrix: a strided view of the image for a
+    /// single image, else gathered channel-major into `buffer`.
+    fn block_gradient<'a, T: Element>(&self, dy: &'a [T], block: &Block, buffer: &'a mut Vec<T>) -> MatRef<'a, T> {
+        let (out_len, plane) = (self.output_image_len(), self.geometry.output_len());
+        let images = &dy[block.first_image * out_len..(block.first_image + block.images) * out_len];
+        if block.images == 1 {
+            let first = block.runs.start * self.geometry.output()[self.geometry.rank() - 1];
+            return MatRef { data: &images[first..], ld: plane, trans: Transpose::No };
+        }
+        gather_channels(images, self.out_channels, plane, buffer);
+        MatRef { data: buffer, ld: block.images * plane, trans: Transpose::No }
+    }
+
+    /// The blocks of images `images`, in order.
+    fn blocks(&self, plan: Plan, images: std::ops::Range<usize>) -> impl Iterator<Item = Block> + '_ {
+        let runs = self.geometry.run_table().runs_per_row();
+        let starts = images.clone().step_by(plan.images);
+        starts.flat_map(move |first_image| {
+            let count = plan.images.min(images.end - first_image);
+            (0..runs).step_by(plan.runs_per_tile).map(move |r| Block {
+                first_image,
+                images: count,
+                runs: r..(r + plan.runs_per_tile).min(runs),
+            })
+        })
+    }
+}
+
+/// Images per block, or runs per tile of a single image.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    images: usize,
+    runs_per_tile: usize,
+}
+
+/// A unit of work: `images` whole images from `first_image`, or (with one image) the
+/// output runs `runs` of it.
+#[derive(Debug, Clone)]
+struct Block {
+    first_image: usize,
+    images: usize,
+    runs: std::ops::Range<usize>,
+}
+
+impl Block {
+    /// Columns of the block's matrix.
+    fn width(&self, geometry: &ConvGeometry) -> usize {
+        self.images * self.runs.len() * geometry.output()[geometry.rank() - 1]
+    }
+}
+
+/// `[n, C, P]` (image-major) to `[C, n·P]` (channel-major), the layout in which a
+/// group's gradient multiplies its column matrix.
+fn gather_channels<T: Element>(src: &[T], channels: usize, plane: usize, dst: &mut Vec<T>) {
+    let n = src.len() / (channels * plane);
+    dst.resize(src.len(), T::zero());
+    for (i, image) in src.chunks(channels * plane).enumerate() {
+        for (c, run) in image.chunks(plane).enumerate() {
+            dst[c * n * plane + i * plane..][..plane].copy_from_slice(run);
+        }
+    }
+}
+
+/// `[C, n·P]` back to `[n, C, P]`.
+fn scatter_channels<T: Element>(src: &[T], channels: usize, plane: usize, dst: &mut [T]) {
+    let n = src.len() / (channels * plane);
+    for (i, image) in dst.chunks_mut(channels * plane).enumerate() {
+        for (c, run) in image.chunks_mut(plane).enumerate() {
+            run.copy_from_slice(&src[c * n * plane + i * plane..][..plane]);
+        }
     }
 }
 
@@ -147,40 +235,42 @@ pub fn conv_forward<T: Element>(
     y: &mut [T],
 ) -> Result<(), KernelError> {
     problem.check_batch("conv forward: x", x.len(), problem.input_image_len(), batch)?;
-    problem.check_batch(
-        "conv forward: y",
-        y.len(),
-        problem.output_image_len(),
-        batch,
-    )?;
+    problem.check_batch("conv forward: y", y.len(), problem.output_image_len(), batch)?;
     check_len("conv forward: w", problem.weight_len(), w.len())?;
     if let Some(b) = bias {
         check_len("conv forward: bias", problem.out_channels, b.len())?;
     }
-    let (in_len, out_len) = (problem.input_image_len(), problem.output_image_len());
-    let plane = problem.geometry.output_len();
-    y.par_chunks_mut(out_len)
-        .zip(x.par_chunks(in_len))
-        .for_each_init(Vec::new, |col, (y_n, x_n)| {
-            let cols = problem.columns(x_n, pad_value, col);
-            gemm_on_one_thread(
-                Transpose::No,
-                Transpose::No,
-                problem.out_channels,
-                plane,
-                problem.col_rows(),
-                T::one(),
-                w,
-                cols,
-                T::zero(),
-                y_n,
-            );
-            if let Some(b) = bias {
-                for (y_plane, &b_o) in y_n.chunks_mut(plane).zip(b) {
-                    crate::elementwise::add_scalar(y_plane, b_o);
+    let out_len = problem.output_image_len();
+    let (plane, rows, c_out) = (problem.geometry.output_len(), problem.col_rows(), problem.out_channels);
+    let plan = problem.plan::<T>();
+    let w = MatRef::new(w, Transpose::No, rows);
+    y.par_chunks_mut(plan.images * out_len).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, product), (task, y_task)| {
+            let first = task * plan.images;
+            for block in problem.blocks(plan, first..first + y_task.len() / out_len) {
+                let cols = problem.block_columns(x, &block, pad_value, col);
+                let width = block.width(&problem.geometry);
+                let cols = MatRef::new(cols, Transpose::No, width);
+                if block.images == 1 {
+                    // Straight into the image's planes, at the tile's columns.
+                    let offset = block.runs.start * problem.geometry.output()[problem.geometry.rank() - 1];
+                    let y_n = &mut y_task[(block.first_image - first) * out_len..][..out_len];
+                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), &mut y_n[offset..], plane);
+                } else {
+                    product.resize(c_out * width, T::zero());
+                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), product, width);
+                    let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
+                    scatter_channels(product, c_out, plane, images);
                 }
             }
-        });
+            if let Some(b) = bias {
+                for (i, y_plane) in y_task.chunks_mut(plane).enumerate() {
+                    crate::elementwise::add_scalar(y_plane, b[i % c_out]);
+                }
+            }
+        },
+    );
     Ok(())
 }
 
@@ -193,56 +283,49 @@ pub fn conv_backward_input<T: Element>(
     dy: &[T],
     dx: &mut [T],
 ) -> Result<(), KernelError> {
-    problem.check_batch(
-        "conv backward input: dy",
-        dy.len(),
-        problem.output_image_len(),
-        batch,
-    )?;
-    problem.check_batch(
-        "conv backward input: dx",
-        dx.len(),
-        problem.input_image_len(),
-        batch,
-    )?;
+    problem.check_batch("conv backward input: dy", dy.len(), problem.output_image_len(), batch)?;
+    problem.check_batch("conv backward input: dx", dx.len(), problem.input_image_len(), batch)?;
     check_len("conv backward input: w", problem.weight_len(), w.len())?;
-    let (in_len, out_len) = (problem.input_image_len(), problem.output_image_len());
-    let plane = problem.geometry.output_len();
-    let rows = problem.col_rows();
-    dx.par_chunks_mut(in_len)
-        .zip(dy.par_chunks(out_len))
-        .for_each_init(Vec::new, |dcol: &mut Vec<T>, (dx_n, dy_n)| {
+    let in_len = problem.input_image_len();
+    let (rows, c_out) = (problem.col_rows(), problem.out_channels);
+    let plan = problem.plan::<T>();
+    let w = MatRef::new(w, Transpose::Yes, rows);
+    dx.par_chunks_mut(plan.images * in_len).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(dcol, gathered): &mut (Vec<T>, Vec<T>), (task, dx_task)| {
+            let first = task * plan.images;
             if problem.geometry.is_pointwise() {
-                gemm_on_one_thread(
-                    Transpose::Yes,
-                    Transpose::No,
-                    rows,
-                    plane,
-                    problem.out_channels,
-                    T::one(),
-                    w,
-                    dy_n,
-                    T::zero(),
-                    dx_n,
-                );
+                // The column matrix is the input itself: ∂x = Wᵀ·∂y directly.
+                for block in problem.blocks(plan, first..first + dx_task.len() / in_len) {
+                    let width = block.width(&problem.geometry);
+                    let dy_mat = problem.block_gradient(dy, &block, gathered);
+                    let dx_n = &mut dx_task[(block.first_image - first) * in_len..][..in_len];
+                    gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dx_n, width);
+                }
                 return;
             }
-            dcol.resize(problem.col_len(), T::zero());
-            gemm_on_one_thread(
-                Transpose::Yes,
-                Transpose::No,
-                rows,
-                plane,
-                problem.out_channels,
-                T::one(),
-                w,
-                dy_n,
-                T::zero(),
-                dcol,
-            );
-            dx_n.fill(T::zero());
-            im2col::col2im_add(&problem.geometry, problem.in_channels, dcol, dx_n);
-        });
+            dx_task.fill(T::zero());
+            for block in problem.blocks(plan, first..first + dx_task.len() / in_len) {
+                let width = block.width(&problem.geometry);
+                let dy_mat = problem.block_gradient(dy, &block, gathered);
+                dcol.resize(rows * width, T::zero());
+                gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dcol, width);
+                let tile_width = width / block.images;
+                let images = &mut dx_task[(block.first_image - first) * in_len..][..block.images * in_len];
+                for (i, dx_n) in images.chunks_mut(in_len).enumerate() {
+                    im2col::col2im_add(
+                        &problem.geometry,
+                        problem.in_channels,
+                        dcol,
+                        width,
+                        i * tile_width,
+                        block.runs.clone(),
+                        dx_n,
+                    );
+                }
+            }
+        },
+    );
     Ok(())
 }
 
@@ -256,44 +339,27 @@ pub fn conv_backward_weight<T: Element>(
     pad_value: T,
     dw: &mut [T],
 ) -> Result<(), KernelError> {
-    problem.check_batch(
-        "conv backward weight: x",
-        x.len(),
-        problem.input_image_len(),
-        batch,
-    )?;
-    problem.check_batch(
-        "conv backward weight: dy",
-        dy.len(),
-        problem.output_image_len(),
-        batch,
-    )?;
+    problem.check_batch("conv backward weight: x", x.len(), problem.input_image_len(), batch)?;
+    problem.check_batch("conv backward weight: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward weight: dw", problem.weight_len(), dw.len())?;
     if batch == 0 {
         return Ok(());
     }
-    let (in_len, out_len) = (problem.input_image_len(), problem.output_image_len());
-    let plane = problem.geometry.output_len();
-    let per_group = batch.div_ceil(WEIGHT_GRADIENT_GROUPS.min(batch));
-    let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_group))
+    let (rows, c_out) = (problem.col_rows(), problem.out_channels);
+    let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
+    let plan = problem.plan::<T>();
+    let plan = Plan { images: plan.images.min(per_chunk), ..plan };
+    let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_chunk))
         .into_par_iter()
-        .map(|group| {
+        .map(|chunk| {
             let mut partial = vec![T::zero(); dw.len()];
-            let mut col = Vec::new();
-            for n in group * per_group..((group + 1) * per_group).min(batch) {
-                let cols = problem.columns(&x[n * in_len..(n + 1) * in_len], pad_value, &mut col);
-                gemm_on_one_thread(
-                    Transpose::No,
-                    Transpose::Yes,
-                    problem.out_channels,
-                    problem.col_rows(),
-                    plane,
-                    T::one(),
-                    &dy[n * out_len..(n + 1) * out_len],
-                    cols,
-                    T::one(),
-                    &mut partial,
-                );
+            let (mut col, mut gathered) = (Vec::new(), Vec::new());
+            for block in problem.blocks(plan, chunk * per_chunk..((chunk + 1) * per_chunk).min(batch)) {
+                let width = block.width(&problem.geometry);
+                let cols = problem.block_columns(x, &block, pad_value, &mut col);
+                let dy_mat = problem.block_gradient(dy, &block, &mut gathered);
+                let cols = MatRef::new(cols, Transpose::Yes, width);
+                gemm_ld(c_out, rows, width, T::one(), dy_mat, cols, T::one(), &mut partial, rows);
             }
             partial
         })
@@ -311,12 +377,7 @@ pub fn conv_backward_bias<T: Element>(
     dy: &[T],
     db: &mut [T],
 ) -> Result<(), KernelError> {
-    problem.check_batch(
-        "conv backward bias: dy",
-        dy.len(),
-        problem.output_image_len(),
-        batch,
-    )?;
+    problem.check_batch("conv backward bias: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward bias: db", problem.out_channels, db.len())?;
     let plane = problem.geometry.output_len();
     for (i, dy_plane) in dy.chunks(plane).enumerate() {

@@ -3,9 +3,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn data(len: usize, seed: u64) -> Vec<f64> {
-    (0..len)
-        .map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0)
-        .collect()
+    (0..len).map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0).collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -23,12 +21,8 @@ struct Case {
 /// Random geometry over 1–4 spatial dimensions, each dimension with its own length,
 /// filter, stride and (asymmetric) padding; both rounding modes and kernel modes.
 fn case() -> impl Strategy<Value = Case> {
-    let dims = (1usize..=4).prop_flat_map(|rank| {
-        prop::collection::vec(
-            (1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3),
-            rank,
-        )
-    });
+    let dims = (1usize..=4)
+        .prop_flat_map(|rank| prop::collection::vec((1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3), rank));
     (
         dims,
         any::<bool>(),
@@ -39,41 +33,18 @@ fn case() -> impl Strategy<Value = Case> {
         prop::sample::select(vec![0.0, 0.75, -2.0]),
         any::<bool>(),
     )
-        .prop_filter_map(
-            "geometry must be valid",
-            |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
-                let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
-                let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
-                let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
-                let padding: Vec<Padding> = dims
-                    .iter()
-                    .map(|d| Padding {
-                        before: d.3,
-                        after: d.4,
-                    })
-                    .collect();
-                let rounding = if floor {
-                    OutputRounding::Floor
-                } else {
-                    OutputRounding::Strict
-                };
-                let mode = if flip {
-                    KernelMode::Convolution
-                } else {
-                    KernelMode::CrossCorrelation
-                };
-                let geometry =
-                    ConvGeometry::new(&input, &filter, &stride, &padding, rounding, mode).ok()?;
-                // Keep each case small: the reference is a direct sum.
-                (geometry.input_len() * geometry.filter_len() <= 4000).then_some(())?;
-                Some(Case {
-                    problem: ConvProblem::new(geometry, c_in, c_out).ok()?,
-                    batch,
-                    pad_value,
-                    bias,
-                })
-            },
-        )
+        .prop_filter_map("geometry must be valid", |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
+            let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
+            let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
+            let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
+            let padding: Vec<Padding> = dims.iter().map(|d| Padding { before: d.3, after: d.4 }).collect();
+            let rounding = if floor { OutputRounding::Floor } else { OutputRounding::Strict };
+            let mode = if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation };
+            let geometry = ConvGeometry::new(&input, &filter, &stride, &padding, rounding, mode).ok()?;
+            // Keep each case small: the reference is a direct sum.
+            (geometry.input_len() * geometry.filter_len() <= 4000).then_some(())?;
+            Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
+        })
 }
 
 fn run_forward(case: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
@@ -130,22 +101,9 @@ proptest! {
     }
 }
 
-fn problem_1d(
-    input: usize,
-    filter: usize,
-    stride: usize,
-    pad: usize,
-    mode: KernelMode,
-) -> ConvProblem {
-    let g = ConvGeometry::new(
-        &[input],
-        &[filter],
-        &[stride],
-        &[Padding::symmetric(pad)],
-        OutputRounding::Strict,
-        mode,
-    )
-    .unwrap();
+fn problem_1d(input: usize, filter: usize, stride: usize, pad: usize, mode: KernelMode) -> ConvProblem {
+    let g = ConvGeometry::new(&[input], &[filter], &[stride], &[Padding::symmetric(pad)], OutputRounding::Strict, mode)
+        .unwrap();
     ConvProblem::new(g, 1, 1).unwrap()
 }
 
@@ -156,27 +114,9 @@ fn source_convolution_flips_the_filter() {
     let x = [1.0, 0.0, 0.0, 0.0];
     let w = [1.0, 2.0, 3.0];
     let mut y = [0.0; 2];
-    conv_forward(
-        &problem_1d(4, 3, 1, 0, KernelMode::Convolution),
-        1,
-        &x,
-        &w,
-        None,
-        0.0,
-        &mut y,
-    )
-    .unwrap();
+    conv_forward(&problem_1d(4, 3, 1, 0, KernelMode::Convolution), 1, &x, &w, None, 0.0, &mut y).unwrap();
     assert_eq!(y, [3.0, 0.0]);
-    conv_forward(
-        &problem_1d(4, 3, 1, 0, KernelMode::CrossCorrelation),
-        1,
-        &x,
-        &w,
-        None,
-        0.0,
-        &mut y,
-    )
-    .unwrap();
+    conv_forward(&problem_1d(4, 3, 1, 0, KernelMode::CrossCorrelation), 1, &x, &w, None, 0.0, &mut y).unwrap();
     assert_eq!(y, [1.0, 0.0]);
 }
 
@@ -203,15 +143,8 @@ fn padding_value_reaches_weight_gradient_not_input_gradient() {
 #[test]
 fn geometry_errors_name_the_dimension() {
     let pad = [Padding::default(); 2];
-    let e = ConvGeometry::new(
-        &[5, 5],
-        &[2, 2],
-        &[1, 2],
-        &pad,
-        OutputRounding::Strict,
-        KernelMode::Convolution,
-    )
-    .unwrap_err();
+    let e = ConvGeometry::new(&[5, 5], &[2, 2], &[1, 2], &pad, OutputRounding::Strict, KernelMode::Convolution)
+        .unwrap_err();
     assert_eq!(
         e,
         GeometryError::NotDivisible {
@@ -224,66 +157,17 @@ fn geometry_errors_name_the_dimension() {
             remainder: 1
         }
     );
-    let g = ConvGeometry::new(
-        &[5, 5],
-        &[2, 2],
-        &[1, 2],
-        &pad,
-        OutputRounding::Floor,
-        KernelMode::Convolution,
-    )
-    .unwrap();
+    let g = ConvGeometry::new(&[5, 5], &[2, 2], &[1, 2], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap();
     assert_eq!(g.output(), &[4, 2]);
-    let e = ConvGeometry::new(
-        &[5, 2],
-        &[2, 4],
-        &[1, 1],
-        &pad,
-        OutputRounding::Floor,
-        KernelMode::Convolution,
-    )
-    .unwrap_err();
-    assert_eq!(
-        e,
-        GeometryError::FilterTooLarge {
-            dim: 1,
-            filter: 4,
-            padded: 2
-        }
-    );
-    let e = ConvGeometry::new(
-        &[5, 2],
-        &[2, 1],
-        &[1, 0],
-        &pad,
-        OutputRounding::Floor,
-        KernelMode::Convolution,
-    )
-    .unwrap_err();
-    assert_eq!(
-        e,
-        GeometryError::Zero {
-            what: "stride",
-            dim: 1
-        }
-    );
-    let e = ConvGeometry::new(
-        &[5],
-        &[2, 1],
-        &[1, 1],
-        &pad,
-        OutputRounding::Floor,
-        KernelMode::Convolution,
-    )
-    .unwrap_err();
-    assert_eq!(
-        e,
-        GeometryError::RankMismatch {
-            what: "filter",
-            expected: 1,
-            got: 2
-        }
-    );
+    let e =
+        ConvGeometry::new(&[5, 2], &[2, 4], &[1, 1], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap_err();
+    assert_eq!(e, GeometryError::FilterTooLarge { dim: 1, filter: 4, padded: 2 });
+    let e =
+        ConvGeometry::new(&[5, 2], &[2, 1], &[1, 0], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap_err();
+    assert_eq!(e, GeometryError::Zero { what: "stride", dim: 1 });
+    let e =
+        ConvGeometry::new(&[5], &[2, 1], &[1, 1], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap_err();
+    assert_eq!(e, GeometryError::RankMismatch { what: "filter", expected: 1, got: 2 });
     let e = ConvGeometry::new(
         &[usize::MAX, 2],
         &[1, 1],
@@ -293,12 +177,7 @@ fn geometry_errors_name_the_dimension() {
         KernelMode::Convolution,
     )
     .unwrap_err();
-    assert_eq!(
-        e,
-        GeometryError::Overflow {
-            what: "padded input length"
-        }
-    );
+    assert_eq!(e, GeometryError::Overflow { what: "padded input length" });
 }
 
 #[test]
@@ -314,22 +193,12 @@ fn weight_gradient_is_bit_identical_across_thread_counts() {
     .unwrap();
     let p = ConvProblem::new(g, 3, 4).unwrap();
     let batch = 13;
-    let x: Vec<f32> = data(batch * p.input_image_len(), 8)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    let dy: Vec<f32> = data(batch * p.output_image_len(), 9)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
+    let x: Vec<f32> = data(batch * p.input_image_len(), 8).into_iter().map(|v| v as f32).collect();
+    let dy: Vec<f32> = data(batch * p.output_image_len(), 9).into_iter().map(|v| v as f32).collect();
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut dw = vec![0.0f32; p.weight_len()];
-        pool.install(|| conv_backward_weight(&p, batch, &x, &dy, 0.5, &mut dw))
-            .unwrap();
+        pool.install(|| conv_backward_weight(&p, batch, &x, &dy, 0.5, &mut dw)).unwrap();
         dw
     };
     assert_eq!(run(1), run(2));
@@ -341,12 +210,5 @@ fn buffer_length_errors() {
     let p = problem_1d(4, 3, 1, 0, KernelMode::Convolution);
     let mut y = [0.0f32; 3];
     let e = conv_forward(&p, 1, &[0.0; 4], &[0.0; 3], None, 0.0, &mut y).unwrap_err();
-    assert_eq!(
-        e,
-        KernelError::BufferLength {
-            what: "conv forward: y",
-            expected: 2,
-            got: 3
-        }
-    );
+    assert_eq!(e, KernelError::BufferLength { what: "conv forward: y", expected: 2, got: 3 });
 }

@@ -67,10 +67,7 @@ pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
 /// `dx = dy · f′(x)` elementwise, with `y = f(x)` available where the derivative is
 /// cheaper from the output. Panics if the lengths differ (internal callers check).
 pub fn activation_backward<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
-    assert!(
-        x.len() == dx.len() && y.len() == dx.len() && dy.len() == dx.len(),
-        "activation_backward: length mismatch"
-    );
+    assert!(x.len() == dx.len() && y.len() == dx.len() && dy.len() == dx.len(), "activation_backward: length mismatch");
     match act {
         Activation::Relu => dispatch(|| relu_backward(y, dy, dx)),
         _ => {
@@ -105,11 +102,8 @@ pub fn scalar_forward<T: Element>(act: Activation, x: T) -> T {
         }
         Activation::Softplus => x.max(zero) + (-x.abs()).exp().ln_1p(),
         Activation::Gelu => {
-            let (half, c, k) = (
-                T::from_f64(0.5),
-                T::from_f64((2.0 / std::f64::consts::PI).sqrt()),
-                T::from_f64(0.044715),
-            );
+            let (half, c, k) =
+                (T::from_f64(0.5), T::from_f64((2.0 / std::f64::consts::PI).sqrt()), T::from_f64(0.044715));
             half * x * (T::one() + (c * (x + k * x * x * x)).tanh())
         }
     }
@@ -145,11 +139,8 @@ pub fn scalar_derivative<T: Element>(act: Activation, x: T, y: T) -> T {
         }
         Activation::Softplus => stable_sigmoid(x),
         Activation::Gelu => {
-            let (half, c, k) = (
-                T::from_f64(0.5),
-                T::from_f64((2.0 / std::f64::consts::PI).sqrt()),
-                T::from_f64(0.044715),
-            );
+            let (half, c, k) =
+                (T::from_f64(0.5), T::from_f64((2.0 / std::f64::consts::PI).sqrt()), T::from_f64(0.044715));
             let t = (c * (x + k * x * x * x)).tanh();
             half * (one + t) + half * x * (one - t * t) * c * (one + T::from_f64(3.0) * k * x * x)
         }
@@ -169,12 +160,9 @@ fn stable_sigmoid<T: Element>(x: T) -> T {
 #[inline(always)]
 pub(crate) fn relu_forward<T: Element>(x: &[T], y: &mut [T]) {
     let zero = T::splat(T::zero());
-    lanes_then_tail!(
-        T,
-        x.len(),
-        |i| { T::store(T::lanes_max(T::load(&x[i..]), zero), &mut y[i..]) },
-        |j| { y[j] = x[j].max(T::zero()) }
-    );
+    lanes_then_tail!(T, x.len(), |i| { T::store(T::lanes_max(T::load(&x[i..]), zero), &mut y[i..]) }, |j| {
+        y[j] = x[j].max(T::zero())
+    });
 }
 
 #[inline(always)]
@@ -183,12 +171,7 @@ pub(crate) fn relu_backward<T: Element>(y: &[T], dy: &[T], dx: &mut [T]) {
     lanes_then_tail!(
         T,
         dx.len(),
-        |i| {
-            T::store(
-                T::select_positive(T::load(&y[i..]), T::load(&dy[i..]), zero),
-                &mut dx[i..],
-            )
-        },
+        |i| { T::store(T::select_positive(T::load(&y[i..]), T::load(&dy[i..]), zero), &mut dx[i..],) },
         |j| { dx[j] = if y[j] > T::zero() { dy[j] } else { T::zero() } }
     );
 }
@@ -201,12 +184,7 @@ pub fn add_scalar<T: Element>(x: &mut [T], value: T) {
 #[inline(always)]
 pub(crate) fn add_scalar_body<T: Element>(x: &mut [T], value: T) {
     let v = T::splat(value);
-    lanes_then_tail!(
-        T,
-        x.len(),
-        |i| { T::store(T::load(&x[i..]) + v, &mut x[i..]) },
-        |j| { x[j] += value }
-    );
+    lanes_then_tail!(T, x.len(), |i| { T::store(T::load(&x[i..]) + v, &mut x[i..]) }, |j| { x[j] += value });
 }
 
 /// `dst[i] += src[i]`. Panics if the lengths differ (internal callers check).
@@ -223,12 +201,9 @@ pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
 #[inline(always)]
 pub(crate) fn axpy_body<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
     let a = T::splat(alpha);
-    lanes_then_tail!(
-        T,
-        y.len(),
-        |i| { T::store(T::load(&y[i..]) + a * T::load(&x[i..]), &mut y[i..]) },
-        |j| { y[j] += alpha * x[j] }
-    );
+    lanes_then_tail!(T, y.len(), |i| { T::store(T::load(&y[i..]) + a * T::load(&x[i..]), &mut y[i..]) }, |j| {
+        y[j] += alpha * x[j]
+    });
 }
 
 /// `x[i] *= alpha`.
@@ -239,12 +214,7 @@ pub fn scale<T: Element>(x: &mut [T], alpha: T) {
 #[inline(always)]
 pub(crate) fn scale_body<T: Element>(x: &mut [T], alpha: T) {
     let a = T::splat(alpha);
-    lanes_then_tail!(
-        T,
-        x.len(),
-        |i| { T::store(T::load(&x[i..]) * a, &mut x[i..]) },
-        |j| { x[j] *= alpha }
-    );
+    lanes_then_tail!(T, x.len(), |i| { T::store(T::load(&x[i..]) * a, &mut x[i..]) }, |j| { x[j] *= alpha });
 }
 
 /// `Σ x[i]`, in a fixed order (vector lanes, then the lanes added, then the tail), so
@@ -257,8 +227,6 @@ pub fn sum<T: Element>(x: &[T]) -> T {
 pub(crate) fn sum_body<T: Element>(x: &[T]) -> T {
     let mut acc = T::splat(T::zero());
     let mut tail = T::zero();
-    lanes_then_tail!(T, x.len(), |i| { acc = acc + T::load(&x[i..]) }, |j| {
-        tail += x[j]
-    });
+    lanes_then_tail!(T, x.len(), |i| { acc = acc + T::load(&x[i..]) }, |j| { tail += x[j] });
     T::reduce_add(acc) + tail
 }

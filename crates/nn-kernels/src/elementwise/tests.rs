@@ -2,9 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn values(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25)
-        .collect()
+    (0..len).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25).collect()
 }
 
 // Each SIMD body is run both directly (portable code) and through `dispatch`
@@ -22,11 +20,7 @@ fn relu_paths_match_scalar() {
         assert_eq!(dispatched, expected);
 
         let dy: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
-        let expected_dx: Vec<f32> = x
-            .iter()
-            .zip(&dy)
-            .map(|(&y, &d)| if y > 0.0 { d } else { 0.0 })
-            .collect();
+        let expected_dx: Vec<f32> = x.iter().zip(&dy).map(|(&y, &d)| if y > 0.0 { d } else { 0.0 }).collect();
         let mut portable_dx = vec![f32::NAN; len];
         relu_backward(&expected, &dy, &mut portable_dx);
         let mut dispatched_dx = vec![f32::NAN; len];

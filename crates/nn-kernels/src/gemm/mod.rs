@@ -63,21 +63,9 @@ pub fn gemm<T: Element>(
     c: &mut [T],
 ) -> Result<(), KernelError> {
     let overflow = KernelError::Geometry(crate::GeometryError::Overflow { what: "gemm sizes" });
-    check_len(
-        "gemm: A",
-        m.checked_mul(k).ok_or(overflow.clone())?,
-        a.len(),
-    )?;
-    check_len(
-        "gemm: B",
-        k.checked_mul(n).ok_or(overflow.clone())?,
-        b.len(),
-    )?;
-    check_len(
-        "gemm: C",
-        m.checked_mul(n).ok_or(overflow.clone())?,
-        c.len(),
-    )?;
+    check_len("gemm: A", m.checked_mul(k).ok_or(overflow.clone())?, a.len())?;
+    check_len("gemm: B", k.checked_mul(n).ok_or(overflow.clone())?, b.len())?;
+    check_len("gemm: C", m.checked_mul(n).ok_or(overflow.clone())?, c.len())?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -158,10 +146,85 @@ pub fn gemm<T: Element>(
     Ok(())
 }
 
-/// [`gemm`] on the calling thread, for kernels that already run one task per worker.
+/// A row-major matrix stored in a slice with a leading dimension: stored element
+/// (i, j) is at `i·ld + j`; `trans` says whether the product uses it or its transpose.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub ld: usize,
+    pub trans: Transpose,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A contiguous `rows × cols` operand (as stored), used as is or transposed.
+    pub fn new(data: &'a [T], trans: Transpose, stored_cols: usize) -> Self {
+        Self { data, ld: stored_cols, trans }
+    }
+
+    /// Checks that op(self), `rows × cols`, lies inside the slice; returns its strides.
+    fn strides(&self, rows: usize, cols: usize) -> (isize, isize) {
+        let (stored_rows, stored_cols) = match self.trans {
+            Transpose::No => (rows, cols),
+            Transpose::Yes => (cols, rows),
+        };
+        assert!(
+            self.ld >= stored_cols
+                && (stored_rows == 0 || (stored_rows - 1) * self.ld + stored_cols <= self.data.len()),
+            "gemm: operand out of bounds"
+        );
+        match self.trans {
+            Transpose::No => (self.ld as isize, 1),
+            Transpose::Yes => (1, self.ld as isize),
+        }
+    }
+}
+
+/// `C ← α·op(A)·op(B) + β·C` on the calling thread, with leading dimensions, for
+/// kernels that already run one task per worker. C's element (i, j) is at `i·ldc + j`.
 ///
-/// Panics if a slice length does not match its shape: callers inside this crate
-/// derive the lengths from validated geometry.
+/// Panics if an operand does not fit its slice: callers inside this crate derive the
+/// sizes from validated geometry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_ld<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = a.strides(m, k);
+    let (rsb, csb) = b.strides(k, n);
+    assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
+    // SAFETY: the assertions above keep every strided index of A, B and C inside
+    // their slices; `c` is a unique borrow and cannot alias `a` or `b`.
+    unsafe {
+        T::gemm_strided(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            rsa,
+            csa,
+            b.data.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        )
+    };
+}
+
+/// [`gemm`] on the calling thread, for contiguous operands of exactly their sizes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_on_one_thread<T: Element>(
     trans_a: Transpose,
@@ -175,35 +238,10 @@ pub(crate) fn gemm_on_one_thread<T: Element>(
     beta: T,
     c: &mut [T],
 ) {
-    assert!(
-        a.len() == m * k && b.len() == k * n && c.len() == m * n,
-        "gemm: inconsistent lengths"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (rsa, csa) = strides(trans_a, m, k);
-    let (rsb, csb) = strides(trans_b, k, n);
-    // SAFETY: the assertion above ties each slice's length to its shape, so every
-    // strided index is in bounds; `c` is a unique borrow and cannot alias `a` or `b`.
-    unsafe {
-        T::gemm_strided(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        )
-    };
+    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: inconsistent lengths");
+    let a_cols = if trans_a == Transpose::No { k } else { m };
+    let b_cols = if trans_b == Transpose::No { n } else { k };
+    gemm_ld(m, n, k, alpha, MatRef::new(a, trans_a, a_cols), MatRef::new(b, trans_b, b_cols), beta, c, n);
 }
 
 /// The block length that cuts `len` into about `threads` aligned pieces.

@@ -34,11 +34,7 @@ pub fn gemm_reference<T: Element>(
             for p in 0..k {
                 acc += at(i, p) * bt(p, j);
             }
-            let old = if beta == T::zero() {
-                T::zero()
-            } else {
-                beta * c[i * n + j]
-            };
+            let old = if beta == T::zero() { T::zero() } else { beta * c[i * n + j] };
             c[i * n + j] = alpha * acc + old;
         }
     }

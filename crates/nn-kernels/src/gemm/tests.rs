@@ -4,14 +4,10 @@ use proptest::prelude::*;
 
 fn filled(len: usize, seed: u64) -> Vec<f64> {
     // A small LCG: deterministic, non-repeating enough for test data.
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
@@ -25,10 +21,7 @@ fn check(ta: Transpose, tb: Transpose, m: usize, n: usize, k: usize, beta: f64) 
     gemm(ta, tb, m, n, k, 0.5, &a, &b, beta, &mut c).unwrap();
     gemm_reference(ta, tb, m, n, k, 0.5, &a, &b, beta, &mut expected);
     for (i, (x, y)) in c.iter().zip(&expected).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-12 * (1.0 + y.abs()) * k as f64,
-            "{ta:?}{tb:?} {m}x{n}x{k} at {i}: {x} vs {y}"
-        );
+        assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()) * k as f64, "{ta:?}{tb:?} {m}x{n}x{k} at {i}: {x} vs {y}");
     }
 }
 
@@ -53,45 +46,15 @@ fn matches_reference_small_and_parallel_sizes() {
 #[test]
 fn beta_zero_ignores_nan_in_c() {
     let mut c = vec![f32::NAN; 4];
-    gemm(
-        Transpose::No,
-        Transpose::No,
-        2,
-        2,
-        1,
-        1.0,
-        &[1.0, 2.0],
-        &[3.0, 4.0],
-        0.0,
-        &mut c,
-    )
-    .unwrap();
+    gemm(Transpose::No, Transpose::No, 2, 2, 1, 1.0, &[1.0, 2.0], &[3.0, 4.0], 0.0, &mut c).unwrap();
     assert_eq!(c, vec![3.0, 4.0, 6.0, 8.0]);
 }
 
 #[test]
 fn wrong_lengths_are_errors() {
     let mut c = vec![0.0f32; 4];
-    let err = gemm(
-        Transpose::No,
-        Transpose::No,
-        2,
-        2,
-        2,
-        1.0,
-        &[1.0; 3],
-        &[1.0; 4],
-        0.0,
-        &mut c,
-    );
-    assert_eq!(
-        err,
-        Err(KernelError::BufferLength {
-            what: "gemm: A",
-            expected: 4,
-            got: 3
-        })
-    );
+    let err = gemm(Transpose::No, Transpose::No, 2, 2, 2, 1.0, &[1.0; 3], &[1.0; 4], 0.0, &mut c);
+    assert_eq!(err, Err(KernelError::BufferLength { what: "gemm: A", expected: 4, got: 3 }));
 }
 
 #[test]
@@ -100,26 +63,9 @@ fn bit_identical_across_thread_counts() {
     let a: Vec<f32> = filled(m * k, 4).into_iter().map(|v| v as f32).collect();
     let b: Vec<f32> = filled(k * n, 5).into_iter().map(|v| v as f32).collect();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut c = vec![0.0f32; m * n];
-        pool.install(|| {
-            gemm(
-                Transpose::No,
-                Transpose::Yes,
-                m,
-                n,
-                k,
-                1.0,
-                &a,
-                &b[..k * n],
-                0.0,
-                &mut c,
-            )
-        })
-        .unwrap();
+        pool.install(|| gemm(Transpose::No, Transpose::Yes, m, n, k, 1.0, &a, &b[..k * n], 0.0, &mut c)).unwrap();
         c
     };
     let one = run(1);

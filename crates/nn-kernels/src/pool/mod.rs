@@ -19,11 +19,7 @@ use rayon::prelude::*;
 pub fn check_pool_geometry(geom: &ConvGeometry) -> Result<(), GeometryError> {
     for (dim, (p, &f)) in geom.padding().iter().zip(geom.filter()).enumerate() {
         if p.before >= f || p.after >= f {
-            return Err(GeometryError::FilterTooLarge {
-                dim,
-                filter: p.before.max(p.after),
-                padded: f,
-            });
+            return Err(GeometryError::FilterTooLarge { dim, filter: p.before.max(p.after), padded: f });
         }
     }
     Ok(())
@@ -55,10 +51,7 @@ fn for_each_window_cell(geom: &ConvGeometry, mut visit: impl FnMut(usize, usize)
             let row_base: usize = (0..last).map(|d| (lo[d] + offset[d]) * in_strides[d]).sum();
             for b in 0..out_last {
                 let start = (s[last] * b) as isize - pad_last;
-                let (a, e) = (
-                    start.max(0) as usize,
-                    (start + f[last] as isize).min(mu[last] as isize) as usize,
-                );
+                let (a, e) = (start.max(0) as usize, (start + f[last] as isize).min(mu[last] as isize) as usize);
                 for g in a..e {
                     visit(out_row_start + b, row_base + g);
                 }
@@ -77,21 +70,9 @@ fn check_planes<T>(
     y_len: usize,
     what: [&'static str; 2],
 ) -> Result<(), KernelError> {
-    let overflow = || {
-        KernelError::Geometry(GeometryError::Overflow {
-            what: "pooling buffer size",
-        })
-    };
-    check_len(
-        what[0],
-        planes.checked_mul(geom.input_len()).ok_or_else(overflow)?,
-        x.len(),
-    )?;
-    check_len(
-        what[1],
-        planes.checked_mul(geom.output_len()).ok_or_else(overflow)?,
-        y_len,
-    )
+    let overflow = || KernelError::Geometry(GeometryError::Overflow { what: "pooling buffer size" });
+    check_len(what[0], planes.checked_mul(geom.input_len()).ok_or_else(overflow)?, x.len())?;
+    check_len(what[1], planes.checked_mul(geom.output_len()).ok_or_else(overflow)?, y_len)
 }
 
 /// Max pooling of `planes` planes: `y[β] = max over the window of x`, recording in
@@ -106,16 +87,11 @@ pub fn max_pool_forward<T: Element>(
     check_planes(geom, planes, x, y.len(), ["max pool: x", "max pool: y"])?;
     check_len("max pool: argmax", y.len(), argmax.len())?;
     if geom.input_len() > u32::MAX as usize {
-        return Err(GeometryError::Overflow {
-            what: "max pool plane size (argmax is u32)",
-        }
-        .into());
+        return Err(GeometryError::Overflow { what: "max pool plane size (argmax is u32)" }.into());
     }
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    y.par_chunks_mut(out_len)
-        .zip(argmax.par_chunks_mut(out_len))
-        .zip(x.par_chunks(in_len))
-        .for_each(|((y_p, arg_p), x_p)| {
+    y.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len)).zip(x.par_chunks(in_len)).for_each(
+        |((y_p, arg_p), x_p)| {
             arg_p.fill(u32::MAX);
             for_each_window_cell(geom, |o, i| {
                 // `>` keeps the first maximum in row-major order; the first cell of a
@@ -125,7 +101,8 @@ pub fn max_pool_forward<T: Element>(
                     arg_p[o] = i as u32;
                 }
             });
-        });
+        },
+    );
     Ok(())
 }
 
@@ -137,18 +114,11 @@ pub fn max_pool_backward<T: Element>(
     dy: &[T],
     dx: &mut [T],
 ) -> Result<(), KernelError> {
-    check_planes(
-        geom,
-        planes,
-        dx,
-        dy.len(),
-        ["max pool backward: dx", "max pool backward: dy"],
-    )?;
+    check_planes(geom, planes, dx, dy.len(), ["max pool backward: dx", "max pool backward: dy"])?;
     check_len("max pool backward: argmax", dy.len(), argmax.len())?;
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    dx.par_chunks_mut(in_len)
-        .zip(dy.par_chunks(out_len).zip(argmax.par_chunks(out_len)))
-        .for_each(|(dx_p, (dy_p, arg_p))| {
+    dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len).zip(argmax.par_chunks(out_len))).for_each(
+        |(dx_p, (dy_p, arg_p))| {
             dx_p.fill(T::zero());
             for (&g, &a) in dy_p.iter().zip(arg_p) {
                 // An out-of-range index is a caller's stale buffer, not ours to trust.
@@ -156,7 +126,8 @@ pub fn max_pool_backward<T: Element>(
                     *cell += g;
                 }
             }
-        });
+        },
+    );
     Ok(())
 }
 
@@ -178,15 +149,13 @@ pub fn avg_pool_forward<T: Element>(
     check_planes(geom, planes, x, y.len(), ["avg pool: x", "avg pool: y"])?;
     let counts = window_counts(geom);
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    y.par_chunks_mut(out_len)
-        .zip(x.par_chunks(in_len))
-        .for_each(|(y_p, x_p)| {
-            y_p.fill(T::zero());
-            for_each_window_cell(geom, |o, i| y_p[o] += x_p[i]);
-            for (y, &c) in y_p.iter_mut().zip(&counts) {
-                *y /= T::from_f64(c as f64);
-            }
-        });
+    y.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(y_p, x_p)| {
+        y_p.fill(T::zero());
+        for_each_window_cell(geom, |o, i| y_p[o] += x_p[i]);
+        for (y, &c) in y_p.iter_mut().zip(&counts) {
+            *y /= T::from_f64(c as f64);
+        }
+    });
     Ok(())
 }
 
@@ -198,22 +167,12 @@ pub fn avg_pool_backward<T: Element>(
     dy: &[T],
     dx: &mut [T],
 ) -> Result<(), KernelError> {
-    check_planes(
-        geom,
-        planes,
-        dx,
-        dy.len(),
-        ["avg pool backward: dx", "avg pool backward: dy"],
-    )?;
+    check_planes(geom, planes, dx, dy.len(), ["avg pool backward: dx", "avg pool backward: dy"])?;
     let counts = window_counts(geom);
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
-    dx.par_chunks_mut(in_len)
-        .zip(dy.par_chunks(out_len))
-        .for_each(|(dx_p, dy_p)| {
-            dx_p.fill(T::zero());
-            for_each_window_cell(geom, |o, i| {
-                dx_p[i] += dy_p[o] / T::from_f64(counts[o] as f64)
-            });
-        });
+    dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_p, dy_p)| {
+        dx_p.fill(T::zero());
+        for_each_window_cell(geom, |o, i| dx_p[i] += dy_p[o] / T::from_f64(counts[o] as f64));
+    });
     Ok(())
 }

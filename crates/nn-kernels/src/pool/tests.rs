@@ -12,20 +12,10 @@ fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let mut alphas = Odometer::new(geom.filter());
         while let Some(alpha) = alphas.current() {
             let gamma: Vec<isize> = (0..geom.rank())
-                .map(|d| {
-                    (geom.stride()[d] * beta[d] + alpha[d]) as isize
-                        - geom.padding()[d].before as isize
-                })
+                .map(|d| (geom.stride()[d] * beta[d] + alpha[d]) as isize - geom.padding()[d].before as isize)
                 .collect();
-            if gamma
-                .iter()
-                .zip(geom.input())
-                .all(|(&g, &m)| g >= 0 && g < m as isize)
-            {
-                let idx = gamma
-                    .iter()
-                    .zip(geom.input())
-                    .fold(0, |acc, (&g, &m)| acc * m + g as usize);
+            if gamma.iter().zip(geom.input()).all(|(&g, &m)| g >= 0 && g < m as isize) {
+                let idx = gamma.iter().zip(geom.input()).fold(0, |acc, (&g, &m)| acc * m + g as usize);
                 best = best.max(x[idx]);
                 total += x[idx];
                 count += 1;
@@ -41,23 +31,13 @@ fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
 
 fn geometry() -> impl Strategy<Value = ConvGeometry> {
     (1usize..=4)
-        .prop_flat_map(|rank| {
-            prop::collection::vec(
-                (1usize..6, 1usize..4, 1usize..4, 0usize..3, 0usize..3),
-                rank,
-            )
-        })
+        .prop_flat_map(|rank| prop::collection::vec((1usize..6, 1usize..4, 1usize..4, 0usize..3, 0usize..3), rank))
         .prop_filter_map("window must fit", |dims| {
             let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
             let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
             let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
-            let padding: Vec<Padding> = dims
-                .iter()
-                .map(|d| Padding {
-                    before: d.3.min(d.1 - 1),
-                    after: d.4.min(d.1 - 1),
-                })
-                .collect();
+            let padding: Vec<Padding> =
+                dims.iter().map(|d| Padding { before: d.3.min(d.1 - 1), after: d.4.min(d.1 - 1) }).collect();
             let g = ConvGeometry::new(
                 &input,
                 &filter,

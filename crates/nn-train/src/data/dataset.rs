@@ -40,12 +40,8 @@ pub trait Dataset<T: Element>: Sync {
 
     /// Writes the patterns at `indices` into `inputs` (`[indices.len(), shape…]`) and
     /// their targets into `targets`, reusing both buffers.
-    fn fill_batch(
-        &self,
-        indices: &[usize],
-        inputs: &mut Tensor<T>,
-        targets: &mut Self::Targets,
-    ) -> Result<(), NnError>;
+    fn fill_batch(&self, indices: &[usize], inputs: &mut Tensor<T>, targets: &mut Self::Targets)
+        -> Result<(), NnError>;
 }
 
 /// Images stored as bytes with class labels: the pixels are converted (scaled to
@@ -62,38 +58,19 @@ pub struct ClassificationSet {
 impl ClassificationSet {
     /// A set from raw pixels (`labels.len()` samples of `∏sample_shape` bytes each)
     /// and labels below `classes`.
-    pub fn new(
-        pixels: Vec<u8>,
-        labels: Vec<u8>,
-        sample_shape: &[usize],
-        classes: usize,
-    ) -> Result<Self, DataError> {
+    pub fn new(pixels: Vec<u8>, labels: Vec<u8>, sample_shape: &[usize], classes: usize) -> Result<Self, DataError> {
         let sample_len: usize = sample_shape.iter().product();
         if sample_len == 0 || pixels.len() != labels.len() * sample_len {
             return Err(DataError::Mismatch {
-                details: format!(
-                    "{} pixels are not {} samples of shape {sample_shape:?}",
-                    pixels.len(),
-                    labels.len()
-                ),
+                details: format!("{} pixels are not {} samples of shape {sample_shape:?}", pixels.len(), labels.len()),
             });
         }
-        if let Some((i, &l)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l as usize >= classes)
-        {
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
             return Err(DataError::Mismatch {
                 details: format!("label {l} of sample {i} is not below {classes} classes"),
             });
         }
-        Ok(Self {
-            pixels,
-            labels,
-            sample_shape: sample_shape.to_vec(),
-            sample_len,
-            classes,
-        })
+        Ok(Self { pixels, labels, sample_shape: sample_shape.to_vec(), sample_len, classes })
     }
 
     /// Reads an image file and a label file in IDX format (gzip or raw), checking
@@ -119,12 +96,7 @@ impl ClassificationSet {
                 ),
             });
         }
-        if let Some((i, &l)) = lab
-            .data
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l as usize >= classes)
-        {
+        if let Some((i, &l)) = lab.data.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
             return Err(DataError::Invalid {
                 path: labels.to_path_buf(),
                 offset: element_offset(1, i),
@@ -139,10 +111,7 @@ impl ClassificationSet {
     pub fn with_sample_shape(mut self, shape: &[usize]) -> Result<Self, DataError> {
         if shape.iter().product::<usize>() != self.sample_len {
             return Err(DataError::Mismatch {
-                details: format!(
-                    "shape {shape:?} does not hold samples of {} values",
-                    self.sample_len
-                ),
+                details: format!("shape {shape:?} does not hold samples of {} values", self.sample_len),
             });
         }
         self.sample_shape = shape.to_vec();
@@ -189,23 +158,17 @@ impl<T: Element> Dataset<T> for ClassificationSet {
         &self.sample_shape
     }
 
-    fn fill_batch(
-        &self,
-        indices: &[usize],
-        inputs: &mut Tensor<T>,
-        targets: &mut Vec<usize>,
-    ) -> Result<(), NnError> {
+    fn fill_batch(&self, indices: &[usize], inputs: &mut Tensor<T>, targets: &mut Vec<usize>) -> Result<(), NnError> {
         inputs.set_batch_shape(indices.len(), &self.sample_shape)?;
         targets.clear();
         let scale = T::from_f64(1.0 / 255.0);
         for (dst, &i) in inputs.data_mut().chunks_mut(self.sample_len).zip(indices) {
-            let src = self
-                .pixels
-                .get(i * self.sample_len..(i + 1) * self.sample_len)
-                .ok_or_else(|| NnError::InvalidArgument {
+            let src = self.pixels.get(i * self.sample_len..(i + 1) * self.sample_len).ok_or_else(|| {
+                NnError::InvalidArgument {
                     what: "batch index",
                     details: format!("{i} is not below {}", self.labels.len()),
-                })?;
+                }
+            })?;
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = T::from_f64(s as f64) * scale;
             }
@@ -226,10 +189,7 @@ pub struct TensorSet<T: Element> {
 impl<T: Element> TensorSet<T> {
     /// A set of `inputs.shape()[0]` patterns; `targets` must have the same count.
     pub fn new(inputs: Tensor<T>, targets: Tensor<T>) -> Result<Self, NnError> {
-        let (a, b) = (
-            inputs.shape().first().copied(),
-            targets.shape().first().copied(),
-        );
+        let (a, b) = (inputs.shape().first().copied(), targets.shape().first().copied());
         if a.is_none() || a != b || inputs.shape().len() < 2 || targets.shape().len() < 2 {
             return Err(NnError::Shape {
                 op: "tensor set targets",
@@ -241,23 +201,15 @@ impl<T: Element> TensorSet<T> {
     }
 }
 
-fn gather<T: Element>(
-    source: &Tensor<T>,
-    indices: &[usize],
-    out: &mut Tensor<T>,
-) -> Result<(), NnError> {
+fn gather<T: Element>(source: &Tensor<T>, indices: &[usize], out: &mut Tensor<T>) -> Result<(), NnError> {
     let per_sample = &source.shape()[1..];
     let len: usize = per_sample.iter().product();
     out.set_batch_shape(indices.len(), per_sample)?;
     for (dst, &i) in out.data_mut().chunks_mut(len.max(1)).zip(indices) {
-        let src =
-            source
-                .data()
-                .get(i * len..(i + 1) * len)
-                .ok_or_else(|| NnError::InvalidArgument {
-                    what: "batch index",
-                    details: format!("{i} is not below {}", source.shape()[0]),
-                })?;
+        let src = source.data().get(i * len..(i + 1) * len).ok_or_else(|| NnError::InvalidArgument {
+            what: "batch index",
+            details: format!("{i} is not below {}", source.shape()[0]),
+        })?;
         dst.copy_from_slice(src);
     }
     Ok(())
@@ -274,12 +226,7 @@ impl<T: Element> Dataset<T> for TensorSet<T> {
         &self.inputs.shape()[1..]
     }
 
-    fn fill_batch(
-        &self,
-        indices: &[usize],
-        inputs: &mut Tensor<T>,
-        targets: &mut Tensor<T>,
-    ) -> Result<(), NnError> {
+    fn fill_batch(&self, indices: &[usize], inputs: &mut Tensor<T>, targets: &mut Tensor<T>) -> Result<(), NnError> {
         gather(&self.inputs, indices, inputs)?;
         gather(&self.targets, indices, targets)
     }

@@ -12,25 +12,11 @@ use std::path::{Path, PathBuf};
 pub const SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The class names, by label.
-pub const CLASS_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-const FILES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
+const FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
 /// The shipped subset's directory.
 pub fn embedded_subset_dir() -> PathBuf {
@@ -49,54 +35,32 @@ pub struct DataSource {
 /// Picks the directory to load from, in the order this module's documentation gives.
 pub fn locate(explicit: Option<&Path>) -> DataSource {
     if let Some(dir) = explicit {
-        return DataSource {
-            dir: dir.to_path_buf(),
-            origin: "--data",
-        };
+        return DataSource { dir: dir.to_path_buf(), origin: "--data" };
     }
     if let Some(dir) = std::env::var_os("FASHION_MNIST_DIR") {
-        return DataSource {
-            dir: PathBuf::from(dir),
-            origin: "FASHION_MNIST_DIR",
-        };
+        return DataSource { dir: PathBuf::from(dir), origin: "FASHION_MNIST_DIR" };
     }
     if find_file(Path::new(SYSTEM_DIR), FILES[0]).is_some() {
-        return DataSource {
-            dir: PathBuf::from(SYSTEM_DIR),
-            origin: "system",
-        };
+        return DataSource { dir: PathBuf::from(SYSTEM_DIR), origin: "system" };
     }
-    DataSource {
-        dir: embedded_subset_dir(),
-        origin: "embedded subset",
-    }
+    DataSource { dir: embedded_subset_dir(), origin: "embedded subset" }
 }
 
 /// `name` or `name.gz` in `dir`.
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    [dir.join(format!("{name}.gz")), dir.join(name)]
-        .into_iter()
-        .find(|p| p.is_file())
+    [dir.join(format!("{name}.gz")), dir.join(name)].into_iter().find(|p| p.is_file())
 }
 
 fn required(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     find_file(dir, name).ok_or_else(|| DataError::Io {
         path: dir.join(format!("{name}.gz")),
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "neither this file nor its uncompressed form exists",
-        ),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "neither this file nor its uncompressed form exists"),
     })
 }
 
 /// The training and test sets in `dir`, samples shaped `[1, 28, 28]`.
 pub fn load(dir: &Path) -> Result<(ClassificationSet, ClassificationSet), DataError> {
-    let train =
-        ClassificationSet::from_idx(&required(dir, FILES[0])?, &required(dir, FILES[1])?, 10)?;
-    let test =
-        ClassificationSet::from_idx(&required(dir, FILES[2])?, &required(dir, FILES[3])?, 10)?;
-    Ok((
-        train.with_sample_shape(&[1, 28, 28])?,
-        test.with_sample_shape(&[1, 28, 28])?,
-    ))
+    let train = ClassificationSet::from_idx(&required(dir, FILES[0])?, &required(dir, FILES[1])?, 10)?;
+    let test = ClassificationSet::from_idx(&required(dir, FILES[2])?, &required(dir, FILES[3])?, 10)?;
+    Ok((train.with_sample_shape(&[1, 28, 28])?, test.with_sample_shape(&[1, 28, 28])?))
 }

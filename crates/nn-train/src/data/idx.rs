@@ -24,19 +24,14 @@ pub struct IdxArray {
 
 /// Reads an IDX file of unsigned bytes, gzip-compressed or raw.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 2);
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip {
-                path: path.to_path_buf(),
-                decompressed: out.len(),
-                source,
-            })?;
+        MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|source| DataError::Gzip {
+            path: path.to_path_buf(),
+            decompressed: out.len(),
+            source,
+        })?;
         out
     } else {
         raw
@@ -48,32 +43,17 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     let file = || PathBuf::from(path);
     if bytes.len() < 4 {
-        return Err(DataError::Truncated {
-            path: file(),
-            offset: bytes.len(),
-            needed: 4,
-            what: "magic number",
-        });
+        return Err(DataError::Truncated { path: file(), offset: bytes.len(), needed: 4, what: "magic number" });
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::BadMagic {
-            path: file(),
-            found: [bytes[0], bytes[1], bytes[2], bytes[3]],
-        });
+        return Err(DataError::BadMagic { path: file(), found: [bytes[0], bytes[1], bytes[2], bytes[3]] });
     }
     if bytes[2] != TYPE_U8 {
-        return Err(DataError::UnsupportedType {
-            path: file(),
-            code: bytes[2],
-        });
+        return Err(DataError::UnsupportedType { path: file(), code: bytes[2] });
     }
     let rank = bytes[3] as usize;
     if rank == 0 {
-        return Err(DataError::Invalid {
-            path: file(),
-            offset: 3,
-            details: "dimension count is zero".into(),
-        });
+        return Err(DataError::Invalid { path: file(), offset: 3, details: "dimension count is zero".into() });
     }
     let header_len = 4 + 4 * rank;
     if bytes.len() < header_len {
@@ -84,41 +64,25 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
             what: "dimension sizes",
         });
     }
-    let dims: Vec<usize> = bytes[4..header_len]
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .collect();
-    let count = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| DataError::Invalid {
-            path: file(),
-            offset: 4,
-            details: format!("dimensions {dims:?} overflow"),
-        })?;
+    let dims: Vec<usize> =
+        bytes[4..header_len].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| DataError::Invalid {
+        path: file(),
+        offset: 4,
+        details: format!("dimensions {dims:?} overflow"),
+    })?;
     let expected = header_len + count;
     if bytes.len() < expected {
-        return Err(DataError::Truncated {
-            path: file(),
-            offset: bytes.len(),
-            needed: expected,
-            what: "elements",
-        });
+        return Err(DataError::Truncated { path: file(), offset: bytes.len(), needed: expected, what: "elements" });
     }
     if bytes.len() > expected {
         return Err(DataError::Invalid {
             path: file(),
             offset: expected,
-            details: format!(
-                "{} bytes past the {count} elements the header declares",
-                bytes.len() - expected
-            ),
+            details: format!("{} bytes past the {count} elements the header declares", bytes.len() - expected),
         });
     }
-    Ok(IdxArray {
-        dims,
-        data: bytes[header_len..].to_vec(),
-    })
+    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
 }
 
 /// The byte offset of element `index` in an IDX file with `rank` dimensions.

@@ -35,11 +35,7 @@ impl<T: Element> Adam<T> {
     }
     /// AdamW: Adam with decoupled weight decay λ.
     pub fn adamw(lr: f64, weight_decay: f64) -> Self {
-        Self {
-            weight_decay,
-            decoupled: true,
-            ..Self::new(lr)
-        }
+        Self { weight_decay, decoupled: true, ..Self::new(lr) }
     }
     /// The moment decay rates β₁, β₂.
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
@@ -83,8 +79,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         let (b1, b2) = (T::from_f64(self.beta1), T::from_f64(self.beta2));
         let (one_b1, one_b2) = (T::from_f64(1.0 - self.beta1), T::from_f64(1.0 - self.beta2));
         // Bias correction folded into the step size: η·√(1−β₂ᵗ)/(1−β₁ᵗ).
-        let step_size =
-            T::from_f64(self.lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t)));
+        let step_size = T::from_f64(self.lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t)));
         let eps = T::from_f64(self.epsilon * (1.0 - self.beta2.powi(t)).sqrt());
         let (l2, decay) = if self.decoupled {
             (T::zero(), T::from_f64(self.lr * self.weight_decay))
@@ -93,13 +88,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         };
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             let Param { value, grad, .. } = &mut **p;
-            for (((w, &g), m), v) in value
-                .data_mut()
-                .iter_mut()
-                .zip(grad.data())
-                .zip(m.data_mut())
-                .zip(v.data_mut())
-            {
+            for (((w, &g), m), v) in value.data_mut().iter_mut().zip(grad.data()).zip(m.data_mut()).zip(v.data_mut()) {
                 let g = g + l2 * *w;
                 *m = b1 * *m + one_b1 * g;
                 *v = b2 * *v + one_b2 * g * g;
@@ -120,17 +109,11 @@ impl<T: Element> Optimizer<T> for Adam<T> {
                 ("decoupled".into(), self.decoupled as u8 as f64),
                 ("step".into(), self.step as f64),
             ],
-            buffers: save_slot("m", &self.m)
-                .chain(save_slot("v", &self.v))
-                .collect(),
+            buffers: save_slot("m", &self.m).chain(save_slot("v", &self.v)).collect(),
         }
     }
 
-    fn load_state(
-        &mut self,
-        state: &OptimizerState<T>,
-        params: &[&Param<T>],
-    ) -> Result<(), TrainError> {
+    fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
         self.lr = state.scalar("lr")?;
         self.beta1 = state.scalar("beta1")?;
         self.beta2 = state.scalar("beta2")?;

@@ -33,9 +33,7 @@ impl<T: Element> OptimizerState<T> {
             .iter()
             .find(|(n, _)| n == name)
             .map(|&(_, v)| v)
-            .ok_or_else(|| TrainError::OptimizerState {
-                details: format!("missing scalar {name:?}"),
-            })
+            .ok_or_else(|| TrainError::OptimizerState { details: format!("missing scalar {name:?}") })
     }
 }
 
@@ -57,11 +55,7 @@ pub trait Optimizer<T: Element>: Send {
     fn state(&self) -> OptimizerState<T>;
 
     /// Restores a saved state for these parameters, checking every buffer's shape.
-    fn load_state(
-        &mut self,
-        state: &OptimizerState<T>,
-        params: &[&Param<T>],
-    ) -> Result<(), TrainError>;
+    fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError>;
 }
 
 /// Allocates zero buffers shaped like the parameters on first use, and checks on later
@@ -94,10 +88,7 @@ fn check_shapes<'a, T: Element>(
     for (i, (b, shape)) in buffers.iter().zip(shapes).enumerate() {
         if b.shape() != shape {
             return Err(TrainError::OptimizerState {
-                details: format!(
-                    "buffer for parameter {i} has shape {:?}, parameter has {shape:?}",
-                    b.shape()
-                ),
+                details: format!("buffer for parameter {i} has shape {:?}, parameter has {shape:?}", b.shape()),
             });
         }
     }
@@ -112,11 +103,7 @@ pub(crate) fn load_slot<T: Element>(
     params: &[&Param<T>],
 ) -> Result<Vec<Tensor<T>>, TrainError> {
     let prefix = format!("{slot}.");
-    let found: Vec<&(String, Tensor<T>)> = state
-        .buffers
-        .iter()
-        .filter(|(n, _)| n.starts_with(&prefix))
-        .collect();
+    let found: Vec<&(String, Tensor<T>)> = state.buffers.iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
     if found.is_empty() {
         return Ok(Vec::new());
     }
@@ -127,18 +114,12 @@ pub(crate) fn load_slot<T: Element>(
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, t)| t.clone())
-                .ok_or_else(|| TrainError::OptimizerState {
-                    details: format!("missing buffer {name:?}"),
-                })
+                .ok_or_else(|| TrainError::OptimizerState { details: format!("missing buffer {name:?}") })
         })
         .collect::<Result<_, _>>()?;
     if found.len() != params.len() {
         return Err(TrainError::OptimizerState {
-            details: format!(
-                "slot {slot:?} has {} buffers for {} parameters",
-                found.len(),
-                params.len()
-            ),
+            details: format!("slot {slot:?} has {} buffers for {} parameters", found.len(), params.len()),
         });
     }
     check_shapes(&buffers, params.iter().map(|p| p.value.shape()))?;
@@ -150,8 +131,5 @@ pub(crate) fn save_slot<'a, T: Element>(
     buffers: &'a [Tensor<T>],
 ) -> impl Iterator<Item = (String, Tensor<T>)> + 'a {
     let slot = slot.to_string();
-    buffers
-        .iter()
-        .enumerate()
-        .map(move |(i, b)| (format!("{slot}.{i}"), b.clone()))
+    buffers.iter().enumerate().map(move |(i, b)| (format!("{slot}.{i}"), b.clone()))
 }

@@ -41,18 +41,9 @@ mod tests {
     #[test]
     fn schedules() {
         assert_eq!(LrSchedule::Constant.rate(0.1, 7), 0.1);
-        let step = LrSchedule::Step {
-            every: 2,
-            gamma: 0.5,
-        };
-        assert_eq!(
-            [0, 1, 2, 3, 4].map(|e| step.rate(1.0, e)),
-            [1.0, 1.0, 0.5, 0.5, 0.25]
-        );
-        let cos = LrSchedule::Cosine {
-            epochs: 4,
-            min_lr: 0.0,
-        };
+        let step = LrSchedule::Step { every: 2, gamma: 0.5 };
+        assert_eq!([0, 1, 2, 3, 4].map(|e| step.rate(1.0, e)), [1.0, 1.0, 0.5, 0.5, 0.25]);
+        let cos = LrSchedule::Cosine { epochs: 4, min_lr: 0.0 };
         assert_eq!(cos.rate(1.0, 0), 1.0);
         assert!((cos.rate(1.0, 2) - 0.5).abs() < 1e-12);
         assert!(cos.rate(1.0, 4).abs() < 1e-12);

@@ -17,13 +17,7 @@ pub struct Sgd<T: Element> {
 impl<T: Element> Sgd<T> {
     /// Plain SGD with learning rate η.
     pub fn new(lr: f64) -> Self {
-        Self {
-            lr,
-            momentum: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-            velocity: Vec::new(),
-        }
+        Self { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, velocity: Vec::new() }
     }
     /// Heavy-ball momentum μ.
     pub fn momentum(mut self, momentum: f64) -> Self {
@@ -56,11 +50,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
     }
 
     fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError> {
-        let (lr, mu, wd) = (
-            T::from_f64(self.lr),
-            T::from_f64(self.momentum),
-            T::from_f64(self.weight_decay),
-        );
+        let (lr, mu, wd) = (T::from_f64(self.lr), T::from_f64(self.momentum), T::from_f64(self.weight_decay));
         if self.momentum == 0.0 {
             for p in params.iter_mut() {
                 let Param { value, grad, .. } = &mut **p;
@@ -73,12 +63,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         ensure_buffers(&mut self.velocity, params)?;
         for (p, v) in params.iter_mut().zip(&mut self.velocity) {
             let Param { value, grad, .. } = &mut **p;
-            for ((w, &g), v) in value
-                .data_mut()
-                .iter_mut()
-                .zip(grad.data())
-                .zip(v.data_mut())
-            {
+            for ((w, &g), v) in value.data_mut().iter_mut().zip(grad.data()).zip(v.data_mut()) {
                 let g = g + wd * *w;
                 *v = mu * *v + g;
                 *w -= lr * if self.nesterov { g + mu * *v } else { *v };
@@ -99,11 +84,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         }
     }
 
-    fn load_state(
-        &mut self,
-        state: &OptimizerState<T>,
-        params: &[&Param<T>],
-    ) -> Result<(), TrainError> {
+    fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
         self.lr = state.scalar("lr")?;
         self.momentum = state.scalar("momentum")?;
         self.nesterov = state.scalar("nesterov")? != 0.0;

@@ -30,11 +30,7 @@ pub fn small_cnn(seed: u64) -> Sequential<f32> {
         .conv(ConvSpec::new(4, &[5, 5]).padding(&[2, 2]))
         .relu()
         .max_pool(&[2, 2])
-        .conv(
-            ConvSpec::new(6, &[3, 3])
-                .stride(&[2, 2])
-                .rounding(OutputRounding::Floor),
-        )
+        .conv(ConvSpec::new(6, &[3, 3]).stride(&[2, 2]).rounding(OutputRounding::Floor))
         .relu()
         .flatten()
         .dense(10)
@@ -43,8 +39,5 @@ pub fn small_cnn(seed: u64) -> Sequential<f32> {
 }
 
 pub fn weights<T: Element>(net: &Sequential<T>) -> Vec<Vec<T>> {
-    net.params()
-        .iter()
-        .map(|p| p.value.data().to_vec())
-        .collect()
+    net.params().iter().map(|p| p.value.data().to_vec()).collect()
 }
