@@ -199,7 +199,7 @@ impl<T: Element> Sequential<T> {
     /// Sets every parameter gradient to zero (the start of a minibatch's Σ_p).
     pub fn zero_grad(&mut self) {
         for p in self.params_mut() {
-            p.grad.data_mut().fill(T::zero());
+            nn_kernels::elementwise::fill_zero(p.grad.data_mut());
         }
     }
 

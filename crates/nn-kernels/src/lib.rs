@@ -19,6 +19,7 @@ pub mod gemm;
 pub mod index;
 pub mod pool;
 pub mod simd;
+mod workspace;
 
 pub use element::Element;
 pub use error::{GeometryError, KernelError};

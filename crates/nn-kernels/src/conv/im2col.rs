@@ -81,17 +81,36 @@ impl RunTable {
 }
 
 /// Copies a short run without a `memcpy` call: runs are one output row long (often
-/// under 32 elements), where the call costs more than the copy.
+/// under 32 elements), where the call costs more than the copy. Fixed-size blocks
+/// compile to plain vector moves; a loop would be turned back into a `memcpy` call.
 #[inline(always)]
 fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d8, s8) in (&mut d).zip(&mut s) {
-        let block: [T; 8] = s8.try_into().expect("chunks of 8");
-        d8.copy_from_slice(&block);
+    fn block<T: Copy, const N: usize>(dst: &mut [T], src: &[T], at: usize) {
+        let chunk: [T; N] = src[at..at + N].try_into().expect("N elements");
+        dst[at..at + N].copy_from_slice(&chunk);
     }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
+    let len = dst.len();
+    if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            block::<T, 8>(dst, src, at);
+            at += 8;
+        }
+        // The last block may overlap the previous one: the same values, written twice.
+        block::<T, 8>(dst, src, len - 8);
+        return;
+    }
+    let mut at = 0;
+    if len & 4 != 0 {
+        block::<T, 4>(dst, src, at);
+        at += 4;
+    }
+    if len & 2 != 0 {
+        block::<T, 2>(dst, src, at);
+        at += 2;
+    }
+    if len & 1 != 0 {
+        dst[at] = src[at];
     }
 }
 

@@ -27,6 +27,7 @@ pub use geometry::{ConvGeometry, KernelMode, OutputRounding, Padding};
 
 use crate::error::check_len;
 use crate::gemm::{gemm_ld, MatRef, Transpose};
+use crate::workspace::{fit, with_scratch};
 use crate::{Element, GeometryError, KernelError};
 use rayon::prelude::*;
 
@@ -63,7 +64,8 @@ impl ConvProblem {
         if out_channels == 0 {
             return Err(GeometryError::Zero { what: "output channel count", dim: 0 });
         }
-        let checked = |a: usize, b: usize| a.checked_mul(b).ok_or(GeometryError::Overflow { what: "convolution buffer size" });
+        let checked =
+            |a: usize, b: usize| a.checked_mul(b).ok_or(GeometryError::Overflow { what: "convolution buffer size" });
         let col_rows = checked(in_channels, geometry.filter_len())?;
         checked(col_rows, geometry.output_len())?;
         checked(col_rows, out_channels)?;
@@ -133,7 +135,7 @@ impl ConvProblem {
         }
         let width = block.width(&self.geometry);
         let tile_width = width / block.images;
-        col.resize(self.col_rows() * width, T::zero());
+        let col = fit(col, self.col_rows() * width);
         for (i, image) in images.chunks(in_len).enumerate() {
             im2col::im2col(
                 &self.geometry,
@@ -159,7 +161,7 @@ impl ConvProblem {
             return MatRef { data: &images[first..], ld: plane, trans: Transpose::No };
         }
         gather_channels(images, self.out_channels, plane, buffer);
-        MatRef { data: buffer, ld: block.images * plane, trans: Transpose::No }
+        MatRef { data: &buffer[..images.len()], ld: block.images * plane, trans: Transpose::No }
     }
 
     /// The blocks of images `images`, in order.
@@ -204,7 +206,7 @@ impl Block {
 /// group's gradient multiplies its column matrix.
 fn gather_channels<T: Element>(src: &[T], channels: usize, plane: usize, dst: &mut Vec<T>) {
     let n = src.len() / (channels * plane);
-    dst.resize(src.len(), T::zero());
+    let dst = fit(dst, src.len());
     for (i, image) in src.chunks(channels * plane).enumerate() {
         for (c, run) in image.chunks(plane).enumerate() {
             dst[c * n * plane + i * plane..][..plane].copy_from_slice(run);
@@ -244,9 +246,8 @@ pub fn conv_forward<T: Element>(
     let (plane, rows, c_out) = (problem.geometry.output_len(), problem.col_rows(), problem.out_channels);
     let plan = problem.plan::<T>();
     let w = MatRef::new(w, Transpose::No, rows);
-    y.par_chunks_mut(plan.images * out_len).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(col, product), (task, y_task)| {
+    y.par_chunks_mut(plan.images * out_len).enumerate().for_each(|(task, y_task)| {
+        with_scratch::<T, 2, _>(|[col, product]| {
             let first = task * plan.images;
             for block in problem.blocks(plan, first..first + y_task.len() / out_len) {
                 let cols = problem.block_columns(x, &block, pad_value, col);
@@ -258,7 +259,7 @@ pub fn conv_forward<T: Element>(
                     let y_n = &mut y_task[(block.first_image - first) * out_len..][..out_len];
                     gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), &mut y_n[offset..], plane);
                 } else {
-                    product.resize(c_out * width, T::zero());
+                    let product = fit(product, c_out * width);
                     gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), product, width);
                     let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
                     scatter_channels(product, c_out, plane, images);
@@ -269,8 +270,8 @@ pub fn conv_forward<T: Element>(
                     crate::elementwise::add_scalar(y_plane, b[i % c_out]);
                 }
             }
-        },
-    );
+        })
+    });
     Ok(())
 }
 
@@ -290,9 +291,8 @@ pub fn conv_backward_input<T: Element>(
     let (rows, c_out) = (problem.col_rows(), problem.out_channels);
     let plan = problem.plan::<T>();
     let w = MatRef::new(w, Transpose::Yes, rows);
-    dx.par_chunks_mut(plan.images * in_len).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(dcol, gathered): &mut (Vec<T>, Vec<T>), (task, dx_task)| {
+    dx.par_chunks_mut(plan.images * in_len).enumerate().for_each(|(task, dx_task)| {
+        with_scratch::<T, 2, _>(|[dcol, gathered]| {
             let first = task * plan.images;
             if problem.geometry.is_pointwise() {
                 // The column matrix is the input itself: ∂x = Wᵀ·∂y directly.
@@ -308,7 +308,7 @@ pub fn conv_backward_input<T: Element>(
             for block in problem.blocks(plan, first..first + dx_task.len() / in_len) {
                 let width = block.width(&problem.geometry);
                 let dy_mat = problem.block_gradient(dy, &block, gathered);
-                dcol.resize(rows * width, T::zero());
+                let dcol = fit(dcol, rows * width);
                 gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dcol, width);
                 let tile_width = width / block.images;
                 let images = &mut dx_task[(block.first_image - first) * in_len..][..block.images * in_len];
@@ -324,8 +324,8 @@ pub fn conv_backward_input<T: Element>(
                     );
                 }
             }
-        },
-    );
+        })
+    });
     Ok(())
 }
 
@@ -353,14 +353,14 @@ pub fn conv_backward_weight<T: Element>(
         .into_par_iter()
         .map(|chunk| {
             let mut partial = vec![T::zero(); dw.len()];
-            let (mut col, mut gathered) = (Vec::new(), Vec::new());
-            for block in problem.blocks(plan, chunk * per_chunk..((chunk + 1) * per_chunk).min(batch)) {
-                let width = block.width(&problem.geometry);
-                let cols = problem.block_columns(x, &block, pad_value, &mut col);
-                let dy_mat = problem.block_gradient(dy, &block, &mut gathered);
-                let cols = MatRef::new(cols, Transpose::Yes, width);
-                gemm_ld(c_out, rows, width, T::one(), dy_mat, cols, T::one(), &mut partial, rows);
-            }
+            with_scratch::<T, 2, _>(|[col, gathered]| {
+                for block in problem.blocks(plan, chunk * per_chunk..((chunk + 1) * per_chunk).min(batch)) {
+                    let width = block.width(&problem.geometry);
+                    let cols = MatRef::new(problem.block_columns(x, &block, pad_value, col), Transpose::Yes, width);
+                    let dy_mat = problem.block_gradient(dy, &block, gathered);
+                    gemm_ld(c_out, rows, width, T::one(), dy_mat, cols, T::one(), &mut partial, rows);
+                }
+            });
             partial
         })
         .collect();

@@ -7,6 +7,7 @@ mod tests;
 
 use crate::simd::{dispatch, Lanes};
 use crate::Element;
+use rayon::prelude::*;
 
 /// An elementwise activation `y = f(x)` and its derivative.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,9 +52,20 @@ macro_rules! lanes_then_tail {
     }};
 }
 
+/// Elements per parallel task of the elementwise kernels: below two of these a
+/// single thread is faster than a hand-off; above, both cores' bandwidth is used.
+/// Each element is computed alone, so the split never changes a result.
+const PARALLEL_CHUNK: usize = 1 << 15;
+
 /// `y = f(x)` elementwise. Panics if the lengths differ (internal callers check).
 pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
     assert_eq!(x.len(), y.len(), "activation_forward: length mismatch");
+    if x.len() >= 2 * PARALLEL_CHUNK {
+        y.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(x.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(y, x)| activation_forward(act, x, y));
+        return;
+    }
     match act {
         Activation::Relu => dispatch(|| relu_forward(x, y)),
         _ => {
@@ -68,6 +80,13 @@ pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
 /// cheaper from the output. Panics if the lengths differ (internal callers check).
 pub fn activation_backward<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
     assert!(x.len() == dx.len() && y.len() == dx.len() && dy.len() == dx.len(), "activation_backward: length mismatch");
+    if dx.len() >= 2 * PARALLEL_CHUNK {
+        let inputs = x.par_chunks(PARALLEL_CHUNK).zip(y.par_chunks(PARALLEL_CHUNK)).zip(dy.par_chunks(PARALLEL_CHUNK));
+        dx.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(inputs)
+            .for_each(|(dx, ((x, y), dy))| activation_backward(act, x, y, dy, dx));
+        return;
+    }
     match act {
         Activation::Relu => dispatch(|| relu_backward(y, dy, dx)),
         _ => {
@@ -75,6 +94,98 @@ pub fn activation_backward<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[
                 dx[i] = dy[i] * scalar_derivative(act, x[i], y[i]);
             }
         }
+    }
+}
+
+/// Sets every element to zero, on all threads for large slices.
+pub fn fill_zero<T: Element>(x: &mut [T]) {
+    if x.len() >= 2 * PARALLEL_CHUNK {
+        x.par_chunks_mut(PARALLEL_CHUNK).for_each(|x| x.fill(T::zero()));
+    } else {
+        x.fill(T::zero());
+    }
+}
+
+/// The settings of one SGD update (see [`sgd_update`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdStep {
+    /// Learning rate η.
+    pub lr: f64,
+    /// Momentum μ (0: plain SGD, and no velocity is read or written).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay λ, added to the gradient.
+    pub weight_decay: f64,
+}
+
+/// One SGD step on a parameter: `g ← g + λw`; with momentum `v ← μv + g` and
+/// `w ← w − η·(v, or g + μv for Nesterov)`, else `w ← w − η·g`. `velocity` is ignored
+/// (and may be empty) without momentum. Panics if the lengths differ.
+pub fn sgd_update<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut [T]) {
+    let momentum = step.momentum != 0.0;
+    assert!(g.len() == w.len() && (!momentum || velocity.len() == w.len()), "sgd_update: length mismatch");
+    if w.len() >= 2 * PARALLEL_CHUNK {
+        let (w, g) = (w.par_chunks_mut(PARALLEL_CHUNK), g.par_chunks(PARALLEL_CHUNK));
+        if momentum {
+            w.zip(g).zip(velocity.par_chunks_mut(PARALLEL_CHUNK)).for_each(|((w, g), v)| sgd_update(step, w, g, v));
+        } else {
+            w.zip(g).for_each(|(w, g)| sgd_update(step, w, g, &mut []));
+        }
+        return;
+    }
+    let (lr, mu, wd) = (T::from_f64(step.lr), T::from_f64(step.momentum), T::from_f64(step.weight_decay));
+    if !momentum {
+        for (w, &g) in w.iter_mut().zip(g) {
+            *w -= lr * (g + wd * *w);
+        }
+        return;
+    }
+    for ((w, &g), v) in w.iter_mut().zip(g).zip(velocity.iter_mut()) {
+        let g = g + wd * *w;
+        *v = mu * *v + g;
+        *w -= lr * if step.nesterov { g + mu * *v } else { *v };
+    }
+}
+
+/// The settings of one Adam update (see [`adam_update`]), with the bias corrections
+/// of step t already folded in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// `η·√(1−β₂ᵗ)/(1−β₁ᵗ)`.
+    pub step_size: f64,
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// `ε·√(1−β₂ᵗ)`.
+    pub epsilon: f64,
+    /// L2 decay added to the gradient (Adam).
+    pub l2: f64,
+    /// Decoupled decay `η·λ` taken off the weight (AdamW).
+    pub decay: f64,
+}
+
+/// One Adam step: `g ← g + l2·w`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `w ← w − decay·w − step_size·m/(√v + ε)`. Panics if the lengths differ.
+pub fn adam_update<T: Element>(step: AdamStep, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    assert!(g.len() == w.len() && m.len() == w.len() && v.len() == w.len(), "adam_update: length mismatch");
+    if w.len() >= 2 * PARALLEL_CHUNK {
+        let moments = m.par_chunks_mut(PARALLEL_CHUNK).zip(v.par_chunks_mut(PARALLEL_CHUNK));
+        w.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(g.par_chunks(PARALLEL_CHUNK))
+            .zip(moments)
+            .for_each(|((w, g), (m, v))| adam_update(step, w, g, m, v));
+        return;
+    }
+    let f = T::from_f64;
+    let (b1, b2, one_b1, one_b2) = (f(step.beta1), f(step.beta2), f(1.0 - step.beta1), f(1.0 - step.beta2));
+    let (size, eps, l2, decay) = (f(step.step_size), f(step.epsilon), f(step.l2), f(step.decay));
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g + l2 * *w;
+        *m = b1 * *m + one_b1 * g;
+        *v = b2 * *v + one_b2 * g * g;
+        *w -= decay * *w + size * *m / (v.sqrt() + eps);
     }
 }
 

@@ -95,3 +95,45 @@ proptest! {
         prop_assert!((numeric - analytic).abs() < 1e-6 * (1.0 + analytic.abs()), "{act:?} at {x}: {numeric} vs {analytic}");
     }
 }
+
+// Long slices take the parallel path; every element must match the one-element result.
+#[test]
+fn parallel_paths_match_element_by_element() {
+    let len = 2 * PARALLEL_CHUNK + 123;
+    let x: Vec<f64> = (0..len).map(|i| ((i * 7919) % 1000) as f64 / 500.0 - 1.0).collect();
+    let g: Vec<f64> = (0..len).map(|i| ((i * 104729) % 997) as f64 / 997.0 - 0.5).collect();
+
+    let mut y = vec![0.0; len];
+    activation_forward(Activation::Tanh, &x, &mut y);
+    let mut dx = vec![0.0; len];
+    activation_backward(Activation::Tanh, &x, &y, &g, &mut dx);
+    for i in [0, PARALLEL_CHUNK - 1, PARALLEL_CHUNK, len - 1] {
+        assert_eq!(y[i], x[i].tanh());
+        assert_eq!(dx[i], g[i] * (1.0 - y[i] * y[i]));
+    }
+
+    let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01 };
+    let (mut w, mut v) = (x.clone(), vec![0.5; len]);
+    sgd_update(step, &mut w, &g, &mut v);
+    let plain = SgdStep { momentum: 0.0, nesterov: false, ..step };
+    let mut w_plain = x.clone();
+    sgd_update(plain, &mut w_plain, &g, &mut []);
+    let adam = AdamStep { step_size: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, l2: 0.0, decay: 0.001 };
+    let (mut w_adam, mut m, mut s) = (x.clone(), vec![0.0; len], vec![0.0; len]);
+    adam_update(adam, &mut w_adam, &g, &mut m, &mut s);
+    for i in [0, PARALLEL_CHUNK, len - 1] {
+        let (mut wi, mut vi) = ([x[i]], [0.5]);
+        sgd_update(step, &mut wi, &g[i..=i], &mut vi);
+        assert_eq!((w[i], v[i]), (wi[0], vi[0]));
+        let mut wi = [x[i]];
+        sgd_update(plain, &mut wi, &g[i..=i], &mut []);
+        assert_eq!(w_plain[i], wi[0]);
+        let (mut wi, mut mi, mut si) = ([x[i]], [0.0], [0.0]);
+        adam_update(adam, &mut wi, &g[i..=i], &mut mi, &mut si);
+        assert_eq!((w_adam[i], m[i], s[i]), (wi[0], mi[0], si[0]));
+    }
+
+    let mut z = x.clone();
+    fill_zero(&mut z);
+    assert!(z.iter().all(|&v| v == 0.0));
+}

@@ -1,6 +1,7 @@
 use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
+use nn_kernels::elementwise::{adam_update, AdamStep};
 
 /// Adam (Kingma & Ba): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 /// `Δw = −η·m̂/(√v̂ + ε)` with bias-corrected `m̂, v̂`. Weight decay λ is either L2
@@ -76,24 +77,20 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         ensure_buffers(&mut self.v, params)?;
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2) = (T::from_f64(self.beta1), T::from_f64(self.beta2));
-        let (one_b1, one_b2) = (T::from_f64(1.0 - self.beta1), T::from_f64(1.0 - self.beta2));
+        let correction = (1.0 - self.beta2.powi(t)).sqrt();
+        let (l2, decay) = if self.decoupled { (0.0, self.lr * self.weight_decay) } else { (self.weight_decay, 0.0) };
         // Bias correction folded into the step size: η·√(1−β₂ᵗ)/(1−β₁ᵗ).
-        let step_size = T::from_f64(self.lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t)));
-        let eps = T::from_f64(self.epsilon * (1.0 - self.beta2.powi(t)).sqrt());
-        let (l2, decay) = if self.decoupled {
-            (T::zero(), T::from_f64(self.lr * self.weight_decay))
-        } else {
-            (T::from_f64(self.weight_decay), T::zero())
+        let step = AdamStep {
+            step_size: self.lr * correction / (1.0 - self.beta1.powi(t)),
+            beta1: self.beta1,
+            beta2: self.beta2,
+            epsilon: self.epsilon * correction,
+            l2,
+            decay,
         };
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             let Param { value, grad, .. } = &mut **p;
-            for (((w, &g), m), v) in value.data_mut().iter_mut().zip(grad.data()).zip(m.data_mut()).zip(v.data_mut()) {
-                let g = g + l2 * *w;
-                *m = b1 * *m + one_b1 * g;
-                *v = b2 * *v + one_b2 * g * g;
-                *w -= decay * *w + step_size * *m / (v.sqrt() + eps);
-            }
+            adam_update(step, value.data_mut(), grad.data(), m.data_mut(), v.data_mut());
         }
         Ok(())
     }

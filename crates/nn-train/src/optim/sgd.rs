@@ -1,6 +1,7 @@
 use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
+use nn_kernels::elementwise::{sgd_update, SgdStep};
 
 /// Stochastic gradient descent: `Δw = −η·g`, the source's update when the loss sums
 /// over the minibatch. Optional momentum μ (`v ← μ·v + g`, `Δw = −η·v`), Nesterov
@@ -50,24 +51,15 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
     }
 
     fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError> {
-        let (lr, mu, wd) = (T::from_f64(self.lr), T::from_f64(self.momentum), T::from_f64(self.weight_decay));
-        if self.momentum == 0.0 {
-            for p in params.iter_mut() {
-                let Param { value, grad, .. } = &mut **p;
-                for (w, &g) in value.data_mut().iter_mut().zip(grad.data()) {
-                    *w -= lr * (g + wd * *w);
-                }
-            }
-            return Ok(());
+        let step =
+            SgdStep { lr: self.lr, momentum: self.momentum, nesterov: self.nesterov, weight_decay: self.weight_decay };
+        if self.momentum != 0.0 {
+            ensure_buffers(&mut self.velocity, params)?;
         }
-        ensure_buffers(&mut self.velocity, params)?;
-        for (p, v) in params.iter_mut().zip(&mut self.velocity) {
+        for (i, p) in params.iter_mut().enumerate() {
             let Param { value, grad, .. } = &mut **p;
-            for ((w, &g), v) in value.data_mut().iter_mut().zip(grad.data()).zip(v.data_mut()) {
-                let g = g + wd * *w;
-                *v = mu * *v + g;
-                *w -= lr * if self.nesterov { g + mu * *v } else { *v };
-            }
+            let velocity = self.velocity.get_mut(i).map_or(&mut [][..], |v| v.data_mut());
+            sgd_update(step, value.data_mut(), grad.data(), velocity);
         }
         Ok(())
     }
