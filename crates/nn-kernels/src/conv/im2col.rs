@@ -80,6 +80,15 @@ impl RunTable {
     }
 }
 
+/// Where one image's columns sit in a wider matrix: row r starts at `r·ld + offset`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement {
+    /// The wider matrix's row length.
+    pub ld: usize,
+    /// The first column of this image's (or tile's) columns.
+    pub offset: usize,
+}
+
 /// Copies a short run without a `memcpy` call: runs are one output row long (often
 /// under 32 elements), where the call costs more than the copy. Fixed-size blocks
 /// compile to plain vector moves; a loop would be turned back into a `memcpy` call.
@@ -156,9 +165,9 @@ pub(crate) fn im2col<T: Element>(
     input: &[T],
     runs: Range<usize>,
     col: &mut [T],
-    ld: usize,
-    offset: usize,
+    at: Placement,
 ) {
+    let Placement { ld, offset } = at;
     let (in_len, v_last) = (geom.input_len(), geom.output()[geom.rank() - 1]);
     let stride = geom.stride()[geom.rank() - 1];
     for_each_run(geom, channels, runs, |c, row, run, lo, hi, first| {
@@ -190,11 +199,11 @@ pub(crate) fn col2im_add<T: Element>(
     geom: &ConvGeometry,
     channels: usize,
     col: &[T],
-    ld: usize,
-    offset: usize,
+    at: Placement,
     runs: Range<usize>,
     input: &mut [T],
 ) {
+    let Placement { ld, offset } = at;
     let (in_len, v_last) = (geom.input_len(), geom.output()[geom.rank() - 1]);
     let stride = geom.stride()[geom.rank() - 1];
     for_each_run(geom, channels, runs, |c, row, run, lo, hi, first| {

@@ -29,6 +29,7 @@ use crate::error::check_len;
 use crate::gemm::{gemm_ld, MatRef, Transpose};
 use crate::workspace::{fit, with_scratch};
 use crate::{Element, GeometryError, KernelError};
+use im2col::Placement;
 use rayon::prelude::*;
 
 /// The weight gradient is summed in this many fixed chunks of the batch (fewer for a
@@ -313,15 +314,8 @@ pub fn conv_backward_input<T: Element>(
                 let tile_width = width / block.images;
                 let images = &mut dx_task[(block.first_image - first) * in_len..][..block.images * in_len];
                 for (i, dx_n) in images.chunks_mut(in_len).enumerate() {
-                    im2col::col2im_add(
-                        &problem.geometry,
-                        problem.in_channels,
-                        dcol,
-                        width,
-                        i * tile_width,
-                        block.runs.clone(),
-                        dx_n,
-                    );
+                    let at = Placement { ld: width, offset: i * tile_width };
+                    im2col::col2im_add(&problem.geometry, problem.in_channels, dcol, at, block.runs.clone(), dx_n);
                 }
             }
         })
