@@ -138,16 +138,8 @@ impl ConvProblem {
         let tile_width = width / block.images;
         let col = fit(col, self.col_rows() * width);
         for (i, image) in images.chunks(in_len).enumerate() {
-            im2col::im2col(
-                &self.geometry,
-                self.in_channels,
-                pad_value,
-                image,
-                block.runs.clone(),
-                col,
-                width,
-                i * tile_width,
-            );
+            let at = Placement { ld: width, offset: i * tile_width };
+            im2col::im2col(&self.geometry, self.in_channels, pad_value, image, block.runs.clone(), col, at);
         }
         col
     }
