@@ -186,6 +186,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         reduction: Reduction::Mean,
         max_epochs: Some(epochs),
+        // Evaluating in training-sized batches keeps the activation buffers at their
+        // training size (peak memory).
+        eval_batch_size: args.batch,
         ..TrainConfig::default()
     };
     let mut optimizer = Sgd::new(lr).momentum(0.9);
@@ -218,7 +221,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.seconds
         );
     }
-    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, 128)?;
+    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, args.batch)?;
     println!("\ntest accuracy: {:.2}% ({} images)", 100.0 * eval.accuracy.unwrap_or(0.0), eval.samples);
     if let Some(confusion) = &eval.confusion {
         println!(

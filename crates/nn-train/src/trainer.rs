@@ -76,7 +76,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             schedule: LrSchedule::Constant,
             checkpoint: None,
-            eval_batch_size: 128,
+            eval_batch_size: 64,
         }
     }
 }

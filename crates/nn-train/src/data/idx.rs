@@ -36,11 +36,21 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     } else {
         raw
     };
-    parse_idx(&bytes, path)
+    let (dims, header_len) = parse_header(&bytes, path)?;
+    let mut data = bytes;
+    // Drop the header in place: a copy of a 47 MB image file would double the peak.
+    data.drain(..header_len);
+    Ok(IdxArray { dims, data })
 }
 
 /// Parses the bytes of an (uncompressed) IDX file; `path` names it in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
+    let (dims, header_len) = parse_header(bytes, path)?;
+    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
+}
+
+/// Checks the header and the total length; returns the dimensions and header length.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize), DataError> {
     let file = || PathBuf::from(path);
     if bytes.len() < 4 {
         return Err(DataError::Truncated { path: file(), offset: bytes.len(), needed: 4, what: "magic number" });
@@ -82,7 +92,7 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
             details: format!("{} bytes past the {count} elements the header declares", bytes.len() - expected),
         });
     }
-    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
+    Ok((dims, header_len))
 }
 
 /// The byte offset of element `index` in an IDX file with `rank` dimensions.
