@@ -4,6 +4,7 @@
 //! - `nn-bench run [--quick] [--filter ID]…`: every workload with 1 and all threads.
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
+//! - `nn-bench layers T1|T2 [THREADS]`: forward and backward time of each layer.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, with_threads, Budget, Timing};
@@ -56,6 +57,35 @@ fn reference(name: &'static str, t: Timing, flops: f64) -> Reference {
     Reference { name, median_s: t.median, gflops: flops / t.median / 1e9 }
 }
 
+fn layer_times(case: TrainCase) {
+    use nn_core::Tensor;
+    let mut net = case.network();
+    let mut shape = vec![64];
+    shape.extend_from_slice(net.input_shape());
+    let len = shape.iter().product();
+    let mut activations = vec![Tensor::from_vec(&shape, nn_benches::workloads::filled(len, 1)).expect("shape")];
+    for layer in net.layers_mut() {
+        let mut out = Tensor::default();
+        layer.forward(activations.last().expect("input"), &mut out).expect("forward");
+        activations.push(out);
+    }
+    let budget = Budget::FULL;
+    let (mut total_f, mut total_b) = (0.0, 0.0);
+    println!("| layer | kind | forward | backward |\n| --- | --- | --- | --- |");
+    for (i, layer) in net.layers_mut().iter_mut().enumerate() {
+        let (x, y) = (&activations[i], &activations[i + 1]);
+        let mut out = Tensor::default();
+        let f = measure(budget, || layer.forward(x, &mut out).expect("forward"));
+        let dy = y.clone();
+        let mut dx = Tensor::default();
+        let b = measure(budget, || layer.backward(x, y, &dy, (i > 0).then_some(&mut dx)).expect("backward"));
+        total_f += f.median;
+        total_b += b.median;
+        println!("| {i} | {} | {:.3} ms | {:.3} ms |", layer.kind(), f.median * 1e3, b.median * 1e3);
+    }
+    println!("| all | | {:.3} ms | {:.3} ms |", total_f * 1e3, total_b * 1e3);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -88,6 +118,16 @@ fn main() {
                     step();
                 }
             });
+        }
+        Some("layers") => {
+            // Median forward and backward time of each layer of T1 or T2 (batch 64).
+            let case = TrainCase::ALL.into_iter().find(|c| Some(c.id()) == args.get(1).map(String::as_str));
+            let Some(case) = case else {
+                eprintln!("usage: nn-bench layers T1|T2 [THREADS]");
+                std::process::exit(2);
+            };
+            let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+            with_threads(threads, || layer_times(case));
         }
         Some("list-instructions") => instructions::WORKLOADS.iter().for_each(|w| println!("{}", w.name)),
         Some("instructions") => {

@@ -91,6 +91,11 @@ impl<T: Element> Sequential<T> {
         &self.layers
     }
 
+    /// The layers, mutably (e.g. to time or inspect one layer alone).
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer<T>>] {
+        &mut self.layers
+    }
+
     /// Step 2: runs the batch `x` (`[batch, input_shape…]`) through every layer and
     /// returns the output x⁽ᴺ⁾.
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>, NnError> {

@@ -40,7 +40,11 @@ const WEIGHT_GRADIENT_CHUNKS: usize = 8;
 /// Column matrices of several images are built side by side, up to this many bytes,
 /// so that one GEMM serves a group (fewer, larger products) while the matrix stays
 /// in the L2 cache between im2col and the GEMM.
-const COL_BUDGET_BYTES: usize = 1 << 19;
+const COL_BUDGET_BYTES: usize = 1 << 20;
+
+/// Images are put side by side until the block has this many columns (output cells):
+/// narrower products waste the GEMM's packing, wider ones its cache.
+const MIN_BLOCK_WIDTH: usize = 768;
 
 /// A convolution over `in_channels` planes of one geometry, producing `out_channels`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +124,9 @@ impl ConvProblem {
         }
         let per_image = self.col_len() * std::mem::size_of::<T>();
         if per_image <= self.col_budget {
-            return Plan { images: self.col_budget / per_image, runs_per_tile: runs };
+            // Enough images side by side for a wide product, within the budget.
+            let wanted = MIN_BLOCK_WIDTH.div_ceil(self.geometry.output_len());
+            return Plan { images: wanted.min(self.col_budget / per_image).max(1), runs_per_tile: runs };
         }
         let per_run = per_image / runs;
         Plan { images: 1, runs_per_tile: (self.col_budget / per_run).clamp(1, runs) }

@@ -25,41 +25,73 @@ pub fn check_pool_geometry(geom: &ConvGeometry) -> Result<(), GeometryError> {
     Ok(())
 }
 
-/// Calls `visit(out_index, in_index)` for every (output cell, in-bounds window cell)
-/// pair of one plane, output cells in row-major order; the innermost dimension runs
-/// as a contiguous loop so that odometers turn only once per row.
-#[inline]
-fn for_each_window_cell(geom: &ConvGeometry, mut visit: impl FnMut(usize, usize)) {
-    let last = geom.rank() - 1;
-    let (mu, s, f) = (geom.input(), geom.stride(), geom.filter());
-    let in_strides = crate::index::row_major_strides(mu);
-    let out_last = geom.output()[last];
-    let pad_last = geom.padding()[last].before as isize;
-    let mut rows = Odometer::new(&geom.output()[..last]);
-    let mut out_row_start = 0;
-    while let Some(beta) = rows.current() {
-        // The window's extent in the outer dimensions, clamped to the input.
-        let (mut lo, mut extent) = (Vec::with_capacity(last), Vec::with_capacity(last));
-        for d in 0..last {
-            let start = (s[d] * beta[d]) as isize - geom.padding()[d].before as isize;
-            let (a, b) = (start.max(0), (start + f[d] as isize).min(mu[d] as isize));
-            lo.push(a as usize);
-            extent.push((b - a).max(0) as usize);
+/// The windows of one plane, precomputed once per call and shared by every plane:
+/// for each output row (all dimensions but the last), the offsets of the input rows
+/// its windows cover; for each index of the last dimension, the covered input range.
+struct Windows {
+    /// `row_starts[r]..row_starts[r + 1]` indexes `rows` for output row r.
+    row_starts: Vec<usize>,
+    /// Input row offsets (in-bounds rows only).
+    rows: Vec<usize>,
+    /// Per last-dimension output index: the in-bounds input range `a..e`.
+    inner: Vec<(usize, usize)>,
+}
+
+impl Windows {
+    fn new(geom: &ConvGeometry) -> Self {
+        let last = geom.rank() - 1;
+        let (mu, s, f) = (geom.input(), geom.stride(), geom.filter());
+        let in_strides = crate::index::row_major_strides(mu);
+        let clamp = |d: usize, b: usize| {
+            let start = (s[d] * b) as isize - geom.padding()[d].before as isize;
+            (start.max(0) as usize, (start + f[d] as isize).min(mu[d] as isize).max(0) as usize)
+        };
+        let (mut row_starts, mut rows) = (vec![0], Vec::new());
+        let mut outer = Odometer::new(&geom.output()[..last]);
+        while let Some(beta) = outer.current() {
+            let ranges: Vec<(usize, usize)> = (0..last).map(|d| clamp(d, beta[d])).collect();
+            let extent: Vec<usize> = ranges.iter().map(|&(a, e)| e.saturating_sub(a)).collect();
+            let mut cells = Odometer::new(&extent);
+            while let Some(offset) = cells.current() {
+                rows.push((0..last).map(|d| (ranges[d].0 + offset[d]) * in_strides[d]).sum());
+                cells.advance();
+            }
+            row_starts.push(rows.len());
+            outer.advance();
         }
-        let mut cells = Odometer::new(&extent);
-        while let Some(offset) = cells.current() {
-            let row_base: usize = (0..last).map(|d| (lo[d] + offset[d]) * in_strides[d]).sum();
-            for b in 0..out_last {
-                let start = (s[last] * b) as isize - pad_last;
-                let (a, e) = (start.max(0) as usize, (start + f[last] as isize).min(mu[last] as isize) as usize);
-                for g in a..e {
-                    visit(out_row_start + b, row_base + g);
+        let inner = (0..geom.output()[last]).map(|b| clamp(last, b)).collect();
+        Self { row_starts, rows, inner }
+    }
+
+    /// Calls `visit(out_index, rows, a..e)` for every output cell of one plane: its
+    /// window's in-bounds cells are `base + g` for `base` in `rows` and `g` in `a..e`,
+    /// in row-major order.
+    #[inline(always)]
+    fn for_each_output(&self, mut visit: impl FnMut(usize, &[usize], std::ops::Range<usize>)) {
+        let width = self.inner.len();
+        for r in 0..self.row_starts.len() - 1 {
+            let rows = &self.rows[self.row_starts[r]..self.row_starts[r + 1]];
+            for (b, &(a, e)) in self.inner.iter().enumerate() {
+                visit(r * width + b, rows, a..e);
+            }
+        }
+    }
+
+    /// Calls `visit(out_index, in_index)` for every (output cell, in-bounds window
+    /// cell) pair of one plane; for each output cell, window cells come in row-major
+    /// order.
+    #[inline(always)]
+    fn for_each(&self, mut visit: impl FnMut(usize, usize)) {
+        let width = self.inner.len();
+        for r in 0..self.row_starts.len() - 1 {
+            for &base in &self.rows[self.row_starts[r]..self.row_starts[r + 1]] {
+                for (b, &(a, e)) in self.inner.iter().enumerate() {
+                    for g in a..e {
+                        visit(r * width + b, base + g);
+                    }
                 }
             }
-            cells.advance();
         }
-        out_row_start += out_last;
-        rows.advance();
     }
 }
 
@@ -86,20 +118,29 @@ pub fn max_pool_forward<T: Element>(
 ) -> Result<(), KernelError> {
     check_planes(geom, planes, x, y.len(), ["max pool: x", "max pool: y"])?;
     check_len("max pool: argmax", y.len(), argmax.len())?;
+    check_pool_geometry(geom)?;
     if geom.input_len() > u32::MAX as usize {
         return Err(GeometryError::Overflow { what: "max pool plane size (argmax is u32)" }.into());
     }
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
+    let windows = Windows::new(geom);
     y.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len)).zip(x.par_chunks(in_len)).for_each(
         |((y_p, arg_p), x_p)| {
-            arg_p.fill(u32::MAX);
-            for_each_window_cell(geom, |o, i| {
-                // `>` keeps the first maximum in row-major order; the first cell of a
-                // window always enters, so a window holds a value even if all are NaN.
-                if arg_p[o] == u32::MAX || x_p[i] > y_p[o] {
-                    y_p[o] = x_p[i];
-                    arg_p[o] = i as u32;
+            windows.for_each_output(|o, rows, cols| {
+                // The first cell starts the max (every window has one, checked above),
+                // so a window of NaNs keeps a value; `>` keeps the first maximum in
+                // row-major order. Selects, not branches: a comparison on data
+                // mispredicts half the time.
+                let (mut best, mut arg) = (x_p[rows[0] + cols.start], rows[0] + cols.start);
+                for &base in rows {
+                    for i in base + cols.start..base + cols.end {
+                        let better = x_p[i] > best;
+                        best = if better { x_p[i] } else { best };
+                        arg = if better { i } else { arg };
+                    }
                 }
+                y_p[o] = best;
+                arg_p[o] = arg as u32;
             });
         },
     );
@@ -132,9 +173,9 @@ pub fn max_pool_backward<T: Element>(
 }
 
 /// Number of in-bounds cells in each window of one plane.
-fn window_counts(geom: &ConvGeometry) -> Vec<u32> {
+fn window_counts(geom: &ConvGeometry, windows: &Windows) -> Vec<u32> {
     let mut counts = vec![0u32; geom.output_len()];
-    for_each_window_cell(geom, |o, _| counts[o] += 1);
+    windows.for_each(|o, _| counts[o] += 1);
     counts
 }
 
@@ -147,11 +188,12 @@ pub fn avg_pool_forward<T: Element>(
     y: &mut [T],
 ) -> Result<(), KernelError> {
     check_planes(geom, planes, x, y.len(), ["avg pool: x", "avg pool: y"])?;
-    let counts = window_counts(geom);
+    let windows = Windows::new(geom);
+    let counts = window_counts(geom, &windows);
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
     y.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(y_p, x_p)| {
         y_p.fill(T::zero());
-        for_each_window_cell(geom, |o, i| y_p[o] += x_p[i]);
+        windows.for_each(|o, i| y_p[o] += x_p[i]);
         for (y, &c) in y_p.iter_mut().zip(&counts) {
             *y /= T::from_f64(c as f64);
         }
@@ -168,11 +210,12 @@ pub fn avg_pool_backward<T: Element>(
     dx: &mut [T],
 ) -> Result<(), KernelError> {
     check_planes(geom, planes, dx, dy.len(), ["avg pool backward: dx", "avg pool backward: dy"])?;
-    let counts = window_counts(geom);
+    let windows = Windows::new(geom);
+    let counts = window_counts(geom, &windows);
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
     dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_p, dy_p)| {
         dx_p.fill(T::zero());
-        for_each_window_cell(geom, |o, i| dx_p[i] += dy_p[o] / T::from_f64(counts[o] as f64));
+        windows.for_each(|o, i| dx_p[i] += dy_p[o] / T::from_f64(counts[o] as f64));
     });
     Ok(())
 }
