@@ -1,10 +1,12 @@
 //! General matrix multiply on row-major slices: `C ← α·op(A)·op(B) + β·C`.
 //!
-//! The micro-kernels are `matrixmultiply`'s (AVX-512, AVX2/FMA or portable, chosen at
-//! run time by that crate). Threads come from rayon: a large product is cut into
-//! blocks of rows (or columns) of C, one per worker, so every element of C is computed
-//! by the same arithmetic in the same order whatever the thread count. That makes
-//! results bit-identical across thread counts.
+//! The micro-kernels are the `gemm` crate's (AVX-512, AVX2/FMA or portable, chosen at
+//! run time by that crate; it measured faster than `matrixmultiply` on every workload
+//! here). Threads come from rayon: a large product is cut into a fixed number of
+//! blocks of rows (or columns) of C, decided by the shape alone, and the blocks are
+//! shared among the workers. Every element of C is therefore computed by the same
+//! arithmetic in the same order whatever the thread count: results are bit-identical
+//! across thread counts.
 
 pub mod reference;
 #[cfg(test)]
@@ -12,6 +14,7 @@ mod tests;
 
 use crate::error::check_len;
 use crate::{Element, KernelError};
+use rayon::prelude::*;
 
 /// Whether an operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +30,14 @@ pub enum Transpose {
 /// 64³ = 262,144, is slower split; 128³ already gains).
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
-/// Rows (or columns) of C given to one worker are a multiple of this, so blocks line
-/// up with the micro-kernel's tiles (16 is the AVX-512 tile; a multiple of 8 and 4).
+/// Rows (or columns) of C in one block are a multiple of this, so blocks line up with
+/// the micro-kernels' tiles.
 const SPLIT_ALIGN: usize = 16;
+
+/// A large product is cut into at most this many blocks. Each block packs the shared
+/// operand again, so more blocks cost more; four keep two workers busy with even
+/// loads. Fixed, not the thread count, so that results do not depend on it.
+const MAX_BLOCKS: usize = 4;
 
 /// The row and column strides of `op(X)` for X stored row-major.
 fn strides(trans: Transpose, rows: usize, cols: usize) -> (isize, isize) {
@@ -72,74 +80,51 @@ pub fn gemm<T: Element>(
     let (rsa, csa) = strides(trans_a, m, k);
     let (rsb, csb) = strides(trans_b, k, n);
     let work = m.saturating_mul(n).saturating_mul(k);
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || work < PARALLEL_MIN_WORK {
+    if work < PARALLEL_MIN_WORK {
         gemm_on_one_thread(trans_a, trans_b, m, n, k, alpha, a, b, beta, c);
         return Ok(());
     }
+    // Blocks are handed out by rayon's work splitting (`par_*`), which lets an idle
+    // worker steal half of what is left at once.
     if m >= n {
-        let rows_per = block_len(m, threads);
-        rayon::scope(|s| {
-            for (block, c_rows) in c.chunks_mut(rows_per * n).enumerate() {
-                let row0 = block * rows_per;
-                let rows = c_rows.len() / n;
-                s.spawn(move |_| {
-                    // SAFETY: op(A)'s rows row0..row0+rows start at offset row0·rsa and
-                    // stay in bounds (checked lengths); `c_rows` is this block's own
-                    // disjoint, contiguous slice of C.
-                    unsafe {
-                        T::gemm_strided(
-                            rows,
-                            k,
-                            n,
-                            alpha,
-                            a.as_ptr().offset(row0 as isize * rsa),
-                            rsa,
-                            csa,
-                            b.as_ptr(),
-                            rsb,
-                            csb,
-                            beta,
-                            c_rows.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        )
-                    }
-                });
-            }
+        let rows_per = block_len(m);
+        let a_cols = if trans_a == Transpose::No { k } else { m };
+        let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });
+        c.par_chunks_mut(rows_per * n).enumerate().for_each(|(block, c_rows)| {
+            let row0 = block * rows_per;
+            // Rows row0.. of op(A): further down A, or further along it when transposed.
+            let start = if trans_a == Transpose::No { row0 * k } else { row0 };
+            let a_view = MatRef::new(&a[start..], trans_a, a_cols);
+            gemm_ld(c_rows.len() / n, n, k, alpha, a_view, b_view, beta, c_rows, n);
         });
     } else {
-        let cols_per = block_len(n, threads);
+        let cols_per = block_len(n);
         let c_ptr = SendPtr(c.as_mut_ptr());
-        rayon::scope(|s| {
-            for col0 in (0..n).step_by(cols_per) {
-                let cols = cols_per.min(n - col0);
-                s.spawn(move |_| {
-                    let c_ptr = c_ptr;
-                    // SAFETY: each task writes only columns col0..col0+cols of C, and
-                    // the column ranges of different tasks are disjoint, so no element
-                    // is written twice or read while another task writes it; the
-                    // borrow of `c` outlives the scope. op(B)'s columns start at
-                    // col0·csb, in bounds by the checked lengths.
-                    unsafe {
-                        T::gemm_strided(
-                            m,
-                            k,
-                            cols,
-                            alpha,
-                            a.as_ptr(),
-                            rsa,
-                            csa,
-                            b.as_ptr().offset(col0 as isize * csb),
-                            rsb,
-                            csb,
-                            beta,
-                            c_ptr.0.add(col0),
-                            n as isize,
-                            1,
-                        )
-                    }
-                });
+        (0..n.div_ceil(cols_per)).into_par_iter().for_each(|block| {
+            let c_base = c_ptr.get();
+            let (col0, cols) = (block * cols_per, cols_per.min(n - block * cols_per));
+            // SAFETY: each task writes only columns col0..col0+cols of C, and the column
+            // ranges of different tasks are disjoint, so no element is written twice or
+            // read while another task writes it; `c` stays borrowed until every task
+            // has finished. op(B)'s columns start at col0·csb, in bounds by the checked
+            // lengths, as is every index of A and of C's columns.
+            unsafe {
+                T::gemm_strided(
+                    m,
+                    k,
+                    cols,
+                    alpha,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr().offset(col0 as isize * csb),
+                    rsb,
+                    csb,
+                    beta,
+                    c_base.add(col0),
+                    n as isize,
+                    1,
+                )
             }
         });
     }
@@ -244,15 +229,22 @@ pub(crate) fn gemm_on_one_thread<T: Element>(
     gemm_ld(m, n, k, alpha, MatRef::new(a, trans_a, a_cols), MatRef::new(b, trans_b, b_cols), beta, c, n);
 }
 
-/// The block length that cuts `len` into about `threads` aligned pieces.
-fn block_len(len: usize, threads: usize) -> usize {
-    let per = len.div_ceil(threads);
+/// The block length that cuts `len` into at most [`MAX_BLOCKS`] aligned pieces.
+fn block_len(len: usize) -> usize {
+    let per = len.div_ceil(MAX_BLOCKS);
     per.div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN
 }
 
 /// A raw pointer that may cross to a rayon task; see the SAFETY note where it is used.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
+impl<T> SendPtr<T> {
+    /// The pointer; a method, so that closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 // SAFETY: only used to hand disjoint column blocks of one matrix to scoped tasks.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}

@@ -59,7 +59,13 @@ fn wrong_lengths_are_errors() {
 
 #[test]
 fn bit_identical_across_thread_counts() {
-    let (m, n, k) = (300, 260, 200);
+    for (m, n, k) in [(300, 260, 200), (64, 700, 300)] {
+        bit_identical_for(m, n, k);
+    }
+}
+
+// Row blocks (m ≥ n) and column blocks (m < n).
+fn bit_identical_for(m: usize, n: usize, k: usize) {
     let a: Vec<f32> = filled(m * k, 4).into_iter().map(|v| v as f32).collect();
     let b: Vec<f32> = filled(k * n, 5).into_iter().map(|v| v as f32).collect();
     let run = |threads: usize| {

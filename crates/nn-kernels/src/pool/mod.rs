@@ -133,10 +133,11 @@ pub fn max_pool_forward<T: Element>(
                 // mispredicts half the time.
                 let (mut best, mut arg) = (x_p[rows[0] + cols.start], rows[0] + cols.start);
                 for &base in rows {
-                    for i in base + cols.start..base + cols.end {
-                        let better = x_p[i] > best;
-                        best = if better { x_p[i] } else { best };
-                        arg = if better { i } else { arg };
+                    let first = base + cols.start;
+                    for (i, &v) in x_p[first..base + cols.end].iter().enumerate() {
+                        let better = v > best;
+                        best = if better { v } else { best };
+                        arg = if better { first + i } else { arg };
                     }
                 }
                 y_p[o] = best;
