@@ -27,7 +27,9 @@ pub trait Element:
     /// Widens (or keeps) the value as `f64`.
     fn as_f64(self) -> f64;
 
-    /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n.
+    /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n, single
+    /// threaded (the `gemm` crate's kernels, chosen at run time for this CPU). When β
+    /// is zero, C is not read.
     ///
     /// # Safety
     /// Every index `i·rs + j·cs` in range of each matrix's dimensions must lie inside
@@ -52,7 +54,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal, $gemm:path) => {
+    ($t:ty, $name:literal) => {
         impl Element for $t {
             const DTYPE: &'static str = $name;
 
@@ -114,5 +116,5 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, "F32", matrixmultiply::sgemm);
-impl_element!(f64, "F64", matrixmultiply::dgemm);
+impl_element!(f32, "F32");
+impl_element!(f64, "F64");
