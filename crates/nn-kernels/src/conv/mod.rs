@@ -11,11 +11,12 @@
 //! y is `[N, C_out, v…]`.
 //!
 //! # Method
-//! For a group of n images, im2col builds `col = [C_in·∏f, n·∏v]` (the images' column
-//! matrices side by side); then `y = W · col`, `∂W += ∂y · colᵀ`, `∂col = Wᵀ · ∂y`,
-//! and col2im folds ∂col back onto ∂x. Groups are sized to the cache and run in
-//! parallel on rayon; the weight gradient is summed over a fixed partition of the
-//! batch, so results do not depend on the thread count.
+//! Work is cut into blocks whose column matrix fits the cache: several small images
+//! side by side, or tiles (ranges of output rows) of one large image. For a block,
+//! im2col builds `col = [C_in·∏f, width]`; then `y = W · col`, `∂W += ∂y · colᵀ`,
+//! `∂col = Wᵀ · ∂y`, and col2im folds ∂col back onto ∂x. Blocks run in parallel on
+//! rayon; the weight gradient is summed over a fixed partition of the batch, so
+//! results do not depend on the thread count.
 
 mod geometry;
 mod im2col;
@@ -80,7 +81,7 @@ impl ConvProblem {
         Ok(problem)
     }
 
-    /// Sets how many bytes of column matrix one block of work may fill (default 512 KiB,
+    /// Sets how many bytes of column matrix one block of work may fill (default 1 MiB,
     /// tuned on a 2 MiB L2). Smaller budgets cut images into tiles; larger ones put
     /// more images side by side. Results are the same up to rounding.
     pub fn with_col_budget(mut self, bytes: usize) -> Self {
