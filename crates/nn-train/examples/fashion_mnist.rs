@@ -125,7 +125,12 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
         .draw_series(LineSeries::new(test_loss, &RED))?
         .label("test")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
-    chart.configure_series_labels().border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
 
     let acc = series(&|s| s.accuracy.map(|a| 100.0 * a));
     let test_acc = series(&|s| s.validation.as_ref().and_then(|v| v.accuracy).map(|a| 100.0 * a));
@@ -145,7 +150,12 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
         .draw_series(LineSeries::new(test_acc, &RED))?
         .label("test")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
-    chart.configure_series_labels().border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
