@@ -85,9 +85,9 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
             let mut dx = vec![0.0f32; x.len()];
             Box::new(move || {
                 use nn_kernels::elementwise::{activation_backward, activation_forward, axpy, sum, Activation};
-                activation_forward(Activation::Relu, &x, &mut y);
-                activation_backward(Activation::Relu, &x, &y, &x, &mut dx);
-                axpy(0.5, &x, &mut dx);
+                activation_forward(Activation::Relu, &x, &mut y).expect("equal lengths");
+                activation_backward(Activation::Relu, &x, &y, &x, &mut dx).expect("equal lengths");
+                axpy(0.5, &x, &mut dx).expect("equal lengths");
                 std::hint::black_box(sum(&dx));
             })
         },

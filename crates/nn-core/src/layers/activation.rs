@@ -47,7 +47,7 @@ impl<T: Element> Layer<T> for ActivationLayer {
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {
         let batch = batch_of("activation forward", input, &self.shape)?;
         output.set_batch_shape(batch, &self.shape)?;
-        activation_forward(self.activation, input.data(), output.data_mut());
+        activation_forward(self.activation, input.data(), output.data_mut())?;
         Ok(())
     }
 
@@ -61,7 +61,7 @@ impl<T: Element> Layer<T> for ActivationLayer {
         let batch = backward_batch(self, input, output, grad_output)?;
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.shape)?;
-            activation_backward(self.activation, input.data(), output.data(), grad_output.data(), dx.data_mut());
+            activation_backward(self.activation, input.data(), output.data(), grad_output.data(), dx.data_mut())?;
         }
         Ok(())
     }

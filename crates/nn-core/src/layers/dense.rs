@@ -79,7 +79,7 @@ impl<T: Element> Layer<T> for Dense<T> {
         )?;
         if let Some(bias) = &self.bias {
             for row in output.data_mut().chunks_mut(m) {
-                add_assign(row, bias.value.data());
+                add_assign(row, bias.value.data())?;
             }
         }
         Ok(())
@@ -110,7 +110,7 @@ impl<T: Element> Layer<T> for Dense<T> {
         )?;
         if let Some(bias) = &mut self.bias {
             for row in dy.chunks(m) {
-                add_assign(bias.grad.data_mut(), row);
+                add_assign(bias.grad.data_mut(), row)?;
             }
         }
         if let Some(dx) = grad_input {

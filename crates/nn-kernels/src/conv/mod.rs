@@ -358,7 +358,7 @@ pub fn conv_backward_weight<T: Element>(
         })
         .collect();
     for partial in &partials {
-        crate::elementwise::add_assign(dw, partial);
+        crate::elementwise::add_assign(dw, partial)?;
     }
     Ok(())
 }

@@ -5,8 +5,9 @@
 #[cfg(test)]
 mod tests;
 
+use crate::error::check_len;
 use crate::simd::{dispatch, Lanes};
-use crate::Element;
+use crate::{Element, KernelError};
 use rayon::prelude::*;
 
 /// An elementwise activation `y = f(x)` and its derivative.
@@ -57,13 +58,18 @@ macro_rules! lanes_then_tail {
 /// Each element is computed alone, so the split never changes a result.
 const PARALLEL_CHUNK: usize = 1 << 15;
 
-/// `y = f(x)` elementwise. Panics if the lengths differ (internal callers check).
-pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
-    assert_eq!(x.len(), y.len(), "activation_forward: length mismatch");
+/// `y = f(x)` elementwise.
+pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
+    check_len("activation forward: y", x.len(), y.len())?;
+    forward_unchecked(act, x, y);
+    Ok(())
+}
+
+fn forward_unchecked<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
     if x.len() >= 2 * PARALLEL_CHUNK {
         y.par_chunks_mut(PARALLEL_CHUNK)
             .zip(x.par_chunks(PARALLEL_CHUNK))
-            .for_each(|(y, x)| activation_forward(act, x, y));
+            .for_each(|(y, x)| forward_unchecked(act, x, y));
         return;
     }
     match act {
@@ -77,14 +83,27 @@ pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
 }
 
 /// `dx = dy · f′(x)` elementwise, with `y = f(x)` available where the derivative is
-/// cheaper from the output. Panics if the lengths differ (internal callers check).
-pub fn activation_backward<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
-    assert!(x.len() == dx.len() && y.len() == dx.len() && dy.len() == dx.len(), "activation_backward: length mismatch");
+/// cheaper from the output.
+pub fn activation_backward<T: Element>(
+    act: Activation,
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("activation backward: x", dx.len(), x.len())?;
+    check_len("activation backward: y", dx.len(), y.len())?;
+    check_len("activation backward: dy", dx.len(), dy.len())?;
+    backward_unchecked(act, x, y, dy, dx);
+    Ok(())
+}
+
+fn backward_unchecked<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
     if dx.len() >= 2 * PARALLEL_CHUNK {
         let inputs = x.par_chunks(PARALLEL_CHUNK).zip(y.par_chunks(PARALLEL_CHUNK)).zip(dy.par_chunks(PARALLEL_CHUNK));
         dx.par_chunks_mut(PARALLEL_CHUNK)
             .zip(inputs)
-            .for_each(|(dx, ((x, y), dy))| activation_backward(act, x, y, dy, dx));
+            .for_each(|(dx, ((x, y), dy))| backward_unchecked(act, x, y, dy, dx));
         return;
     }
     match act {
@@ -121,16 +140,24 @@ pub struct SgdStep {
 
 /// One SGD step on a parameter: `g ← g + λw`; with momentum `v ← μv + g` and
 /// `w ← w − η·(v, or g + μv for Nesterov)`, else `w ← w − η·g`. `velocity` is ignored
-/// (and may be empty) without momentum. Panics if the lengths differ.
-pub fn sgd_update<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut [T]) {
+/// (and may be empty) without momentum.
+pub fn sgd_update<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut [T]) -> Result<(), KernelError> {
+    check_len("sgd update: gradient", w.len(), g.len())?;
+    if step.momentum != 0.0 {
+        check_len("sgd update: velocity", w.len(), velocity.len())?;
+    }
+    sgd_unchecked(step, w, g, velocity);
+    Ok(())
+}
+
+fn sgd_unchecked<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut [T]) {
     let momentum = step.momentum != 0.0;
-    assert!(g.len() == w.len() && (!momentum || velocity.len() == w.len()), "sgd_update: length mismatch");
     if w.len() >= 2 * PARALLEL_CHUNK {
         let (w, g) = (w.par_chunks_mut(PARALLEL_CHUNK), g.par_chunks(PARALLEL_CHUNK));
         if momentum {
-            w.zip(g).zip(velocity.par_chunks_mut(PARALLEL_CHUNK)).for_each(|((w, g), v)| sgd_update(step, w, g, v));
+            w.zip(g).zip(velocity.par_chunks_mut(PARALLEL_CHUNK)).for_each(|((w, g), v)| sgd_unchecked(step, w, g, v));
         } else {
-            w.zip(g).for_each(|(w, g)| sgd_update(step, w, g, &mut []));
+            w.zip(g).for_each(|(w, g)| sgd_unchecked(step, w, g, &mut []));
         }
         return;
     }
@@ -167,15 +194,28 @@ pub struct AdamStep {
 }
 
 /// One Adam step: `g ← g + l2·w`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
-/// `w ← w − decay·w − step_size·m/(√v + ε)`. Panics if the lengths differ.
-pub fn adam_update<T: Element>(step: AdamStep, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-    assert!(g.len() == w.len() && m.len() == w.len() && v.len() == w.len(), "adam_update: length mismatch");
+/// `w ← w − decay·w − step_size·m/(√v + ε)`.
+pub fn adam_update<T: Element>(
+    step: AdamStep,
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("adam update: gradient", w.len(), g.len())?;
+    check_len("adam update: first moment", w.len(), m.len())?;
+    check_len("adam update: second moment", w.len(), v.len())?;
+    adam_unchecked(step, w, g, m, v);
+    Ok(())
+}
+
+fn adam_unchecked<T: Element>(step: AdamStep, w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
     if w.len() >= 2 * PARALLEL_CHUNK {
         let moments = m.par_chunks_mut(PARALLEL_CHUNK).zip(v.par_chunks_mut(PARALLEL_CHUNK));
         w.par_chunks_mut(PARALLEL_CHUNK)
             .zip(g.par_chunks(PARALLEL_CHUNK))
             .zip(moments)
-            .for_each(|((w, g), (m, v))| adam_update(step, w, g, m, v));
+            .for_each(|((w, g), (m, v))| adam_unchecked(step, w, g, m, v));
         return;
     }
     let f = T::from_f64;
@@ -298,15 +338,16 @@ pub(crate) fn add_scalar_body<T: Element>(x: &mut [T], value: T) {
     lanes_then_tail!(T, x.len(), |i| { T::store(T::load(&x[i..]) + v, &mut x[i..]) }, |j| { x[j] += value });
 }
 
-/// `dst[i] += src[i]`. Panics if the lengths differ (internal callers check).
-pub fn add_assign<T: Element>(dst: &mut [T], src: &[T]) {
+/// `dst[i] += src[i]`.
+pub fn add_assign<T: Element>(dst: &mut [T], src: &[T]) -> Result<(), KernelError> {
     axpy(T::one(), src, dst)
 }
 
-/// `y[i] += alpha·x[i]`. Panics if the lengths differ.
-pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
-    assert_eq!(x.len(), y.len(), "axpy: length mismatch");
-    dispatch(|| axpy_body(alpha, x, y))
+/// `y[i] += alpha·x[i]`.
+pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
+    check_len("axpy: x", y.len(), x.len())?;
+    dispatch(|| axpy_body(alpha, x, y));
+    Ok(())
 }
 
 #[inline(always)]

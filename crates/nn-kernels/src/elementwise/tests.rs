@@ -1,4 +1,5 @@
 use super::*;
+use crate::KernelError;
 use proptest::prelude::*;
 
 fn values(len: usize) -> Vec<f32> {
@@ -15,7 +16,7 @@ fn relu_paths_match_scalar() {
         let mut portable = vec![0.0; len];
         relu_forward(&x, &mut portable);
         let mut dispatched = vec![0.0; len];
-        activation_forward(Activation::Relu, &x, &mut dispatched);
+        activation_forward(Activation::Relu, &x, &mut dispatched).unwrap();
         assert_eq!(portable, expected);
         assert_eq!(dispatched, expected);
 
@@ -24,7 +25,7 @@ fn relu_paths_match_scalar() {
         let mut portable_dx = vec![f32::NAN; len];
         relu_backward(&expected, &dy, &mut portable_dx);
         let mut dispatched_dx = vec![f32::NAN; len];
-        activation_backward(Activation::Relu, &x, &expected, &dy, &mut dispatched_dx);
+        activation_backward(Activation::Relu, &x, &expected, &dy, &mut dispatched_dx).unwrap();
         assert_eq!(portable_dx, expected_dx);
         assert_eq!(dispatched_dx, expected_dx);
     }
@@ -38,7 +39,7 @@ fn vector_ops_paths_match_scalar() {
         let expected: Vec<f64> = x.iter().zip(&y0).map(|(a, b)| b + 2.0 * a).collect();
         let (mut portable, mut dispatched) = (y0.clone(), y0.clone());
         axpy_body(2.0, &x, &mut portable);
-        axpy(2.0, &x, &mut dispatched);
+        axpy(2.0, &x, &mut dispatched).unwrap();
         assert_eq!(portable, expected);
         assert_eq!(dispatched, expected);
 
@@ -104,9 +105,9 @@ fn parallel_paths_match_element_by_element() {
     let g: Vec<f64> = (0..len).map(|i| ((i * 104729) % 997) as f64 / 997.0 - 0.5).collect();
 
     let mut y = vec![0.0; len];
-    activation_forward(Activation::Tanh, &x, &mut y);
+    activation_forward(Activation::Tanh, &x, &mut y).unwrap();
     let mut dx = vec![0.0; len];
-    activation_backward(Activation::Tanh, &x, &y, &g, &mut dx);
+    activation_backward(Activation::Tanh, &x, &y, &g, &mut dx).unwrap();
     for i in [0, PARALLEL_CHUNK - 1, PARALLEL_CHUNK, len - 1] {
         assert_eq!(y[i], x[i].tanh());
         assert_eq!(dx[i], g[i] * (1.0 - y[i] * y[i]));
@@ -114,26 +115,38 @@ fn parallel_paths_match_element_by_element() {
 
     let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01 };
     let (mut w, mut v) = (x.clone(), vec![0.5; len]);
-    sgd_update(step, &mut w, &g, &mut v);
+    sgd_update(step, &mut w, &g, &mut v).unwrap();
     let plain = SgdStep { momentum: 0.0, nesterov: false, ..step };
     let mut w_plain = x.clone();
-    sgd_update(plain, &mut w_plain, &g, &mut []);
+    sgd_update(plain, &mut w_plain, &g, &mut []).unwrap();
     let adam = AdamStep { step_size: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, l2: 0.0, decay: 0.001 };
     let (mut w_adam, mut m, mut s) = (x.clone(), vec![0.0; len], vec![0.0; len]);
-    adam_update(adam, &mut w_adam, &g, &mut m, &mut s);
+    adam_update(adam, &mut w_adam, &g, &mut m, &mut s).unwrap();
     for i in [0, PARALLEL_CHUNK, len - 1] {
         let (mut wi, mut vi) = ([x[i]], [0.5]);
-        sgd_update(step, &mut wi, &g[i..=i], &mut vi);
+        sgd_update(step, &mut wi, &g[i..=i], &mut vi).unwrap();
         assert_eq!((w[i], v[i]), (wi[0], vi[0]));
         let mut wi = [x[i]];
-        sgd_update(plain, &mut wi, &g[i..=i], &mut []);
+        sgd_update(plain, &mut wi, &g[i..=i], &mut []).unwrap();
         assert_eq!(w_plain[i], wi[0]);
         let (mut wi, mut mi, mut si) = ([x[i]], [0.0], [0.0]);
-        adam_update(adam, &mut wi, &g[i..=i], &mut mi, &mut si);
+        adam_update(adam, &mut wi, &g[i..=i], &mut mi, &mut si).unwrap();
         assert_eq!((w_adam[i], m[i], s[i]), (wi[0], mi[0], si[0]));
     }
 
     let mut z = x.clone();
     fill_zero(&mut z);
     assert!(z.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn length_mismatches_are_errors() {
+    let (x, mut y) = ([1.0f32; 3], [0.0f32; 2]);
+    assert_eq!(
+        activation_forward(Activation::Relu, &x, &mut y),
+        Err(KernelError::BufferLength { what: "activation forward: y", expected: 3, got: 2 })
+    );
+    assert!(axpy(1.0, &x, &mut y).is_err());
+    let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 };
+    assert!(sgd_update(step, &mut [0.0f32; 2], &[0.0; 2], &mut []).is_err());
 }

@@ -90,7 +90,8 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         };
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             let Param { value, grad, .. } = &mut **p;
-            adam_update(step, value.data_mut(), grad.data(), m.data_mut(), v.data_mut());
+            adam_update(step, value.data_mut(), grad.data(), m.data_mut(), v.data_mut())
+                .map_err(nn_core::NnError::from)?;
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         for (i, p) in params.iter_mut().enumerate() {
             let Param { value, grad, .. } = &mut **p;
             let velocity = self.velocity.get_mut(i).map_or(&mut [][..], |v| v.data_mut());
-            sgd_update(step, value.data_mut(), grad.data(), velocity);
+            sgd_update(step, value.data_mut(), grad.data(), velocity).map_err(nn_core::NnError::from)?;
         }
         Ok(())
     }
