@@ -84,6 +84,12 @@ fn layer_times(case: TrainCase) {
         println!("| {i} | {} | {:.3} ms | {:.3} ms |", layer.kind(), f.median * 1e3, b.median * 1e3);
     }
     println!("| all | | {:.3} ms | {:.3} ms |", total_f * 1e3, total_b * 1e3);
+    // The rest of a training step: zeroing the gradients and the SGD update.
+    use nn_train::optim::Optimizer;
+    let zero = measure(budget, || net.zero_grad());
+    let mut sgd = nn_train::optim::Sgd::new(0.01).momentum(0.9);
+    let update = measure(budget, || sgd.step(&mut net.params_mut()).expect("update"));
+    println!("zero_grad {:.3} ms, SGD momentum update {:.3} ms", zero.median * 1e3, update.median * 1e3);
 }
 
 fn main() {

@@ -170,8 +170,21 @@ fn sgd_unchecked<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut
     }
     for ((w, &g), v) in w.iter_mut().zip(g).zip(velocity.iter_mut()) {
         let g = g + wd * *w;
-        *v = mu * *v + g;
+        *v = flush_subnormal(mu * *v + g);
         *w -= lr * if step.nesterov { g + mu * *v } else { *v };
+    }
+}
+
+/// Zero for a subnormal value. A velocity or moment whose gradient stays zero (a
+/// weight on an always-blank pixel) decays geometrically into the subnormal range,
+/// where every operation on it costs ~100× more: that once made the SGD update 70% of
+/// an MLP training step. The value lost is below 1.2e-38 (f32).
+#[inline(always)]
+fn flush_subnormal<T: Element>(x: T) -> T {
+    if x.abs() < T::min_positive_value() {
+        T::zero()
+    } else {
+        x
     }
 }
 
@@ -223,8 +236,8 @@ fn adam_unchecked<T: Element>(step: AdamStep, w: &mut [T], g: &[T], m: &mut [T],
     let (size, eps, l2, decay) = (f(step.step_size), f(step.epsilon), f(step.l2), f(step.decay));
     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         let g = g + l2 * *w;
-        *m = b1 * *m + one_b1 * g;
-        *v = b2 * *v + one_b2 * g * g;
+        *m = flush_subnormal(b1 * *m + one_b1 * g);
+        *v = flush_subnormal(b2 * *v + one_b2 * g * g);
         *w -= decay * *w + size * *m / (v.sqrt() + eps);
     }
 }

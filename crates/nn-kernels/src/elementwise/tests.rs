@@ -150,3 +150,14 @@ fn length_mismatches_are_errors() {
     let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 };
     assert!(sgd_update(step, &mut [0.0f32; 2], &[0.0; 2], &mut []).is_err());
 }
+
+#[test]
+fn decaying_velocity_flushes_to_zero_instead_of_going_subnormal() {
+    let step = SgdStep { lr: 0.1, momentum: 0.5, nesterov: false, weight_decay: 0.0 };
+    let (mut w, mut v) = ([1.0f32], [1.0f32]);
+    for _ in 0..200 {
+        sgd_update(step, &mut w, &[0.0], &mut v).unwrap();
+        assert!(v[0] == 0.0 || v[0].is_normal(), "velocity {} is subnormal", v[0]);
+    }
+    assert_eq!(v[0], 0.0);
+}
