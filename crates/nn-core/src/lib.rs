@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 /// The README's code blocks, compiled and run as doctests so the front page stays true.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]

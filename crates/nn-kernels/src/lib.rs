@@ -11,6 +11,8 @@
 //! Every kernel has a slow reference implementation written straight from the formula,
 //! against which the fast path is tested.
 
+#![warn(missing_docs)]
+
 pub mod conv;
 mod element;
 pub mod elementwise;

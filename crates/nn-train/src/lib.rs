@@ -21,6 +21,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 mod error;

@@ -8,7 +8,7 @@ use rand::Rng;
 /// A fully-connected layer (SPEC §2): `y_j = Σ_i x_i·w_ij (+ b_j)`.
 ///
 /// # Shapes
-/// input `[batch, n]`, output `[batch, m]`, weight `[n, m]` (w[i][j] as in the source),
+/// input `[batch, n]`, output `[batch, m]`, weight `[n, m]` (`w[i][j]` as in the source),
 /// bias `[m]`.
 #[derive(Debug, Clone)]
 pub struct Dense<T: Element> {
