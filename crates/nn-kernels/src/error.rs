@@ -34,6 +34,17 @@ pub enum GeometryError {
         /// μ + p_before + p_after.
         padded: usize,
     },
+    /// Pooling padding as large as the window, which could leave a window with no
+    /// input cell.
+    #[error("pooling padding {padding} is not smaller than the window length {window} in spatial dimension {dim}")]
+    PaddingTooLarge {
+        /// The spatial dimension (0-based).
+        dim: usize,
+        /// The larger of the two paddings.
+        padding: usize,
+        /// The window length.
+        window: usize,
+    },
     /// `(μ + p_before + p_after − f) / s` is not an integer in strict mode.
     #[error(
         "strict geometry: (input {input} + padding {pad_before}+{pad_after} - filter {filter}) / stride {stride} \

@@ -6,7 +6,8 @@
 //!   per-dimension stride, padding and filter length), im2col / col2im with a constant
 //!   padding value and optional filter flip, and batched forward/backward kernels.
 //! - [`pool`]: N-dimensional max and average pooling.
-//! - [`elementwise`]: activations, reductions and vector updates, SIMD where it pays.
+//! - [`elementwise`]: activations, reductions, vector and optimizer updates; SIMD where
+//!   it pays, all threads for long slices.
 //!
 //! Every kernel has a slow reference implementation written straight from the formula,
 //! against which the fast path is tested.

@@ -25,9 +25,9 @@ pub enum Transpose {
     Yes,
 }
 
-/// Below this many multiply-adds, one thread is faster than two: splitting a product
-/// costs a rayon hand-off and a second packing of the shared operand (measured: G1,
-/// 64³ = 262,144, is slower split; 128³ already gains).
+/// Below this many multiply-adds a product runs on the calling thread: splitting
+/// costs a rayon hand-off and another packing of the shared operand. Measured here:
+/// G1 (64³ = 262,144) gains nothing from a second thread; G2 (256³) runs 2× faster.
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// Rows (or columns) of C in one block are a multiple of this, so blocks line up with

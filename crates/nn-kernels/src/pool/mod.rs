@@ -19,7 +19,7 @@ use rayon::prelude::*;
 pub fn check_pool_geometry(geom: &ConvGeometry) -> Result<(), GeometryError> {
     for (dim, (p, &f)) in geom.padding().iter().zip(geom.filter()).enumerate() {
         if p.before >= f || p.after >= f {
-            return Err(GeometryError::FilterTooLarge { dim, filter: p.before.max(p.after), padded: f });
+            return Err(GeometryError::PaddingTooLarge { dim, padding: p.before.max(p.after), window: f });
         }
     }
     Ok(())

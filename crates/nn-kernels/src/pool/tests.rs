@@ -98,7 +98,7 @@ fn padding_as_large_as_the_window_is_refused() {
         KernelMode::CrossCorrelation,
     )
     .unwrap();
-    assert!(check_pool_geometry(&g).is_err());
+    assert_eq!(check_pool_geometry(&g), Err(GeometryError::PaddingTooLarge { dim: 0, padding: 2, window: 2 }));
 }
 
 #[test]
