@@ -87,3 +87,21 @@ fn labels_checked_against_images_and_classes() {
     assert!(ClassificationSet::from_idx(&images, &labels, 11).is_ok());
     assert!(matches!(read_idx(&dir.path().join("absent")), Err(DataError::Io { .. })));
 }
+
+#[test]
+fn split_off_keeps_samples_and_labels_together() {
+    use nn_core::Tensor;
+    use nn_train::data::Dataset;
+    let pixels: Vec<u8> = (0..5 * 4).map(|i| i as u8).collect();
+    let mut train = ClassificationSet::new(pixels, vec![0, 1, 2, 3, 4], &[1, 2, 2], 5).unwrap();
+    let validation = train.split_off(2);
+    assert_eq!((Dataset::<f32>::len(&train), Dataset::<f32>::len(&validation)), (3, 2));
+    assert_eq!(validation.labels(), &[3, 4]);
+    let (mut x, mut t) = (Tensor::<f32>::default(), Vec::new());
+    validation.fill_batch(&[1], &mut x, &mut t).unwrap();
+    // Sample 4's pixels are 16..20, scaled by 1/255.
+    assert_eq!(x.shape(), &[1, 1, 2, 2]);
+    assert_eq!(x.data(), &[16.0 / 255.0, 17.0 / 255.0, 18.0 / 255.0, 19.0 / 255.0]);
+    assert_eq!(t, vec![4]);
+    assert!(validation.fill_batch(&[2], &mut x, &mut t).is_err());
+}
