@@ -16,13 +16,13 @@ mod report;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Slowdown that fails `--compare`, in percent. On the project's 2-core machine two
-/// back-to-back full runs (median of at least 11 repetitions each) differed by at
-/// most 9% on any workload, while `--quick` runs (5 repetitions) differed by 20–25%
-/// on the sub-millisecond ones and by up to 2× on G2 with 2 threads (whether the
-/// second worker is awake in time). 40% clears full-run noise several times over;
-/// compare full runs, and use instruction counts for the fine check.
-const DEFAULT_THRESHOLD_PCT: f64 = 40.0;
+/// Slowdown that fails `--compare`, in percent. On the project's 2-core machine three
+/// full runs (median of at least 11 repetitions each) moved by at most 11% on any
+/// workload except G2 on 2 threads, which is bimodal (108 or 150 µs, +40%: whether the
+/// second worker is awake when a 0.1 ms product starts); `--quick` runs (5
+/// repetitions) moved by 20–25% on the sub-millisecond ones. 50% clears that noise;
+/// compare full runs, and rely on instruction counts for the fine check.
+const DEFAULT_THRESHOLD_PCT: f64 = 50.0;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
