@@ -28,17 +28,18 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// Builds the benchmark binary in release mode and returns its path.
-fn build_bench_binary() -> Result<PathBuf, String> {
+/// Builds the benchmark binary with the cargo profile `profile` and returns its path.
+fn build_bench_binary(profile: &str) -> Result<PathBuf, String> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "nn-benches", "--bin", "nn-bench"])
+        .args(["build", "--profile", profile, "--quiet", "-p", "nn-benches", "--bin", "nn-bench"])
         .current_dir(workspace_root())
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
         return Err("building nn-bench failed".into());
     }
-    Ok(workspace_root().join("target/release/nn-bench"))
+    let dir = if profile == "dev" { "debug" } else { profile };
+    Ok(workspace_root().join("target").join(dir).join("nn-bench"))
 }
 
 /// Runs `nn-bench` with `args` and returns its standard output.
@@ -60,7 +61,7 @@ fn value_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 
 fn bench(args: &[String]) -> Result<bool, String> {
     if args.iter().any(|a| a == "--instructions") {
-        let binary = build_bench_binary()?;
+        let binary = build_bench_binary("instructions")?;
         return instructions::check(&binary, &workspace_root(), args.iter().any(|a| a == "--save-baseline"));
     }
     let threshold = match value_after(args, "--threshold") {
@@ -70,7 +71,7 @@ fn bench(args: &[String]) -> Result<bool, String> {
     let new = match (value_after(args, "--compare"), value_after(args, "--against")) {
         (Some(_), Some(against)) => report::Results::read(Path::new(against))?,
         _ => {
-            let binary = build_bench_binary()?;
+            let binary = build_bench_binary("release")?;
             let peak = serde_json::from_str(&run_bench(&binary, &["peak"])?).map_err(|e| e.to_string())?;
             let mut run_args = vec!["run"];
             if args.iter().any(|a| a == "--quick") {
@@ -97,7 +98,7 @@ fn bench(args: &[String]) -> Result<bool, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("peak") => build_bench_binary().and_then(|b| run_bench(&b, &["peak"])).map(|json| {
+        Some("peak") => build_bench_binary("release").and_then(|b| run_bench(&b, &["peak"])).map(|json| {
             let peak: report::Peak = serde_json::from_str(&json).expect("nn-bench prints a peak");
             println!(
                 "f32 FMA peak ({}): {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads",
