@@ -356,3 +356,34 @@ impl TrainRun {
         .expect("valid step");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-run references compute the same product as ours: otherwise the
+    /// benchmark table would compare unlike work (the `gemm` crate takes its strides
+    /// column first and its α, β the other way round).
+    #[test]
+    fn gemm_variants_agree() {
+        let case = GemmCase { id: "test", m: 37, k: 53, n: 29 };
+        let mut run = GemmRun::new(case);
+        run.ours();
+        let ours = run.result().to_vec();
+        run.matrixmultiply();
+        let mm = run.result().to_vec();
+        run.gemm_crate(1);
+        let gc = run.result().to_vec();
+        for ((a, b), c) in ours.iter().zip(&mm).zip(&gc) {
+            assert!((a - b).abs() < 1e-4 && (a - c).abs() < 1e-4, "{a} {b} {c}");
+        }
+    }
+
+    #[test]
+    fn conv_equivalent_gemm_has_the_same_flops() {
+        for case in CONVS {
+            let run = ConvRun::new(&case);
+            assert_eq!(run.equivalent_gemm().flops(), case.forward_flops(), "{}", case.id);
+        }
+    }
+}
