@@ -36,7 +36,10 @@ const SPLIT_ALIGN: usize = 16;
 
 /// A large product is cut into at most this many blocks. Each block packs the shared
 /// operand again, so more blocks cost more; four keep two workers busy with even
-/// loads. Fixed, not the thread count, so that results do not depend on it.
+/// loads. Fixed, not the thread count, so that results do not depend on it: the
+/// `gemm` crate's bits for an element do depend on how C is cut (a 65×32×513 f32
+/// product cut after row 16 differs from the whole in the last bits), so one block
+/// per worker would make results depend on the thread count.
 const MAX_BLOCKS: usize = 4;
 
 /// The row and column strides of `op(X)` for X stored row-major.
