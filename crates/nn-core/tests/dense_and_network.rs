@@ -129,3 +129,48 @@ fn named_parameters_say_where_they_live() {
     assert_eq!(names, ["0.conv.weight", "0.conv.bias", "3.dense.weight", "3.dense.bias"]);
     assert_eq!(net.num_params(), 2 * 9 + 2 + 8 * 3 + 3);
 }
+
+/// The network reuses its gradient buffers from step to step without clearing them:
+/// a step must not depend on what the previous one left there, nor on a change of
+/// batch size in between.
+#[test]
+fn a_step_does_not_see_the_previous_steps_buffers() {
+    let build = || {
+        Sequential::<f64>::builder(&[2, 6, 6], 4)
+            .conv(ConvSpec::new(3, &[3, 3]).padding(&[1, 1]))
+            .relu()
+            .max_pool(&[2, 2])
+            .flatten()
+            .dense(4)
+            .build()
+            .unwrap()
+    };
+    let input = |batch: usize, phase: f64| {
+        let data = (0..batch * 72).map(|i| (i as f64 * 0.61 + phase).sin()).collect();
+        Tensor::from_vec(&[batch, 2, 6, 6], data).unwrap()
+    };
+    let (x_old, x_new) = (input(3, 0.0), input(2, 1.0));
+    let upstream = |net: &Sequential<f64>, scale: f64| {
+        let y = net.output().unwrap();
+        Tensor::from_vec(y.shape(), y.data().iter().map(|v| scale * v + 0.25).collect()).unwrap()
+    };
+
+    let mut used = build();
+    used.forward(&x_old).unwrap();
+    let dy = upstream(&used, 7.0);
+    used.backward_to_input(&dy).unwrap();
+    used.zero_grad();
+    used.forward(&x_new).unwrap();
+    let dy = upstream(&used, 1.0);
+    let dx_used = used.backward_to_input(&dy).unwrap().clone();
+
+    let mut fresh = build();
+    fresh.forward(&x_new).unwrap();
+    let dy = upstream(&fresh, 1.0);
+    let dx_fresh = fresh.backward_to_input(&dy).unwrap().clone();
+
+    assert_eq!(dx_used, dx_fresh);
+    for (a, b) in used.params().iter().zip(fresh.params()) {
+        assert_eq!(a.grad, b.grad, "{}", a.name);
+    }
+}
