@@ -95,6 +95,9 @@ impl Windows {
     }
 }
 
+/// The checks every pooling kernel makes: buffer lengths for `planes` planes, and a
+/// geometry in which every window holds an input cell (else a max has no candidate
+/// and an average divides by zero).
 fn check_planes<T>(
     geom: &ConvGeometry,
     planes: usize,
@@ -104,7 +107,8 @@ fn check_planes<T>(
 ) -> Result<(), KernelError> {
     let overflow = || KernelError::Geometry(GeometryError::Overflow { what: "pooling buffer size" });
     check_len(what[0], planes.checked_mul(geom.input_len()).ok_or_else(overflow)?, x.len())?;
-    check_len(what[1], planes.checked_mul(geom.output_len()).ok_or_else(overflow)?, y_len)
+    check_len(what[1], planes.checked_mul(geom.output_len()).ok_or_else(overflow)?, y_len)?;
+    Ok(check_pool_geometry(geom)?)
 }
 
 /// Max pooling of `planes` planes: `y[β] = max over the window of x`, recording in
@@ -118,7 +122,6 @@ pub fn max_pool_forward<T: Element>(
 ) -> Result<(), KernelError> {
     check_planes(geom, planes, x, y.len(), ["max pool: x", "max pool: y"])?;
     check_len("max pool: argmax", y.len(), argmax.len())?;
-    check_pool_geometry(geom)?;
     if geom.input_len() > u32::MAX as usize {
         return Err(GeometryError::Overflow { what: "max pool plane size (argmax is u32)" }.into());
     }

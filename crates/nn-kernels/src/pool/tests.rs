@@ -98,7 +98,17 @@ fn padding_as_large_as_the_window_is_refused() {
         KernelMode::CrossCorrelation,
     )
     .unwrap();
-    assert_eq!(check_pool_geometry(&g), Err(GeometryError::PaddingTooLarge { dim: 0, padding: 2, window: 2 }));
+    let expected = GeometryError::PaddingTooLarge { dim: 0, padding: 2, window: 2 };
+    assert_eq!(check_pool_geometry(&g), Err(expected.clone()));
+    // Every kernel refuses it: an average over no cell would divide by zero.
+    let planes = 1;
+    let (x, mut y, mut arg) = (vec![1.0f32; 4], vec![0.0f32; g.output_len()], vec![0u32; g.output_len()]);
+    let mut dx = vec![0.0f32; 4];
+    let err = Err(KernelError::Geometry(expected));
+    assert_eq!(avg_pool_forward(&g, planes, &x, &mut y), err);
+    assert_eq!(avg_pool_backward(&g, planes, &y.clone(), &mut dx), err);
+    assert_eq!(max_pool_forward(&g, planes, &x, &mut y, &mut arg), err);
+    assert_eq!(max_pool_backward(&g, planes, &arg, &y.clone(), &mut dx), err);
 }
 
 #[test]
