@@ -58,8 +58,8 @@ impl<T: Element> Sequential<T> {
             }
             expected = layer.output_shape().to_vec();
         }
-        let activations = (0..=layers.len()).map(|_| Tensor::zeros(&[0])).collect::<Result<_, _>>()?;
-        let grads = (0..layers.len().max(1)).map(|_| Tensor::zeros(&[0])).collect::<Result<_, _>>()?;
+        let activations = (0..=layers.len()).map(|_| Tensor::default()).collect();
+        let grads = (0..layers.len().max(1)).map(|_| Tensor::default()).collect();
         Ok(Self { input_shape: input_shape.to_vec(), layers, activations, grads, forward_done: false })
     }
 
@@ -103,12 +103,7 @@ impl<T: Element> Sequential<T> {
         self.activations[0].copy_from(x);
         for (index, layer) in self.layers.iter_mut().enumerate() {
             let (inputs, outputs) = self.activations.split_at_mut(index + 1);
-            layer.forward(&inputs[index], &mut outputs[0]).map_err(|source| NnError::Layer {
-                index,
-                kind: layer.kind(),
-                input: layer.input_shape().to_vec(),
-                source: Box::new(source),
-            })?;
+            layer.forward(&inputs[index], &mut outputs[0]).map_err(|source| in_layer(index, &**layer, source))?;
         }
         self.forward_done = true;
         Ok(&self.activations[self.layers.len()])
@@ -158,12 +153,7 @@ impl<T: Element> Sequential<T> {
             let layer = &mut self.layers[index];
             layer
                 .backward(&self.activations[index], &self.activations[index + 1], upstream, need_input.then_some(write))
-                .map_err(|source| NnError::Layer {
-                    index,
-                    kind: layer.kind(),
-                    input: layer.input_shape().to_vec(),
-                    source: Box::new(source),
-                })?;
+                .map_err(|source| in_layer(index, &**layer, source))?;
         }
         Ok(())
     }
@@ -211,6 +201,11 @@ impl<T: Element> Sequential<T> {
     pub fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.value.len()).sum()
     }
+}
+
+/// An error of layer `index`, wrapped with the layer's kind and input shape.
+fn in_layer<T: Element>(index: usize, layer: &dyn Layer<T>, source: NnError) -> NnError {
+    NnError::Layer { index, kind: layer.kind(), input: layer.input_shape().to_vec(), source: Box::new(source) }
 }
 
 /// Builds a [`Sequential`] layer by layer, tracking the per-sample shape so each
