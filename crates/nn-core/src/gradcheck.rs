@@ -145,13 +145,13 @@ pub fn check_layer(
     input: &Tensor<f64>,
     options: GradCheckOptions,
 ) -> Result<GradCheckReport, NnError> {
-    let mut output = Tensor::zeros(&[0])?;
+    let mut output = Tensor::default();
     layer.forward(input, &mut output)?;
     let r = Tensor::from_vec(output.shape(), projection(output.len(), options.seed))?;
     for p in layer.params_mut() {
         p.grad.data_mut().fill(0.0);
     }
-    let mut grad_input = Tensor::zeros(&[0])?;
+    let mut grad_input = Tensor::default();
     layer.backward(input, &output, &r, Some(&mut grad_input))?;
     let grad_params: Vec<(String, Vec<f64>)> =
         layer.params().iter().map(|p| (p.name.to_string(), p.grad.data().to_vec())).collect();
@@ -191,7 +191,7 @@ pub fn check_loss<L: Loss<f64>>(
             unreachable!("a loss has no parameters")
         }
     }
-    let mut grad = Tensor::zeros(&[0])?;
+    let mut grad = Tensor::default();
     loss.loss_and_grad(prediction, target, reduction, &mut grad)?;
     compare(&mut LossProbe(loss, target, reduction), prediction, Some(&grad), &[], options.step)
 }

@@ -37,7 +37,7 @@ pub trait Loss<T: Element> {
 
     /// The loss alone.
     fn loss(&self, prediction: &Tensor<T>, target: &Self::Target, reduction: Reduction) -> Result<f64, NnError> {
-        let mut scratch = Tensor::zeros(&[0])?;
+        let mut scratch = Tensor::default();
         self.loss_and_grad(prediction, target, reduction, &mut scratch)
     }
 }
