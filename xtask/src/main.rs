@@ -39,7 +39,10 @@ fn build_bench_binary(profile: &str) -> Result<PathBuf, String> {
         return Err("building nn-bench failed".into());
     }
     let dir = if profile == "dev" { "debug" } else { profile };
-    Ok(workspace_root().join("target").join(dir).join("nn-bench"))
+    // Where cargo put it: CARGO_TARGET_DIR (relative to the workspace, where cargo
+    // ran) when set.
+    let target = workspace_root().join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()));
+    Ok(target.join(dir).join("nn-bench"))
 }
 
 /// Runs `nn-bench` with `args` and returns its standard output.

@@ -12,6 +12,9 @@ use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS}
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
+const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2 [THREADS] | profile ID [THREADS] \
+                     | instructions NAME | list-instructions";
+
 #[derive(Serialize)]
 struct Reference {
     name: &'static str,
@@ -144,6 +147,15 @@ fn main() {
             }
         }
         Some("run") => {
+            // An unknown flag is an error, not a silent full run of every workload.
+            let mut rest = args[1..].iter();
+            while let Some(arg) = rest.next() {
+                let known = arg == "--quick" || (arg == "--filter" && rest.next().is_some());
+                if !known {
+                    eprintln!("nn-bench run: unexpected {arg:?}; usage: {USAGE}");
+                    std::process::exit(2);
+                }
+            }
             let quick = args.iter().any(|a| a == "--quick");
             let filters: Vec<&str> = args.windows(2).filter(|w| w[0] == "--filter").map(|w| w[1].as_str()).collect();
             let selected = |id: &str| filters.is_empty() || filters.iter().any(|f| id.starts_with(f));
@@ -199,7 +211,7 @@ fn main() {
             println!("{}", serde_json::to_string_pretty(&records).expect("serialisable"));
         }
         _ => {
-            eprintln!("usage: nn-bench peak | run [--quick] [--filter ID]... | profile ID [THREADS] | instructions NAME | list-instructions");
+            eprintln!("usage: {USAGE}");
             std::process::exit(2);
         }
     }
