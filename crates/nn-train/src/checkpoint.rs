@@ -10,7 +10,7 @@
 //! Files are written to a temporary file in the same directory, flushed to disk, then
 //! renamed over the target: a crash mid-write leaves the previous file intact. Loading
 //! checks every name, shape and element type, and reports the first mismatch before
-//! changing anything in the network.
+//! changing anything in the network or the optimizer.
 
 use crate::optim::{Optimizer, OptimizerState};
 use crate::trainer::TrainerState;
@@ -312,8 +312,8 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`] into `net` and `optimizer`, and
-/// returns the trainer counters. The network is changed only if everything fits;
-/// the optimizer must be of the kind that wrote the file.
+/// returns the trainer counters. The network and the optimizer are changed only if
+/// everything fits; the optimizer must be of the kind that wrote the file.
 pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     path: &Path,
     net: &mut Sequential<T>,
@@ -343,14 +343,6 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     for name in file.names().into_iter().filter_map(|n| n.strip_prefix("optim.")) {
         state.buffers.push((name.to_string(), read_tensor(path, &file, &format!("optim.{name}"), None)?));
     }
-    {
-        let params: Vec<_> = values
-            .iter()
-            .zip(net.params())
-            .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })
-            .collect();
-        optimizer.load_state(&state, &params.iter().collect::<Vec<_>>())?;
-    }
     let trainer = TrainerState {
         epoch: required("trainer.epoch")? as usize,
         iteration: required("trainer.iteration")? as u64,
@@ -359,6 +351,16 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
         best: get("trainer.best")?.zip(get("trainer.best_epoch")?.map(|e| e as usize)),
         epochs_without_improvement: required("trainer.epochs_without_improvement")? as usize,
     };
+    // The optimizer takes its state last of all checks, and all or nothing; the
+    // network's values are assigned only after it accepted.
+    {
+        let params: Vec<_> = values
+            .iter()
+            .zip(net.params())
+            .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })
+            .collect();
+        optimizer.load_state(&state, &params.iter().collect::<Vec<_>>())?;
+    }
     assign(net, values);
     Ok(trainer)
 }

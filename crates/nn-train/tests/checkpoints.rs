@@ -120,6 +120,35 @@ fn checkpoint_checks_the_optimizer_kind() {
 }
 
 #[test]
+fn a_refused_checkpoint_changes_neither_network_nor_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let (mut saved_net, data) = (small_cnn(1), data());
+    let mut sgd = Sgd::new(0.3).momentum(0.9);
+    Trainer::new(TrainConfig { max_iterations: Some(2), ..config(1, None) })
+        .fit(&mut saved_net, &mut sgd, &SoftmaxCrossEntropy, &data, None, &mut NoProgress)
+        .unwrap();
+    let counters = nn_train::TrainerState { epoch: 7, ..Default::default() };
+    save_checkpoint(&path, &saved_net, &sgd, &counters).unwrap();
+    // Corrupt the last thing read, a trainer counter (same length: the header's size
+    // stays right), so that every other part of the file is valid.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let key = br#""trainer.epoch":"7""#;
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("counter in the header");
+    bytes[at + key.len() - 2] = b'x';
+    std::fs::write(&path, bytes).unwrap();
+
+    let (mut net, mut fresh) = (small_cnn(2), Sgd::<f32>::new(0.7));
+    let before = (weights(&net), fresh.state());
+    let err = load_checkpoint(&path, &mut net, &mut fresh).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Checkpoint(CheckpointError::Metadata { ref key, .. }) if key == "trainer.epoch"),
+        "{err}"
+    );
+    assert_eq!((weights(&net), fresh.state()), before);
+}
+
+#[test]
 fn an_interrupted_write_leaves_the_previous_checkpoint_intact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.safetensors");

@@ -59,5 +59,15 @@ fn state_round_trip_and_shape_check() {
     restored.load_state(&state, &[&p]).unwrap();
     assert_eq!(restored.state(), state);
     let wrong = Param::new("w", Tensor::<f64>::zeros(&[2]).unwrap());
-    assert!(restored.load_state(&state, &[&wrong]).is_err());
+    let mut untouched = Adam::new(0.5);
+    assert!(untouched.load_state(&state, &[&wrong]).is_err());
+    // A refused state changes nothing, not even the scalars read before the buffers.
+    assert_eq!(untouched.state(), Adam::<f64>::new(0.5).state());
+
+    let mut sgd = Sgd::new(0.1).momentum(0.9);
+    step(&mut sgd, &mut p);
+    let saved = sgd.state();
+    let mut fresh = Sgd::new(0.7);
+    assert!(fresh.load_state(&saved, &[&wrong]).is_err());
+    assert_eq!(fresh.state(), Sgd::<f64>::new(0.7).state());
 }

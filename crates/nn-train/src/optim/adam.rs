@@ -112,15 +112,19 @@ impl<T: Element> Optimizer<T> for Adam<T> {
     }
 
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
-        self.lr = state.scalar("lr")?;
-        self.beta1 = state.scalar("beta1")?;
-        self.beta2 = state.scalar("beta2")?;
-        self.epsilon = state.scalar("epsilon")?;
-        self.weight_decay = state.scalar("weight_decay")?;
-        self.decoupled = state.scalar("decoupled")? != 0.0;
-        self.step = state.scalar("step")? as u64;
-        self.m = load_slot(state, "m", params)?;
-        self.v = load_slot(state, "v", params)?;
+        // Everything is read and checked before `self` changes: a bad state leaves
+        // the optimizer as it was.
+        *self = Self {
+            lr: state.scalar("lr")?,
+            beta1: state.scalar("beta1")?,
+            beta2: state.scalar("beta2")?,
+            epsilon: state.scalar("epsilon")?,
+            weight_decay: state.scalar("weight_decay")?,
+            decoupled: state.scalar("decoupled")? != 0.0,
+            step: state.scalar("step")? as u64,
+            m: load_slot(state, "m", params)?,
+            v: load_slot(state, "v", params)?,
+        };
         Ok(())
     }
 }

@@ -77,11 +77,15 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
     }
 
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
-        self.lr = state.scalar("lr")?;
-        self.momentum = state.scalar("momentum")?;
-        self.nesterov = state.scalar("nesterov")? != 0.0;
-        self.weight_decay = state.scalar("weight_decay")?;
-        self.velocity = load_slot(state, "velocity", params)?;
+        // Everything is read and checked before `self` changes: a bad state leaves
+        // the optimizer as it was.
+        *self = Self {
+            lr: state.scalar("lr")?,
+            momentum: state.scalar("momentum")?,
+            nesterov: state.scalar("nesterov")? != 0.0,
+            weight_decay: state.scalar("weight_decay")?,
+            velocity: load_slot(state, "velocity", params)?,
+        };
         Ok(())
     }
 }
