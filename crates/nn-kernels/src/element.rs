@@ -27,6 +27,13 @@ pub trait Element:
     /// Widens (or keeps) the value as `f64`.
     fn as_f64(self) -> f64;
 
+    /// The slice itself when `Self` is `f32`, else `None`: lets a generic kernel hand
+    /// its work to code written for `f32` alone.
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
+
+    /// The mutable counterpart of [`Element::as_f32`].
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
+
     /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n, single
     /// threaded (the `gemm` crate's kernels, chosen at run time for this CPU). When β
     /// is zero, C is not read.
@@ -54,7 +61,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, |$values:ident| $as_f32:expr) => {
         impl Element for $t {
             const DTYPE: &'static str = $name;
 
@@ -66,6 +73,16 @@ macro_rules! impl_element {
             #[inline(always)]
             fn as_f64(self) -> f64 {
                 self as f64
+            }
+
+            #[inline(always)]
+            fn as_f32($values: &[Self]) -> Option<&[f32]> {
+                $as_f32
+            }
+
+            #[inline(always)]
+            fn as_f32_mut($values: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32
             }
 
             #[inline]
@@ -116,5 +133,5 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, "F32");
-impl_element!(f64, "F64");
+impl_element!(f32, "F32", |values| Some(values));
+impl_element!(f64, "F64", |_values| None);

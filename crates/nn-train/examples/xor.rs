@@ -16,7 +16,7 @@ struct PrintError {
 
 impl Observer for PrintError {
     fn batch_end(&mut self, p: &BatchProgress) {
-        if p.iteration == 1 || p.iteration % self.every == 0 {
+        if p.iteration == 1 || p.iteration.is_multiple_of(self.every) {
             // One batch is the whole set, so the epoch's loss sum is E.
             println!("iteration {:>6}  E = {:.6}", p.iteration, p.mean_loss * 4.0);
         }

@@ -30,7 +30,7 @@ impl Observer for ProgressBars {
         if let Some(bar) = &self.bar {
             bar.set_position(p.batch as u64);
             // Formatting every batch costs more than the bar is worth on tiny batches.
-            if p.batch % 10 == 0 || p.batch == p.batches {
+            if p.batch.is_multiple_of(10) || p.batch == p.batches {
                 let acc = p.accuracy.map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
                 bar.set_message(format!("loss {:.4}{acc} {:.0} img/s", p.mean_loss, p.images_per_sec));
             }

@@ -20,6 +20,7 @@
 
 mod geometry;
 mod im2col;
+mod implicit;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -242,6 +243,25 @@ pub fn conv_forward<T: Element>(
     if let Some(b) = bias {
         check_len("conv forward: bias", problem.out_channels, b.len())?;
     }
+    if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
+        let bias = bias.and_then(T::as_f32);
+        if implicit::forward(problem, x, w, bias, pad_value.as_f64() as f32, y) {
+            return Ok(());
+        }
+    }
+    forward_by_columns(problem, x, w, bias, pad_value, y);
+    Ok(())
+}
+
+/// The forward pass through column matrices and GEMMs (any element type and CPU).
+fn forward_by_columns<T: Element>(
+    problem: &ConvProblem,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    pad_value: T,
+    y: &mut [T],
+) {
     let out_len = problem.output_image_len();
     let (plane, rows, c_out) = (problem.geometry.output_len(), problem.col_rows(), problem.out_channels);
     let plan = problem.plan::<T>();
@@ -272,7 +292,6 @@ pub fn conv_forward<T: Element>(
             }
         })
     });
-    Ok(())
 }
 
 /// Input gradient: `∂x = convᵀ(∂y, w)`, overwriting `dx`. Padding cells have no
@@ -287,6 +306,18 @@ pub fn conv_backward_input<T: Element>(
     problem.check_batch("conv backward input: dy", dy.len(), problem.output_image_len(), batch)?;
     problem.check_batch("conv backward input: dx", dx.len(), problem.input_image_len(), batch)?;
     check_len("conv backward input: w", problem.weight_len(), w.len())?;
+    if let (Some(w), Some(dy), Some(dx)) = (T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx)) {
+        if implicit::backward_input(problem, w, dy, dx) {
+            return Ok(());
+        }
+    }
+    backward_input_by_columns(problem, w, dy, dx);
+    Ok(())
+}
+
+/// The input gradient through GEMMs into column matrices and col2im (any element type
+/// and CPU).
+fn backward_input_by_columns<T: Element>(problem: &ConvProblem, w: &[T], dy: &[T], dx: &mut [T]) {
     let in_len = problem.input_image_len();
     let (rows, c_out) = (problem.col_rows(), problem.out_channels);
     let plan = problem.plan::<T>();
@@ -319,7 +350,6 @@ pub fn conv_backward_input<T: Element>(
             }
         })
     });
-    Ok(())
 }
 
 /// Weight gradient: `∂w += Σ_n ∂y_n · col(x′_n)ᵀ`, accumulated into `dw`. Padded cells

@@ -212,3 +212,117 @@ fn buffer_length_errors() {
     let e = conv_forward(&p, 1, &[0.0; 4], &[0.0; 3], None, 0.0, &mut y).unwrap_err();
     assert_eq!(e, KernelError::BufferLength { what: "conv forward: y", expected: 2, got: 3 });
 }
+
+/// Geometries the implicit-GEMM kernels take (stride 1 along the last dimension, and
+/// everywhere for the input gradient when `all_unit_strides`), with channel counts
+/// across several micro-tile heights and rows across several segments.
+fn implicit_case(all_unit_strides: bool) -> impl Strategy<Value = Case> {
+    let outer = (1usize..7, 1usize..4, 1usize..3, 0usize..4, 0usize..4);
+    let dims = (0usize..=2).prop_flat_map(move |outer_rank| {
+        (prop::collection::vec(outer.clone(), outer_rank), (1usize..40, 1usize..6, 0usize..5, 0usize..3))
+    });
+    (
+        dims,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..9,
+        1usize..30,
+        1usize..3,
+        prop::sample::select(vec![0.0, 0.75]),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "geometry must be valid",
+            move |((outer, last), floor, flip, c_in, c_out, batch, pad_value, bias)| {
+                let stride = |s: usize| if all_unit_strides { 1 } else { s };
+                let input: Vec<usize> = outer.iter().map(|d| d.0).chain([last.0]).collect();
+                let filter: Vec<usize> = outer.iter().map(|d| d.1).chain([last.1]).collect();
+                let strides: Vec<usize> = outer.iter().map(|d| stride(d.2)).chain([1]).collect();
+                let padding: Vec<Padding> = outer
+                    .iter()
+                    .map(|d| Padding { before: d.3, after: d.4 })
+                    .chain([Padding { before: last.2, after: last.3 }])
+                    .collect();
+                let rounding = if floor { OutputRounding::Floor } else { OutputRounding::Strict };
+                let mode = if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation };
+                let geometry = ConvGeometry::new(&input, &filter, &strides, &padding, rounding, mode).ok()?;
+                (geometry.input_len() * geometry.filter_len() <= 6000).then_some(())?;
+                Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
+            },
+        )
+}
+
+fn narrow(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+/// f32 results against f64 ones: each is a sum of `terms` products of values in [−1, 1].
+fn assert_close(what: &str, got: &[f32], want: &[f64], terms: usize) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tolerance = 4e-7 * (terms as f64 + 1.0) * (1.0 + w.abs());
+        prop_assert!((g as f64 - w).abs() <= tolerance, "{} cell {}: {} vs {}", what, i, g, w);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    // On a CPU with AVX-512 these run the implicit-GEMM kernels, elsewhere the column
+    // path; either way f32 must agree with the f64 definition.
+    #[test]
+    fn f32_forward_matches_the_formula(case in implicit_case(false)) {
+        let p = &case.problem;
+        let x = data(case.batch * p.input_image_len(), 11);
+        let w = data(p.weight_len(), 12);
+        let b = data(p.out_channels, 13);
+        let bias = case.bias.then_some(&b[..]);
+        let slow = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
+        let mut y = vec![f32::NAN; slow.len()];
+        let (x32, w32, b32) = (narrow(&x), narrow(&w), narrow(&b));
+        conv_forward(p, case.batch, &x32, &w32, case.bias.then_some(&b32[..]), case.pad_value as f32, &mut y).unwrap();
+        assert_close("forward", &y, &slow, p.col_rows())?;
+        prop_assert_eq!(
+            implicit::forward(p, &x32, &w32, None, 0.0, &mut y.clone()),
+            implicit::available() && !p.geometry.is_pointwise() && p.out_channels >= implicit::MIN_ROWS
+        );
+    }
+
+    #[test]
+    fn f32_input_gradient_matches_the_column_path(case in implicit_case(true)) {
+        let p = &case.problem;
+        let w = data(p.weight_len(), 14);
+        let dy = data(case.batch * p.output_image_len(), 15);
+        let mut want = vec![f64::NAN; case.batch * p.input_image_len()];
+        backward_input_by_columns(p, &w, &dy, &mut want);
+        let mut dx = vec![f32::NAN; want.len()];
+        conv_backward_input(p, case.batch, &narrow(&w), &narrow(&dy), &mut dx).unwrap();
+        assert_close("input gradient", &dx, &want, p.out_channels * p.geometry.filter_len())?;
+        prop_assert_eq!(
+            implicit::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx),
+            implicit::available() && !p.geometry.is_pointwise() && p.in_channels >= implicit::MIN_ROWS
+        );
+    }
+}
+
+#[test]
+fn f32_column_path_matches_the_formula_too() {
+    // The path every CPU without AVX-512 takes, run here on purpose.
+    let g = ConvGeometry::new(
+        &[9, 13],
+        &[3, 5],
+        &[1, 1],
+        &[Padding::symmetric(2); 2],
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    let p = ConvProblem::new(g, 3, 14).unwrap();
+    let batch = 2;
+    let (x, w, b) = (data(batch * p.input_image_len(), 16), data(p.weight_len(), 17), data(14, 18));
+    let slow = conv_forward_reference(&p, batch, &x, &w, Some(&b), 0.5);
+    let mut y = vec![f32::NAN; slow.len()];
+    forward_by_columns(&p, &narrow(&x), &narrow(&w), Some(&narrow(&b)), 0.5, &mut y);
+    assert_close("forward", &y, &slow, p.col_rows()).unwrap();
+}

@@ -1,0 +1,446 @@
+//! Convolution as an implicit GEMM: f32 on CPUs with AVX-512F.
+//!
+//! The column matrix of im2col is never built. Copy the image once into a buffer that
+//! already holds its padding (`x′`); then for filter tap k = (c, α) and output cell β,
+//! `col[k, β] = x′[base(β) + offset(k)]`, where `offset(k)` depends on the tap alone
+//! and `base(β)` on the cell alone, and `base` steps by one along an output row when
+//! the last stride is 1. So sixteen cells of one output row are sixteen consecutive
+//! floats of x′: the micro-kernel loads them as one vector per tap, straight from the
+//! image, and multiplies them by the broadcast weights of up to [`MAX_ROWS`] output
+//! channels. Nothing is written but the output, and the weights are packed once per
+//! call instead of once per image.
+//!
+//! The input gradient at stride 1 is the same product read the other way round:
+//! `∂x[c, γ] = Σ_(o, α) w[o, c, α] · ∂y′[o, γ + p + f − 1 − tap(α)]`, with ∂y′ the
+//! output gradient padded by `f − 1` zeros on each side. It replaces the GEMM into a
+//! column matrix and the scatter-add of col2im by one pass that writes each ∂x cell
+//! once.
+//!
+//! Each output element is its initial value plus the sum over the taps in order, one
+//! fused multiply-add per term, whatever tile it falls in: results do not depend on the
+//! thread count.
+
+use super::ConvProblem;
+use crate::index::{row_major_strides, Odometer};
+use crate::workspace::{fit, with_scratch};
+use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Output channels per micro-tile: each is broadcast from the packed weights and kept
+/// in two accumulators, so 12 rows use 24 of the 32 vector registers.
+const MAX_ROWS: usize = 12;
+
+/// Fewer output rows than this leave too few independent accumulators to hide the
+/// multiply-add latency (2·rows chains against 4 cycles × 2 ports); such products
+/// (an input gradient with one to three input channels) take the column path.
+pub(super) const MIN_ROWS: usize = 4;
+
+/// Cells per segment: one 16-lane vector. A micro-tile holds two segments.
+const LANES: usize = 16;
+
+/// Whether this CPU runs the AVX-512 kernel (checked once).
+pub(super) fn available() -> bool {
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            #[cfg(target_arch = "x86_64")]
+            let yes = std::arch::is_x86_feature_detected!("avx512f");
+            #[cfg(not(target_arch = "x86_64"))]
+            let yes = false;
+            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+/// Up to [`LANES`] consecutive output cells of one output row.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    /// Offset in the padded source of the first cell's tap 0 (`base(β)`).
+    source: usize,
+    /// Index of the first cell in the output plane.
+    cell: usize,
+    /// Cells in the segment, 1..=LANES.
+    len: usize,
+}
+
+/// One implicit product over a padded source image:
+/// `out[r, cell] = init[r] + Σ_k a[r, k] · source[segment(cell) + offsets[k]]`.
+#[derive(Debug)]
+struct Product {
+    /// Shape of one padded source channel plane.
+    padded: Vec<usize>,
+    /// Padding before the data in each dimension of the padded plane.
+    margin: Vec<usize>,
+    /// Shape of one unpadded source channel plane.
+    unpadded: Vec<usize>,
+    /// Source channels.
+    channels: usize,
+    /// Per depth index k: where its value sits relative to a cell's base.
+    offsets: Vec<usize>,
+    /// The output plane in segments, row by row.
+    segments: Vec<Segment>,
+    /// Output rows (channels of the result).
+    rows: usize,
+    /// Cells of one output plane.
+    plane: usize,
+}
+
+impl Product {
+    fn padded_len(&self) -> usize {
+        self.channels * self.padded.iter().product::<usize>()
+    }
+
+    /// True when every load the kernel makes lies inside the padded source. The
+    /// geometry guarantees it; this check makes the guarantee local to this file.
+    fn reads_in_bounds(&self) -> bool {
+        let last_cell = self.segments.iter().map(|s| s.source + s.len - 1).max();
+        let last_offset = self.offsets.iter().copied().max();
+        match (last_cell, last_offset) {
+            (Some(cell), Some(offset)) => cell.checked_add(offset).is_some_and(|end| end < self.padded_len()),
+            _ => false,
+        }
+    }
+
+    /// Copies one source image (`[channels, unpadded…]`) into `dst` with its margins
+    /// filled with `value`.
+    fn pad_image(&self, image: &[f32], value: f32, dst: &mut [f32]) {
+        dst.fill(value);
+        let last = self.unpadded.len() - 1;
+        let strides = row_major_strides(&self.padded);
+        let (plane, run) = (self.padded.iter().product::<usize>(), self.unpadded[last]);
+        let mut rows = image.chunks_exact(run);
+        for c in 0..self.channels {
+            let mut outer = Odometer::new(&self.unpadded[..last]);
+            while let Some(index) = outer.current() {
+                let start = c * plane
+                    + (0..last).map(|d| (index[d] + self.margin[d]) * strides[d]).sum::<usize>()
+                    + self.margin[last];
+                dst[start..start + run].copy_from_slice(rows.next().expect("image holds channels·∏μ cells"));
+                outer.advance();
+            }
+        }
+    }
+}
+
+/// The segments of an output grid `output` whose cell β reads the padded source from
+/// `Σ_d step_d·β_d·stride_d` (`stride` the source's row-major strides).
+fn segments(output: &[usize], step: &[usize], source_strides: &[usize]) -> Vec<Segment> {
+    let last = output.len() - 1;
+    let mut segments = Vec::new();
+    let mut outer = Odometer::new(&output[..last]);
+    let mut run = 0;
+    while let Some(index) = outer.current() {
+        let base: usize = (0..last).map(|d| step[d] * index[d] * source_strides[d]).sum();
+        for first in (0..output[last]).step_by(LANES) {
+            let len = LANES.min(output[last] - first);
+            segments.push(Segment { source: base + first, cell: run * output[last] + first, len });
+        }
+        run += 1;
+        outer.advance();
+    }
+    segments
+}
+
+/// Offsets of the depth indices `k = (c, α)` (c outer, α row-major): channel `c`'s
+/// plane plus `Σ_d shift(d, α_d)·stride_d`.
+fn tap_offsets(
+    channels: usize,
+    filter: &[usize],
+    plane: usize,
+    source_strides: &[usize],
+    shift: impl Fn(usize, usize) -> usize,
+) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(channels * filter.iter().product::<usize>());
+    for c in 0..channels {
+        let mut taps = Odometer::new(filter);
+        while let Some(alpha) = taps.current() {
+            offsets.push(
+                c * plane + alpha.iter().enumerate().map(|(d, &a)| shift(d, a) * source_strides[d]).sum::<usize>(),
+            );
+            taps.advance();
+        }
+    }
+    offsets
+}
+
+/// The forward product: source = x′ (`μ + p` per dimension), rows = C_out, depth
+/// `(c, α)`, one cell per output β. Requires stride 1 in the last dimension.
+fn forward_product(problem: &ConvProblem) -> Product {
+    let g = &problem.geometry;
+    let padded: Vec<usize> = g.input().iter().zip(g.padding()).map(|(&mu, p)| mu + p.before + p.after).collect();
+    let strides = row_major_strides(&padded);
+    let plane = padded.iter().product();
+    // γ′ = s·β + tap(α) in padded coordinates (tap = f − 1 − α or α, never negative).
+    let offsets = tap_offsets(problem.in_channels, g.filter(), plane, &strides, |d, a| g.tap_offset(d, a) as usize);
+    Product {
+        margin: g.padding().iter().map(|p| p.before).collect(),
+        unpadded: g.input().to_vec(),
+        channels: problem.in_channels,
+        offsets,
+        segments: segments(g.output(), g.stride(), &strides),
+        rows: problem.out_channels,
+        plane: g.output_len(),
+        padded,
+    }
+}
+
+/// The input-gradient product (all strides 1): source = ∂y′ (`v + 2(f − 1)` per
+/// dimension, zero margins), rows = C_in, depth `(o, α)`, one cell per input γ.
+fn input_gradient_product(problem: &ConvProblem) -> Product {
+    let g = &problem.geometry;
+    let margin: Vec<usize> = g.filter().iter().map(|&f| f - 1).collect();
+    let padded: Vec<usize> = g.output().iter().zip(&margin).map(|(&v, &m)| v + 2 * m).collect();
+    let strides = row_major_strides(&padded);
+    let plane = padded.iter().product();
+    // β = γ + p − tap(α), shifted by the margin f − 1: never negative.
+    let shift =
+        |d: usize, a: usize| (g.padding()[d].before as isize + margin[d] as isize - g.tap_offset(d, a)) as usize;
+    let offsets = tap_offsets(problem.out_channels, g.filter(), plane, &strides, shift);
+    Product {
+        unpadded: g.output().to_vec(),
+        channels: problem.out_channels,
+        offsets,
+        segments: segments(g.input(), &vec![1; g.rank()], &strides),
+        rows: problem.in_channels,
+        plane: g.input_len(),
+        padded,
+        margin,
+    }
+}
+
+/// Output rows per micro-tile: balanced heights of at most [`MAX_ROWS`] (64 rows are
+/// 11, 11, 11, 11, 10, 10, not five 12s and an inefficient 4).
+fn slivers(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = rows.div_ceil(MAX_ROWS);
+    let (height, taller) = (rows / count.max(1), rows % count.max(1));
+    (0..count).scan(0, move |start, i| {
+        let range = *start..*start + height + usize::from(i < taller);
+        *start = range.end;
+        Some(range)
+    })
+}
+
+/// `a(r, k)` packed sliver by sliver: within a sliver of rows `r0..r1`, depth index k
+/// holds the sliver's rows side by side at `r0·depth + k·(r1 − r0)`.
+fn pack_rows(rows: usize, depth: usize, a: impl Fn(usize, usize) -> f32, packed: &mut [f32]) {
+    for sliver in slivers(rows) {
+        let out = &mut packed[sliver.start * depth..sliver.end * depth];
+        for (k, group) in out.chunks_exact_mut(sliver.len()).enumerate() {
+            for (i, slot) in group.iter_mut().enumerate() {
+                *slot = a(sliver.start + i, k);
+            }
+        }
+    }
+}
+
+/// Runs `product` over a batch: `sources` holds the unpadded source images, `outputs`
+/// the output images (`rows × plane` each), `packed` the weights from [`pack_rows`].
+fn run(product: &Product, packed: &[f32], init: Option<&[f32]>, pad_value: f32, sources: &[f32], outputs: &mut [f32]) {
+    let source_len = product.channels * product.unpadded.iter().product::<usize>();
+    let out_len = product.rows * product.plane;
+    outputs.par_chunks_mut(out_len).zip(sources.par_chunks(source_len)).for_each(|(out, image)| {
+        with_scratch::<f32, 1, _>(|[padded]| {
+            let padded = fit(padded, product.padded_len());
+            product.pad_image(image, pad_value, padded);
+            run_image(product, packed, init, padded, out);
+        })
+    });
+}
+
+/// One image: every sliver of rows against every pair of segments.
+fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[f32], out: &mut [f32]) {
+    let depth = product.offsets.len();
+    // The bounds every unsafe access below relies on.
+    assert!(product.reads_in_bounds() && source.len() == product.padded_len());
+    assert!(packed.len() == product.rows * depth && out.len() == product.rows * product.plane);
+    assert!(init.is_none_or(|b| b.len() == product.rows));
+    assert!(product.segments.iter().all(|s| (1..=LANES).contains(&s.len) && s.cell + s.len <= product.plane));
+    let slivers: Vec<_> = slivers(product.rows).collect();
+    for pair in product.segments.chunks(2) {
+        let second = pair.get(1).unwrap_or(&pair[0]);
+        let sources = [source[pair[0].source..].as_ptr(), source[second.source..].as_ptr()];
+        let masks = [lane_mask(pair[0].len), if pair.len() == 2 { lane_mask(second.len) } else { 0 }];
+        for rows in &slivers {
+            let tile = Tile {
+                depth,
+                a: packed[rows.start * depth..rows.end * depth].as_ptr(),
+                offsets: product.offsets.as_ptr(),
+                sources,
+                masks,
+                init: init.map_or(std::ptr::null(), |b| b[rows.start..].as_ptr()),
+                outputs: [
+                    out[rows.start * product.plane + pair[0].cell..].as_mut_ptr(),
+                    out[rows.start * product.plane + second.cell..].as_mut_ptr(),
+                ],
+                ld: product.plane,
+            };
+            // SAFETY: AVX-512F is present (callers check `available`). The asserts above
+            // bound every access: the sliver's `len × depth` packed weights and `len`
+            // initial values; loads at `source + offset ≤ last cell + last offset`
+            // inside the padded image, masked to the segment's cells; stores to rows
+            // `rows` (inside `out`) at cells `cell..cell + len ≤ plane`, masked likewise.
+            // A missing second segment has mask 0: it neither loads nor stores.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                micro_kernel(rows.len(), &tile)
+            };
+        }
+    }
+}
+
+/// The mask of the first `lanes` lanes (`lanes ≤ 16`).
+fn lane_mask(lanes: usize) -> u16 {
+    if lanes >= LANES {
+        u16::MAX
+    } else {
+        (1u16 << lanes) - 1
+    }
+}
+
+/// The operands of one micro-tile: up to [`MAX_ROWS`] rows by two segments.
+struct Tile {
+    depth: usize,
+    /// Packed weights of the sliver: `depth × rows`.
+    a: *const f32,
+    /// `depth` tap offsets.
+    offsets: *const usize,
+    /// Each segment's base in the padded source.
+    sources: [*const f32; 2],
+    /// Each segment's cells.
+    masks: [u16; 2],
+    /// The rows' initial values (the bias), or null for zero.
+    init: *const f32,
+    /// Each segment's first cell in the sliver's first output row.
+    outputs: [*mut f32; 2],
+    /// Cells between output rows.
+    ld: usize,
+}
+
+/// Runs the kernel compiled for `rows` rows, so that a short sliver wastes no work.
+///
+/// # Safety
+/// As for [`kernel`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn micro_kernel(rows: usize, tile: &Tile) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        match rows {
+            12 => kernel::<12>(tile),
+            11 => kernel::<11>(tile),
+            10 => kernel::<10>(tile),
+            9 => kernel::<9>(tile),
+            8 => kernel::<8>(tile),
+            7 => kernel::<7>(tile),
+            6 => kernel::<6>(tile),
+            5 => kernel::<5>(tile),
+            4 => kernel::<4>(tile),
+            3 => kernel::<3>(tile),
+            2 => kernel::<2>(tile),
+            1 => kernel::<1>(tile),
+            _ => unreachable!("slivers have 1..=MAX_ROWS rows"),
+        }
+    }
+}
+
+/// `out[i, segment cells] = init[i] + Σ_k a[k, i] · source[segment + offsets[k]]` for
+/// the `R` rows of a tile.
+///
+/// # Safety
+/// AVX-512F must be present. `a` must hold `depth × R` floats, `offsets` `depth`
+/// offsets, `init` (unless null) `R`; for each segment with a non-zero mask and every
+/// k, `source + offsets[k]` plus the masked lanes must be readable, and
+/// `output + i·ld` plus the masked lanes writable for i < R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(tile: &Tile) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    if !tile.init.is_null() {
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: `init` holds R values.
+            let value = _mm512_set1_ps(unsafe { *tile.init.add(i) });
+            *row = [value, value];
+        }
+    }
+    let [mask0, mask1] = tile.masks;
+    let [source0, source1] = tile.sources;
+    let mut a = tile.a;
+    for k in 0..tile.depth {
+        // SAFETY: k < depth; the loads are masked to the segments' cells, which the
+        // caller guarantees readable; `a` advances R floats per k within its sliver.
+        unsafe {
+            let offset = *tile.offsets.add(k);
+            let b0 = _mm512_maskz_loadu_ps(mask0, source0.wrapping_add(offset));
+            let b1 = _mm512_maskz_loadu_ps(mask1, source1.wrapping_add(offset));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(R);
+        }
+    }
+    let [out0, out1] = tile.outputs;
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: masked stores to the caller's writable cells of row i.
+        unsafe {
+            _mm512_mask_storeu_ps(out0.wrapping_add(i * tile.ld), mask0, row[0]);
+            _mm512_mask_storeu_ps(out1.wrapping_add(i * tile.ld), mask1, row[1]);
+        }
+    }
+}
+
+/// The forward pass by implicit GEMM, when it applies (f32, AVX-512F, stride 1 in the
+/// last dimension, not pointwise); returns false, having done nothing, otherwise.
+/// Lengths are the caller's to check.
+pub(super) fn forward(
+    problem: &ConvProblem,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pad_value: f32,
+    y: &mut [f32],
+) -> bool {
+    let g = &problem.geometry;
+    if !available() || g.stride()[g.rank() - 1] != 1 || g.is_pointwise() || problem.out_channels < MIN_ROWS {
+        return false;
+    }
+    let product = forward_product(problem);
+    if !product.reads_in_bounds() {
+        return false;
+    }
+    let depth = product.offsets.len();
+    with_scratch::<f32, 1, _>(|[packed]| {
+        let packed = fit(packed, product.rows * depth);
+        pack_rows(product.rows, depth, |o, k| w[o * depth + k], packed);
+        run(&product, packed, bias, pad_value, x, y);
+    });
+    true
+}
+
+/// The input gradient by implicit GEMM, when it applies (f32, AVX-512F, every stride
+/// 1, not pointwise); returns false, having done nothing, otherwise. `dx` is
+/// overwritten. Lengths are the caller's to check.
+pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
+    let g = &problem.geometry;
+    if !available() || g.stride().iter().any(|&s| s != 1) || g.is_pointwise() || problem.in_channels < MIN_ROWS {
+        return false;
+    }
+    let product = input_gradient_product(problem);
+    if !product.reads_in_bounds() {
+        return false;
+    }
+    let (depth, taps, c_in) = (product.offsets.len(), g.filter_len(), problem.in_channels);
+    with_scratch::<f32, 1, _>(|[packed]| {
+        let packed = fit(packed, product.rows * depth);
+        // Row c, depth (o, α) is w[o, c, α].
+        pack_rows(product.rows, depth, |c, k| w[((k / taps) * c_in + c) * taps + k % taps], packed);
+        run(&product, packed, None, 0.0, dy, dx);
+    });
+    true
+}
