@@ -368,8 +368,27 @@ pub fn conv_backward_weight<T: Element>(
     if batch == 0 {
         return Ok(());
     }
-    let (rows, c_out) = (problem.col_rows(), problem.out_channels);
     let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
+    if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
+        if implicit::backward_weight(problem, batch, per_chunk, x, dy, pad_value.as_f64() as f32, dw) {
+            return Ok(());
+        }
+    }
+    backward_weight_by_columns(problem, batch, per_chunk, x, dy, pad_value, dw)
+}
+
+/// The weight gradient through column matrices and GEMMs (any element type and CPU),
+/// summed over chunks of `per_chunk` images.
+fn backward_weight_by_columns<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    per_chunk: usize,
+    x: &[T],
+    dy: &[T],
+    pad_value: T,
+    dw: &mut [T],
+) -> Result<(), KernelError> {
+    let (rows, c_out) = (problem.col_rows(), problem.out_channels);
     let plan = problem.plan::<T>();
     let plan = Plan { images: plan.images.min(per_chunk), ..plan };
     let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_chunk))

@@ -206,6 +206,35 @@ fn weight_gradient_is_bit_identical_across_thread_counts() {
 }
 
 #[test]
+fn implicit_weight_gradient_is_bit_identical_across_thread_counts() {
+    // 9×20 output cells: more than one block of cells; 40 channels: a partial vector.
+    let g = ConvGeometry::new(
+        &[9, 40],
+        &[3, 3],
+        &[1, 2],
+        &[Padding::symmetric(1); 2],
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    let p = ConvProblem::new(g, 3, 40).unwrap();
+    let batch = 13;
+    let (x, dy) = (data(batch * p.input_image_len(), 22), data(batch * p.output_image_len(), 23));
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut dw = vec![0.0f32; p.weight_len()];
+        pool.install(|| conv_backward_weight(&p, batch, &narrow(&x), &narrow(&dy), 0.5, &mut dw)).unwrap();
+        dw
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+    let mut want = vec![0.0; p.weight_len()];
+    backward_weight_by_columns(&p, batch, 2, &x, &dy, 0.5, &mut want).unwrap();
+    assert_close("weight gradient", &one, &want, batch * p.geometry.output_len()).unwrap();
+}
+
+#[test]
 fn buffer_length_errors() {
     let p = problem_1d(4, 3, 1, 0, KernelMode::Convolution);
     let mut y = [0.0f32; 3];
@@ -302,6 +331,30 @@ proptest! {
         prop_assert_eq!(
             implicit::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx),
             implicit::available() && !p.geometry.is_pointwise() && p.in_channels >= implicit::MIN_ROWS
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    // Any strides: the weight-gradient kernel reads taps one by one.
+    #[test]
+    fn f32_weight_gradient_matches_the_column_path(case in case().prop_flat_map(|case| (Just(case), 1usize..80))) {
+        let (case, c_out) = case;
+        let p = &ConvProblem::new(case.problem.geometry.clone(), case.problem.in_channels, c_out).unwrap();
+        let x = data(case.batch * p.input_image_len(), 19);
+        let dy = data(case.batch * p.output_image_len(), 20);
+        let start = data(p.weight_len(), 21);
+        let per_chunk = case.batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(case.batch));
+        let mut want = start.clone();
+        backward_weight_by_columns(p, case.batch, per_chunk, &x, &dy, case.pad_value, &mut want).unwrap();
+        let mut dw = narrow(&start);
+        conv_backward_weight(p, case.batch, &narrow(&x), &narrow(&dy), case.pad_value as f32, &mut dw).unwrap();
+        assert_close("weight gradient", &dw, &want, case.batch * p.geometry.output_len())?;
+        prop_assert_eq!(
+            implicit::backward_weight(p, case.batch, per_chunk, &narrow(&x), &narrow(&dy), 0.0, &mut dw),
+            implicit::available() && !p.geometry.is_pointwise() && c_out >= implicit::MIN_CHANNELS
         );
     }
 }

@@ -20,6 +20,12 @@
 //! fused multiply-add per term, whatever tile it falls in: results do not depend on the
 //! thread count.
 
+mod weight;
+
+pub(super) use weight::backward_weight;
+#[cfg(test)]
+pub(super) use weight::MIN_CHANNELS;
+
 use super::ConvProblem;
 use crate::index::{row_major_strides, Odometer};
 use crate::workspace::{fit, with_scratch};
@@ -216,7 +222,12 @@ fn input_gradient_product(problem: &ConvProblem) -> Product {
 /// Output rows per micro-tile: balanced heights of at most [`MAX_ROWS`] (64 rows are
 /// 11, 11, 11, 11, 10, 10, not five 12s and an inefficient 4).
 fn slivers(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let count = rows.div_ceil(MAX_ROWS);
+    slivers_of(rows, MAX_ROWS)
+}
+
+/// `rows` cut into the fewest ranges of at most `max` rows, of balanced heights.
+fn slivers_of(rows: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = rows.div_ceil(max);
     let (height, taller) = (rows / count.max(1), rows % count.max(1));
     (0..count).scan(0, move |start, i| {
         let range = *start..*start + height + usize::from(i < taller);

@@ -1,0 +1,234 @@
+//! The weight gradient as an implicit GEMM:
+//! `∂wᵀ[k, o] = Σ_n Σ_β x′[n, base(β) + offset(k)] · ∂y[n, o, β]`.
+//!
+//! The depth of this product is the output cells, so the sum runs in registers over a
+//! whole block of cells. Rows are taps k, each a scalar read straight from the padded
+//! image at `base(β) + offset(k)` (any stride) and broadcast; columns are output
+//! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
+//! channels are contiguous. A tile of V vectors of channels (up to 64 channels) by
+//! 24/V taps keeps 24 accumulators; nothing is materialised but the small transposed
+//! ∂y. (Twelve taps by two vectors would spill: twelve tap offsets and a base do not
+//! fit the general registers beside the pointers.)
+
+use super::{available, forward_product, slivers_of};
+use crate::conv::ConvProblem;
+use crate::index::{row_major_strides, Odometer};
+use crate::workspace::{fit, with_scratch};
+use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Output channels per vector.
+const LANES: usize = 16;
+
+/// Most vectors of channels per tile.
+const MAX_VECTORS: usize = 4;
+
+/// Accumulators per tile: taps × vectors.
+const ACCUMULATORS: usize = 24;
+
+/// Most taps per tile (a one-vector tile keeps 12 accumulators).
+const MAX_TAPS: usize = 12;
+
+/// Fewer output channels than this would leave most of each vector's lanes empty.
+pub(in crate::conv) const MIN_CHANNELS: usize = 8;
+
+/// Output cells per pass over the taps: the block's transposed ∂y (cells × channels)
+/// stays in L1 while every tile of taps and channels sweeps it.
+const CELL_BLOCK: usize = 128;
+
+/// `base(β)` of every output cell β, in row-major order: where its tap 0 sits in the
+/// padded image (`Σ_d s_d·β_d·stride_d` over the padded strides).
+fn cell_bases(problem: &ConvProblem, padded: &[usize]) -> Vec<usize> {
+    let g = &problem.geometry;
+    let strides = row_major_strides(padded);
+    let mut bases = Vec::with_capacity(g.output_len());
+    let mut cells = Odometer::new(g.output());
+    while let Some(beta) = cells.current() {
+        bases.push((0..g.rank()).map(|d| g.stride()[d] * beta[d] * strides[d]).sum());
+        cells.advance();
+    }
+    bases
+}
+
+/// `∂w += Σ_n ∂y_n · col(x′_n)ᵀ` by implicit GEMM, summed over the batch in chunks of
+/// `per_chunk` images whose sums are added in order (the partition of the column
+/// path, so results do not depend on the thread count). Returns false, having done
+/// nothing, when it does not apply (no AVX-512F, a pointwise geometry, fewer than
+/// [`MIN_CHANNELS`] output channels). Lengths are the caller's to check.
+pub(in crate::conv) fn backward_weight(
+    problem: &ConvProblem,
+    batch: usize,
+    per_chunk: usize,
+    x: &[f32],
+    dy: &[f32],
+    pad_value: f32,
+    dw: &mut [f32],
+) -> bool {
+    let g = &problem.geometry;
+    if !available() || g.is_pointwise() || problem.out_channels < MIN_CHANNELS || per_chunk == 0 {
+        return false;
+    }
+    let product = forward_product(problem);
+    let bases = cell_bases(problem, &product.padded);
+    let (taps, c_out, cells) = (product.offsets.len(), problem.out_channels, g.output_len());
+    let last_read = bases.iter().max().zip(product.offsets.iter().max()).and_then(|(b, o)| b.checked_add(*o));
+    if last_read.is_none_or(|end| end >= product.padded_len()) {
+        return false;
+    }
+    let ld = c_out.next_multiple_of(LANES);
+    let (in_len, out_len) = (problem.input_image_len(), problem.output_image_len());
+    let partials: Vec<Vec<f32>> = (0..batch.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut partial = vec![0.0f32; taps * ld];
+            with_scratch::<f32, 2, _>(|[padded, transposed]| {
+                let padded = fit(padded, product.padded_len());
+                let transposed = fit(transposed, cells * ld);
+                for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(batch) {
+                    product.pad_image(&x[n * in_len..(n + 1) * in_len], pad_value, padded);
+                    transpose(&dy[n * out_len..(n + 1) * out_len], c_out, cells, ld, transposed);
+                    image_into(&product.offsets, &bases, padded, transposed, ld, &mut partial);
+                }
+            });
+            partial
+        })
+        .collect();
+    for partial in &partials {
+        for (o, dw_o) in dw.chunks_exact_mut(taps).enumerate() {
+            for (k, slot) in dw_o.iter_mut().enumerate() {
+                *slot += partial[k * ld + o];
+            }
+        }
+    }
+    true
+}
+
+/// `[channels, cells]` to `[cells, ld]`, the columns past `channels` zero.
+fn transpose(src: &[f32], channels: usize, cells: usize, ld: usize, dst: &mut [f32]) {
+    for (j, row) in dst.chunks_exact_mut(ld).enumerate().take(cells) {
+        for (o, slot) in row[..channels].iter_mut().enumerate() {
+            *slot = src[o * cells + j];
+        }
+        row[channels..].fill(0.0);
+    }
+}
+
+/// Adds one image's products to `partial` (`[taps, ld]`): every tile of taps and
+/// channels over every block of cells.
+fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[f32], ld: usize, partial: &mut [f32]) {
+    let taps = offsets.len();
+    // The bounds every unsafe access below relies on.
+    assert!(ld.is_multiple_of(LANES) && transposed.len() == bases.len() * ld && partial.len() == taps * ld);
+    let last_read = bases.iter().max().zip(offsets.iter().max()).and_then(|(b, o)| b.checked_add(*o));
+    assert!(last_read.is_some_and(|end| end < source.len()));
+    for first_cell in (0..bases.len()).step_by(CELL_BLOCK) {
+        let cells = CELL_BLOCK.min(bases.len() - first_cell);
+        for first_channel in (0..ld).step_by(MAX_VECTORS * LANES) {
+            let vectors = ((ld - first_channel) / LANES).min(MAX_VECTORS);
+            for rows in slivers_of(taps, (ACCUMULATORS / vectors).min(MAX_TAPS)) {
+                let tile = WeightTile {
+                    cells,
+                    bases: bases[first_cell..].as_ptr(),
+                    taps: offsets[rows.start..].as_ptr(),
+                    source: source.as_ptr(),
+                    transposed: transposed[first_cell * ld + first_channel..].as_ptr(),
+                    ld,
+                    partial: partial[rows.start * ld + first_channel..].as_mut_ptr(),
+                };
+                // SAFETY: AVX-512F is present (checked by the caller). The asserts above
+                // bound every access: taps `rows` of `offsets`; cells
+                // `first_cell..first_cell + cells` of `bases`; scalar reads at
+                // `base + offset ≤ last_read` inside `source`; whole vectors of
+                // `transposed` rows and of `partial` rows `rows`, at channels
+                // `first_channel..first_channel + 16·vectors ≤ ld`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    weight_micro_kernel(rows.len(), vectors, &tile)
+                };
+            }
+        }
+    }
+}
+
+/// The operands of one tile: up to min(24/V, 12) taps by V ≤ [`MAX_VECTORS`] vectors of channels.
+struct WeightTile {
+    cells: usize,
+    /// `cells` cell bases.
+    bases: *const usize,
+    /// The tile's tap offsets.
+    taps: *const usize,
+    /// The padded image.
+    source: *const f32,
+    /// Transposed ∂y at (first cell, first channel); cells `ld` apart.
+    transposed: *const f32,
+    ld: usize,
+    /// The partial sum at (first tap, first channel); taps `ld` apart.
+    partial: *mut f32,
+}
+
+/// Runs the kernel compiled for `rows` taps and `vectors` vectors of channels.
+///
+/// # Safety
+/// As for [`weight_kernel`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weight_micro_kernel(rows: usize, vectors: usize, tile: &WeightTile) {
+    macro_rules! by_rows {
+        ($vectors:literal, $($rows:literal)*) => {
+            match rows {
+                $($rows => weight_kernel::<$rows, $vectors>(tile),)*
+                _ => unreachable!("slivers have 1..=min(ACCUMULATORS/vectors, MAX_TAPS) rows"),
+            }
+        };
+    }
+    const _: () = assert!(ACCUMULATORS == 24 && MAX_VECTORS == 4 && MAX_TAPS == 12);
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        match vectors {
+            4 => by_rows!(4, 1 2 3 4 5 6),
+            3 => by_rows!(3, 1 2 3 4 5 6 7 8),
+            2 => by_rows!(2, 1 2 3 4 5 6 7 8 9 10 11 12),
+            1 => by_rows!(1, 1 2 3 4 5 6 7 8 9 10 11 12),
+            _ => unreachable!("1..=MAX_VECTORS vectors"),
+        }
+    }
+}
+
+/// `partial[i, channels] += Σ_j source[bases[j] + taps[i]] · transposed[j, channels]`
+/// for the `R` taps and `V` vectors of channels of a tile.
+///
+/// # Safety
+/// AVX-512F must be present. `taps` must hold R offsets and `bases` `cells` bases, with
+/// every `bases[j] + taps[i]` inside the image at `source`; `transposed + j·ld` must
+/// hold 16·V floats for j < cells, and `partial + i·ld` likewise for i < R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_kernel<const R: usize, const V: usize>(tile: &WeightTile) {
+    // SAFETY (whole body): every pointer stays within the bounds the caller states.
+    unsafe {
+        let taps: [usize; R] = std::array::from_fn(|i| *tile.taps.add(i));
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (v, lanes) in row.iter_mut().enumerate() {
+                *lanes = _mm512_loadu_ps(tile.partial.add(i * tile.ld + LANES * v));
+            }
+        }
+        for j in 0..tile.cells {
+            let source = tile.source.add(*tile.bases.add(j));
+            let channels = tile.transposed.add(j * tile.ld);
+            let b: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(channels.add(LANES * v)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*source.add(taps[i]));
+                for (lanes, b) in row.iter_mut().zip(&b) {
+                    *lanes = _mm512_fmadd_ps(a, *b, *lanes);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, lanes) in row.iter().enumerate() {
+                _mm512_storeu_ps(tile.partial.add(i * tile.ld + LANES * v), *lanes);
+            }
+        }
+    }
+}
