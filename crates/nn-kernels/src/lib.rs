@@ -4,7 +4,8 @@
 //!   transposed, split across the rayon pool for large products.
 //! - [`conv`]: N-dimensional convolution geometry (any number of spatial dimensions,
 //!   per-dimension stride, padding and filter length), im2col / col2im with a constant
-//!   padding value and optional filter flip, and batched forward/backward kernels.
+//!   padding value and optional filter flip, and batched forward/backward kernels
+//!   (implicit GEMM with an AVX-512 micro-kernel for f32 where the CPU has it).
 //! - [`pool`]: N-dimensional max and average pooling.
 //! - [`elementwise`]: activations, reductions, vector and optimizer updates; SIMD where
 //!   it pays, all threads for long slices.

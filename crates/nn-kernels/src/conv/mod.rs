@@ -11,12 +11,20 @@
 //! y is `[N, C_out, v…]`.
 //!
 //! # Method
-//! Work is cut into blocks whose column matrix fits the cache: several small images
-//! side by side, or tiles (ranges of output rows) of one large image. For a block,
-//! im2col builds `col = [C_in·∏f, width]`; then `y = W · col`, `∂W += ∂y · colᵀ`,
-//! `∂col = Wᵀ · ∂y`, and col2im folds ∂col back onto ∂x. Blocks run in parallel on
-//! rayon; the weight gradient is summed over a fixed partition of the batch, so
-//! results do not depend on the thread count.
+//! For f32 on a CPU with AVX-512F, the three products run as implicit GEMMs
+//! (`implicit`): a micro-kernel reads filter taps straight from a padded copy of the
+//! image, so no column matrix is built. It covers the forward pass when the last
+//! stride is 1, the input gradient when every stride is 1, and the weight gradient at
+//! any stride, given enough channels to fill its tiles.
+//!
+//! Everything else (f64, other CPUs, the remaining geometries) goes through column
+//! matrices. Work is cut into blocks whose column matrix fits the cache: several
+//! small images side by side, or tiles (ranges of output rows) of one large image.
+//! For a block, im2col builds `col = [C_in·∏f, width]`; then `y = W · col`,
+//! `∂W += ∂y · colᵀ`, `∂col = Wᵀ · ∂y`, and col2im folds ∂col back onto ∂x.
+//!
+//! Either way, images run in parallel on rayon, and the weight gradient is summed
+//! over a fixed partition of the batch, so results do not depend on the thread count.
 
 mod geometry;
 mod im2col;

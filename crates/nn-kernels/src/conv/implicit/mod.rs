@@ -32,7 +32,6 @@ use crate::workspace::{fit, with_scratch};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Output channels per micro-tile: each is broadcast from the packed weights and kept
 /// in two accumulators, so 12 rows use 24 of the 32 vector registers.
@@ -46,21 +45,12 @@ pub(super) const MIN_ROWS: usize = 4;
 /// Cells per segment: one 16-lane vector. A micro-tile holds two segments.
 const LANES: usize = 16;
 
-/// Whether this CPU runs the AVX-512 kernel (checked once).
+/// Whether this CPU runs the AVX-512 kernels (the standard library caches the answer).
 pub(super) fn available() -> bool {
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    match STATE.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            #[cfg(target_arch = "x86_64")]
-            let yes = std::arch::is_x86_feature_detected!("avx512f");
-            #[cfg(not(target_arch = "x86_64"))]
-            let yes = false;
-            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-    }
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Up to [`LANES`] consecutive output cells of one output row.
@@ -134,7 +124,8 @@ impl Product {
 }
 
 /// The segments of an output grid `output` whose cell β reads the padded source from
-/// `Σ_d step_d·β_d·stride_d` (`stride` the source's row-major strides).
+/// `Σ_d step_d·β_d·stride_d` (`source_strides` the source's row-major strides). The
+/// last dimension's step must be 1, so that a segment's cells are consecutive floats.
 fn segments(output: &[usize], step: &[usize], source_strides: &[usize]) -> Vec<Segment> {
     let last = output.len() - 1;
     let mut segments = Vec::new();
