@@ -51,6 +51,12 @@ fn cell_bases(problem: &ConvProblem, padded: &[usize]) -> Vec<usize> {
     bases
 }
 
+/// The furthest element of the padded image any tap of any cell reads (`None` when
+/// there are no cells or taps, or on overflow).
+fn last_read(bases: &[usize], offsets: &[usize]) -> Option<usize> {
+    bases.iter().max().zip(offsets.iter().max()).and_then(|(b, o)| b.checked_add(*o))
+}
+
 /// `∂w += Σ_n ∂y_n · col(x′_n)ᵀ` by implicit GEMM, summed over the batch in chunks of
 /// `per_chunk` images whose sums are added in order (the partition of the column
 /// path, so results do not depend on the thread count). Returns false, having done
@@ -72,8 +78,7 @@ pub(in crate::conv) fn backward_weight(
     let product = forward_product(problem);
     let bases = cell_bases(problem, &product.padded);
     let (taps, c_out, cells) = (product.offsets.len(), problem.out_channels, g.output_len());
-    let last_read = bases.iter().max().zip(product.offsets.iter().max()).and_then(|(b, o)| b.checked_add(*o));
-    if last_read.is_none_or(|end| end >= product.padded_len()) {
+    if last_read(&bases, &product.offsets).is_none_or(|end| end >= product.padded_len()) {
         return false;
     }
     let ld = c_out.next_multiple_of(LANES);
@@ -120,8 +125,7 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
     let taps = offsets.len();
     // The bounds every unsafe access below relies on.
     assert!(ld.is_multiple_of(LANES) && transposed.len() == bases.len() * ld && partial.len() == taps * ld);
-    let last_read = bases.iter().max().zip(offsets.iter().max()).and_then(|(b, o)| b.checked_add(*o));
-    assert!(last_read.is_some_and(|end| end < source.len()));
+    assert!(last_read(bases, offsets).is_some_and(|end| end < source.len()));
     for first_cell in (0..bases.len()).step_by(CELL_BLOCK) {
         let cells = CELL_BLOCK.min(bases.len() - first_cell);
         for first_channel in (0..ld).step_by(MAX_VECTORS * LANES) {
@@ -139,7 +143,7 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
                 // SAFETY: AVX-512F is present (checked by the caller). The asserts above
                 // bound every access: taps `rows` of `offsets`; cells
                 // `first_cell..first_cell + cells` of `bases`; scalar reads at
-                // `base + offset ≤ last_read` inside `source`; whole vectors of
+                // `base + offset ≤ last_read(…)` inside `source`; whole vectors of
                 // `transposed` rows and of `partial` rows `rows`, at channels
                 // `first_channel..first_channel + 16·vectors ≤ ld`.
                 #[cfg(target_arch = "x86_64")]
