@@ -242,13 +242,13 @@ fn buffer_length_errors() {
     assert_eq!(e, KernelError::BufferLength { what: "conv forward: y", expected: 2, got: 3 });
 }
 
-/// Geometries the implicit-GEMM kernels take (stride 1 along the last dimension, and
-/// everywhere for the input gradient when `all_unit_strides`), with channel counts
-/// across several micro-tile heights and rows across several segments.
+/// Geometries for the implicit-GEMM kernels (strides 1 to 3, or all 1 for the input
+/// gradient when `all_unit_strides`), with channel counts across several micro-tile
+/// heights and rows across several segments.
 fn implicit_case(all_unit_strides: bool) -> impl Strategy<Value = Case> {
     let outer = (1usize..7, 1usize..4, 1usize..3, 0usize..4, 0usize..4);
     let dims = (0usize..=2).prop_flat_map(move |outer_rank| {
-        (prop::collection::vec(outer.clone(), outer_rank), (1usize..40, 1usize..6, 0usize..5, 0usize..3))
+        (prop::collection::vec(outer.clone(), outer_rank), (1usize..40, 1usize..6, 0usize..5, 0usize..3, 1usize..4))
     });
     (
         dims,
@@ -266,7 +266,7 @@ fn implicit_case(all_unit_strides: bool) -> impl Strategy<Value = Case> {
                 let stride = |s: usize| if all_unit_strides { 1 } else { s };
                 let input: Vec<usize> = outer.iter().map(|d| d.0).chain([last.0]).collect();
                 let filter: Vec<usize> = outer.iter().map(|d| d.1).chain([last.1]).collect();
-                let strides: Vec<usize> = outer.iter().map(|d| stride(d.2)).chain([1]).collect();
+                let strides: Vec<usize> = outer.iter().map(|d| stride(d.2)).chain([stride(last.4)]).collect();
                 let padding: Vec<Padding> = outer
                     .iter()
                     .map(|d| Padding { before: d.3, after: d.4 })

@@ -3,9 +3,10 @@
 //! The column matrix of im2col is never built. Copy the image once into a buffer that
 //! already holds its padding (`x′`); then for filter tap k = (c, α) and output cell β,
 //! `col[k, β] = x′[base(β) + offset(k)]`, where `offset(k)` depends on the tap alone
-//! and `base(β)` on the cell alone, and `base` steps by one along an output row when
-//! the last stride is 1. So sixteen cells of one output row are sixteen consecutive
-//! floats of x′: the micro-kernel loads them as one vector per tap, straight from the
+//! and `base(β)` on the cell alone. Each row of x′ is stored split by the last stride s
+//! into s phases (positions ≡ 0 mod s, then ≡ 1, …), so `base` steps by one along an
+//! output row at any stride, and sixteen cells of one output row are sixteen
+//! consecutive floats of x′: the micro-kernel loads them as one vector per tap, straight from the
 //! image, and multiplies them by the broadcast weights of up to [`MAX_ROWS`] output
 //! channels. Nothing is written but the output, and the weights are packed once per
 //! call instead of once per image.
@@ -68,8 +69,13 @@ struct Segment {
 /// `out[r, cell] = init[r] + Σ_k a[r, k] · source[segment(cell) + offsets[k]]`.
 #[derive(Debug)]
 struct Product {
-    /// Shape of one padded source channel plane.
+    /// Shape of one stored source channel plane: padded, the last dimension stored as
+    /// `phases` interleaved rows (see [`Product::phases`]).
     padded: Vec<usize>,
+    /// The last dimension's stride s. Padded position t of a row is stored at
+    /// `(t mod s)·⌈P/s⌉ + t div s` (P the padded row length), so the cells
+    /// `β, β + 1, …` of an output row, which read `s·β + tap`, read consecutive floats.
+    phases: usize,
     /// Padding before the data in each dimension of the padded plane.
     margin: Vec<usize>,
     /// Shape of one unpadded source channel plane.
@@ -103,29 +109,48 @@ impl Product {
     }
 
     /// Copies one source image (`[channels, unpadded…]`) into `dst` with its margins
-    /// filled with `value`.
+    /// filled with `value`, each row split into its phases.
     fn pad_image(&self, image: &[f32], value: f32, dst: &mut [f32]) {
         dst.fill(value);
         let last = self.unpadded.len() - 1;
         let strides = row_major_strides(&self.padded);
         let (plane, run) = (self.padded.iter().product::<usize>(), self.unpadded[last]);
+        let phase_len = self.padded[last] / self.phases;
         let mut rows = image.chunks_exact(run);
         for c in 0..self.channels {
             let mut outer = Odometer::new(&self.unpadded[..last]);
             while let Some(index) = outer.current() {
-                let start = c * plane
-                    + (0..last).map(|d| (index[d] + self.margin[d]) * strides[d]).sum::<usize>()
-                    + self.margin[last];
-                dst[start..start + run].copy_from_slice(rows.next().expect("image holds channels·∏μ cells"));
+                let start = c * plane + (0..last).map(|d| (index[d] + self.margin[d]) * strides[d]).sum::<usize>();
+                let row = rows.next().expect("image holds channels·∏μ cells");
+                if self.phases == 1 {
+                    dst[start + self.margin[last]..][..run].copy_from_slice(row);
+                } else {
+                    // Phase q holds the padded positions t ≡ q (mod s): every s-th cell
+                    // of the row from the first such one, stored side by side.
+                    for q in 0..self.phases {
+                        let first = (q + self.phases - self.margin[last] % self.phases) % self.phases;
+                        let at = start + q * phase_len + (self.margin[last] + first) / self.phases;
+                        let cells = &row[first.min(run)..];
+                        let out = &mut dst[at..][..cells.len().div_ceil(self.phases)];
+                        for (j, slot) in out.iter_mut().enumerate() {
+                            *slot = cells[j * self.phases];
+                        }
+                    }
+                }
                 outer.advance();
             }
         }
     }
+
+    /// `base(β)` of every output cell in row-major order.
+    fn cell_bases(&self) -> impl Iterator<Item = usize> + '_ {
+        self.segments.iter().flat_map(|s| s.source..s.source + s.len)
+    }
 }
 
-/// The segments of an output grid `output` whose cell β reads the padded source from
-/// `Σ_d step_d·β_d·stride_d` (`source_strides` the source's row-major strides). The
-/// last dimension's step must be 1, so that a segment's cells are consecutive floats.
+/// The segments of an output grid `output` whose cell β reads the stored source from
+/// `Σ_{d<last} step_d·β_d·stride_d + β_last` (`source_strides` the stored source's
+/// row-major strides; the last dimension's stride is taken by the phase layout).
 fn segments(output: &[usize], step: &[usize], source_strides: &[usize]) -> Vec<Segment> {
     let last = output.len() - 1;
     let mut segments = Vec::new();
@@ -165,15 +190,28 @@ fn tap_offsets(
     offsets
 }
 
-/// The forward product: source = x′ (`μ + p` per dimension), rows = C_out, depth
-/// `(c, α)`, one cell per output β. Requires stride 1 in the last dimension.
+/// The forward product: source = x′ (`μ + p` per dimension, rows split into phases
+/// by the last stride), rows = C_out, depth `(c, α)`, one cell per output β.
 fn forward_product(problem: &ConvProblem) -> Product {
     let g = &problem.geometry;
-    let padded: Vec<usize> = g.input().iter().zip(g.padding()).map(|(&mu, p)| mu + p.before + p.after).collect();
+    let last = g.rank() - 1;
+    let phases = g.stride()[last];
+    let mut padded: Vec<usize> = g.input().iter().zip(g.padding()).map(|(&mu, p)| mu + p.before + p.after).collect();
+    let phase_len = padded[last].div_ceil(phases);
+    padded[last] = phases * phase_len;
     let strides = row_major_strides(&padded);
     let plane = padded.iter().product();
-    // γ′ = s·β + tap(α) in padded coordinates (tap = f − 1 − α or α, never negative).
-    let offsets = tap_offsets(problem.in_channels, g.filter(), plane, &strides, |d, a| g.tap_offset(d, a) as usize);
+    // γ′ = s·β + tap(α) in padded coordinates (tap = f − 1 − α or α, never negative);
+    // along rows, tap t sits in phase t mod s, t div s cells in.
+    let shift = |d: usize, a: usize| {
+        let tap = g.tap_offset(d, a) as usize;
+        if d == last {
+            (tap % phases) * phase_len + tap / phases
+        } else {
+            tap
+        }
+    };
+    let offsets = tap_offsets(problem.in_channels, g.filter(), plane, &strides, shift);
     Product {
         margin: g.padding().iter().map(|p| p.before).collect(),
         unpadded: g.input().to_vec(),
@@ -183,6 +221,7 @@ fn forward_product(problem: &ConvProblem) -> Product {
         rows: problem.out_channels,
         plane: g.output_len(),
         padded,
+        phases,
     }
 }
 
@@ -206,6 +245,7 @@ fn input_gradient_product(problem: &ConvProblem) -> Product {
         rows: problem.in_channels,
         plane: g.input_len(),
         padded,
+        phases: 1,
         margin,
     }
 }
@@ -397,8 +437,9 @@ unsafe fn kernel<const R: usize>(tile: &Tile) {
     }
 }
 
-/// The forward pass by implicit GEMM, when it applies (f32, AVX-512F, stride 1 in the
-/// last dimension, not pointwise); returns false, having done nothing, otherwise.
+/// The forward pass by implicit GEMM, when it applies (f32, AVX-512F, not pointwise,
+/// at least [`MIN_ROWS`] output channels); returns false, having done nothing,
+/// otherwise.
 /// Lengths are the caller's to check.
 pub(super) fn forward(
     problem: &ConvProblem,
@@ -409,7 +450,7 @@ pub(super) fn forward(
     y: &mut [f32],
 ) -> bool {
     let g = &problem.geometry;
-    if !available() || g.stride()[g.rank() - 1] != 1 || g.is_pointwise() || problem.out_channels < MIN_ROWS {
+    if !available() || g.is_pointwise() || problem.out_channels < MIN_ROWS {
         return false;
     }
     let product = forward_product(problem);

@@ -3,7 +3,7 @@
 //!
 //! The depth of this product is the output cells, so the sum runs in registers over a
 //! whole block of cells. Rows are taps k, each a scalar read straight from the padded
-//! image at `base(β) + offset(k)` (any stride) and broadcast; columns are output
+//! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns are output
 //! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
 //! channels are contiguous. A tile of V vectors of channels (up to 64 channels) by
 //! 24/V taps keeps 24 accumulators; nothing is materialised but the small transposed
@@ -12,7 +12,6 @@
 
 use super::{available, forward_product, slivers_of};
 use crate::conv::ConvProblem;
-use crate::index::{row_major_strides, Odometer};
 use crate::workspace::{fit, with_scratch};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -36,20 +35,6 @@ pub(in crate::conv) const MIN_CHANNELS: usize = 8;
 /// Output cells per pass over the taps: the block's transposed ∂y (cells × channels)
 /// stays in L1 while every tile of taps and channels sweeps it.
 const CELL_BLOCK: usize = 128;
-
-/// `base(β)` of every output cell β, in row-major order: where its tap 0 sits in the
-/// padded image (`Σ_d s_d·β_d·stride_d` over the padded strides).
-fn cell_bases(problem: &ConvProblem, padded: &[usize]) -> Vec<usize> {
-    let g = &problem.geometry;
-    let strides = row_major_strides(padded);
-    let mut bases = Vec::with_capacity(g.output_len());
-    let mut cells = Odometer::new(g.output());
-    while let Some(beta) = cells.current() {
-        bases.push((0..g.rank()).map(|d| g.stride()[d] * beta[d] * strides[d]).sum());
-        cells.advance();
-    }
-    bases
-}
 
 /// The furthest element of the padded image any tap of any cell reads (`None` when
 /// there are no cells or taps, or on overflow).
@@ -76,7 +61,7 @@ pub(in crate::conv) fn backward_weight(
         return false;
     }
     let product = forward_product(problem);
-    let bases = cell_bases(problem, &product.padded);
+    let bases: Vec<usize> = product.cell_bases().collect();
     let (taps, c_out, cells) = (product.offsets.len(), problem.out_channels, g.output_len());
     if last_read(&bases, &product.offsets).is_none_or(|end| end >= product.padded_len()) {
         return false;
