@@ -6,19 +6,16 @@
 //! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns are output
 //! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
 //! channels are contiguous. A tile of V vectors of channels (up to 64 channels) by
-//! 24/V taps keeps 24 accumulators; nothing is materialised but the small transposed
+//! min(24/V, 12) taps keeps up to 24 accumulators; nothing is materialised but the small transposed
 //! ∂y. (Twelve taps by two vectors would spill: twelve tap offsets and a base do not
 //! fit the general registers beside the pointers.)
 
-use super::{available, forward_product, slivers_of};
+use super::{available, forward_product, slivers_of, LANES};
 use crate::conv::ConvProblem;
 use crate::workspace::{fit, with_scratch};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-
-/// Output channels per vector.
-const LANES: usize = 16;
 
 /// Most vectors of channels per tile.
 const MAX_VECTORS: usize = 4;
