@@ -21,6 +21,7 @@
 //! fused multiply-add per term, whatever tile it falls in: results do not depend on the
 //! thread count.
 
+mod transpose;
 mod weight;
 
 pub(super) use weight::backward_weight;

@@ -6,10 +6,12 @@
 //! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns are output
 //! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
 //! channels are contiguous. A tile of V vectors of channels (up to 64 channels) by
-//! min(24/V, 12) taps keeps up to 24 accumulators; nothing is materialised but the small transposed
-//! ∂y. (Twelve taps by two vectors would spill: twelve tap offsets and a base do not
-//! fit the general registers beside the pointers.)
+//! min(24/V, 10) taps keeps up to 24 accumulators; nothing is materialised but the
+//! small transposed ∂y. (More than ten taps spill: their offsets, a cell's base and
+//! the loop's pointers must all fit the general registers. Twelve taps by two
+//! vectors ran C6's weight gradient at 80 GFLOP/s on one thread, ten at 115–119.)
 
+use super::transpose::transpose;
 use super::{available, forward_product, slivers_of, LANES};
 use crate::conv::ConvProblem;
 use crate::workspace::{fit, with_scratch};
@@ -23,8 +25,8 @@ const MAX_VECTORS: usize = 4;
 /// Accumulators per tile: taps × vectors.
 const ACCUMULATORS: usize = 24;
 
-/// Most taps per tile (a one-vector tile keeps 12 accumulators).
-const MAX_TAPS: usize = 12;
+/// Most taps per tile (a one- or two-vector tile keeps 10 or 20 accumulators).
+const MAX_TAPS: usize = 10;
 
 /// Fewer output channels than this would leave most of each vector's lanes empty.
 pub(in crate::conv) const MIN_CHANNELS: usize = 8;
@@ -74,7 +76,7 @@ pub(in crate::conv) fn backward_weight(
                 let transposed = fit(transposed, cells * ld);
                 for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(batch) {
                     product.pad_image(&x[n * in_len..(n + 1) * in_len], pad_value, padded);
-                    transpose(&dy[n * out_len..(n + 1) * out_len], c_out, cells, ld, transposed);
+                    to_cell_major(&dy[n * out_len..(n + 1) * out_len], c_out, cells, ld, transposed);
                     image_into(&product.offsets, &bases, padded, transposed, ld, &mut partial);
                 }
             });
@@ -92,13 +94,13 @@ pub(in crate::conv) fn backward_weight(
 }
 
 /// `[channels, cells]` to `[cells, ld]`, the columns past `channels` zero.
-fn transpose(src: &[f32], channels: usize, cells: usize, ld: usize, dst: &mut [f32]) {
-    for (j, row) in dst.chunks_exact_mut(ld).enumerate().take(cells) {
-        for (o, slot) in row[..channels].iter_mut().enumerate() {
-            *slot = src[o * cells + j];
+fn to_cell_major(src: &[f32], channels: usize, cells: usize, ld: usize, dst: &mut [f32]) {
+    if ld > channels {
+        for row in dst.chunks_exact_mut(ld) {
+            row[channels..].fill(0.0);
         }
-        row[channels..].fill(0.0);
     }
+    transpose(src, channels, cells, cells, dst, ld);
 }
 
 /// Adds one image's products to `partial` (`[taps, ld]`): every tile of taps and
@@ -137,7 +139,7 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
     }
 }
 
-/// The operands of one tile: up to min(24/V, 12) taps by V ≤ [`MAX_VECTORS`] vectors of channels.
+/// The operands of one tile: up to min(24/V, 10) taps by V ≤ [`MAX_VECTORS`] vectors of channels.
 struct WeightTile {
     cells: usize,
     /// `cells` cell bases.
@@ -168,14 +170,14 @@ unsafe fn weight_micro_kernel(rows: usize, vectors: usize, tile: &WeightTile) {
             }
         };
     }
-    const _: () = assert!(ACCUMULATORS == 24 && MAX_VECTORS == 4 && MAX_TAPS == 12);
+    const _: () = assert!(ACCUMULATORS == 24 && MAX_VECTORS == 4 && MAX_TAPS == 10);
     // SAFETY: forwarded to the caller.
     unsafe {
         match vectors {
             4 => by_rows!(4, 1 2 3 4 5 6),
             3 => by_rows!(3, 1 2 3 4 5 6 7 8),
-            2 => by_rows!(2, 1 2 3 4 5 6 7 8 9 10 11 12),
-            1 => by_rows!(1, 1 2 3 4 5 6 7 8 9 10 11 12),
+            2 => by_rows!(2, 1 2 3 4 5 6 7 8 9 10),
+            1 => by_rows!(1, 1 2 3 4 5 6 7 8 9 10),
             _ => unreachable!("1..=MAX_VECTORS vectors"),
         }
     }
