@@ -63,6 +63,17 @@ impl Windows {
         Self { row_starts, rows, inner }
     }
 
+    /// True when the last dimension's windows are the pairs `2b, 2b + 1`, all in
+    /// bounds (a 2-wide window at stride 2 without padding: the common pooling).
+    fn is_paired(&self) -> bool {
+        self.inner.iter().enumerate().all(|(b, &(a, e))| a == 2 * b && e == a + 2)
+    }
+
+    /// The input row offsets of output row `r`'s windows.
+    fn window_rows(&self, r: usize) -> &[usize] {
+        &self.rows[self.row_starts[r]..self.row_starts[r + 1]]
+    }
+
     /// Calls `visit(out_index, rows, a..e)` for every output cell of one plane: its
     /// window's in-bounds cells are `base + g` for `base` in `rows` and `g` in `a..e`,
     /// in row-major order.
@@ -127,8 +138,17 @@ pub fn max_pool_forward<T: Element>(
     }
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
     let windows = Windows::new(geom);
+    let paired = windows.is_paired();
     y.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len)).zip(x.par_chunks(in_len)).for_each(
         |((y_p, arg_p), x_p)| {
+            if paired {
+                let width = windows.inner.len();
+                for (r, (y_row, arg_row)) in y_p.chunks_exact_mut(width).zip(arg_p.chunks_exact_mut(width)).enumerate()
+                {
+                    max_of_pairs(x_p, windows.window_rows(r), y_row, arg_row);
+                }
+                return;
+            }
             windows.for_each_output(|o, rows, cols| {
                 // The first cell starts the max (every window has one, checked above),
                 // so a window of NaNs keeps a value; `>` keeps the first maximum in
@@ -149,6 +169,42 @@ pub fn max_pool_forward<T: Element>(
         },
     );
     Ok(())
+}
+
+/// One output row of max pooling whose windows are the pairs `2b, 2b + 1` of the
+/// input rows at `rows`: the same first-maximum rule as the general loop, with the
+/// bounds checked once per row instead of once per cell.
+fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row: &mut [u32]) {
+    let width = y_row.len();
+    let row = |base: usize| x_p[base..base + 2 * width].chunks_exact(2);
+    let update = |best: &mut T, arg: &mut usize, v: T, at: usize| {
+        let better = v > *best;
+        *best = if better { v } else { *best };
+        *arg = if better { at } else { *arg };
+    };
+    if let &[top, bottom] = rows {
+        for (b, (((y, slot), upper), lower)) in
+            y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(top)).zip(row(bottom)).enumerate()
+        {
+            let (mut best, mut arg) = (upper[0], top + 2 * b);
+            update(&mut best, &mut arg, upper[1], top + 2 * b + 1);
+            update(&mut best, &mut arg, lower[0], bottom + 2 * b);
+            update(&mut best, &mut arg, lower[1], bottom + 2 * b + 1);
+            *y = best;
+            *slot = arg as u32;
+        }
+        return;
+    }
+    for (b, ((y, slot), first)) in y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(rows[0])).enumerate() {
+        let (mut best, mut arg) = (first[0], rows[0] + 2 * b);
+        for &base in rows {
+            let pair = &x_p[base + 2 * b..base + 2 * b + 2];
+            update(&mut best, &mut arg, pair[0], base + 2 * b);
+            update(&mut best, &mut arg, pair[1], base + 2 * b + 1);
+        }
+        *y = best;
+        *slot = arg as u32;
+    }
 }
 
 /// Max pooling gradient: `dx[argmax[β]] += dy[β]`, with `dx` overwritten first.

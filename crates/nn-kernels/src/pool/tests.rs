@@ -2,13 +2,14 @@ use super::*;
 use crate::conv::{KernelMode, OutputRounding, Padding};
 use proptest::prelude::*;
 
-/// Max and mean of each window, computed from the definition with an odometer over the
-/// window (padding cells skipped).
-fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let (mut maxes, mut means) = (Vec::new(), Vec::new());
+/// Max, first position of the max (in row-major window order) and mean of each
+/// window, computed from the definition with an odometer over the window (padding
+/// cells skipped).
+fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<u32>, Vec<f64>) {
+    let (mut maxes, mut args, mut means) = (Vec::new(), Vec::new(), Vec::new());
     let mut betas = Odometer::new(geom.output());
     while let Some(beta) = betas.current() {
-        let (mut best, mut total, mut count) = (f64::NEG_INFINITY, 0.0, 0);
+        let (mut best, mut arg, mut total, mut count) = (f64::NEG_INFINITY, 0, 0.0, 0);
         let mut alphas = Odometer::new(geom.filter());
         while let Some(alpha) = alphas.current() {
             let gamma: Vec<isize> = (0..geom.rank())
@@ -16,17 +17,20 @@ fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
                 .collect();
             if gamma.iter().zip(geom.input()).all(|(&g, &m)| g >= 0 && g < m as isize) {
                 let idx = gamma.iter().zip(geom.input()).fold(0, |acc, (&g, &m)| acc * m + g as usize);
-                best = best.max(x[idx]);
+                if x[idx] > best {
+                    (best, arg) = (x[idx], idx as u32);
+                }
                 total += x[idx];
                 count += 1;
             }
             alphas.advance();
         }
         maxes.push(best);
+        args.push(arg);
         means.push(total / count as f64);
         betas.advance();
     }
-    (maxes, means)
+    (maxes, args, means)
 }
 
 fn geometry() -> impl Strategy<Value = ConvGeometry> {
@@ -52,39 +56,79 @@ fn geometry() -> impl Strategy<Value = ConvGeometry> {
         })
 }
 
+/// Geometries whose last dimension pools pairs `2b, 2b + 1` without padding (the
+/// paired fast path of max pooling), any windows in the other dimensions.
+fn paired_geometry() -> impl Strategy<Value = ConvGeometry> {
+    (0usize..=2)
+        .prop_flat_map(|outer| {
+            (prop::collection::vec((1usize..7, 1usize..4, 1usize..3, 0usize..2), outer), 2usize..12, any::<bool>())
+        })
+        .prop_filter_map("window must fit", |(dims, last, strict)| {
+            let mut input: Vec<usize> = dims.iter().map(|d| d.0).collect();
+            let mut filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
+            let mut stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
+            let mut padding: Vec<Padding> = dims.iter().map(|d| Padding::symmetric(d.3.min(d.1 - 1))).collect();
+            input.push(last);
+            filter.push(2);
+            stride.push(2);
+            padding.push(Padding::default());
+            // Floor rounding drops an odd input's last cell; strict refuses it.
+            let rounding = if strict { OutputRounding::Strict } else { OutputRounding::Floor };
+            let g =
+                ConvGeometry::new(&input, &filter, &stride, &padding, rounding, KernelMode::CrossCorrelation).ok()?;
+            check_pool_geometry(&g).ok()?;
+            Some(g)
+        })
+}
+
 proptest! {
     #[test]
     fn pooling_matches_reference(geom in geometry(), planes in 1usize..3, seed in 0u64..1000) {
-        let x: Vec<f64> = (0..planes * geom.input_len()).map(|i| ((i as u64 * 7919 + seed * 104729) % 1009) as f64 / 97.0).collect();
+        check_pooling(&geom, planes, seed)?;
+    }
+
+    #[test]
+    fn paired_max_pooling_matches_reference(geom in paired_geometry(), planes in 1usize..3, seed in 0u64..1000) {
+        prop_assert!(Windows::new(&geom).is_paired());
+        check_pooling(&geom, planes, seed)?;
+    }
+}
+
+/// Forward results against [`reference`], and both backward passes by their adjoint
+/// identities.
+fn check_pooling(geom: &ConvGeometry, planes: usize, seed: u64) -> Result<(), TestCaseError> {
+    {
+        // Few distinct values, so windows hold ties: the winner must be the first.
+        let x: Vec<f64> =
+            (0..planes * geom.input_len()).map(|i| ((i as u64 * 7919 + seed * 104729) % 7) as f64 / 3.0).collect();
         let out = planes * geom.output_len();
         let (mut y, mut arg, mut avg) = (vec![0.0; out], vec![0u32; out], vec![0.0; out]);
-        max_pool_forward(&geom, planes, &x, &mut y, &mut arg).unwrap();
-        avg_pool_forward(&geom, planes, &x, &mut avg).unwrap();
+        max_pool_forward(geom, planes, &x, &mut y, &mut arg).unwrap();
+        avg_pool_forward(geom, planes, &x, &mut avg).unwrap();
         for p in 0..planes {
             let plane = &x[p * geom.input_len()..(p + 1) * geom.input_len()];
-            let (maxes, means) = reference(&geom, plane);
+            let (maxes, args, means) = reference(geom, plane);
             let range = p * geom.output_len()..(p + 1) * geom.output_len();
             prop_assert_eq!(&y[range.clone()], &maxes[..]);
             for (a, b) in avg[range.clone()].iter().zip(&means) {
                 prop_assert!((a - b).abs() < 1e-12);
             }
-            for (&i, &m) in arg[range].iter().zip(&maxes) {
-                prop_assert_eq!(plane[i as usize], m);
-            }
+            prop_assert_eq!(&arg[range], &args[..]);
         }
         // Adjoint identities: <pool(x), dy> = <x, poolᵀ(dy)> for the linear average, and
         // the max gradient routes each dy to its argmax.
         let dy: Vec<f64> = (0..out).map(|i| (i % 5) as f64 - 2.0).collect();
         let mut dx = vec![f64::NAN; x.len()];
-        avg_pool_backward(&geom, planes, &dy, &mut dx).unwrap();
+        avg_pool_backward(geom, planes, &dy, &mut dx).unwrap();
         let lhs: f64 = avg.iter().zip(&dy).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
         prop_assert!((lhs - rhs).abs() < 1e-9 * (1.0 + lhs.abs()));
-        max_pool_backward(&geom, planes, &arg, &dy, &mut dx).unwrap();
+        max_pool_backward(geom, planes, &arg, &dy, &mut dx).unwrap();
         let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
         prop_assert!((lhs - rhs).abs() < 1e-9 * (1.0 + lhs.abs()));
     }
+    Ok(())
 }
 
 #[test]
