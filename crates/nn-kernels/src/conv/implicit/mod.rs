@@ -98,13 +98,21 @@ impl Product {
         self.channels * self.padded.iter().product::<usize>()
     }
 
-    /// True when every load the kernel makes lies inside the padded source. The
-    /// geometry guarantees it; this check makes the guarantee local to this file.
+    /// The padded image plus a tail of one vector: the kernel loads whole vectors
+    /// even for a segment of fewer cells (a masked load costs the multiply-add ports
+    /// a blend), and the tail keeps the last such load inside the buffer.
+    fn buffer_len(&self) -> usize {
+        self.padded_len() + LANES
+    }
+
+    /// True when every load the kernel makes, a whole vector from each segment's
+    /// first cell, lies inside the buffer. The geometry guarantees it; this check
+    /// makes the guarantee local to this file.
     fn reads_in_bounds(&self) -> bool {
-        let last_cell = self.segments.iter().map(|s| s.source + s.len - 1).max();
+        let last_cell = self.segments.iter().map(|s| s.source + LANES - 1).max();
         let last_offset = self.offsets.iter().copied().max();
         match (last_cell, last_offset) {
-            (Some(cell), Some(offset)) => cell.checked_add(offset).is_some_and(|end| end < self.padded_len()),
+            (Some(cell), Some(offset)) => cell.checked_add(offset).is_some_and(|end| end < self.buffer_len()),
             _ => false,
         }
     }
@@ -288,7 +296,7 @@ fn run(product: &Product, packed: &[f32], init: Option<&[f32]>, pad_value: f32, 
     let out_len = product.rows * product.plane;
     outputs.par_chunks_mut(out_len).zip(sources.par_chunks(source_len)).for_each(|(out, image)| {
         with_scratch::<f32, 1, _>(|[padded]| {
-            let padded = fit(padded, product.padded_len());
+            let padded = fit(padded, product.buffer_len());
             product.pad_image(image, pad_value, padded);
             run_image(product, packed, init, padded, out);
         })
@@ -299,7 +307,7 @@ fn run(product: &Product, packed: &[f32], init: Option<&[f32]>, pad_value: f32, 
 fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[f32], out: &mut [f32]) {
     let depth = product.offsets.len();
     // The bounds every unsafe access below relies on.
-    assert!(product.reads_in_bounds() && source.len() == product.padded_len());
+    assert!(product.reads_in_bounds() && source.len() == product.buffer_len());
     assert!(packed.len() == product.rows * depth && out.len() == product.rows * product.plane);
     assert!(init.is_none_or(|b| b.len() == product.rows));
     assert!(product.segments.iter().all(|s| (1..=LANES).contains(&s.len) && s.cell + s.len <= product.plane));
@@ -324,10 +332,11 @@ fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[
             };
             // SAFETY: AVX-512F is present (callers check `available`). The asserts above
             // bound every access: the sliver's `len × depth` packed weights and `len`
-            // initial values; loads at `source + offset ≤ last cell + last offset`
-            // inside the padded image, masked to the segment's cells; stores to rows
-            // `rows` (inside `out`) at cells `cell..cell + len ≤ plane`, masked likewise.
-            // A missing second segment has mask 0: it neither loads nor stores.
+            // initial values; whole-vector loads at `source + offset`, whose last
+            // float is at most `first cell + 15 + last offset`, inside the buffer;
+            // stores to rows `rows` (inside `out`) at cells `cell..cell + len ≤ plane`,
+            // masked to them. A missing second segment repeats the first one's loads
+            // and has store mask 0.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 micro_kernel(rows.len(), &tile)
@@ -396,9 +405,10 @@ unsafe fn micro_kernel(rows: usize, tile: &Tile) {
 ///
 /// # Safety
 /// AVX-512F must be present. `a` must hold `depth × R` floats, `offsets` `depth`
-/// offsets, `init` (unless null) `R`; for each segment with a non-zero mask and every
-/// k, `source + offsets[k]` plus the masked lanes must be readable, and
-/// `output + i·ld` plus the masked lanes writable for i < R.
+/// offsets, `init` (unless null) `R`; for both segments (a missing second one
+/// repeats the first) and every k, the 16 floats at `source + offsets[k]` must be
+/// readable, and `output + i·ld` plus the masked lanes writable for i < R. Lanes
+/// past a segment's cells are computed from whatever they read and never stored.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize>(tile: &Tile) {
@@ -414,12 +424,12 @@ unsafe fn kernel<const R: usize>(tile: &Tile) {
     let [source0, source1] = tile.sources;
     let mut a = tile.a;
     for k in 0..tile.depth {
-        // SAFETY: k < depth; the loads are masked to the segments' cells, which the
-        // caller guarantees readable; `a` advances R floats per k within its sliver.
+        // SAFETY: k < depth; the caller guarantees both whole-vector loads readable;
+        // `a` advances R floats per k within its sliver.
         unsafe {
             let offset = *tile.offsets.add(k);
-            let b0 = _mm512_maskz_loadu_ps(mask0, source0.wrapping_add(offset));
-            let b1 = _mm512_maskz_loadu_ps(mask1, source1.wrapping_add(offset));
+            let b0 = _mm512_loadu_ps(source0.wrapping_add(offset));
+            let b1 = _mm512_loadu_ps(source1.wrapping_add(offset));
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*a.add(i));
                 row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
