@@ -133,6 +133,22 @@ impl Product {
                 let row = rows.next().expect("image holds channels·∏μ cells");
                 if self.phases == 1 {
                     dst[start + self.margin[last]..][..run].copy_from_slice(row);
+                } else if self.phases == 2 {
+                    // Stride 2, the common case: one pass over the row writes both
+                    // phases. Cell i sits at padded position t = m + i, stored in
+                    // phase t mod 2 at t div 2: even cells from m div 2 in phase
+                    // m mod 2, odd ones from ⌈m/2⌉ in the other.
+                    let (lo, hi) = dst[start..start + 2 * phase_len].split_at_mut(phase_len);
+                    let m = self.margin[last];
+                    let (even, odd) = if m % 2 == 0 { (lo, hi) } else { (hi, lo) };
+                    let (even, odd) = (&mut even[m / 2..], &mut odd[m.div_ceil(2)..]);
+                    for (j, pair) in row.chunks_exact(2).enumerate() {
+                        even[j] = pair[0];
+                        odd[j] = pair[1];
+                    }
+                    if run % 2 == 1 {
+                        even[run / 2] = row[run - 1];
+                    }
                 } else {
                     // Phase q holds the padded positions t ≡ q (mod s): every s-th cell
                     // of the row from the first such one, stored side by side.
