@@ -140,7 +140,7 @@ impl Product {
                     // m mod 2, odd ones from ⌈m/2⌉ in the other.
                     let (lo, hi) = dst[start..start + 2 * phase_len].split_at_mut(phase_len);
                     let m = self.margin[last];
-                    let (even, odd) = if m % 2 == 0 { (lo, hi) } else { (hi, lo) };
+                    let (even, odd) = if m.is_multiple_of(2) { (lo, hi) } else { (hi, lo) };
                     let (even, odd) = (&mut even[m / 2..], &mut odd[m.div_ceil(2)..]);
                     for (j, pair) in row.chunks_exact(2).enumerate() {
                         even[j] = pair[0];
