@@ -13,9 +13,8 @@
 //! # Method
 //! For f32 on a CPU with AVX-512F, the three products run as implicit GEMMs
 //! (`implicit`): a micro-kernel reads filter taps straight from a padded copy of the
-//! image, so no column matrix is built. It covers the forward pass and the weight
-//! gradient at any stride and the input gradient when every stride is 1, given enough
-//! channels to fill its tiles.
+//! image, so no column matrix is built. It covers all three products at any stride,
+//! given enough channels to fill its tiles.
 //!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several

@@ -11,10 +11,13 @@
 //! channels. Nothing is written but the output, and the weights are packed once per
 //! call instead of once per image.
 //!
-//! The input gradient at stride 1 is the same product read the other way round:
+//! The input gradient is the same product read the other way round. At stride 1,
 //! `∂x[c, γ] = Σ_(o, α) w[o, c, α] · ∂y′[o, γ + p + f − 1 − tap(α)]`, with ∂y′ the
-//! output gradient padded by `f − 1` zeros on each side. It replaces the GEMM into a
-//! column matrix and the scatter-add of col2im by one pass that writes each ∂x cell
+//! output gradient padded by `f − 1` zeros on each side. At stride s, the input cells
+//! split into residue classes `γ ≡ e (mod s)`; each class is reached by its own
+//! subset of the taps and is a stride-1 product of its own ([`InputClass`]), and the
+//! classes' results are interleaved into ∂x in one pass. Either way it replaces the
+//! GEMM into a column matrix and the scatter-add of col2im: each ∂x cell is written
 //! once.
 //!
 //! Each output element is its initial value plus the sum over the taps in order, one
@@ -250,28 +253,126 @@ fn forward_product(problem: &ConvProblem) -> Product {
     }
 }
 
-/// The input-gradient product (all strides 1): source = ∂y′ (`v + 2(f − 1)` per
-/// dimension, zero margins), rows = C_in, depth `(o, α)`, one cell per input γ.
-fn input_gradient_product(problem: &ConvProblem) -> Product {
+/// The input cells `γ ≡ first (mod s)` in every dimension and the product that
+/// computes their gradient.
+///
+/// Input cell γ = first + s·u receives `w[o, c, α] · ∂y[o, β]` from the taps with
+/// `s·β − p + tap(α) = γ`, that is `β = u + q(α)` with `q = (first + p − tap)/s`, for
+/// exactly the taps where that division leaves no remainder. So each class is a
+/// stride-1 product over u with its own taps: source = ∂y′ (∂y with zero margins wide
+/// enough for every class), rows = C_in, depth `(o, α)` over the class's taps. At
+/// stride 1 there is one class, the whole plane.
+struct InputClass {
+    /// The class's first input cell in each dimension (`< s`).
+    first: Vec<usize>,
+    /// Its cells per dimension.
+    cells: Vec<usize>,
+    /// The filter taps (flat α, row-major) that reach it, in order.
+    taps: Vec<usize>,
+    product: Product,
+}
+
+/// The classes of [`InputClass`] with at least one cell, in row-major order of `first`.
+fn input_gradient_classes(problem: &ConvProblem) -> Vec<InputClass> {
     let g = &problem.geometry;
-    let margin: Vec<usize> = g.filter().iter().map(|&f| f - 1).collect();
-    let padded: Vec<usize> = g.output().iter().zip(&margin).map(|(&v, &m)| v + 2 * m).collect();
+    let rank = g.rank();
+    let (s, f, mu, v) = (g.stride(), g.filter(), g.input(), g.output());
+    // q(d, first, α) when the tap reaches the class, else None.
+    let q = |d: usize, first: usize, a: usize| {
+        let t = (first + g.padding()[d].before) as isize - g.tap_offset(d, a);
+        (t.rem_euclid(s[d] as isize) == 0).then(|| t.div_euclid(s[d] as isize))
+    };
+    let count = |d: usize, first: usize| mu[d].saturating_sub(first).div_ceil(s[d]);
+    // β + margin ≥ 0 since q ≥ −(f − 1)/s; the margin after covers the largest
+    // u + q of any class and tap (those β past the output read zeros).
+    let margin: Vec<usize> = (0..rank).map(|d| (f[d] - 1).div_ceil(s[d])).collect();
+    let after: Vec<usize> = (0..rank)
+        .map(|d| {
+            let reach = (0..s[d]).flat_map(|e| (0..f[d]).filter_map(move |a| Some(count(d, e) as isize + q(d, e, a)?)));
+            reach.map(|end| end - v[d] as isize).max().unwrap_or(0).max(0) as usize
+        })
+        .collect();
+    let padded: Vec<usize> = (0..rank).map(|d| v[d] + margin[d] + after[d]).collect();
     let strides = row_major_strides(&padded);
-    let plane = padded.iter().product();
-    // β = γ + p − tap(α), shifted by the margin f − 1: never negative.
-    let shift =
-        |d: usize, a: usize| (g.padding()[d].before as isize + margin[d] as isize - g.tap_offset(d, a)) as usize;
-    let offsets = tap_offsets(problem.out_channels, g.filter(), plane, &strides, shift);
-    Product {
-        unpadded: g.output().to_vec(),
-        channels: problem.out_channels,
-        offsets,
-        segments: segments(g.input(), &vec![1; g.rank()], &strides),
-        rows: problem.in_channels,
-        plane: g.input_len(),
-        padded,
-        phases: 1,
-        margin,
+    let plane: usize = padded.iter().product();
+    let mut classes = Vec::new();
+    let mut residues = Odometer::new(s);
+    while let Some(first) = residues.current() {
+        let cells: Vec<usize> = (0..rank).map(|d| count(d, first[d])).collect();
+        if cells.iter().all(|&n| n > 0) {
+            let (mut taps, mut reach) = (Vec::new(), Vec::new());
+            let mut alphas = Odometer::new(f);
+            let mut flat = 0;
+            while let Some(alpha) = alphas.current() {
+                if let Some(shifts) = (0..rank).map(|d| q(d, first[d], alpha[d])).collect::<Option<Vec<_>>>() {
+                    taps.push(flat);
+                    reach
+                        .push((0..rank).map(|d| (shifts[d] + margin[d] as isize) as usize * strides[d]).sum::<usize>());
+                }
+                flat += 1;
+                alphas.advance();
+            }
+            let offsets = (0..problem.out_channels).flat_map(|o| reach.iter().map(move |r| o * plane + r)).collect();
+            let product = Product {
+                padded: padded.clone(),
+                phases: 1,
+                margin: margin.clone(),
+                unpadded: v.to_vec(),
+                channels: problem.out_channels,
+                offsets,
+                segments: segments(&cells, &vec![1; rank], &strides),
+                rows: problem.in_channels,
+                plane: cells.iter().product(),
+            };
+            classes.push(InputClass { first: first.to_vec(), cells, taps, product });
+        }
+        residues.advance();
+    }
+    classes
+}
+
+/// Writes the classes' results (`results[i]`: `[rows, class i's cells]`) into
+/// `dx_image` (`[rows, input plane]`), one pass over each input row: row γ takes, in
+/// its last dimension, cell j of the class whose first cell is j mod s.
+fn interleave_classes(classes: &[InputClass], results: &[&[f32]], input: &[usize], stride: &[usize], dx: &mut [f32]) {
+    let last = input.len() - 1;
+    let (s, width) = (stride[last], input[last]);
+    // The classes by their first cell, row-major over the strides.
+    let mut by_first: Vec<Option<usize>> = vec![None; stride.iter().product()];
+    for (i, class) in classes.iter().enumerate() {
+        by_first[class.first.iter().zip(stride).fold(0, |at, (&e, &s)| at * s + e)] = Some(i);
+    }
+    let mut dx_rows = dx.chunks_exact_mut(width);
+    for c in 0..classes[0].product.rows {
+        let mut outer = Odometer::new(&input[..last]);
+        while let Some(gamma) = outer.current() {
+            let dx_row = dx_rows.next().expect("dx holds rows·∏μ cells");
+            // For each first cell e < s of the last dimension: that class's row here.
+            let first = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
+            let class_row = |e: usize| -> &[f32] {
+                let Some(i) = by_first[first + e] else { return &[] };
+                let cells = &classes[i].cells;
+                let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
+                &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
+            };
+            if s == 2 {
+                let (even, odd) = (class_row(0), class_row(1));
+                for (pair, (&a, &b)) in dx_row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                    pair[0] = a;
+                    pair[1] = b;
+                }
+                if width % 2 == 1 {
+                    dx_row[width - 1] = even[width / 2];
+                }
+            } else {
+                for e in 0..s {
+                    for (j, &value) in class_row(e).iter().enumerate() {
+                        dx_row[e + s * j] = value;
+                    }
+                }
+            }
+            outer.advance();
+        }
     }
 }
 
@@ -493,24 +594,59 @@ pub(super) fn forward(
     true
 }
 
-/// The input gradient by implicit GEMM, when it applies (f32, AVX-512F, every stride
-/// 1, not pointwise); returns false, having done nothing, otherwise. `dx` is
-/// overwritten. Lengths are the caller's to check.
+/// The input gradient by implicit GEMM, when it applies (f32, AVX-512F, not
+/// pointwise, at least [`MIN_ROWS`] input channels); returns false, having done
+/// nothing, otherwise. `dx` is overwritten. Lengths are the caller's to check.
 pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
     let g = &problem.geometry;
-    if !available() || g.stride().iter().any(|&s| s != 1) || g.is_pointwise() || problem.in_channels < MIN_ROWS {
+    if !available() || g.is_pointwise() || problem.in_channels < MIN_ROWS {
         return false;
     }
-    let product = input_gradient_product(problem);
-    if !product.reads_in_bounds() {
+    let classes = input_gradient_classes(problem);
+    if classes.iter().any(|class| !class.taps.is_empty() && !class.product.reads_in_bounds()) {
         return false;
     }
-    let (depth, taps, c_in) = (product.offsets.len(), g.filter_len(), problem.in_channels);
+    let (taps, c_in, c_out) = (g.filter_len(), problem.in_channels, problem.out_channels);
+    let depths: Vec<usize> = classes.iter().map(|class| class.product.offsets.len()).collect();
     with_scratch::<f32, 1, _>(|[packed]| {
-        let packed = fit(packed, product.rows * depth);
-        // Row c, depth (o, α) is w[o, c, α].
-        pack_rows(product.rows, depth, |c, k| w[((k / taps) * c_in + c) * taps + k % taps], packed);
-        run(&product, packed, None, 0.0, dy, dx);
+        let packed = fit(packed, c_in * depths.iter().sum::<usize>());
+        // Per class, row c, depth (o, j) is w[o, c, α_j] for the class's taps α_j.
+        let mut rest = &mut packed[..];
+        let mut weights = Vec::with_capacity(classes.len());
+        for (class, &depth) in classes.iter().zip(&depths) {
+            let (mine, others) = rest.split_at_mut(c_in * depth);
+            let m = class.taps.len();
+            pack_rows(c_in, depth, |c, k| w[((k / m) * c_in + c) * taps + class.taps[k % m]], mine);
+            weights.push(&*mine);
+            rest = others;
+        }
+        if g.stride().iter().all(|&s| s == 1) {
+            // One class, the whole plane with every tap: written in place.
+            return run(&classes[0].product, weights[0], None, 0.0, dy, dx);
+        }
+        let source = &classes[0].product;
+        let source_len = c_out * g.output_len();
+        dx.par_chunks_mut(c_in * g.input_len()).zip(dy.par_chunks(source_len)).for_each(|(dx_image, dy_image)| {
+            with_scratch::<f32, 2, _>(|[padded, all_results]| {
+                let padded = fit(padded, source.buffer_len());
+                source.pad_image(dy_image, 0.0, padded);
+                // The classes partition the input cells: their results fill one image.
+                let mut rest = fit(all_results, dx_image.len());
+                let mut results = Vec::with_capacity(classes.len());
+                for (class, packed) in classes.iter().zip(&weights) {
+                    let (result, others) = rest.split_at_mut(c_in * class.product.plane);
+                    if class.taps.is_empty() {
+                        // No tap reaches these cells (a stride longer than the filter).
+                        result.fill(0.0);
+                    } else {
+                        run_image(&class.product, packed, None, padded, result);
+                    }
+                    results.push(&*result);
+                    rest = others;
+                }
+                interleave_classes(&classes, &results, g.input(), g.stride(), dx_image);
+            })
+        });
     });
     true
 }
