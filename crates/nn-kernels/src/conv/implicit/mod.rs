@@ -44,6 +44,10 @@ use std::arch::x86_64::*;
 /// in two accumulators, so 12 rows use 24 of the 32 vector registers.
 const MAX_ROWS: usize = 12;
 
+/// Output channels per micro-tile of three segments (8 × 3 accumulators): taken when
+/// every sliver is this short, so that 16 rows do not run as two tiles of 8 × 2.
+const MAX_ROWS_3: usize = 8;
+
 /// Fewer output rows than this leave too few independent accumulators to hide the
 /// multiply-add latency (2·rows chains against 4 cycles × 2 ports); such products
 /// (an input gradient with one to three input channels) take the column path.
@@ -517,11 +521,14 @@ fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[
     let stores = product.segments.iter().flat_map(|s| s.stores);
     assert!(stores.flat_map(Store::cells).all(|cell| (0..plane).contains(&cell)));
     let slivers: Vec<_> = slivers(product.rows).collect();
-    for pair in product.segments.chunks(2) {
-        // A missing second segment repeats the first one's loads and stores nothing.
-        let second = pair.get(1).map_or(Segment { stores: [Store::NONE; 2], ..pair[0] }, |s| *s);
-        let sources = [source[pair[0].source..].as_ptr(), source[second.source..].as_ptr()];
-        let stores = [pair[0].stores, second.stores];
+    // Slivers of at most 8 rows take three segments: 24 accumulators, like 12 × 2.
+    let width = if slivers.iter().all(|rows| rows.len() <= MAX_ROWS_3) { 3 } else { 2 };
+    for group in product.segments.chunks(width) {
+        // Missing segments repeat the first one's loads and store nothing.
+        let segment = |j: usize| group.get(j).map_or(Segment { stores: [Store::NONE; 2], ..group[0] }, |s| *s);
+        let segments: [Segment; 3] = std::array::from_fn(segment);
+        let sources = segments.map(|s| source[s.source..].as_ptr());
+        let stores = segments.map(|s| s.stores);
         for rows in &slivers {
             let row_start = out[rows.start * product.plane..].as_mut_ptr();
             let tile = Tile {
@@ -542,7 +549,7 @@ fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[
             // lie in `0..plane` (asserted above).
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                micro_kernel(rows.len(), &tile)
+                micro_kernel(rows.len(), width, &tile)
             };
         }
     }
@@ -557,7 +564,8 @@ fn lane_mask(lanes: usize) -> u16 {
     }
 }
 
-/// The operands of one micro-tile: up to [`MAX_ROWS`] rows by two segments.
+/// The operands of one micro-tile: up to [`MAX_ROWS`] rows by two segments, or up
+/// to [`MAX_ROWS_3`] by three (the kernel reads the first S of each array).
 struct Tile {
     depth: usize,
     /// Packed weights of the sliver: `depth × rows`.
@@ -565,41 +573,41 @@ struct Tile {
     /// `depth` tap offsets.
     offsets: *const usize,
     /// Each segment's base in the padded source.
-    sources: [*const f32; 2],
+    sources: [*const f32; 3],
     /// Per segment, the lanes of each of its two output rows.
-    masks: [[u16; 2]; 2],
+    masks: [[u16; 2]; 3],
     /// The rows' initial values (the bias), or null for zero.
     init: *const f32,
     /// Per segment and output row: where lane 0 would be stored in the sliver's
     /// first channel (only the masked lanes are).
-    outputs: [[*mut f32; 2]; 2],
+    outputs: [[*mut f32; 2]; 3],
     /// Cells between output rows.
     ld: usize,
 }
 
-/// Runs the kernel compiled for `rows` rows, so that a short sliver wastes no work.
+/// Runs the kernel compiled for `rows` rows and `width` segments, so that a short
+/// sliver wastes no work.
 ///
 /// # Safety
 /// As for [`kernel`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn micro_kernel(rows: usize, tile: &Tile) {
+unsafe fn micro_kernel(rows: usize, width: usize, tile: &Tile) {
+    macro_rules! by_rows {
+        ($width:literal, $($rows:literal)*) => {
+            match rows {
+                $($rows => kernel::<$rows, $width>(tile),)*
+                _ => unreachable!("slivers have 1..=MAX_ROWS rows, 1..=MAX_ROWS_3 for three segments"),
+            }
+        };
+    }
+    const _: () = assert!(MAX_ROWS == 12 && MAX_ROWS_3 == 8);
     // SAFETY: forwarded to the caller.
     unsafe {
-        match rows {
-            12 => kernel::<12>(tile),
-            11 => kernel::<11>(tile),
-            10 => kernel::<10>(tile),
-            9 => kernel::<9>(tile),
-            8 => kernel::<8>(tile),
-            7 => kernel::<7>(tile),
-            6 => kernel::<6>(tile),
-            5 => kernel::<5>(tile),
-            4 => kernel::<4>(tile),
-            3 => kernel::<3>(tile),
-            2 => kernel::<2>(tile),
-            1 => kernel::<1>(tile),
-            _ => unreachable!("slivers have 1..=MAX_ROWS rows"),
+        match width {
+            2 => by_rows!(2, 1 2 3 4 5 6 7 8 9 10 11 12),
+            3 => by_rows!(3, 1 2 3 4 5 6 7 8),
+            _ => unreachable!("two or three segments"),
         }
     }
 }
@@ -616,28 +624,27 @@ unsafe fn micro_kernel(rows: usize, tile: &Tile) {
 /// whatever they read and never stored.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(tile: &Tile) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+unsafe fn kernel<const R: usize, const S: usize>(tile: &Tile) {
+    let mut acc = [[_mm512_setzero_ps(); S]; R];
     if !tile.init.is_null() {
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: `init` holds R values.
-            let value = _mm512_set1_ps(unsafe { *tile.init.add(i) });
-            *row = [value, value];
+            *row = [_mm512_set1_ps(unsafe { *tile.init.add(i) }); S];
         }
     }
-    let [source0, source1] = tile.sources;
+    let sources: [*const f32; S] = std::array::from_fn(|j| tile.sources[j]);
     let mut a = tile.a;
     for k in 0..tile.depth {
-        // SAFETY: k < depth; the caller guarantees both whole-vector loads readable;
+        // SAFETY: k < depth; the caller guarantees the whole-vector loads readable;
         // `a` advances R floats per k within its sliver.
         unsafe {
             let offset = *tile.offsets.add(k);
-            let b0 = _mm512_loadu_ps(source0.wrapping_add(offset));
-            let b1 = _mm512_loadu_ps(source1.wrapping_add(offset));
+            let b: [__m512; S] = std::array::from_fn(|j| _mm512_loadu_ps(sources[j].wrapping_add(offset)));
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*a.add(i));
-                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                for (lanes, b) in row.iter_mut().zip(&b) {
+                    *lanes = _mm512_fmadd_ps(ai, *b, *lanes);
+                }
             }
             a = a.add(R);
         }
