@@ -438,9 +438,9 @@ fn interleave_classes(classes: &[InputClass], results: &[&[f32]], input: &[usize
         while let Some(gamma) = outer.current() {
             let dx_row = dx_rows.next().expect("dx holds rows·∏μ cells");
             // For each first cell e < s of the last dimension: that class's row here.
-            let first = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
+            let outer_residue = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
             let class_row = |e: usize| -> &[f32] {
-                let Some(i) = by_first[first + e] else { return &[] };
+                let Some(i) = by_first[outer_residue + e] else { return &[] };
                 let cells = &classes[i].cells;
                 let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
                 &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
@@ -544,7 +544,7 @@ fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[
             // SAFETY: AVX-512F is present (callers check `available`). The asserts above
             // bound every access: the sliver's `len × depth` packed weights and `len`
             // initial values; whole-vector loads at `source + offset`, whose last
-            // float is at most `first cell + 15 + last offset`, inside the buffer;
+            // float is at most `segment source + 15 + last offset`, inside the buffer;
             // stores to rows `rows` (inside `out`), each masked to lanes whose cells
             // lie in `0..plane` (asserted above).
             #[cfg(target_arch = "x86_64")]
@@ -617,9 +617,9 @@ unsafe fn micro_kernel(rows: usize, width: usize, tile: &Tile) {
 ///
 /// # Safety
 /// AVX-512F must be present. `a` must hold `depth × R` floats, `offsets` `depth`
-/// offsets, `init` (unless null) `R`; for both segments (a missing second one
-/// repeats the first) and every k, the 16 floats at `source + offsets[k]` must be
-/// readable, and for each of the four (output, mask) pairs the masked lanes of
+/// offsets, `init` (unless null) `R`; for each of the first S segments (missing ones
+/// repeat the first) and every k, the 16 floats at `source + offsets[k]` must be
+/// readable, and for each of their (output, mask) pairs the masked lanes of
 /// `output + i·ld` writable for i < R. Lanes that are no cell are computed from
 /// whatever they read and never stored.
 #[cfg(target_arch = "x86_64")]
