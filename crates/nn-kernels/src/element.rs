@@ -34,9 +34,10 @@ pub trait Element:
     /// The mutable counterpart of [`Element::as_f32`].
     fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 
-    /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n, single
-    /// threaded (the `gemm` crate's kernels, chosen at run time for this CPU). When β
-    /// is zero, C is not read.
+    /// `C ← α·A·B + β·C` on strided matrices: A is m×k, B is k×n, C is m×n (the `gemm`
+    /// crate's kernels, chosen at run time for this CPU), on the calling thread when
+    /// `threads` ≤ 1, else on that many workers of the current rayon pool. When β is
+    /// zero, C is not read.
     ///
     /// # Safety
     /// Every index `i·rs + j·cs` in range of each matrix's dimensions must lie inside
@@ -57,6 +58,7 @@ pub trait Element:
         c: *mut Self,
         rsc: isize,
         csc: isize,
+        threads: usize,
     );
 }
 
@@ -101,7 +103,9 @@ macro_rules! impl_element {
                 c: *mut Self,
                 rsc: isize,
                 csc: isize,
+                threads: usize,
             ) {
+                let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
                 // SAFETY: the caller upholds the contract stated on this method, which
                 // is the `gemm` crate's. That crate computes dst ← α′·dst + β′·lhs·rhs,
                 // so our α and β trade places, and dst is read only when β ≠ 0.
@@ -125,7 +129,7 @@ macro_rules! impl_element {
                         false,
                         false,
                         false,
-                        gemm::Parallelism::None,
+                        parallelism,
                     )
                 }
             }

@@ -2,11 +2,13 @@
 //!
 //! The micro-kernels are the `gemm` crate's (AVX-512, AVX2/FMA or portable, chosen at
 //! run time by that crate; it measured faster than `matrixmultiply` on every workload
-//! here). Threads come from rayon: a large product is cut into a fixed number of
-//! blocks of rows (or columns) of C, decided by the shape alone, and the blocks are
-//! shared among the workers. Every element of C is therefore computed by the same
-//! arithmetic in the same order whatever the thread count: results are bit-identical
-//! across thread counts.
+//! here). Threads come from rayon: a product at least 512 × 512 in C runs as one call
+//! of the `gemm` crate on its own rayon threading, whose bits do not depend on the
+//! thread count; a smaller one is cut into a fixed number of blocks of rows (or
+//! columns) of C, decided by the shape alone, and the blocks are shared among the
+//! workers. Every element of C is therefore computed by the same arithmetic in the
+//! same order whatever the thread count: results are bit-identical across thread
+//! counts.
 
 pub mod reference;
 #[cfg(test)]
@@ -41,6 +43,14 @@ const SPLIT_ALIGN: usize = 16;
 /// product cut after row 16 differs from the whole in the last bits), so one block
 /// per worker would make results depend on the thread count.
 const MAX_BLOCKS: usize = 4;
+
+/// When C has at least this many rows and columns, one call of the `gemm` crate with
+/// its own rayon threading beats our blocks (which pack the shared operand once per
+/// block): G3 and G4 (1024², 2048²) ran 7–9% faster on 1 thread and 5–7% on 2. Its
+/// bits do not depend on its thread count (checked on nine shapes from 65×32×513 to
+/// 2048×512×2048 with 1–4 threads, and by `bit_identical_across_thread_counts`).
+/// Narrower products (G2, and G5, G6 with a side of 64) scale better on our blocks.
+const OWN_THREADS_MIN: usize = 512;
 
 /// The row and column strides of `op(X)` for X stored row-major.
 fn strides(trans: Transpose, rows: usize, cols: usize) -> (isize, isize) {
@@ -87,6 +97,30 @@ pub fn gemm<T: Element>(
         gemm_on_one_thread(trans_a, trans_b, m, n, k, alpha, a, b, beta, c);
         return Ok(());
     }
+    if m >= OWN_THREADS_MIN && n >= OWN_THREADS_MIN {
+        // SAFETY: the checked lengths keep every strided index of A, B and C inside
+        // their slices; `c` is a unique borrow and cannot alias `a` or `b`.
+        unsafe {
+            T::gemm_strided(
+                m,
+                k,
+                n,
+                alpha,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+                rayon::current_num_threads(),
+            )
+        };
+        return Ok(());
+    }
     // Blocks are handed out by rayon's work splitting (`par_*`), which lets an idle
     // worker steal half of what is left at once.
     if m >= n {
@@ -126,6 +160,7 @@ pub fn gemm<T: Element>(
                     beta,
                     c_base.add(col0),
                     n as isize,
+                    1,
                     1,
                 )
             }
@@ -207,6 +242,7 @@ pub(crate) fn gemm_ld<T: Element>(
             beta,
             c.as_mut_ptr(),
             ldc as isize,
+            1,
             1,
         )
     };
