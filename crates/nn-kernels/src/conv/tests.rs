@@ -235,6 +235,29 @@ fn implicit_weight_gradient_is_bit_identical_across_thread_counts() {
 }
 
 #[test]
+fn weight_gradient_in_runs_of_three_taps_matches_the_column_path() {
+    // 3×3 filters at stride 1 over 4 channels: 36 taps in rising (cross-correlation)
+    // or falling (convolution) runs of three; 32 channels: tiles of two vectors × 12.
+    for (mode, direction) in [
+        (KernelMode::CrossCorrelation, implicit::Direction::Rising),
+        (KernelMode::Convolution, implicit::Direction::Falling),
+    ] {
+        let g =
+            ConvGeometry::new(&[7, 19], &[3, 3], &[1, 1], &[Padding::symmetric(1); 2], OutputRounding::Strict, mode)
+                .unwrap();
+        let p = ConvProblem::new(g, 4, 32).unwrap();
+        assert_eq!(implicit::run_direction(&implicit::forward_product(&p).offsets), Some(direction));
+        let batch = 3;
+        let (x, dy) = (data(batch * p.input_image_len(), 24), data(batch * p.output_image_len(), 25));
+        let mut dw = vec![0.0f32; p.weight_len()];
+        conv_backward_weight(&p, batch, &narrow(&x), &narrow(&dy), 0.25, &mut dw).unwrap();
+        let mut want = vec![0.0; p.weight_len()];
+        backward_weight_by_columns(&p, batch, 1, &x, &dy, 0.25, &mut want).unwrap();
+        assert_close("weight gradient", &dw, &want, batch * p.geometry.output_len()).unwrap();
+    }
+}
+
+#[test]
 fn buffer_length_errors() {
     let p = problem_1d(4, 3, 1, 0, KernelMode::Convolution);
     let mut y = [0.0f32; 3];

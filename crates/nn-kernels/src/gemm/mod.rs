@@ -248,7 +248,7 @@ pub(crate) fn gemm_ld<T: Element>(
     };
 }
 
-/// [`gemm`] on the calling thread, for contiguous operands of exactly their sizes.
+/// [`gemm()`] on the calling thread, for contiguous operands of exactly their sizes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_on_one_thread<T: Element>(
     trans_a: Transpose,

@@ -31,7 +31,7 @@ mod weight;
 
 pub(super) use weight::backward_weight;
 #[cfg(test)]
-pub(super) use weight::MIN_CHANNELS;
+pub(super) use weight::{run_direction, Direction, MIN_CHANNELS};
 
 use super::ConvProblem;
 use crate::index::{row_major_strides, Odometer};
@@ -101,7 +101,7 @@ impl Store {
 /// One implicit product over a padded source image:
 /// `out[r, cell] = init[r] + Σ_k a[r, k] · source[segment(cell) + offsets[k]]`.
 #[derive(Debug)]
-struct Product {
+pub(super) struct Product {
     /// Shape of one stored source channel plane: padded, the last dimension stored as
     /// `phases` interleaved rows (see [`Product::phases`]).
     padded: Vec<usize>,
@@ -116,7 +116,7 @@ struct Product {
     /// Source channels.
     channels: usize,
     /// Per depth index k: where its value sits relative to a cell's base.
-    offsets: Vec<usize>,
+    pub(super) offsets: Vec<usize>,
     /// The output plane in segments, row by row.
     segments: Vec<Segment>,
     /// Output rows (channels of the result).
@@ -310,7 +310,7 @@ fn tap_offsets(
 
 /// The forward product: source = x′ (`μ + p` per dimension, rows split into phases
 /// by the last stride), rows = C_out, depth `(c, α)`, one cell per output β.
-fn forward_product(problem: &ConvProblem) -> Product {
+pub(super) fn forward_product(problem: &ConvProblem) -> Product {
     let g = &problem.geometry;
     let last = g.rank() - 1;
     let phases = g.stride()[last];
