@@ -196,17 +196,18 @@ struct WeightTile {
     partial: *mut f32,
 }
 
-/// Runs the kernel compiled for `rows` taps and `vectors` vectors of channels.
+/// Runs the kernel compiled for `rows` taps (runs of one) and `vectors` vectors of
+/// channels.
 ///
 /// # Safety
-/// As for [`weight_kernel`].
+/// As for [`run_kernel`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn weight_micro_kernel(rows: usize, vectors: usize, tile: &WeightTile) {
     macro_rules! by_rows {
         ($vectors:literal, $($rows:literal)*) => {
             match rows {
-                $($rows => weight_kernel::<$rows, $vectors>(tile),)*
+                $($rows => run_kernel::<$rows, 1, $vectors, false>(tile),)*
                 _ => unreachable!("slivers have 1..=min(ACCUMULATORS/vectors, MAX_TAPS) rows"),
             }
         };
@@ -225,48 +226,16 @@ unsafe fn weight_micro_kernel(rows: usize, vectors: usize, tile: &WeightTile) {
 }
 
 /// `partial[i, channels] += Σ_j source[bases[j] + taps[i]] · transposed[j, channels]`
-/// for the `R` taps and `V` vectors of channels of a tile.
+/// for the `RUNS·LEN` taps and `V` vectors of channels of a tile, its taps in `RUNS`
+/// runs of `LEN` consecutive offsets: tap `r·LEN + t` reads `bases[j] + taps[r·LEN] + t`,
+/// or `− t` when `FALLING`. Runs of one tap are any taps; longer runs keep fewer
+/// offsets in the general registers.
 ///
 /// # Safety
-/// AVX-512F must be present. `taps` must hold R offsets and `bases` `cells` bases, with
-/// every `bases[j] + taps[i]` inside the image at `source`; `transposed + j·ld` must
-/// hold 16·V floats for j < cells, and `partial + i·ld` likewise for i < R.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weight_kernel<const R: usize, const V: usize>(tile: &WeightTile) {
-    // SAFETY (whole body): every pointer stays within the bounds the caller states.
-    unsafe {
-        let taps: [usize; R] = std::array::from_fn(|i| *tile.taps.add(i));
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (v, lanes) in row.iter_mut().enumerate() {
-                *lanes = _mm512_loadu_ps(tile.partial.add(i * tile.ld + LANES * v));
-            }
-        }
-        for j in 0..tile.cells {
-            let source = tile.source.add(*tile.bases.add(j));
-            let channels = tile.transposed.add(j * tile.ld);
-            let b: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(channels.add(LANES * v)));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*source.add(taps[i]));
-                for (lanes, b) in row.iter_mut().zip(&b) {
-                    *lanes = _mm512_fmadd_ps(a, *b, *lanes);
-                }
-            }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, lanes) in row.iter().enumerate() {
-                _mm512_storeu_ps(tile.partial.add(i * tile.ld + LANES * v), *lanes);
-            }
-        }
-    }
-}
-
-/// [`weight_kernel`] for `RUNS` runs of `LEN` taps whose offsets are consecutive:
-/// tap `r·LEN + t` reads `bases[j] + taps[r·LEN] + t`, or `− t` when `FALLING`.
-///
-/// # Safety
-/// As for [`weight_kernel`] with `R = RUNS·LEN` taps, which must form such runs.
+/// AVX-512F must be present. `taps` must hold `RUNS·LEN` offsets forming such runs and
+/// `bases` `cells` bases, with every `bases[j] + taps[i]` inside the image at `source`;
+/// `transposed + j·ld` must hold 16·V floats for j < cells, and `partial + i·ld`
+/// likewise for every tap i.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn run_kernel<const RUNS: usize, const LEN: usize, const V: usize, const FALLING: bool>(tile: &WeightTile) {
