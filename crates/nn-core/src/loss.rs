@@ -21,9 +21,12 @@ impl Reduction {
 }
 
 /// A loss `L(t, x⁽ᴺ⁾)` over a batch, with its gradient `∂L/∂x⁽ᴺ⁾` (Step 3's start).
-pub trait Loss<T: Element> {
+///
+/// `Sync`, like its targets, so that a training step can run on a worker of the
+/// thread pool that runs its kernels.
+pub trait Loss<T: Element>: Sync {
     /// What the network's output is compared with.
-    type Target: ?Sized;
+    type Target: ?Sized + Sync;
 
     /// Returns the loss of the batch (reduced as asked, accumulated in f64) and writes
     /// `∂L/∂prediction` into `grad` (reshaped to the prediction's shape).

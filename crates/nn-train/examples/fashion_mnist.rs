@@ -162,9 +162,10 @@ fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::E
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if let Some(threads) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
-    }
+    // The main thread is one of the pool's workers: the trainer's steps then start
+    // their parallel loops in place instead of handing each step to the pool.
+    let threads = args.threads.unwrap_or(0);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()?;
     let (epochs, lr) = match args.model {
         Model::Mlp => (args.epochs.unwrap_or(5), args.lr.unwrap_or(0.05)),
         Model::Cnn => (args.epochs.unwrap_or(3), args.lr.unwrap_or(0.01)),

@@ -83,22 +83,26 @@ where
     if batch_size == 0 {
         return Err(TrainError::Config { what: "batch size", details: "must be positive".into() });
     }
-    let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
-    let mut error_sum = 0.0;
-    let mut confusion: Option<ConfusionMatrix> = None;
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size) {
-        data.fill_batch(chunk, &mut inputs, &mut targets)?;
-        let outputs = net.forward(&inputs)?;
-        error_sum += loss.loss_and_grad(outputs, targets.as_ref(), Reduction::Sum, &mut grad)?;
-        if let Some(labels) = targets.labels() {
-            let classes = outputs.shape().get(1).copied().unwrap_or(1);
-            let matrix = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes));
-            for (&actual, predicted) in labels.iter().zip(argmax_rows(outputs)) {
-                matrix.counts[actual][predicted] += 1;
+    // On a worker of the current rayon pool, like a training step (see `train_step`).
+    let (error_sum, confusion) = rayon::scope(|_| {
+        let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
+        let mut error_sum = 0.0;
+        let mut confusion: Option<ConfusionMatrix> = None;
+        let indices: Vec<usize> = (0..data.len()).collect();
+        for chunk in indices.chunks(batch_size) {
+            data.fill_batch(chunk, &mut inputs, &mut targets)?;
+            let outputs = net.forward(&inputs)?;
+            error_sum += loss.loss_and_grad(outputs, targets.as_ref(), Reduction::Sum, &mut grad)?;
+            if let Some(labels) = targets.labels() {
+                let classes = outputs.shape().get(1).copied().unwrap_or(1);
+                let matrix = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes));
+                for (&actual, predicted) in labels.iter().zip(argmax_rows(outputs)) {
+                    matrix.counts[actual][predicted] += 1;
+                }
             }
         }
-    }
+        Ok::<_, TrainError>((error_sum, confusion))
+    })?;
     Ok(Evaluation {
         samples: data.len(),
         error_sum,
