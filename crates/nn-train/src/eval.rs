@@ -68,6 +68,8 @@ pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item
 
 /// Runs `net` over every sample of `data` in batches of `batch_size`, in order, and
 /// reports the summed and mean loss, and accuracy and confusion for class targets.
+/// Like [`train_step`](crate::train_step), it runs on a worker of the current rayon
+/// pool.
 pub fn evaluate<T, D, L>(
     net: &mut Sequential<T>,
     loss: &L,

@@ -443,6 +443,9 @@ impl Trainer {
 /// One minibatch of Steps 2–4: forward, loss and its gradient, backward (gradients
 /// zeroed first, then summed over the batch), and one optimizer update. Returns the
 /// batch loss as reduced by `reduction`; `grad` is a reusable buffer.
+///
+/// The step runs on a worker of the current rayon pool: the calling thread when it is
+/// one, else a worker it waits for (so thread-local state of the caller is not seen).
 pub fn train_step<T, L, O>(
     net: &mut Sequential<T>,
     optimizer: &mut O,
