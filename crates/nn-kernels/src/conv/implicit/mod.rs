@@ -26,7 +26,6 @@
 //! fused multiply-add per term, whatever tile it falls in: results do not depend on the
 //! thread count.
 
-mod pairs;
 mod transpose;
 mod weight;
 
@@ -37,7 +36,6 @@ pub(super) use weight::{run_direction, Direction, MIN_CHANNELS};
 use super::ConvProblem;
 use crate::index::{row_major_strides, Odometer};
 use crate::workspace::{fit, with_scratch};
-use pairs::{deal_pairs, merge_pairs};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -175,7 +173,14 @@ impl Product {
                     let (lo, hi) = dst[start..start + 2 * phase_len].split_at_mut(phase_len);
                     let m = self.margin[last];
                     let (even, odd) = if m.is_multiple_of(2) { (lo, hi) } else { (hi, lo) };
-                    deal_pairs(row, &mut even[m / 2..], &mut odd[m.div_ceil(2)..]);
+                    let (even, odd) = (&mut even[m / 2..], &mut odd[m.div_ceil(2)..]);
+                    for (j, pair) in row.chunks_exact(2).enumerate() {
+                        even[j] = pair[0];
+                        odd[j] = pair[1];
+                    }
+                    if run % 2 == 1 {
+                        even[run / 2] = row[run - 1];
+                    }
                 } else {
                     // Phase q holds the padded positions t ≡ q (mod s): every s-th cell
                     // of the row from the first such one, stored side by side.
@@ -441,7 +446,14 @@ fn interleave_classes(classes: &[InputClass], results: &[&[f32]], input: &[usize
                 &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
             };
             if s == 2 {
-                merge_pairs(class_row(0), class_row(1), dx_row);
+                let (even, odd) = (class_row(0), class_row(1));
+                for (pair, (&a, &b)) in dx_row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                    pair[0] = a;
+                    pair[1] = b;
+                }
+                if width % 2 == 1 {
+                    dx_row[width - 1] = even[width / 2];
+                }
             } else {
                 for e in 0..s {
                     for (j, &value) in class_row(e).iter().enumerate() {
