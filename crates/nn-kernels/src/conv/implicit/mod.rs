@@ -555,7 +555,7 @@ fn run_image(product: &Product, packed: &[f32], init: Option<&[f32]>, source: &[
     }
 }
 
-/// The mask of the first `lanes` lanes (`lanes ≤ 16`).
+/// The mask of the first `lanes` lanes (all sixteen when `lanes` ≥ 16).
 fn lane_mask(lanes: usize) -> u16 {
     if lanes >= LANES {
         u16::MAX

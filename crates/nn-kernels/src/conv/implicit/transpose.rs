@@ -1,7 +1,7 @@
 //! Matrix transposition between the channel-major layout of tensors and the
 //! cell-major layout of the implicit kernels, 16 × 16 blocks at a time in registers.
 
-use super::available;
+use super::{available, lane_mask};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -37,15 +37,6 @@ fn transpose_portable(src: &[f32], rows: usize, cols: usize, src_ld: usize, dst:
                 out[r] = src[r * src_ld + c];
             }
         }
-    }
-}
-
-/// The mask of the first `lanes` of 16 lanes.
-fn lane_mask(lanes: usize) -> u16 {
-    if lanes >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << lanes) - 1
     }
 }
 
