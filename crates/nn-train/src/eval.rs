@@ -85,7 +85,6 @@ where
     if batch_size == 0 {
         return Err(TrainError::Config { what: "batch size", details: "must be positive".into() });
     }
-    // On a worker of the current rayon pool, like a training step (see `train_step`).
     let (error_sum, confusion) = rayon::scope(|_| {
         let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
         let mut error_sum = 0.0;
