@@ -122,8 +122,13 @@ pub fn gemm<T: Element>(
         return Ok(());
     }
     // Blocks are handed out by rayon's work splitting (`par_*`), which lets an idle
-    // worker steal half of what is left at once.
-    if m >= n {
+    // worker steal half of what is left at once. Each block packs the operand the
+    // blocks share again, so the split shares the smaller one: blocks of rows share
+    // B (k × n), blocks of columns A (m × k). A square C is cut into columns: the
+    // `gemm` crate ran a quarter of the columns by all the rows faster than the
+    // other way round (G2, 256³, one thread: +6–11% in six alternating pairs,
+    // 0.94–0.99 of one whole call of the crate in the same run instead of 0.86–0.91).
+    if m > n {
         let rows_per = block_len(m);
         let a_cols = if trans_a == Transpose::No { k } else { m };
         let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });

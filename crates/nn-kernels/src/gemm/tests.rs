@@ -37,9 +37,11 @@ fn matches_reference_small_and_parallel_sizes() {
     for (ta, tb) in ALL {
         check(ta, tb, 3, 5, 7, 0.0);
         check(ta, tb, 3, 5, 7, 1.0);
-        // Large enough to take the parallel path, tall (row split) and wide (column split).
+        // Large enough to take the parallel path: tall (row split), wide and square
+        // (column split).
         check(ta, tb, 200, 70, 90, 0.25);
         check(ta, tb, 50, 230, 100, 1.0);
+        check(ta, tb, 160, 160, 48, 0.5);
     }
 }
 
@@ -59,13 +61,14 @@ fn wrong_lengths_are_errors() {
 
 #[test]
 fn bit_identical_across_thread_counts() {
-    // Row blocks, column blocks, and one call of the `gemm` crate on its own threads.
-    for (m, n, k) in [(300, 260, 200), (64, 700, 300), (520, 600, 130)] {
+    // Row blocks, column blocks (wide and square), and one call of the `gemm` crate
+    // on its own threads.
+    for (m, n, k) in [(300, 260, 200), (64, 700, 300), (300, 300, 100), (520, 600, 130)] {
         bit_identical_for(m, n, k);
     }
 }
 
-// Row blocks (m ≥ n) and column blocks (m < n).
+/// C computed on 1, 2 and 3 threads is the same to the last bit.
 fn bit_identical_for(m: usize, n: usize, k: usize) {
     let a: Vec<f32> = filled(m * k, 4).into_iter().map(|v| v as f32).collect();
     let b: Vec<f32> = filled(k * n, 5).into_iter().map(|v| v as f32).collect();
