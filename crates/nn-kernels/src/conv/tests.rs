@@ -340,6 +340,25 @@ proptest! {
         );
     }
 
+    // Streaming changes where the stores land first, not the arithmetic: the output
+    // must be the direct one to the bit, for bands from one cell to the whole image.
+    #[test]
+    fn streamed_outputs_are_the_direct_ones(case in implicit_case(), band_bytes in 1usize..2000) {
+        let p = &case.problem;
+        let x = narrow(&data(case.batch * p.input_image_len(), 16));
+        let w = narrow(&data(p.weight_len(), 17));
+        let b = narrow(&data(p.out_channels, 18));
+        let bias = case.bias.then_some(&b[..]);
+        let pad = case.pad_value as f32;
+        let len = case.batch * p.output_image_len();
+        let (mut direct, mut streamed) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+        let ran = implicit::forward_written(p, &x, &w, bias, pad, &mut direct, implicit::Writes::Direct);
+        let writes = implicit::Writes::Streamed { band_bytes };
+        prop_assert_eq!(ran, implicit::forward_written(p, &x, &w, bias, pad, &mut streamed, writes));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&direct), bits(&streamed));
+    }
+
     #[test]
     fn f32_input_gradient_matches_the_column_path(case in implicit_case()) {
         let p = &case.problem;
