@@ -252,7 +252,8 @@ pub fn conv_forward<T: Element>(
     }
     if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
         let bias = bias.and_then(T::as_f32);
-        if implicit::forward(problem, x, w, bias, pad_value.as_f64() as f32, y) {
+        let writes = implicit::Writes::for_batch(x, y);
+        if implicit::forward(problem, x, w, bias, pad_value.as_f64() as f32, y, writes) {
             return Ok(());
         }
     }

@@ -335,7 +335,7 @@ proptest! {
         conv_forward(p, case.batch, &x32, &w32, case.bias.then_some(&b32[..]), case.pad_value as f32, &mut y).unwrap();
         assert_close("forward", &y, &slow, p.col_rows())?;
         prop_assert_eq!(
-            implicit::forward(p, &x32, &w32, None, 0.0, &mut y.clone()),
+            implicit::forward(p, &x32, &w32, None, 0.0, &mut y.clone(), implicit::Writes::Direct),
             implicit::available() && !p.geometry.is_pointwise() && p.out_channels >= implicit::MIN_ROWS
         );
     }
@@ -352,9 +352,9 @@ proptest! {
         let pad = case.pad_value as f32;
         let len = case.batch * p.output_image_len();
         let (mut direct, mut streamed) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-        let ran = implicit::forward_written(p, &x, &w, bias, pad, &mut direct, implicit::Writes::Direct);
+        let ran = implicit::forward(p, &x, &w, bias, pad, &mut direct, implicit::Writes::Direct);
         let writes = implicit::Writes::Streamed { band_bytes };
-        prop_assert_eq!(ran, implicit::forward_written(p, &x, &w, bias, pad, &mut streamed, writes));
+        prop_assert_eq!(ran, implicit::forward(p, &x, &w, bias, pad, &mut streamed, writes));
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&direct), bits(&streamed));
     }

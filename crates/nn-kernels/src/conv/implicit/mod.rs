@@ -514,7 +514,7 @@ pub(super) enum Writes {
 impl Writes {
     /// Streamed, in bands of [`BAND_BYTES`], for a batch of at least
     /// [`STREAM_MIN_BYTES`] of sources and outputs; direct otherwise.
-    fn for_batch(sources: &[f32], outputs: &[f32]) -> Writes {
+    pub(super) fn for_batch(sources: &[f32], outputs: &[f32]) -> Writes {
         if std::mem::size_of_val(sources) + std::mem::size_of_val(outputs) >= STREAM_MIN_BYTES {
             Writes::Streamed { band_bytes: BAND_BYTES }
         } else {
@@ -834,22 +834,10 @@ unsafe fn kernel<const R: usize, const S: usize>(tile: &Tile) {
 }
 
 /// The forward pass by implicit GEMM, when it applies (f32, AVX-512F, not pointwise,
-/// at least [`MIN_ROWS`] output channels); returns false, having done nothing,
-/// otherwise.
-/// Lengths are the caller's to check.
+/// at least [`MIN_ROWS`] output channels), its outputs written as `writes` says
+/// ([`Writes::for_batch`] is the measured choice); returns false, having done
+/// nothing, otherwise. Lengths are the caller's to check.
 pub(super) fn forward(
-    problem: &ConvProblem,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    pad_value: f32,
-    y: &mut [f32],
-) -> bool {
-    forward_written(problem, x, w, bias, pad_value, y, Writes::for_batch(x, y))
-}
-
-/// [`forward`] with its outputs written as `writes` says.
-pub(super) fn forward_written(
     problem: &ConvProblem,
     x: &[f32],
     w: &[f32],
