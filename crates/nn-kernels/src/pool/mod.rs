@@ -197,7 +197,8 @@ fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row:
     }
     for (b, ((y, slot), first)) in y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(rows[0])).enumerate() {
         let (mut best, mut arg) = (first[0], rows[0] + 2 * b);
-        for &base in rows {
+        update(&mut best, &mut arg, first[1], rows[0] + 2 * b + 1);
+        for &base in &rows[1..] {
             let pair = &x_p[base + 2 * b..base + 2 * b + 2];
             update(&mut best, &mut arg, pair[0], base + 2 * b);
             update(&mut best, &mut arg, pair[1], base + 2 * b + 1);
