@@ -24,6 +24,12 @@ use std::arch::x86_64::*;
 /// Most vectors of channels per tile.
 const MAX_VECTORS: usize = 4;
 
+/// Channels per group of the transposed ∂y: each group is stored as its own
+/// `[cells, GROUP]` slab. Rows of all `ld` channels would put a cell block's lines
+/// `4·ld` bytes apart: at 128 channels (512 bytes) a group's 128 cells map to half of
+/// L1's 64 sets, 16 lines to each of 12 ways, and miss.
+const GROUP: usize = MAX_VECTORS * LANES;
+
 /// Accumulators per tile: taps × vectors.
 const ACCUMULATORS: usize = 24;
 
@@ -38,8 +44,8 @@ const RUN_TAPS: usize = 12;
 /// Fewer output channels than this would leave most of each vector's lanes empty.
 pub(in crate::conv) const MIN_CHANNELS: usize = 8;
 
-/// Output cells per pass over the taps: the block's transposed ∂y (cells × channels)
-/// stays in L1 while every tile of taps and channels sweeps it.
+/// Output cells per pass over the taps: the block's transposed ∂y (cells × one group
+/// of [`GROUP`] channels, 32 KiB) stays in L1 while every tile of taps sweeps it.
 const CELL_BLOCK: usize = 128;
 
 /// The furthest element of the padded image any tap of any cell reads (`None` when
@@ -100,14 +106,20 @@ pub(in crate::conv) fn backward_weight(
     true
 }
 
-/// `[channels, cells]` to `[cells, ld]`, the columns past `channels` zero.
+/// `[channels, cells]` to slabs of [`GROUP`] channels by all cells (the last slab
+/// `ld − first channel` wide), each `[cells, width]`, the channels past `channels` zero.
 fn to_cell_major(src: &[f32], channels: usize, cells: usize, ld: usize, dst: &mut [f32]) {
-    if ld > channels {
-        for row in dst.chunks_exact_mut(ld) {
-            row[channels..].fill(0.0);
+    for first in (0..ld).step_by(GROUP) {
+        let width = GROUP.min(ld - first);
+        let slab = &mut dst[first * cells..(first + width) * cells];
+        let filled = channels.saturating_sub(first).min(width);
+        if filled < width {
+            for row in slab.chunks_exact_mut(width) {
+                row[filled..].fill(0.0);
+            }
         }
+        transpose(&src[first * cells..], filled, cells, cells, slab, width);
     }
-    transpose(src, channels, cells, cells, dst, ld);
 }
 
 /// Which way the offsets of a run of taps step.
@@ -147,8 +159,9 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
     let direction = run_direction(offsets);
     for first_cell in (0..bases.len()).step_by(CELL_BLOCK) {
         let cells = CELL_BLOCK.min(bases.len() - first_cell);
-        for first_channel in (0..ld).step_by(MAX_VECTORS * LANES) {
-            let vectors = ((ld - first_channel) / LANES).min(MAX_VECTORS);
+        for first_channel in (0..ld).step_by(GROUP) {
+            let width = GROUP.min(ld - first_channel);
+            let vectors = width / LANES;
             let runs = direction.filter(|_| vectors == 2);
             let height = if runs.is_some() { RUN_TAPS } else { (ACCUMULATORS / vectors).min(MAX_TAPS) };
             for rows in slivers_of(taps, height) {
@@ -157,16 +170,19 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
                     bases: bases[first_cell..].as_ptr(),
                     taps: offsets[rows.start..].as_ptr(),
                     source: source.as_ptr(),
-                    transposed: transposed[first_cell * ld + first_channel..].as_ptr(),
+                    transposed: transposed[first_channel * bases.len() + first_cell * width..].as_ptr(),
+                    width,
                     ld,
                     partial: partial[rows.start * ld + first_channel..].as_mut_ptr(),
                 };
                 // SAFETY: AVX-512F is present (checked by the caller). The asserts above
                 // bound every access: taps `rows` of `offsets`; cells
                 // `first_cell..first_cell + cells` of `bases`; scalar reads at
-                // `base + offset ≤ last_read(…)` inside `source`; whole vectors of
-                // `transposed` rows and of `partial` rows `rows`, at channels
-                // `first_channel..first_channel + 16·vectors ≤ ld`.
+                // `base + offset ≤ last_read(…)` inside `source`; rows
+                // `first_cell..first_cell + cells` of the `[cells, width]` slab that
+                // starts at `first_channel · cells` in `transposed`, whole (16·vectors =
+                // width); whole vectors of `partial` rows `rows`, at channels
+                // `first_channel..first_channel + width ≤ ld`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     match runs {
@@ -189,8 +205,10 @@ struct WeightTile {
     taps: *const usize,
     /// The padded image.
     source: *const f32,
-    /// Transposed ∂y at (first cell, first channel); cells `ld` apart.
+    /// Transposed ∂y at (first cell, first channel) of its group's slab; cells
+    /// `width` apart.
     transposed: *const f32,
+    width: usize,
     ld: usize,
     /// The partial sum at (first tap, first channel); taps `ld` apart.
     partial: *mut f32,
@@ -234,7 +252,7 @@ unsafe fn weight_micro_kernel(rows: usize, vectors: usize, tile: &WeightTile) {
 /// # Safety
 /// AVX-512F must be present. `taps` must hold `RUNS·LEN` offsets forming such runs and
 /// `bases` `cells` bases, with every `bases[j] + taps[i]` inside the image at `source`;
-/// `transposed + j·ld` must hold 16·V floats for j < cells, and `partial + i·ld`
+/// `transposed + j·width` must hold 16·V floats for j < cells, and `partial + i·ld`
 /// likewise for every tap i.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -255,7 +273,7 @@ unsafe fn run_kernel<const RUNS: usize, const LEN: usize, const V: usize, const 
         }
         for j in 0..tile.cells {
             let source = tile.source.add(*tile.bases.add(j));
-            let channels = tile.transposed.add(j * tile.ld);
+            let channels = tile.transposed.add(j * tile.width);
             let b: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(channels.add(LANES * v)));
             for (run, &start) in acc.iter_mut().zip(&starts) {
                 let first = source.add(start);
