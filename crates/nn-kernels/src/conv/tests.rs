@@ -401,6 +401,30 @@ proptest! {
 }
 
 #[test]
+fn f32_weight_gradient_of_many_taps_matches_the_column_path() {
+    // More taps than one task of the chunk sums adds (5 × 5 × 12 = 300) and two
+    // groups of output channels (70): shapes the random cases above do not reach.
+    let g = ConvGeometry::new(
+        &[9, 11],
+        &[5, 5],
+        &[1, 2],
+        &[Padding::symmetric(2); 2],
+        OutputRounding::Floor,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    let (batch, p) = (3, ConvProblem::new(g, 12, 70).unwrap());
+    let (x, dy, start) =
+        (data(batch * p.input_image_len(), 22), data(batch * p.output_image_len(), 23), data(p.weight_len(), 24));
+    let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
+    let mut want = start.clone();
+    backward_weight_by_columns(&p, batch, per_chunk, &x, &dy, 0.5, &mut want).unwrap();
+    let mut dw = narrow(&start);
+    conv_backward_weight(&p, batch, &narrow(&x), &narrow(&dy), 0.5, &mut dw).unwrap();
+    assert_close("weight gradient", &dw, &want, batch * p.geometry.output_len()).unwrap();
+}
+
+#[test]
 fn f32_column_path_matches_the_formula_too() {
     // The path every CPU without AVX-512 takes, run here on purpose.
     let g = ConvGeometry::new(
