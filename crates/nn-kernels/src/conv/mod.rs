@@ -430,8 +430,16 @@ pub fn conv_backward_bias<T: Element>(
     problem.check_batch("conv backward bias: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward bias: db", problem.out_channels, db.len())?;
     let plane = problem.geometry.output_len();
-    for (i, dy_plane) in dy.chunks(plane).enumerate() {
-        db[i % problem.out_channels] += crate::elementwise::sum(dy_plane);
+    if plane == 0 {
+        return Ok(());
+    }
+    // The planes are summed on every worker, then added in order: the same sums in
+    // the same order as one plane after another, a memory sweep shared by the cores
+    // (C2's bias gradient alone was 11% of its two-thread forward and backward).
+    let planes_per_task = crate::elementwise::PARALLEL_CHUNK.div_ceil(plane);
+    let sums: Vec<T> = dy.par_chunks(plane).with_min_len(planes_per_task).map(crate::elementwise::sum).collect();
+    for (i, sum) in sums.into_iter().enumerate() {
+        db[i % problem.out_channels] += sum;
     }
     Ok(())
 }

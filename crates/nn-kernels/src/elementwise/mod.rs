@@ -56,7 +56,7 @@ macro_rules! lanes_then_tail {
 /// Elements per parallel task of the elementwise kernels: below two of these a
 /// single thread is faster than a hand-off; above, both cores' bandwidth is used.
 /// Each element is computed alone, so the split never changes a result.
-const PARALLEL_CHUNK: usize = 1 << 15;
+pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// `y = f(x)` elementwise.
 pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
