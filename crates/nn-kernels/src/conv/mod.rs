@@ -315,7 +315,8 @@ pub fn conv_backward_input<T: Element>(
     problem.check_batch("conv backward input: dx", dx.len(), problem.input_image_len(), batch)?;
     check_len("conv backward input: w", problem.weight_len(), w.len())?;
     if let (Some(w), Some(dy), Some(dx)) = (T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx)) {
-        if implicit::backward_input(problem, w, dy, dx) {
+        let writes = implicit::Writes::for_batch(dy, dx);
+        if implicit::backward_input(problem, w, dy, dx, writes) {
             return Ok(());
         }
     }

@@ -359,6 +359,22 @@ proptest! {
         prop_assert_eq!(bits(&direct), bits(&streamed));
     }
 
+    // As for the forward pass: streamed input gradients (by bands at stride 1, by
+    // planes at a stride) are the direct ones to the bit.
+    #[test]
+    fn streamed_input_gradients_are_the_direct_ones(case in implicit_case(), band_bytes in 1usize..2000) {
+        let p = &case.problem;
+        let w = narrow(&data(p.weight_len(), 25));
+        let dy = narrow(&data(case.batch * p.output_image_len(), 26));
+        let len = case.batch * p.input_image_len();
+        let (mut direct, mut streamed) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+        let ran = implicit::backward_input(p, &w, &dy, &mut direct, implicit::Writes::Direct);
+        let writes = implicit::Writes::Streamed { band_bytes };
+        prop_assert_eq!(ran, implicit::backward_input(p, &w, &dy, &mut streamed, writes));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&direct), bits(&streamed));
+    }
+
     #[test]
     fn f32_input_gradient_matches_the_column_path(case in implicit_case()) {
         let p = &case.problem;
@@ -370,7 +386,7 @@ proptest! {
         conv_backward_input(p, case.batch, &narrow(&w), &narrow(&dy), &mut dx).unwrap();
         assert_close("input gradient", &dx, &want, p.out_channels * p.geometry.filter_len())?;
         prop_assert_eq!(
-            implicit::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx),
+            implicit::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx, implicit::Writes::Direct),
             implicit::available() && !p.geometry.is_pointwise() && p.in_channels >= implicit::MIN_ROWS
         );
     }

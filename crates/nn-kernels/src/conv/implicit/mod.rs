@@ -422,48 +422,60 @@ fn input_gradient_classes(problem: &ConvProblem) -> Vec<InputClass> {
     classes
 }
 
-/// Writes the classes' results (`results[i]`: `[rows, class i's cells]`) into
-/// `dx_image` (`[rows, input plane]`), one pass over each input row: row γ takes, in
-/// its last dimension, cell j of the class whose first cell is j mod s.
-fn interleave_classes(classes: &[InputClass], results: &[&[f32]], input: &[usize], stride: &[usize], dx: &mut [f32]) {
-    let last = input.len() - 1;
-    let (s, width) = (stride[last], input[last]);
-    // The classes by their first cell, row-major over the strides.
-    let mut by_first: Vec<Option<usize>> = vec![None; stride.iter().product()];
+/// The index of each class by its first cell, row-major over the strides (None for
+/// first cells past the input, which have no class).
+fn classes_by_first(classes: &[InputClass], stride: &[usize]) -> Vec<Option<usize>> {
+    let mut by_first = vec![None; stride.iter().product()];
     for (i, class) in classes.iter().enumerate() {
         by_first[class.first.iter().zip(stride).fold(0, |at, (&e, &s)| at * s + e)] = Some(i);
     }
-    let mut dx_rows = dx.chunks_exact_mut(width);
-    for c in 0..classes[0].product.rows {
-        let mut outer = Odometer::new(&input[..last]);
-        while let Some(gamma) = outer.current() {
-            let dx_row = dx_rows.next().expect("dx holds rows·∏μ cells");
-            // For each first cell e < s of the last dimension: that class's row here.
-            let outer_residue = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
-            let class_row = |e: usize| -> &[f32] {
-                let Some(i) = by_first[outer_residue + e] else { return &[] };
-                let cells = &classes[i].cells;
-                let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
-                &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
-            };
-            if s == 2 {
-                let (even, odd) = (class_row(0), class_row(1));
-                for (pair, (&a, &b)) in dx_row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-                    pair[0] = a;
-                    pair[1] = b;
-                }
-                if width % 2 == 1 {
-                    dx_row[width - 1] = even[width / 2];
-                }
-            } else {
-                for e in 0..s {
-                    for (j, &value) in class_row(e).iter().enumerate() {
-                        dx_row[e + s * j] = value;
-                    }
+    by_first
+}
+
+/// Writes channel `c` of the classes' results (`results[i]`: `[rows, class i's
+/// cells]`) into `dx_plane` (one input plane of ∂x), one pass over each input row: row
+/// γ takes, in its last dimension, cell j of the class whose first cell is j mod s
+/// (`by_first` from [`classes_by_first`]).
+fn interleave_channel(
+    classes: &[InputClass],
+    by_first: &[Option<usize>],
+    results: &[&[f32]],
+    c: usize,
+    input: &[usize],
+    stride: &[usize],
+    dx_plane: &mut [f32],
+) {
+    let last = input.len() - 1;
+    let (s, width) = (stride[last], input[last]);
+    let mut dx_rows = dx_plane.chunks_exact_mut(width);
+    let mut outer = Odometer::new(&input[..last]);
+    while let Some(gamma) = outer.current() {
+        let dx_row = dx_rows.next().expect("a plane holds ∏μ cells");
+        // For each first cell e < s of the last dimension: that class's row here.
+        let outer_residue = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
+        let class_row = |e: usize| -> &[f32] {
+            let Some(i) = by_first[outer_residue + e] else { return &[] };
+            let cells = &classes[i].cells;
+            let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
+            &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
+        };
+        if s == 2 {
+            let (even, odd) = (class_row(0), class_row(1));
+            for (pair, (&a, &b)) in dx_row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                pair[0] = a;
+                pair[1] = b;
+            }
+            if width % 2 == 1 {
+                dx_row[width - 1] = even[width / 2];
+            }
+        } else {
+            for e in 0..s {
+                for (j, &value) in class_row(e).iter().enumerate() {
+                    dx_row[e + s * j] = value;
                 }
             }
-            outer.advance();
         }
+        outer.advance();
     }
 }
 
@@ -864,9 +876,11 @@ pub(super) fn forward(
 }
 
 /// The input gradient by implicit GEMM, when it applies (f32, AVX-512F, not
-/// pointwise, at least [`MIN_ROWS`] input channels); returns false, having done
-/// nothing, otherwise. `dx` is overwritten. Lengths are the caller's to check.
-pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
+/// pointwise, at least [`MIN_ROWS`] input channels), ∂x written as `writes` says
+/// ([`Writes::for_batch`] is the measured choice; at a stride, ∂x is streamed a plane
+/// at a time whatever the band size); returns false, having done nothing, otherwise.
+/// `dx` is overwritten. Lengths are the caller's to check.
+pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32], writes: Writes) -> bool {
     let g = &problem.geometry;
     if !available() || g.is_pointwise() || problem.in_channels < MIN_ROWS {
         return false;
@@ -891,9 +905,10 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
         }
         if g.stride().iter().all(|&s| s == 1) {
             // One class, the whole plane with every tap: written in place.
-            return run(&classes[0].product, weights[0], None, 0.0, dy, dx, Writes::for_batch(dy, dx));
+            return run(&classes[0].product, weights[0], None, 0.0, dy, dx, writes);
         }
         let source = &classes[0].product;
+        let by_first = classes_by_first(&classes, g.stride());
         let tilings: Vec<Tiling> = classes.iter().map(|class| Tiling::new(&class.product, Writes::Direct)).collect();
         let source_len = c_out * g.output_len();
         dx.par_chunks_mut(c_in * g.input_len()).zip(dy.par_chunks(source_len)).for_each(|(dx_image, dy_image)| {
@@ -914,7 +929,30 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                     results.push(&*result);
                     rest = others;
                 }
-                interleave_classes(&classes, &results, g.input(), g.stride(), dx_image);
+                let input_plane = g.input_len();
+                for (c, dx_plane) in dx_image.chunks_exact_mut(input_plane).enumerate() {
+                    if writes == Writes::Direct {
+                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), dx_plane);
+                    } else {
+                        // Interleaved into a stage in cache (12.5 KB for C5), then
+                        // streamed out without the read for ownership of each line.
+                        let staged = fit(stage, input_plane);
+                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), staged);
+                        // SAFETY: AVX-512F is present (checked on entry).
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            stream_copy(staged, dx_plane)
+                        };
+                    }
+                }
+                if writes != Writes::Direct {
+                    // SAFETY: SSE is part of x86-64; as in `run_image`, the fence orders
+                    // the non-temporal stores before the worker reports its task done.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        _mm_sfence()
+                    };
+                }
             })
         });
     });
