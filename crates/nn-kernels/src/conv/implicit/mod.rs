@@ -909,6 +909,7 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
         }
         let source = &classes[0].product;
         let by_first = classes_by_first(&classes, g.stride());
+        let streamed = writes != Writes::Direct;
         let tilings: Vec<Tiling> = classes.iter().map(|class| Tiling::new(&class.product, Writes::Direct)).collect();
         let source_len = c_out * g.output_len();
         dx.par_chunks_mut(c_in * g.input_len()).zip(dy.par_chunks(source_len)).for_each(|(dx_image, dy_image)| {
@@ -931,7 +932,7 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                 }
                 let input_plane = g.input_len();
                 for (c, dx_plane) in dx_image.chunks_exact_mut(input_plane).enumerate() {
-                    if writes == Writes::Direct {
+                    if !streamed {
                         interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), dx_plane);
                     } else {
                         // Interleaved into a stage in cache (12.5 KB for C5), then
@@ -945,7 +946,7 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                         };
                     }
                 }
-                if writes != Writes::Direct {
+                if streamed {
                     // SAFETY: SSE is part of x86-64; as in `run_image`, the fence orders
                     // the non-temporal stores before the worker reports its task done.
                     #[cfg(target_arch = "x86_64")]

@@ -5,9 +5,9 @@
 //! whole block of cells. Rows are taps k, each a scalar read straight from the padded
 //! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns are output
 //! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
-//! channels are contiguous. A tile of V vectors of channels (up to 64 channels) by
-//! min(24/V, 10) taps keeps up to 24 accumulators; nothing is materialised but the
-//! small transposed ∂y. (More than ten taps spill: their offsets, a cell's base and
+//! channels (in groups of 64) are contiguous. A tile of V vectors of channels (up to
+//! 64 channels) by min(24/V, 10) taps keeps up to 24 accumulators; nothing is
+//! materialised but the small transposed ∂y. (More than ten taps spill: their offsets, a cell's base and
 //! the loop's pointers must all fit the general registers. Twelve taps by two
 //! vectors ran C6's weight gradient at 80 GFLOP/s on one thread, ten at 115–119.
 //! Where taps come in runs of three consecutive offsets, 3-wide filter rows at stride
@@ -103,8 +103,8 @@ pub(in crate::conv) fn backward_weight(
 /// Taps per task of [`add_in_order`]: 64 KiB of each partial.
 const SUM_TAPS: usize = 256;
 
-/// `∂w[o, k] += partial[k, o]` for each partial in order (each element's sum in the
-/// same order as before). The sums run in the partials' `[taps, ld]` layout between
+/// `∂w[o, k] += partial[k, o]` for each partial in order, so that every element is
+/// summed in the same order on any thread count. The sums run in the partials' `[taps, ld]` layout between
 /// two transposes of ∂w, so that the adds are contiguous and the rows are shared
 /// among the workers. Element by element in ∂w's layout, strided reads `ld` floats
 /// apart from partials that half sit in the other core's cache, C3's eight partials
