@@ -237,8 +237,23 @@ impl ConvRun {
     /// Forward, then the gradients of bias, weight and input.
     pub fn forward_backward(&mut self) {
         self.forward();
+        self.bias_gradient();
+        self.weight_gradient();
+        self.input_gradient();
+    }
+
+    /// ∂b += Σ ∂y.
+    pub fn bias_gradient(&mut self) {
         conv_backward_bias(&self.problem, self.batch, &self.dy, &mut self.db).expect("valid");
+    }
+
+    /// ∂w += the weight gradient.
+    pub fn weight_gradient(&mut self) {
         conv_backward_weight(&self.problem, self.batch, &self.x, &self.dy, 0.0, &mut self.dw).expect("valid");
+    }
+
+    /// ∂x = the input gradient.
+    pub fn input_gradient(&mut self) {
         conv_backward_input(&self.problem, self.batch, &self.w, &self.dy, &mut self.dx).expect("valid");
     }
 

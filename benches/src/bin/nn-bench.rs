@@ -5,6 +5,7 @@
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
 //! - `nn-bench layers T1|T2 [THREADS]`: forward and backward time of each layer.
+//! - `nn-bench passes C1…C6 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, with_threads, Budget, Timing};
@@ -12,8 +13,8 @@ use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS}
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
-const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2 [THREADS] | profile ID [THREADS] \
-                     | instructions NAME | list-instructions";
+const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2 [THREADS] \
+                     | passes C1..C6 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
 struct Reference {
@@ -95,6 +96,27 @@ fn layer_times(case: TrainCase) {
     println!("zero_grad {:.3} ms, SGD momentum update {:.3} ms", zero.median * 1e3, update.median * 1e3);
 }
 
+/// Median time of each pass of one convolution workload: forward, and the bias,
+/// weight and input gradients, each with its GFLOP/s (the bias gradient does none
+/// of the counted multiply-adds).
+fn pass_times(case: &nn_benches::workloads::ConvCase) {
+    let mut run = ConvRun::new(case);
+    let flops = case.forward_flops();
+    let budget = Budget::FULL;
+    println!("| pass | median | GFLOP/s |\n| --- | --- | --- |");
+    let passes = [
+        ("forward", ConvRun::forward as fn(&mut ConvRun)),
+        ("bias gradient", ConvRun::bias_gradient),
+        ("weight gradient", ConvRun::weight_gradient),
+        ("input gradient", ConvRun::input_gradient),
+    ];
+    for (name, pass) in passes {
+        let t = measure(budget, || pass(&mut run));
+        let gflops = if name == "bias gradient" { String::new() } else { format!("{:.0}", flops / t.median / 1e9) };
+        println!("| {name} | {:.3} ms | {gflops} |", t.median * 1e3);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -127,6 +149,15 @@ fn main() {
                     step();
                 }
             });
+        }
+        Some("passes") => {
+            let case = CONVS.iter().find(|c| Some(c.id) == args.get(1).map(String::as_str));
+            let Some(case) = case else {
+                eprintln!("usage: nn-bench passes C1..C6 [THREADS]");
+                std::process::exit(2);
+            };
+            let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+            with_threads(threads, || pass_times(case));
         }
         Some("layers") => {
             // Median forward and backward time of each layer of T1 or T2 (batch 64).
