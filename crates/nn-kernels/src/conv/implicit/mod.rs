@@ -45,8 +45,8 @@ use std::arch::x86_64::*;
 /// in two accumulators, so 12 rows use 24 of the 32 vector registers.
 const MAX_ROWS: usize = 12;
 
-/// Output channels per micro-tile of three segments (8 × 3 accumulators): taken when
-/// every sliver is this short, so that 16 rows do not run as two tiles of 8 × 2.
+/// Output channels per micro-tile of three segments (8 × 3 accumulators), taken
+/// where [`prefers_three_segments`] says.
 const MAX_ROWS_3: usize = 8;
 
 /// Fewer output rows than this leave too few independent accumulators to hide the
@@ -479,6 +479,21 @@ fn interleave_channel(
     }
 }
 
+/// Whether `rows` by `segments` runs as tiles of at most 8 rows by three segments
+/// rather than 12 by two (24 accumulators either way). A three-segment tile cost
+/// 2–12% more than a two-segment one (forward passes of C1, C3, C4, C6 and 32-channel
+/// variants, one thread), so it is taken when it needs at least 10% fewer tiles: when
+/// the rows fill 8-row slivers better than 12-row ones (16, 32 or 64 rows) and the
+/// plane's last group of three wastes little. Against two segments everywhere, on
+/// two threads in alternating pairs of both orders: C4's forward and input gradient
+/// (64 rows, 203 segments a plane: 544 tiles against 612) about +5%, C6's forward (32
+/// rows) +3%; C3 (14 segments a plane: 40 tiles against 42) ran 7% slower with three
+/// and keeps two.
+fn prefers_three_segments(rows: usize, segments: usize) -> bool {
+    let tiles = |max_rows: usize, width: usize| rows.div_ceil(max_rows) * segments.div_ceil(width);
+    10 * tiles(MAX_ROWS_3, 3) <= 9 * tiles(MAX_ROWS, 2)
+}
+
 /// Output rows per micro-tile: balanced heights of at most [`MAX_ROWS`] (64 rows are
 /// 11, 11, 11, 11, 10, 10, not five 12s and an inefficient 4).
 fn slivers(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
@@ -496,10 +511,11 @@ fn slivers_of(rows: usize, max: usize) -> impl Iterator<Item = std::ops::Range<u
     })
 }
 
-/// `a(r, k)` packed sliver by sliver: within a sliver of rows `r0..r1`, depth index k
-/// holds the sliver's rows side by side at `r0·depth + k·(r1 − r0)`.
-fn pack_rows(rows: usize, depth: usize, a: impl Fn(usize, usize) -> f32, packed: &mut [f32]) {
-    for sliver in slivers(rows) {
+/// `a(r, k)` packed sliver by sliver (a tiling's [`Tiling::slivers`]): within a
+/// sliver of rows `r0..r1`, depth index k holds the sliver's rows side by side at
+/// `r0·depth + k·(r1 − r0)`.
+fn pack_rows(slivers: &[std::ops::Range<usize>], depth: usize, a: impl Fn(usize, usize) -> f32, packed: &mut [f32]) {
+    for sliver in slivers.iter().cloned() {
         let out = &mut packed[sliver.start * depth..sliver.end * depth];
         for (k, group) in out.chunks_exact_mut(sliver.len()).enumerate() {
             for (i, slot) in group.iter_mut().enumerate() {
@@ -547,25 +563,18 @@ const STREAM_MIN_BYTES: usize = 32 << 20;
 /// ones at its ends, written by plain stores).
 const BAND_BYTES: usize = 128 << 10;
 
-/// Runs `product` over a batch: `sources` holds the unpadded source images, `outputs`
-/// the output images (`rows × plane` each), `packed` the weights from [`pack_rows`].
-fn run(
-    product: &Product,
-    packed: &[f32],
-    init: Option<&[f32]>,
-    pad_value: f32,
-    sources: &[f32],
-    outputs: &mut [f32],
-    writes: Writes,
-) {
+/// Runs a tiling's product over a batch: `sources` holds the unpadded source images,
+/// `outputs` the output images (`rows × plane` each), `packed` the weights from
+/// [`pack_rows`] with the tiling's slivers.
+fn run(tiling: &Tiling, packed: &[f32], init: Option<&[f32]>, pad_value: f32, sources: &[f32], outputs: &mut [f32]) {
+    let product = tiling.product;
     let source_len = product.channels * product.unpadded.iter().product::<usize>();
     let out_len = product.rows * product.plane;
-    let tiling = Tiling::new(product, writes);
     outputs.par_chunks_mut(out_len).zip(sources.par_chunks(source_len)).for_each(|(out, image)| {
         with_scratch::<f32, 2, _>(|[padded, stage]| {
             let padded = fit(padded, product.buffer_len());
             product.pad_image(image, pad_value, padded);
-            run_image(&tiling, packed, init, padded, out, stage);
+            run_image(tiling, packed, init, padded, out, stage);
         })
     });
 }
@@ -589,9 +598,11 @@ impl<'a> Tiling<'a> {
         let plane = product.plane as isize;
         let stores = product.segments.iter().flat_map(|s| s.stores);
         assert!(stores.flat_map(Store::cells).all(|cell| (0..plane).contains(&cell)));
-        let slivers: Vec<_> = slivers(product.rows).collect();
-        // Slivers of at most 8 rows take three segments: 24 accumulators, like 12 × 2.
-        let width = if slivers.iter().all(|rows| rows.len() <= MAX_ROWS_3) { 3 } else { 2 };
+        let (slivers, width) = if prefers_three_segments(product.rows, product.segments.len()) {
+            (slivers_of(product.rows, MAX_ROWS_3).collect(), 3)
+        } else {
+            (slivers(product.rows).collect(), 2)
+        };
         let band_cells = match writes {
             Writes::Direct => usize::MAX,
             Writes::Streamed { band_bytes } => (band_bytes / size_of::<f32>() / product.rows).max(1),
@@ -869,8 +880,9 @@ pub(super) fn forward(
     let depth = product.offsets.len();
     with_scratch::<f32, 1, _>(|[packed]| {
         let packed = fit(packed, product.rows * depth);
-        pack_rows(product.rows, depth, |o, k| w[o * depth + k], packed);
-        run(&product, packed, bias, pad_value, x, y, writes);
+        let tiling = Tiling::new(&product, writes);
+        pack_rows(&tiling.slivers, depth, |o, k| w[o * depth + k], packed);
+        run(&tiling, packed, bias, pad_value, x, y);
     });
     true
 }
@@ -891,26 +903,29 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
     }
     let (taps, c_in, c_out) = (g.filter_len(), problem.in_channels, problem.out_channels);
     let depths: Vec<usize> = classes.iter().map(|class| class.product.offsets.len()).collect();
+    // At a stride the classes' results stay in cache, and only ∂x may be streamed.
+    let stride_1 = g.stride().iter().all(|&s| s == 1);
+    let class_writes = if stride_1 { writes } else { Writes::Direct };
+    let tilings: Vec<Tiling> = classes.iter().map(|class| Tiling::new(&class.product, class_writes)).collect();
     with_scratch::<f32, 1, _>(|[packed]| {
         let packed = fit(packed, c_in * depths.iter().sum::<usize>());
         // Per class, row c, depth (o, j) is w[o, c, α_j] for the class's taps α_j.
         let mut rest = &mut packed[..];
         let mut weights = Vec::with_capacity(classes.len());
-        for (class, &depth) in classes.iter().zip(&depths) {
+        for ((class, &depth), tiling) in classes.iter().zip(&depths).zip(&tilings) {
             let (mine, others) = rest.split_at_mut(c_in * depth);
             let m = class.taps.len();
-            pack_rows(c_in, depth, |c, k| w[((k / m) * c_in + c) * taps + class.taps[k % m]], mine);
+            pack_rows(&tiling.slivers, depth, |c, k| w[((k / m) * c_in + c) * taps + class.taps[k % m]], mine);
             weights.push(&*mine);
             rest = others;
         }
-        if g.stride().iter().all(|&s| s == 1) {
+        if stride_1 {
             // One class, the whole plane with every tap: written in place.
-            return run(&classes[0].product, weights[0], None, 0.0, dy, dx, writes);
+            return run(&tilings[0], weights[0], None, 0.0, dy, dx);
         }
         let source = &classes[0].product;
         let by_first = classes_by_first(&classes, g.stride());
         let streamed = writes != Writes::Direct;
-        let tilings: Vec<Tiling> = classes.iter().map(|class| Tiling::new(&class.product, Writes::Direct)).collect();
         let source_len = c_out * g.output_len();
         dx.par_chunks_mut(c_in * g.input_len()).zip(dy.par_chunks(source_len)).for_each(|(dx_image, dy_image)| {
             with_scratch::<f32, 3, _>(|[padded, all_results, stage]| {
