@@ -43,6 +43,41 @@ pub fn measure(budget: Budget, mut f: impl FnMut()) -> Timing {
         f();
         times.push(t.elapsed().as_secs_f64());
     }
+    timing(times)
+}
+
+/// Times `contestants` workloads against each other: `f(i)` runs workload i. Each is
+/// warmed up once, then they take turns, a block of at least [`TURN`] each per
+/// round (one call, for a call longer than that), so that a drift of the machine
+/// (clock, a neighbour's load) falls on all of them alike; a sample is the mean call
+/// of a block. Run one after another instead, an identical call measured 2–6% faster
+/// when it came second (our G4 on one thread, one call of the `gemm` crate, against
+/// the crate as in-run reference, three runs of three); taking turns call by call,
+/// a 3 µs product measured 11% slower right after another library's packing had
+/// gone through the caches.
+pub fn measure_alternating(budget: Budget, contestants: usize, mut f: impl FnMut(usize)) -> Vec<Timing> {
+    (0..contestants).for_each(&mut f);
+    let started = Instant::now();
+    let mut times = vec![Vec::new(); contestants];
+    let enough_time = budget.min_time * contestants as u32;
+    while times[0].len() < budget.min_reps || (started.elapsed() < enough_time && times[0].len() < budget.max_reps) {
+        for (i, samples) in times.iter_mut().enumerate() {
+            let (turn, mut calls) = (Instant::now(), 0u32);
+            while calls == 0 || turn.elapsed() < TURN {
+                f(i);
+                calls += 1;
+            }
+            samples.push(turn.elapsed().as_secs_f64() / f64::from(calls));
+        }
+    }
+    times.into_iter().map(timing).collect()
+}
+
+/// The shortest turn of one workload in [`measure_alternating`].
+const TURN: Duration = Duration::from_millis(20);
+
+/// The median and spread of `times`.
+fn timing(mut times: Vec<f64>) -> Timing {
     times.sort_by(f64::total_cmp);
     Timing { median: times[times.len() / 2], min: times[0], max: times[times.len() - 1], reps: times.len() }
 }

@@ -8,7 +8,7 @@
 //! - `nn-bench passes C1…C6 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
-use nn_benches::harness::{measure, with_threads, Budget, Timing};
+use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
 use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS};
 use nn_benches::{instructions, peak};
 use serde::Serialize;
@@ -195,35 +195,43 @@ fn main() {
             let mut records = Vec::new();
             for case in GEMMS.iter().filter(|c| selected(c.id)) {
                 for &threads in &thread_counts {
+                    // Ours and the references take turns (matrixmultiply runs on one
+                    // thread only, so it joins the one-thread rows).
                     let mut run = GemmRun::new(*case);
-                    let ours = with_threads(threads, || measure(budget, || run.ours()));
-                    let mm = if threads == 1 {
-                        Some(reference("matrixmultiply", measure(budget, || run.matrixmultiply()), case.flops()))
-                    } else {
-                        None
-                    };
-                    let gc = with_threads(threads, || measure(budget, || run.gemm_crate(threads)));
-                    let refs = mm.into_iter().chain([reference("gemm crate", gc, case.flops())]).collect();
-                    records.push(record(case.id.into(), threads, ours, Some(case.flops()), None, refs));
+                    let contestants = if threads == 1 { 3 } else { 2 };
+                    let timings = with_threads(threads, || {
+                        measure_alternating(budget, contestants, |i| match i {
+                            0 => run.ours(),
+                            1 => run.gemm_crate(threads),
+                            _ => run.matrixmultiply(),
+                        })
+                    });
+                    let mm = timings.get(2).map(|&t| reference("matrixmultiply", t, case.flops()));
+                    let refs = mm.into_iter().chain([reference("gemm crate", timings[1], case.flops())]).collect();
+                    records.push(record(case.id.into(), threads, timings[0], Some(case.flops()), None, refs));
                     eprintln!("{} threads={threads} done", case.id);
                 }
             }
             for case in CONVS.iter().filter(|c| selected(c.id)) {
                 for &threads in &thread_counts {
                     let mut run = ConvRun::new(case);
-                    let forward = with_threads(threads, || measure(budget, || run.forward()));
-                    let both = with_threads(threads, || measure(budget, || run.forward_backward()));
                     let mut equivalent = GemmRun::new(run.equivalent_gemm());
                     let eq_flops = run.equivalent_gemm().flops();
-                    let refs = if threads == 1 {
-                        vec![reference(
-                            "matrixmultiply, same-size GEMM",
-                            measure(budget, || equivalent.matrixmultiply()),
-                            eq_flops,
-                        )]
-                    } else {
-                        vec![]
-                    };
+                    // On one thread the forward pass takes turns with its reference.
+                    let contestants = if threads == 1 { 2 } else { 1 };
+                    let timings = with_threads(threads, || {
+                        measure_alternating(budget, contestants, |i| match i {
+                            0 => run.forward(),
+                            _ => equivalent.matrixmultiply(),
+                        })
+                    });
+                    let forward = timings[0];
+                    let both = with_threads(threads, || measure(budget, || run.forward_backward()));
+                    let refs: Vec<Reference> = timings
+                        .get(1)
+                        .map(|&t| reference("matrixmultiply, same-size GEMM", t, eq_flops))
+                        .into_iter()
+                        .collect();
                     let flops = case.forward_flops();
                     records.push(record(format!("{}-fwd", case.id), threads, forward, Some(flops), None, refs));
                     records.push(record(format!("{}-fwdbwd", case.id), threads, both, Some(3.0 * flops), None, vec![]));
