@@ -947,9 +947,7 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                 }
                 let input_plane = g.input_len();
                 for (c, dx_plane) in dx_image.chunks_exact_mut(input_plane).enumerate() {
-                    if !streamed {
-                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), dx_plane);
-                    } else {
+                    if streamed {
                         // Interleaved into a stage in cache (12.5 KB for C5), then
                         // streamed out without the read for ownership of each line.
                         let staged = fit(stage, input_plane);
@@ -959,6 +957,8 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                         unsafe {
                             stream_copy(staged, dx_plane)
                         };
+                    } else {
+                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), dx_plane);
                     }
                 }
                 if streamed {
