@@ -163,7 +163,8 @@ impl Product {
         let (plane, width) = (self.padded.iter().product::<usize>(), self.padded[last]);
         let (run, margin) = (self.unpadded[last], self.margin[last]);
         let phase_len = width / self.phases;
-        let holds_data = |index: &[usize], d: usize| (self.margin[d]..self.margin[d] + self.unpadded[d]).contains(&index[d]);
+        let holds_data =
+            |index: &[usize], d: usize| (self.margin[d]..self.margin[d] + self.unpadded[d]).contains(&index[d]);
         let mut rows = image.chunks_exact(run);
         dst[self.padded_len()..].fill(value);
         for planes in dst.chunks_exact_mut(plane).take(self.channels) {

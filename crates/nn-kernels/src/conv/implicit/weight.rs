@@ -3,15 +3,16 @@
 //!
 //! The depth of this product is the output cells, so the sum runs in registers over a
 //! whole block of cells. Rows are taps k, each a scalar read straight from the padded
-//! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns are output
-//! channels, 16 to a vector, read from ∂y transposed per image so that one cell's
-//! channels (in groups of 64) are contiguous. A tile of V vectors of channels (up to
-//! 64 channels) by min(24/V, 10) taps keeps up to 24 accumulators; nothing is
-//! materialised but the small transposed ∂y. (More than ten taps spill: their offsets, a cell's base and
-//! the loop's pointers must all fit the general registers. Twelve taps by two
-//! vectors ran C6's weight gradient at 80 GFLOP/s on one thread, ten at 115–119.
-//! Where taps come in runs of three consecutive offsets, 3-wide filter rows at stride
-//! 1, a two-vector tile holds 12 taps as four runs: [`run_kernel`], +3–12% on C6.)
+//! image (the forward pass's layout) at `base(β) + offset(k)` and broadcast; columns
+//! are output channels, 16 to a vector, read from a block of ∂y transposed just before
+//! its tiles run, so that one cell's channels (in groups of 64) are contiguous. A tile
+//! of V vectors of channels (up to 64 channels) by min(24/V, 10) taps keeps up to 24
+//! accumulators; nothing is materialised but that block. (More than ten taps spill:
+//! their offsets, a cell's base and the loop's pointers must all fit the general
+//! registers. Twelve taps by two vectors ran C6's weight gradient at 80 GFLOP/s on
+//! one thread, ten at 115–119. Where taps come in runs of three consecutive offsets,
+//! 3-wide filter rows at stride 1, a two-vector tile holds 12 taps as four runs:
+//! [`run_kernel`], +3–12% on C6.)
 
 use super::transpose::transpose;
 use super::{available, forward_product, slivers_of, LANES};
@@ -24,9 +25,8 @@ use std::arch::x86_64::*;
 /// Most vectors of channels per tile.
 const MAX_VECTORS: usize = 4;
 
-/// Channels per group of the transposed ∂y: each group is stored as its own
-/// `[cells, GROUP]` slab. Rows of all `ld` channels would put a cell block's lines
-/// `4·ld` bytes apart: at 128 channels (512 bytes) a group's 128 cells map to half of
+/// Channels per slab of transposed ∂y (`[cells, GROUP]`). Rows of all `ld` channels
+/// would put a cell block's lines `4·ld` bytes apart: at 128 channels (512 bytes) a group's 128 cells map to half of
 /// L1's 64 sets, 16 lines to each of 12 ways, and miss.
 const GROUP: usize = MAX_VECTORS * LANES;
 
@@ -44,8 +44,13 @@ const RUN_TAPS: usize = 12;
 /// Fewer output channels than this would leave most of each vector's lanes empty.
 pub(in crate::conv) const MIN_CHANNELS: usize = 8;
 
-/// Output cells per pass over the taps: the block's transposed ∂y (cells × one group
-/// of [`GROUP`] channels, 32 KiB) stays in L1 while every tile of taps sweeps it.
+/// Output cells per pass over the taps: the block's slab of transposed ∂y (cells × one
+/// group of [`GROUP`] channels, 32 KiB) stays in L1 while every tile of taps sweeps
+/// it. Each slab is transposed right before its tiles: transposing the whole image
+/// first made a buffer of cells × channels (C6: 2 MiB, this machine's whole L2) that
+/// went out to memory and came back; per block, weight gradient on two threads in
+/// four alternating pairs each: C6 −4%, C3 −3%, C5 −2% (all four pairs faster), C4
+/// unchanged.
 const CELL_BLOCK: usize = 128;
 
 /// The furthest element of the padded image any tap of any cell reads (`None` when
@@ -74,7 +79,7 @@ pub(in crate::conv) fn backward_weight(
     }
     let product = forward_product(problem);
     let bases: Vec<usize> = product.cell_bases().collect();
-    let (taps, c_out, cells) = (product.offsets.len(), problem.out_channels, g.output_len());
+    let (taps, c_out) = (product.offsets.len(), problem.out_channels);
     if last_read(&bases, &product.offsets).is_none_or(|end| end >= product.padded_len()) {
         return false;
     }
@@ -84,13 +89,13 @@ pub(in crate::conv) fn backward_weight(
         .into_par_iter()
         .map(|chunk| {
             let mut partial = vec![0.0f32; taps * ld];
-            with_scratch::<f32, 2, _>(|[padded, transposed]| {
+            with_scratch::<f32, 2, _>(|[padded, slab]| {
                 let padded = fit(padded, product.padded_len());
-                let transposed = fit(transposed, cells * ld);
+                let slab = fit(slab, CELL_BLOCK * GROUP);
                 for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(batch) {
                     product.pad_image(&x[n * in_len..(n + 1) * in_len], pad_value, padded);
-                    to_cell_major(&dy[n * out_len..(n + 1) * out_len], c_out, cells, ld, transposed);
-                    image_into(&product.offsets, &bases, padded, transposed, ld, &mut partial);
+                    let dy = &dy[n * out_len..(n + 1) * out_len];
+                    image_into(&product.offsets, &bases, padded, dy, ld, slab, &mut partial);
                 }
             });
             partial
@@ -126,20 +131,18 @@ fn add_in_order(partials: &[Vec<f32>], c_out: usize, taps: usize, ld: usize, dw:
     });
 }
 
-/// `[channels, cells]` to slabs of [`GROUP`] channels by all cells (the last slab
-/// `ld − first channel` wide), each `[cells, width]`, the channels past `channels` zero.
-fn to_cell_major(src: &[f32], channels: usize, cells: usize, ld: usize, dst: &mut [f32]) {
-    for first in (0..ld).step_by(GROUP) {
-        let width = GROUP.min(ld - first);
-        let slab = &mut dst[first * cells..(first + width) * cells];
-        let filled = channels.saturating_sub(first).min(width);
-        if filled < width {
-            for row in slab.chunks_exact_mut(width) {
-                row[filled..].fill(0.0);
-            }
+/// Channels `first..first + width` of cells `cell_range` of ∂y (`[channels, cells]`)
+/// as a `[cells, width]` slab, the channels past ∂y's zero.
+fn slab_of(dy: &[f32], cells: usize, first: usize, width: usize, cell_range: std::ops::Range<usize>, slab: &mut [f32]) {
+    let channels = dy.len() / cells;
+    let slab = &mut slab[..cell_range.len() * width];
+    let filled = channels.saturating_sub(first).min(width);
+    if filled < width {
+        for row in slab.chunks_exact_mut(width) {
+            row[filled..].fill(0.0);
         }
-        transpose(&src[first * cells..], filled, cells, cells, slab, width);
     }
+    transpose(&dy[first * cells + cell_range.start..], filled, cell_range.len(), cells, slab, width);
 }
 
 /// Which way the offsets of a run of taps step.
@@ -171,16 +174,27 @@ pub(in crate::conv) fn run_direction(offsets: &[usize]) -> Option<Direction> {
 
 /// Adds one image's products to `partial` (`[taps, ld]`): every tile of taps and
 /// channels over every block of cells.
-fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[f32], ld: usize, partial: &mut [f32]) {
+/// `dy` is the image's `[channels, cells]` output gradient; `slab` is scratch.
+fn image_into(
+    offsets: &[usize],
+    bases: &[usize],
+    source: &[f32],
+    dy: &[f32],
+    ld: usize,
+    slab: &mut [f32],
+    partial: &mut [f32],
+) {
     let taps = offsets.len();
     // The bounds every unsafe access below relies on.
-    assert!(ld.is_multiple_of(LANES) && transposed.len() == bases.len() * ld && partial.len() == taps * ld);
+    assert!(ld.is_multiple_of(LANES) && slab.len() >= CELL_BLOCK * GROUP.min(ld) && partial.len() == taps * ld);
+    assert!(dy.len().is_multiple_of(bases.len()) && dy.len() / bases.len() <= ld);
     assert!(last_read(bases, offsets).is_some_and(|end| end < source.len()));
     let direction = run_direction(offsets);
     for first_cell in (0..bases.len()).step_by(CELL_BLOCK) {
         let cells = CELL_BLOCK.min(bases.len() - first_cell);
         for first_channel in (0..ld).step_by(GROUP) {
             let width = GROUP.min(ld - first_channel);
+            slab_of(dy, bases.len(), first_channel, width, first_cell..first_cell + cells, slab);
             let vectors = width / LANES;
             let runs = direction.filter(|_| vectors == 2);
             let height = if runs.is_some() { RUN_TAPS } else { (ACCUMULATORS / vectors).min(MAX_TAPS) };
@@ -190,7 +204,7 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
                     bases: bases[first_cell..].as_ptr(),
                     taps: offsets[rows.start..].as_ptr(),
                     source: source.as_ptr(),
-                    transposed: transposed[first_channel * bases.len() + first_cell * width..].as_ptr(),
+                    transposed: slab.as_ptr(),
                     width,
                     ld,
                     partial: partial[rows.start * ld + first_channel..].as_mut_ptr(),
@@ -198,10 +212,10 @@ fn image_into(offsets: &[usize], bases: &[usize], source: &[f32], transposed: &[
                 // SAFETY: AVX-512F is present (checked by the caller). The asserts above
                 // bound every access: taps `rows` of `offsets`; cells
                 // `first_cell..first_cell + cells` of `bases`; scalar reads at
-                // `base + offset ≤ last_read(…)` inside `source`; rows
-                // `first_cell..first_cell + cells` of the `[cells, width]` slab that
-                // starts at `first_channel · cells` in `transposed`, whole (16·vectors =
-                // width); whole vectors of `partial` rows `rows`, at channels
+                // `base + offset ≤ last_read(…)` inside `source`; the `cells` rows of
+                // the `[cells, width]` slab, whole (16·vectors = width; the slab holds
+                // CELL_BLOCK · min(GROUP, ld) ≥ cells · width floats); whole vectors of
+                // `partial` rows `rows`, at channels
                 // `first_channel..first_channel + width ≤ ld`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
@@ -225,7 +239,7 @@ struct WeightTile {
     taps: *const usize,
     /// The padded image.
     source: *const f32,
-    /// Transposed ∂y at (first cell, first channel) of its group's slab; cells
+    /// The block's slab of transposed ∂y: the tile's channels of its first cell, cells
     /// `width` apart.
     transposed: *const f32,
     width: usize,
