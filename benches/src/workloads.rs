@@ -196,18 +196,27 @@ impl ConvCase {
     }
 }
 
-/// Buffers for one convolution workload.
+/// Buffers for one convolution workload. The batch buffers are nn-core tensors, so
+/// that they are allocated as a network's activations and gradients are (large ones
+/// advised onto huge pages).
 pub struct ConvRun {
     problem: ConvProblem,
     batch: usize,
-    x: Vec<f32>,
+    x: Tensor<f32>,
     w: Vec<f32>,
     b: Vec<f32>,
-    y: Vec<f32>,
-    dy: Vec<f32>,
-    dx: Vec<f32>,
+    y: Tensor<f32>,
+    dy: Tensor<f32>,
+    dx: Tensor<f32>,
     dw: Vec<f32>,
     db: Vec<f32>,
+}
+
+/// A flat tensor holding `values`.
+fn batch_tensor(values: &[f32]) -> Tensor<f32> {
+    let mut tensor = Tensor::zeros(&[values.len()]).expect("a length that fits memory");
+    tensor.data_mut().copy_from_slice(values);
+    tensor
 }
 
 impl ConvRun {
@@ -216,12 +225,12 @@ impl ConvRun {
         let problem = case.problem();
         let batch = case.batch;
         Self {
-            x: filled(batch * problem.input_image_len(), 3),
+            x: batch_tensor(&filled(batch * problem.input_image_len(), 3)),
             w: filled(problem.weight_len(), 4),
             b: filled(case.c_out, 5),
-            y: vec![0.0; batch * problem.output_image_len()],
-            dy: filled(batch * problem.output_image_len(), 6),
-            dx: vec![0.0; batch * problem.input_image_len()],
+            y: Tensor::zeros(&[batch * problem.output_image_len()]).expect("a length that fits memory"),
+            dy: batch_tensor(&filled(batch * problem.output_image_len(), 6)),
+            dx: Tensor::zeros(&[batch * problem.input_image_len()]).expect("a length that fits memory"),
             dw: vec![0.0; problem.weight_len()],
             db: vec![0.0; case.c_out],
             problem,
@@ -231,7 +240,8 @@ impl ConvRun {
 
     /// y = conv(x, w) + b.
     pub fn forward(&mut self) {
-        conv_forward(&self.problem, self.batch, &self.x, &self.w, Some(&self.b), 0.0, &mut self.y).expect("valid");
+        let (x, y) = (self.x.data(), self.y.data_mut());
+        conv_forward(&self.problem, self.batch, x, &self.w, Some(&self.b), 0.0, y).expect("valid");
     }
 
     /// Forward, then the gradients of bias, weight and input.
@@ -244,17 +254,18 @@ impl ConvRun {
 
     /// ∂b += Σ ∂y.
     pub fn bias_gradient(&mut self) {
-        conv_backward_bias(&self.problem, self.batch, &self.dy, &mut self.db).expect("valid");
+        conv_backward_bias(&self.problem, self.batch, self.dy.data(), &mut self.db).expect("valid");
     }
 
     /// ∂w += the weight gradient.
     pub fn weight_gradient(&mut self) {
-        conv_backward_weight(&self.problem, self.batch, &self.x, &self.dy, 0.0, &mut self.dw).expect("valid");
+        let (x, dy) = (self.x.data(), self.dy.data());
+        conv_backward_weight(&self.problem, self.batch, x, dy, 0.0, &mut self.dw).expect("valid");
     }
 
     /// ∂x = the input gradient.
     pub fn input_gradient(&mut self) {
-        conv_backward_input(&self.problem, self.batch, &self.w, &self.dy, &mut self.dx).expect("valid");
+        conv_backward_input(&self.problem, self.batch, &self.w, self.dy.data(), self.dx.data_mut()).expect("valid");
     }
 
     /// The GEMM a convolution amounts to (C_out × C_in·∏f × N·∏v), for the in-run

@@ -46,6 +46,7 @@ mod layer;
 pub mod layers;
 mod loss;
 mod network;
+mod storage;
 mod tensor;
 
 pub use error::NnError;

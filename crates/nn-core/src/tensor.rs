@@ -1,4 +1,4 @@
-use crate::NnError;
+use crate::{storage, NnError};
 use nn_kernels::index::checked_product;
 use nn_kernels::Element;
 
@@ -17,7 +17,7 @@ fn element_count(shape: &[usize]) -> Result<usize, NnError> {
 impl<T: Element> Tensor<T> {
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Result<Self, NnError> {
-        Ok(Self { shape: shape.to_vec(), data: vec![T::zero(); element_count(shape)?] })
+        Ok(Self { shape: shape.to_vec(), data: storage::zeroed(element_count(shape)?) })
     }
 
     /// A tensor over `data`, which must hold exactly `∏shape` elements.
@@ -79,7 +79,7 @@ impl<T: Element> Tensor<T> {
         self.shape.clear();
         self.shape.push(batch);
         self.shape.extend_from_slice(per_sample);
-        self.data.resize(len, T::zero());
+        storage::resize_unspecified(&mut self.data, len);
         Ok(())
     }
 
