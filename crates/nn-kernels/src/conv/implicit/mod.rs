@@ -442,42 +442,52 @@ fn input_gradient_classes(problem: &ConvProblem) -> Vec<InputClass> {
     classes
 }
 
-/// The index of each class by its first cell, row-major over the strides (None for
-/// first cells past the input, which have no class).
-fn classes_by_first(classes: &[InputClass], stride: &[usize]) -> Vec<Option<usize>> {
+/// Where each row of an input plane takes its cells from: for row r (row-major over
+/// all dimensions but the last) and each first cell e < s of the last dimension, entry
+/// `r·s + e` holds the class whose cells those are and where that row starts in
+/// channel 0 of the class's result (None for first cells past the input, which have
+/// no class). Worked out once per call rather than from each row's n-dimensional index
+/// for every channel: C5's input gradient ran 5–8% faster on one thread and 2–8% on
+/// two (alternating pairs in both orders, three and four).
+fn row_sources(classes: &[InputClass], input: &[usize], stride: &[usize]) -> Vec<Option<(usize, usize)>> {
+    let last = input.len() - 1;
     let mut by_first = vec![None; stride.iter().product()];
     for (i, class) in classes.iter().enumerate() {
         by_first[class.first.iter().zip(stride).fold(0, |at, (&e, &s)| at * s + e)] = Some(i);
     }
-    by_first
+    let mut sources = Vec::new();
+    let mut outer = Odometer::new(&input[..last]);
+    while let Some(gamma) = outer.current() {
+        let outer_residue = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * stride[last];
+        for e in 0..stride[last] {
+            sources.push(by_first[outer_residue + e].map(|i: usize| {
+                let cells = &classes[i].cells;
+                let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
+                (i, row * cells[last])
+            }));
+        }
+        outer.advance();
+    }
+    sources
 }
 
 /// Writes channel `c` of the classes' results (`results[i]`: `[rows, class i's
-/// cells]`) into `dx_plane` (one input plane of ∂x), one pass over each input row: row
-/// γ takes, in its last dimension, cell j of the class whose first cell is j mod s
-/// (`by_first` from [`classes_by_first`]).
+/// cells]`) into `dx_plane` (one input plane of ∂x, rows of `width` at last stride
+/// `s`), one pass over each input row: cell j of a row comes from the class row that
+/// [`row_sources`] gives for j mod s.
 fn interleave_channel(
     classes: &[InputClass],
-    by_first: &[Option<usize>],
+    sources: &[Option<(usize, usize)>],
     results: &[&[f32]],
     c: usize,
-    input: &[usize],
-    stride: &[usize],
+    (width, s): (usize, usize),
     dx_plane: &mut [f32],
 ) {
-    let last = input.len() - 1;
-    let (s, width) = (stride[last], input[last]);
-    let mut dx_rows = dx_plane.chunks_exact_mut(width);
-    let mut outer = Odometer::new(&input[..last]);
-    while let Some(gamma) = outer.current() {
-        let dx_row = dx_rows.next().expect("a plane holds ∏μ cells");
-        // For each first cell e < s of the last dimension: that class's row here.
-        let outer_residue = gamma.iter().zip(stride).fold(0, |at, (&g, &s)| at * s + g % s) * s;
+    for (dx_row, row_sources) in dx_plane.chunks_exact_mut(width).zip(sources.chunks_exact(s)) {
         let class_row = |e: usize| -> &[f32] {
-            let Some(i) = by_first[outer_residue + e] else { return &[] };
-            let cells = &classes[i].cells;
-            let row = (0..last).fold(0, |at, d| at * cells[d] + gamma[d] / stride[d]);
-            &results[i][(c * classes[i].product.plane / cells[last] + row) * cells[last]..][..cells[last]]
+            let Some((i, at)) = row_sources[e] else { return &[] };
+            let len = classes[i].cells.last().copied().unwrap_or(0);
+            &results[i][c * classes[i].product.plane + at..][..len]
         };
         if s == 2 {
             let (even, odd) = (class_row(0), class_row(1));
@@ -495,7 +505,6 @@ fn interleave_channel(
                 }
             }
         }
-        outer.advance();
     }
 }
 
@@ -944,7 +953,8 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
             return run(&tilings[0], weights[0], None, 0.0, dy, dx);
         }
         let source = &classes[0].product;
-        let by_first = classes_by_first(&classes, g.stride());
+        let sources = row_sources(&classes, g.input(), g.stride());
+        let row_shape = (g.input()[g.rank() - 1], g.stride()[g.rank() - 1]);
         let streamed = writes != Writes::Direct;
         let source_len = c_out * g.output_len();
         dx.par_chunks_mut(c_in * g.input_len()).zip(dy.par_chunks(source_len)).for_each(|(dx_image, dy_image)| {
@@ -971,14 +981,14 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
                         // Interleaved into a stage in cache (12.5 KB for C5), then
                         // streamed out without the read for ownership of each line.
                         let staged = fit(stage, input_plane);
-                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), staged);
+                        interleave_channel(&classes, &sources, &results, c, row_shape, staged);
                         // SAFETY: AVX-512F is present (checked on entry).
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             stream_copy(staged, dx_plane)
                         };
                     } else {
-                        interleave_channel(&classes, &by_first, &results, c, g.input(), g.stride(), dx_plane);
+                        interleave_channel(&classes, &sources, &results, c, row_shape, dx_plane);
                     }
                 }
                 if streamed {
