@@ -90,3 +90,19 @@ proptest! {
         check(ta, tb, m, n, k, beta);
     }
 }
+
+proptest! {
+    #[test]
+    fn balanced_blocks_cover_the_length_in_aligned_even_pieces(len in 1usize..5000) {
+        let blocks: Vec<_> = balanced_blocks(len).collect();
+        prop_assert!(!blocks.is_empty() && blocks.len() <= MAX_BLOCKS);
+        prop_assert_eq!(blocks[0].start, 0);
+        prop_assert_eq!(blocks[blocks.len() - 1].end, len);
+        for pair in blocks.windows(2) {
+            prop_assert_eq!(pair[0].end, pair[1].start);
+            prop_assert!(pair[0].len().is_multiple_of(SPLIT_ALIGN));
+        }
+        let units: Vec<usize> = blocks.iter().map(|b| b.len().div_ceil(SPLIT_ALIGN)).collect();
+        prop_assert!(units.iter().max().unwrap() - units.iter().min().unwrap() <= 1, "{:?}", blocks);
+    }
+}
