@@ -14,6 +14,7 @@ use nn_kernels::Element;
 
 /// Buffers of at least this many bytes are advised: one holds at least one whole
 /// aligned 2 MiB page whatever its start.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const ADVISE_MIN_BYTES: usize = 4 << 20;
 
 /// A vector of `len` zeros, large ones advised as in the module comment.
