@@ -26,8 +26,9 @@ use std::arch::x86_64::*;
 const MAX_VECTORS: usize = 4;
 
 /// Channels per slab of transposed ∂y (`[cells, GROUP]`). Rows of all `ld` channels
-/// would put a cell block's lines `4·ld` bytes apart: at 128 channels (512 bytes) a group's 128 cells map to half of
-/// L1's 64 sets, 16 lines to each of 12 ways, and miss.
+/// would put a cell block's lines `4·ld` bytes apart: at 128 channels (512 bytes) a
+/// block's 128 cells map to half of L1's 64 sets, 16 lines to each of 12 ways, and
+/// miss.
 const GROUP: usize = MAX_VECTORS * LANES;
 
 /// Accumulators per tile: taps × vectors.
