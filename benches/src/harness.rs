@@ -50,11 +50,9 @@ pub fn measure(budget: Budget, mut f: impl FnMut()) -> Timing {
 /// warmed up once, then they take turns, a block of at least [`TURN`] each per
 /// round (one call, for a call longer than that), so that a drift of the machine
 /// (clock, a neighbour's load) falls on all of them alike; a sample is the mean call
-/// of a block. Run one after another instead, an identical call measured 2–6% faster
-/// when it came second (our G4 on one thread, one call of the `gemm` crate, against
-/// the crate as in-run reference, three runs of three); taking turns call by call,
-/// a 3 µs product measured 11% slower right after another library's packing had
-/// gone through the caches.
+/// of a block. Run one after another, an identical call measured faster when it came
+/// second; turns of single calls let one library's packing evict the other's data
+/// (docs/performance.md, "Measuring").
 pub fn measure_alternating(budget: Budget, contestants: usize, mut f: impl FnMut(usize)) -> Vec<Timing> {
     (0..contestants).for_each(&mut f);
     let started = Instant::now();

@@ -100,29 +100,24 @@ impl GemmRun {
     /// The `gemm` crate with `threads` rayon threads (1: sequential).
     pub fn gemm_crate(&mut self, threads: usize) {
         let GemmCase { m, k, n, .. } = self.case;
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: as above; the crate takes column stride then row stride.
+        // SAFETY: as above: A is m×k, B k×n and C m×n, row-major and disjoint.
         unsafe {
-            gemm::gemm(
+            f32::gemm_strided(
                 m,
-                n,
                 k,
-                self.c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
+                n,
+                1.0,
                 self.a.as_ptr(),
-                1,
                 k as isize,
-                self.b.as_ptr(),
                 1,
+                self.b.as_ptr(),
                 n as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
+                1,
+                0.0,
+                self.c.as_mut_ptr(),
+                n as isize,
+                1,
+                threads,
             )
         }
     }
@@ -192,7 +187,7 @@ impl ConvCase {
     /// 2·N·C_out·C_in·∏f·∏v.
     pub fn forward_flops(&self) -> f64 {
         let p = self.problem();
-        2.0 * (self.batch * self.c_out * self.c_in * p.geometry.filter_len() * p.geometry.output_len()) as f64
+        2.0 * (self.batch * self.c_out * self.c_in * p.geometry().filter_len() * p.geometry().output_len()) as f64
     }
 }
 
@@ -273,9 +268,9 @@ impl ConvRun {
     pub fn equivalent_gemm(&self) -> GemmCase {
         GemmCase {
             id: "conv-equivalent",
-            m: self.problem.out_channels,
-            k: self.problem.in_channels * self.problem.geometry.filter_len(),
-            n: self.batch * self.problem.geometry.output_len(),
+            m: self.problem.out_channels(),
+            k: self.problem.in_channels() * self.problem.geometry().filter_len(),
+            n: self.batch * self.problem.geometry().output_len(),
         }
     }
 }

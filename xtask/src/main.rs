@@ -16,12 +16,9 @@ mod report;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Slowdown that fails `--compare`, in percent. On the project's 2-core machine three
-/// full runs (median of at least 11 repetitions each) moved by at most 11% on any
-/// workload except G2 on 2 threads, which is bimodal (108 or 150 µs, +40%: whether the
-/// second worker is awake when a 0.1 ms product starts); `--quick` runs (5
-/// repetitions) moved by 20–25% on the sub-millisecond ones. 50% clears that noise;
-/// compare full runs, and rely on instruction counts for the fine check.
+/// Slowdown that fails `--compare`, in percent: above the run-to-run noise of full
+/// runs on a shared 2-core machine, bimodal sub-millisecond products included
+/// (docs/performance.md, "Measuring"). Instruction counts make the fine check.
 const DEFAULT_THRESHOLD_PCT: f64 = 50.0;
 
 fn workspace_root() -> PathBuf {

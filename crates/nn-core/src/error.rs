@@ -3,6 +3,7 @@ use thiserror::Error;
 
 /// Everything that can go wrong building or running a network.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum NnError {
     /// A tensor has the wrong shape for an operation.
     #[error("{op}: expected shape {expected:?}, got {got:?}")]

@@ -39,6 +39,11 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// This crate's README, compiled and run as a doctest too.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 mod error;
 pub mod gradcheck;
 mod init;

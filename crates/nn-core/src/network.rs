@@ -15,8 +15,7 @@ pub struct Sequential<T: Element> {
     activations: Vec<Tensor<T>>,
     /// `grads[k]` is ∂L/∂x⁽ᵏ⁾, the gradient of layer k's input. One buffer per layer,
     /// not two used in turn: each then keeps its size from step to step, and a step
-    /// neither re-grows nor zero-fills them (two alternating buffers cost T2 4.5% of
-    /// its time in `memset`).
+    /// neither re-grows nor zero-fills them.
     grads: Vec<Tensor<T>>,
     forward_done: bool,
 }

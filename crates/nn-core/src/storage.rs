@@ -4,10 +4,7 @@
 //! interior before any of its pages is touched. A batch of activations is swept by
 //! every layer on every step; on 4 KiB pages each sweep walks a new page (and misses
 //! the TLB) every 4 KiB, and the hardware prefetchers, which stop at page boundaries,
-//! start over. With the advice, C4's passes (32 images, 25 MiB per batch tensor) ran
-//! 3–9% faster on one thread and its input gradient 4–7% on two, C5's weight gradient
-//! 7–10% (`nn-bench passes`, three alternating pairs of processes each). The advice
-//! is only that: where the kernel offers no huge pages (`never`, another OS) nothing
+//! start over (docs/performance.md, "Huge pages"). The advice is only that: where the kernel offers no huge pages (`never`, another OS) nothing
 //! changes but speed.
 
 use nn_kernels::Element;

@@ -78,7 +78,7 @@ proptest! {
         let problem = ConvProblem::new(geometry, case.shape[0], case.spec.out_channels).unwrap();
         let bias = layer.bias().map(|b| b.value.data().to_vec());
         let expected = conv_forward_reference(&problem, case.batch, x.data(), layer.weight().value.data(), bias.as_deref(), case.spec.pad_value);
-        prop_assert_eq!(y.shape()[2..].to_vec(), problem.geometry.output().to_vec());
+        prop_assert_eq!(y.shape()[2..].to_vec(), problem.geometry().output().to_vec());
         for (a, b) in y.data().iter().zip(&expected) {
             prop_assert!((a - b).abs() < 1e-12, "{} vs {}", a, b);
         }

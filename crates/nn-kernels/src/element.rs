@@ -105,12 +105,13 @@ macro_rules! impl_element {
                 csc: isize,
                 threads: usize,
             ) {
-                let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+                let parallelism =
+                    if threads > 1 { gemm_common::Parallelism::Rayon(threads) } else { gemm_common::Parallelism::None };
                 // SAFETY: the caller upholds the contract stated on this method, which
-                // is the `gemm` crate's. That crate computes dst ← α′·dst + β′·lhs·rhs,
-                // so our α and β trade places, and dst is read only when β ≠ 0.
+                // is the `gemm` kernels'. They compute dst ← α′·dst + β′·lhs·rhs, so our
+                // α and β trade places, and dst is read only when β ≠ 0.
                 unsafe {
-                    gemm::gemm(
+                    crate::gemm::crate_call::<$t>(
                         m,
                         n,
                         k,
@@ -126,9 +127,6 @@ macro_rules! impl_element {
                         rsb,
                         beta,
                         alpha,
-                        false,
-                        false,
-                        false,
                         parallelism,
                     )
                 }

@@ -2,6 +2,7 @@ use thiserror::Error;
 
 /// Geometry that cannot describe a convolution or pooling window.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum GeometryError {
     /// A per-dimension list has the wrong number of entries.
     #[error("{what} has {got} entries, but the input has {expected} spatial dimensions")]
@@ -76,6 +77,7 @@ pub enum GeometryError {
 
 /// An error from a kernel call: bad geometry or a buffer of the wrong length.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum KernelError {
     /// The geometry is invalid.
     #[error(transparent)]

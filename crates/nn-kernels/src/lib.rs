@@ -2,11 +2,14 @@
 //!
 //! - [`gemm`]: `C ← α·op(A)·op(B) + β·C` on row-major slices, with either operand
 //!   transposed, split across the rayon pool for large products.
-//! - [`conv`]: N-dimensional convolution geometry (any number of spatial dimensions,
-//!   per-dimension stride, padding and filter length), im2col / col2im with a constant
-//!   padding value and optional filter flip, and batched forward/backward kernels
-//!   (implicit GEMM with an AVX-512 micro-kernel for f32 where the CPU has it).
+//! - [`geometry`]: a window sliding over an N-dimensional plane (any number of
+//!   spatial dimensions, per-dimension stride, padding and window length), shared by
+//!   convolution and pooling.
+//! - [`conv`]: batched N-dimensional convolution, forward and backward, with a
+//!   constant padding value and optional filter flip: implicit GEMM with AVX-512
+//!   micro-kernels for f32 where the CPU has them, im2col / col2im and GEMM otherwise.
 //! - [`pool`]: N-dimensional max and average pooling.
+//! - [`simd`]: the instruction sets the kernels use, detected once.
 //! - [`elementwise`]: activations, reductions, vector and optimizer updates; SIMD where
 //!   it pays, all threads for long slices.
 //!
@@ -20,6 +23,7 @@ mod element;
 pub mod elementwise;
 mod error;
 pub mod gemm;
+pub mod geometry;
 pub mod index;
 pub mod pool;
 pub mod simd;
@@ -27,3 +31,4 @@ mod workspace;
 
 pub use element::Element;
 pub use error::{GeometryError, KernelError};
+pub use geometry::{ConvGeometry, KernelMode, OutputRounding, Padding};

@@ -127,10 +127,10 @@ impl<T: Element> Conv<T> {
         let mut weight_shape = vec![spec.out_channels, in_channels];
         weight_shape.extend_from_slice(&spec.filter);
         let mut weight = Tensor::zeros(&weight_shape)?;
-        let filter_len = problem.geometry.filter_len();
+        let filter_len = problem.geometry().filter_len();
         spec.init.fill(in_channels * filter_len, spec.out_channels * filter_len, rng, weight.data_mut());
         let mut output_shape = vec![spec.out_channels];
-        output_shape.extend_from_slice(problem.geometry.output());
+        output_shape.extend_from_slice(problem.geometry().output());
         Ok(Self {
             input_shape: input_shape.to_vec(),
             output_shape,
@@ -143,7 +143,7 @@ impl<T: Element> Conv<T> {
 
     /// The validated geometry.
     pub fn geometry(&self) -> &ConvGeometry {
-        &self.problem.geometry
+        self.problem.geometry()
     }
 
     /// The weight, `[C_out, C_in, f…]`.

@@ -20,18 +20,18 @@ pub fn conv_forward_reference<T: Element>(
     bias: Option<&[T]>,
     pad_value: T,
 ) -> Vec<T> {
-    let g = &problem.geometry;
+    let g = problem.geometry();
     let (mu, f, s) = (g.input(), g.filter(), g.stride());
     let flat = |idx: &[isize], shape: &[usize]| -> usize {
         idx.iter().zip(shape).fold(0usize, |acc, (&i, &len)| acc * len + i as usize)
     };
     let mut y = Vec::with_capacity(batch * problem.output_image_len());
     for n in 0..batch {
-        for o in 0..problem.out_channels {
+        for o in 0..problem.out_channels() {
             let mut betas = Odometer::new(g.output());
             while let Some(beta) = betas.current() {
                 let mut acc = bias.map_or(T::zero(), |b| b[o]);
-                for c in 0..problem.in_channels {
+                for c in 0..problem.in_channels() {
                     let mut alphas = Odometer::new(f);
                     while let Some(alpha) = alphas.current() {
                         let gamma: Vec<isize> = (0..g.rank())
@@ -51,12 +51,12 @@ pub fn conv_forward_reference<T: Element>(
                             .collect();
                         let inside = gamma.iter().zip(mu).all(|(&gm, &m)| 0 <= gm && gm < m as isize);
                         let x_prime = if inside {
-                            x[(n * problem.in_channels + c) * g.input_len() + flat(&gamma, mu)]
+                            x[(n * problem.in_channels() + c) * g.input_len() + flat(&gamma, mu)]
                         } else {
                             pad_value
                         };
                         let alpha_i: Vec<isize> = alpha.iter().map(|&a| a as isize).collect();
-                        let w_index = (o * problem.in_channels + c) * g.filter_len() + flat(&alpha_i, f);
+                        let w_index = (o * problem.in_channels() + c) * g.filter_len() + flat(&alpha_i, f);
                         acc += x_prime * w[w_index];
                         alphas.advance();
                     }

@@ -1,6 +1,31 @@
+use super::columns::{backward_input_by_columns, backward_weight_by_columns, forward_by_columns};
 use super::reference::conv_forward_reference;
 use super::*;
+use crate::GeometryError;
 use proptest::prelude::*;
+
+/// Whether this CPU runs the implicit-GEMM kernels.
+fn implicit_available() -> bool {
+    Avx512::detect().is_some()
+}
+
+/// The implicit forward pass alone; false where it does not apply (or without AVX-512).
+fn implicit_forward(
+    p: &ConvProblem,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    pad: f32,
+    y: &mut [f32],
+    writes: implicit::Writes,
+) -> bool {
+    Avx512::detect().is_some_and(|isa| implicit::forward(isa, p.implicit_plan(), x, w, b, pad, y, writes))
+}
+
+/// The implicit input gradient alone; false where it does not apply.
+fn implicit_input(p: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32], writes: implicit::Writes) -> bool {
+    Avx512::detect().is_some_and(|isa| implicit::backward_input(isa, p.implicit_plan(), p, w, dy, dx, writes))
+}
 
 fn data(len: usize, seed: u64) -> Vec<f64> {
     (0..len).map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0).collect()
@@ -61,7 +86,7 @@ proptest! {
         let p = &case.problem;
         let x = data(case.batch * p.input_image_len(), 1);
         let w = data(p.weight_len(), 2);
-        let b = data(p.out_channels, 3);
+        let b = data(p.out_channels(), 3);
         let bias = case.bias.then_some(&b[..]);
         let fast = run_forward(&case, &x, &w, bias);
         let slow = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
@@ -79,7 +104,7 @@ proptest! {
         let p = &case.problem;
         let x = data(case.batch * p.input_image_len(), 4);
         let w = data(p.weight_len(), 5);
-        let b = data(p.out_channels, 7);
+        let b = data(p.out_channels(), 7);
         let dy = data(case.batch * p.output_image_len(), 6);
 
         let linear = Case { pad_value: 0.0, ..case.clone() };
@@ -231,13 +256,13 @@ fn implicit_weight_gradient_is_bit_identical_across_thread_counts() {
     assert_eq!(one, run(3));
     let mut want = vec![0.0; p.weight_len()];
     backward_weight_by_columns(&p, batch, 2, &x, &dy, 0.5, &mut want).unwrap();
-    assert_close("weight gradient", &one, &want, batch * p.geometry.output_len()).unwrap();
+    assert_close("weight gradient", &one, &want, batch * p.geometry().output_len()).unwrap();
 }
 
 #[test]
-fn weight_gradient_in_runs_of_three_taps_matches_the_column_path() {
+fn weight_gradient_in_strips_of_three_taps_matches_the_column_path() {
     // 3×3 filters at stride 1 over 4 channels: 36 taps in rising (cross-correlation)
-    // or falling (convolution) runs of three; 32 channels: tiles of two vectors × 12.
+    // or falling (convolution) strips of three; 32 channels: tiles of two vectors × 12.
     for (mode, direction) in [
         (KernelMode::CrossCorrelation, implicit::Direction::Rising),
         (KernelMode::Convolution, implicit::Direction::Falling),
@@ -246,14 +271,14 @@ fn weight_gradient_in_runs_of_three_taps_matches_the_column_path() {
             ConvGeometry::new(&[7, 19], &[3, 3], &[1, 1], &[Padding::symmetric(1); 2], OutputRounding::Strict, mode)
                 .unwrap();
         let p = ConvProblem::new(g, 4, 32).unwrap();
-        assert_eq!(implicit::run_direction(&implicit::forward_product(&p).offsets), Some(direction));
+        assert_eq!(implicit::strip_direction(&implicit::forward_offsets(&p)), Some(direction));
         let batch = 3;
         let (x, dy) = (data(batch * p.input_image_len(), 24), data(batch * p.output_image_len(), 25));
         let mut dw = vec![0.0f32; p.weight_len()];
         conv_backward_weight(&p, batch, &narrow(&x), &narrow(&dy), 0.25, &mut dw).unwrap();
         let mut want = vec![0.0; p.weight_len()];
         backward_weight_by_columns(&p, batch, 1, &x, &dy, 0.25, &mut want).unwrap();
-        assert_close("weight gradient", &dw, &want, batch * p.geometry.output_len()).unwrap();
+        assert_close("weight gradient", &dw, &want, batch * p.geometry().output_len()).unwrap();
     }
 }
 
@@ -327,7 +352,7 @@ proptest! {
         let p = &case.problem;
         let x = data(case.batch * p.input_image_len(), 11);
         let w = data(p.weight_len(), 12);
-        let b = data(p.out_channels, 13);
+        let b = data(p.out_channels(), 13);
         let bias = case.bias.then_some(&b[..]);
         let slow = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
         let mut y = vec![f32::NAN; slow.len()];
@@ -335,8 +360,8 @@ proptest! {
         conv_forward(p, case.batch, &x32, &w32, case.bias.then_some(&b32[..]), case.pad_value as f32, &mut y).unwrap();
         assert_close("forward", &y, &slow, p.col_rows())?;
         prop_assert_eq!(
-            implicit::forward(p, &x32, &w32, None, 0.0, &mut y.clone(), implicit::Writes::Direct),
-            implicit::available() && !p.geometry.is_pointwise() && p.out_channels >= implicit::MIN_ROWS
+            implicit_forward(p, &x32, &w32, None, 0.0, &mut y.clone(), implicit::Writes::Direct),
+            implicit_available() && !p.geometry().is_pointwise() && p.out_channels() >= implicit::MIN_ROWS
         );
     }
 
@@ -347,14 +372,14 @@ proptest! {
         let p = &case.problem;
         let x = narrow(&data(case.batch * p.input_image_len(), 16));
         let w = narrow(&data(p.weight_len(), 17));
-        let b = narrow(&data(p.out_channels, 18));
+        let b = narrow(&data(p.out_channels(), 18));
         let bias = case.bias.then_some(&b[..]);
         let pad = case.pad_value as f32;
         let len = case.batch * p.output_image_len();
         let (mut direct, mut streamed) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-        let ran = implicit::forward(p, &x, &w, bias, pad, &mut direct, implicit::Writes::Direct);
+        let ran = implicit_forward(p, &x, &w, bias, pad, &mut direct, implicit::Writes::Direct);
         let writes = implicit::Writes::Streamed { band_bytes };
-        prop_assert_eq!(ran, implicit::forward(p, &x, &w, bias, pad, &mut streamed, writes));
+        prop_assert_eq!(ran, implicit_forward(p, &x, &w, bias, pad, &mut streamed, writes));
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&direct), bits(&streamed));
     }
@@ -368,9 +393,9 @@ proptest! {
         let dy = narrow(&data(case.batch * p.output_image_len(), 26));
         let len = case.batch * p.input_image_len();
         let (mut direct, mut streamed) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-        let ran = implicit::backward_input(p, &w, &dy, &mut direct, implicit::Writes::Direct);
+        let ran = implicit_input(p, &w, &dy, &mut direct, implicit::Writes::Direct);
         let writes = implicit::Writes::Streamed { band_bytes };
-        prop_assert_eq!(ran, implicit::backward_input(p, &w, &dy, &mut streamed, writes));
+        prop_assert_eq!(ran, implicit_input(p, &w, &dy, &mut streamed, writes));
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&direct), bits(&streamed));
     }
@@ -384,10 +409,10 @@ proptest! {
         backward_input_by_columns(p, &w, &dy, &mut want);
         let mut dx = vec![f32::NAN; want.len()];
         conv_backward_input(p, case.batch, &narrow(&w), &narrow(&dy), &mut dx).unwrap();
-        assert_close("input gradient", &dx, &want, p.out_channels * p.geometry.filter_len())?;
+        assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
         prop_assert_eq!(
-            implicit::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx, implicit::Writes::Direct),
-            implicit::available() && !p.geometry.is_pointwise() && p.in_channels >= implicit::MIN_ROWS
+            implicit_input(p, &narrow(&w), &narrow(&dy), &mut dx, implicit::Writes::Direct),
+            implicit_available() && !p.geometry().is_pointwise() && p.in_channels() >= implicit::MIN_ROWS
         );
     }
 }
@@ -399,7 +424,7 @@ proptest! {
     #[test]
     fn f32_weight_gradient_matches_the_column_path(case in case().prop_flat_map(|case| (Just(case), 1usize..80))) {
         let (case, c_out) = case;
-        let p = &ConvProblem::new(case.problem.geometry.clone(), case.problem.in_channels, c_out).unwrap();
+        let p = &ConvProblem::new(case.problem.geometry().clone(), case.problem.in_channels(), c_out).unwrap();
         let x = data(case.batch * p.input_image_len(), 19);
         let dy = data(case.batch * p.output_image_len(), 20);
         let start = data(p.weight_len(), 21);
@@ -408,10 +433,12 @@ proptest! {
         backward_weight_by_columns(p, case.batch, per_chunk, &x, &dy, case.pad_value, &mut want).unwrap();
         let mut dw = narrow(&start);
         conv_backward_weight(p, case.batch, &narrow(&x), &narrow(&dy), case.pad_value as f32, &mut dw).unwrap();
-        assert_close("weight gradient", &dw, &want, case.batch * p.geometry.output_len())?;
+        assert_close("weight gradient", &dw, &want, case.batch * p.geometry().output_len())?;
         prop_assert_eq!(
-            implicit::backward_weight(p, case.batch, per_chunk, &narrow(&x), &narrow(&dy), 0.0, &mut dw),
-            implicit::available() && !p.geometry.is_pointwise() && c_out >= implicit::MIN_CHANNELS
+            Avx512::detect().is_some_and(|isa| implicit::backward_weight(
+                isa, p.implicit_plan(), p, case.batch, per_chunk, &narrow(&x), &narrow(&dy), 0.0, &mut dw
+            )),
+            implicit_available() && !p.geometry().is_pointwise() && c_out >= implicit::MIN_CHANNELS
         );
     }
 }
@@ -437,7 +464,7 @@ fn f32_weight_gradient_of_many_taps_matches_the_column_path() {
     backward_weight_by_columns(&p, batch, per_chunk, &x, &dy, 0.5, &mut want).unwrap();
     let mut dw = narrow(&start);
     conv_backward_weight(&p, batch, &narrow(&x), &narrow(&dy), 0.5, &mut dw).unwrap();
-    assert_close("weight gradient", &dw, &want, batch * p.geometry.output_len()).unwrap();
+    assert_close("weight gradient", &dw, &want, batch * p.geometry().output_len()).unwrap();
 }
 
 #[test]
@@ -459,4 +486,34 @@ fn f32_column_path_matches_the_formula_too() {
     let mut y = vec![f32::NAN; slow.len()];
     forward_by_columns(&p, &narrow(&x), &narrow(&w), Some(&narrow(&b)), 0.5, &mut y);
     assert_close("forward", &y, &slow, p.col_rows()).unwrap();
+}
+
+/// CI sets `NN_REQUIRE_AVX512` on machines with AVX-512: there, the implicit kernels
+/// must take every pass of a typical layer, not silently fall back to the columns.
+#[test]
+fn required_fast_paths_are_taken() {
+    if std::env::var_os("NN_REQUIRE_AVX512").is_none_or(|v| v == "0") {
+        return;
+    }
+    let g = ConvGeometry::new(
+        &[14, 14],
+        &[5, 5],
+        &[1, 1],
+        &[Padding::symmetric(2); 2],
+        OutputRounding::Strict,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    let (batch, p) = (2, ConvProblem::new(g, 32, 64).unwrap());
+    let x = narrow(&data(batch * p.input_image_len(), 30));
+    let w = narrow(&data(p.weight_len(), 31));
+    let dy = narrow(&data(batch * p.output_image_len(), 32));
+    let isa = Avx512::detect().expect("NN_REQUIRE_AVX512 is set but AVX-512F was not detected");
+    let plan = p.implicit_plan();
+    let mut y = vec![0.0; dy.len()];
+    assert!(implicit::forward(isa, plan, &x, &w, None, 0.0, &mut y, implicit::Writes::Direct), "forward");
+    let mut dx = vec![0.0; x.len()];
+    assert!(implicit::backward_input(isa, plan, &p, &w, &dy, &mut dx, implicit::Writes::Direct), "input gradient");
+    let mut dw = vec![0.0; w.len()];
+    assert!(implicit::backward_weight(isa, plan, &p, batch, 1, &x, &dy, 0.0, &mut dw), "weight gradient");
 }

@@ -177,8 +177,8 @@ fn sgd_unchecked<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut
 
 /// Zero for a subnormal value. A velocity or moment whose gradient stays zero (a
 /// weight on an always-blank pixel) decays geometrically into the subnormal range,
-/// where every operation on it costs ~100× more: that once made the SGD update 70% of
-/// an MLP training step. The value lost is below 1.2e-38 (f32).
+/// where every operation on it costs ~100× more and once dominated an MLP training
+/// step. The value lost is below 1.2e-38 (f32).
 #[inline(always)]
 fn flush_subnormal<T: Element>(x: T) -> T {
     if x.abs() < T::min_positive_value() {

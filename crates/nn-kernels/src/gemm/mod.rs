@@ -10,6 +10,8 @@
 //! same order whatever the thread count: results are bit-identical across thread
 //! counts.
 
+mod crate_call;
+pub(crate) use crate_call::crate_call;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -28,8 +30,8 @@ pub enum Transpose {
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: splitting
-/// costs a rayon hand-off and another packing of the shared operand. Measured here:
-/// G1 (64³ = 262,144) gains nothing from a second thread; G2 (256³) runs 2× faster.
+/// costs a rayon hand-off and another packing of the shared operand (G1, 64³, gains
+/// nothing from a second thread; G2, 256³, does).
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// Rows (or columns) of C in one block are a multiple of this, so blocks line up with
@@ -46,10 +48,8 @@ const MAX_BLOCKS: usize = 4;
 
 /// When C has at least this many rows and columns, one call of the `gemm` crate with
 /// its own rayon threading beats our blocks (which pack the shared operand once per
-/// block): G3 and G4 (1024², 2048²) ran 7–9% faster on 1 thread and 5–7% on 2. Its
-/// bits do not depend on its thread count (checked on nine shapes from 65×32×513 to
-/// 2048×512×2048 with 1–4 threads, and by `bit_identical_across_thread_counts`).
-/// Narrower products (G2, and G5, G6 with a side of 64) scale better on our blocks.
+/// block); its bits do not depend on its thread count (`bit_identical_across_thread_counts`).
+/// Narrower products scale better on our blocks (docs/performance.md, "GEMM").
 const OWN_THREADS_MIN: usize = 512;
 
 /// The row and column strides of `op(X)` for X stored row-major.
@@ -124,10 +124,8 @@ pub fn gemm<T: Element>(
     // Blocks are handed out by rayon's work splitting (`par_*`), which lets an idle
     // worker steal half of what is left at once. Each block packs the operand the
     // blocks share again, so the split shares the smaller one: blocks of rows share
-    // B (k × n), blocks of columns A (m × k). A square C is cut into columns: the
-    // `gemm` crate ran a quarter of the columns by all the rows faster than the
-    // other way round (G2, 256³, one thread: +6–11% in six alternating pairs,
-    // 0.94–0.99 of one whole call of the crate in the same run instead of 0.86–0.91).
+    // B (k × n), blocks of columns A (m × k). A square C is cut into columns, which
+    // the `gemm` crate runs faster than rows (docs/performance.md, "GEMM").
     if m > n {
         let a_cols = if trans_a == Transpose::No { k } else { m };
         let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });
@@ -279,10 +277,8 @@ pub(crate) fn gemm_on_one_thread<T: Element>(
 }
 
 /// `len` cut into at most [`MAX_BLOCKS`] ranges of whole [`SPLIT_ALIGN`] units (but
-/// the last), their unit counts differing by at most one: G6's 784 rows as 208, 192,
-/// 192, 192. Cut as 208, 208, 208, 160 (a fixed length and the rest), G6 ran 10–17%
-/// slower on 2 threads (five alternating pairs), behind the crate's own threading;
-/// balanced, level with it.
+/// the last), their unit counts differing by at most one: 784 rows as 208, 192, 192,
+/// 192, not 208, 208, 208, 160, which leaves one worker a quarter more to do.
 fn balanced_blocks(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let units = len.div_ceil(SPLIT_ALIGN);
     let count = units.clamp(1, MAX_BLOCKS);

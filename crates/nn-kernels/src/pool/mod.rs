@@ -8,8 +8,8 @@
 #[cfg(test)]
 mod tests;
 
-use crate::conv::ConvGeometry;
 use crate::error::check_len;
+use crate::geometry::ConvGeometry;
 use crate::index::Odometer;
 use crate::{Element, GeometryError, KernelError};
 use rayon::prelude::*;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::conv::{KernelMode, OutputRounding, Padding};
+use crate::geometry::{KernelMode, OutputRounding, Padding};
 use proptest::prelude::*;
 
 /// Max, first position of the max (in row-major window order) and mean of each

@@ -1,7 +1,8 @@
 //! Matrix transposition between the channel-major layout of tensors and the
 //! cell-major layout of the implicit kernels, 16 × 16 blocks at a time in registers.
 
-use super::{available, lane_mask};
+use super::segments::lane_mask;
+use crate::simd::Avx512;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -18,8 +19,8 @@ pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, src_ld: usize, ds
     assert!(cols <= src_ld && rows <= dst_ld);
     assert!(src.len() >= (rows - 1) * src_ld + cols && dst.len() >= (cols - 1) * dst_ld + rows);
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX-512F is present; the asserts above bound every access the
+    if Avx512::detect().is_some() {
+        // SAFETY: AVX-512F is present (detected); the asserts above bound every access the
         // kernel makes (it reads and writes only the r < rows, c < cols elements).
         unsafe { transpose_avx512(src.as_ptr(), rows, cols, src_ld, dst.as_mut_ptr(), dst_ld) };
         return;

@@ -1,3 +1,6 @@
+//! The geometry of a window sliding over an N-dimensional plane: a convolution's
+//! filter or a pooling window, with per-dimension stride and padding (SPEC §3).
+
 use crate::index::checked_product;
 use crate::GeometryError;
 
@@ -52,7 +55,6 @@ pub struct ConvGeometry {
     input_len: usize,
     filter_len: usize,
     output_len: usize,
-    runs: super::im2col::RunTable,
 }
 
 impl ConvGeometry {
@@ -111,7 +113,7 @@ impl ConvGeometry {
             return Err(GeometryError::Overflow { what: "padded input length" });
         }
         let overflow = |what| GeometryError::Overflow { what };
-        let mut geometry = Self {
+        Ok(Self {
             input_len: checked_product(input).ok_or(overflow("input size"))?,
             filter_len: checked_product(filter).ok_or(overflow("filter size"))?,
             output_len: checked_product(&output).ok_or(overflow("output size"))?,
@@ -121,15 +123,7 @@ impl ConvGeometry {
             padding: padding.to_vec(),
             output,
             mode,
-            runs: super::im2col::RunTable::empty(),
-        };
-        geometry.runs = super::im2col::RunTable::new(&geometry);
-        Ok(geometry)
-    }
-
-    /// The im2col run starts of this geometry.
-    pub(crate) fn run_table(&self) -> &super::im2col::RunTable {
-        &self.runs
+        })
     }
 
     /// Number of spatial dimensions n.

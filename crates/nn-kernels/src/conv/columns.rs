@@ -1,0 +1,152 @@
+//! The column path: im2col, GEMM and col2im, for any element type and CPU. Work is
+//! cut into blocks whose column matrix fits the cache (see [`ConvProblem::blocking`]).
+
+use super::im2col::{self, Placement};
+use super::problem::{Blocking, ConvProblem};
+use crate::gemm::{gemm_ld, MatRef, Transpose};
+use crate::workspace::{fit, with_scratch};
+use crate::{Element, KernelError};
+use rayon::prelude::*;
+
+/// `[n, C, P]` (image-major) to `[C, n·P]` (channel-major), the layout in which a
+/// group's gradient multiplies its column matrix.
+pub(super) fn gather_channels<T: Element>(src: &[T], channels: usize, plane: usize, dst: &mut Vec<T>) {
+    let n = src.len() / (channels * plane);
+    let dst = fit(dst, src.len());
+    for (i, image) in src.chunks(channels * plane).enumerate() {
+        for (c, run) in image.chunks(plane).enumerate() {
+            dst[c * n * plane + i * plane..][..plane].copy_from_slice(run);
+        }
+    }
+}
+
+/// `[C, n·P]` back to `[n, C, P]`.
+fn scatter_channels<T: Element>(src: &[T], channels: usize, plane: usize, dst: &mut [T]) {
+    let n = src.len() / (channels * plane);
+    for (i, image) in dst.chunks_mut(channels * plane).enumerate() {
+        for (c, run) in image.chunks_mut(plane).enumerate() {
+            run.copy_from_slice(&src[c * n * plane + i * plane..][..plane]);
+        }
+    }
+}
+
+/// The forward pass through column matrices and GEMMs (any element type and CPU).
+pub(super) fn forward_by_columns<T: Element>(
+    problem: &ConvProblem,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    pad_value: T,
+    y: &mut [T],
+) {
+    let out_len = problem.output_image_len();
+    let (plane, rows, c_out) = (problem.geometry().output_len(), problem.col_rows(), problem.out_channels());
+    let blocking = problem.blocking::<T>();
+    let w = MatRef::new(w, Transpose::No, rows);
+    y.par_chunks_mut(blocking.images * out_len).enumerate().for_each(|(task, y_task)| {
+        with_scratch::<T, 2, _>(|[col, product]| {
+            let first = task * blocking.images;
+            for block in problem.blocks(blocking, first..first + y_task.len() / out_len) {
+                let cols = problem.block_columns(x, &block, pad_value, col);
+                let width = block.width(problem.geometry());
+                let cols = MatRef::new(cols, Transpose::No, width);
+                if block.images == 1 {
+                    // Straight into the image's planes, at the tile's columns.
+                    let offset = block.lines.start * problem.geometry().output()[problem.geometry().rank() - 1];
+                    let y_n = &mut y_task[(block.first_image - first) * out_len..][..out_len];
+                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), &mut y_n[offset..], plane);
+                } else {
+                    let product = fit(product, c_out * width);
+                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), product, width);
+                    let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
+                    scatter_channels(product, c_out, plane, images);
+                }
+            }
+            if let Some(b) = bias {
+                for (i, y_plane) in y_task.chunks_mut(plane).enumerate() {
+                    crate::elementwise::add_scalar(y_plane, b[i % c_out]);
+                }
+            }
+        })
+    });
+}
+
+/// The input gradient through GEMMs into column matrices and col2im (any element type
+/// and CPU).
+pub(super) fn backward_input_by_columns<T: Element>(problem: &ConvProblem, w: &[T], dy: &[T], dx: &mut [T]) {
+    let in_len = problem.input_image_len();
+    let (rows, c_out) = (problem.col_rows(), problem.out_channels());
+    let blocking = problem.blocking::<T>();
+    let w = MatRef::new(w, Transpose::Yes, rows);
+    dx.par_chunks_mut(blocking.images * in_len).enumerate().for_each(|(task, dx_task)| {
+        with_scratch::<T, 2, _>(|[dcol, gathered]| {
+            let first = task * blocking.images;
+            if problem.geometry().is_pointwise() {
+                // The column matrix is the input itself: ∂x = Wᵀ·∂y directly.
+                for block in problem.blocks(blocking, first..first + dx_task.len() / in_len) {
+                    let width = block.width(problem.geometry());
+                    let dy_mat = problem.block_gradient(dy, &block, gathered);
+                    let dx_n = &mut dx_task[(block.first_image - first) * in_len..][..in_len];
+                    gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dx_n, width);
+                }
+                return;
+            }
+            dx_task.fill(T::zero());
+            for block in problem.blocks(blocking, first..first + dx_task.len() / in_len) {
+                let width = block.width(problem.geometry());
+                let dy_mat = problem.block_gradient(dy, &block, gathered);
+                let dcol = fit(dcol, rows * width);
+                gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dcol, width);
+                let tile_width = width / block.images;
+                let images = &mut dx_task[(block.first_image - first) * in_len..][..block.images * in_len];
+                for (i, dx_n) in images.chunks_mut(in_len).enumerate() {
+                    let at = Placement { ld: width, offset: i * tile_width };
+                    im2col::col2im_add(
+                        problem.geometry(),
+                        problem.lines(),
+                        problem.in_channels(),
+                        dcol,
+                        at,
+                        block.lines.clone(),
+                        dx_n,
+                    );
+                }
+            }
+        })
+    });
+}
+
+/// The weight gradient through column matrices and GEMMs (any element type and CPU),
+/// summed over chunks of `per_chunk` images.
+pub(super) fn backward_weight_by_columns<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    per_chunk: usize,
+    x: &[T],
+    dy: &[T],
+    pad_value: T,
+    dw: &mut [T],
+) -> Result<(), KernelError> {
+    let (rows, c_out) = (problem.col_rows(), problem.out_channels());
+    let blocking = problem.blocking::<T>();
+    let blocking = Blocking { images: blocking.images.min(per_chunk), ..blocking };
+    let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut partial = vec![T::zero(); dw.len()];
+            with_scratch::<T, 2, _>(|[col, gathered]| {
+                for block in problem.blocks(blocking, chunk * per_chunk..((chunk + 1) * per_chunk).min(batch)) {
+                    let width = block.width(problem.geometry());
+                    let cols = MatRef::new(problem.block_columns(x, &block, pad_value, col), Transpose::Yes, width);
+                    let dy_mat = problem.block_gradient(dy, &block, gathered);
+                    gemm_ld(c_out, rows, width, T::one(), dy_mat, cols, T::one(), &mut partial, rows);
+                }
+            });
+            partial
+        })
+        .collect();
+    for partial in &partials {
+        crate::elementwise::add_assign(dw, partial)?;
+    }
+    Ok(())
+}
