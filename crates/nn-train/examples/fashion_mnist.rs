@@ -10,8 +10,9 @@ use nn_train::checkpoint::save_weights;
 use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
 use nn_train::data::ClassificationSet;
 use nn_train::optim::Sgd;
-use nn_train::{evaluate, write_history_csv, EpochStats, ProgressBars, TrainConfig, Trainer};
-use std::path::{Path, PathBuf};
+use nn_train::report::{plot_history, write_history_csv};
+use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,21 +73,10 @@ fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
     }
 }
 
-/// `YYYYMMDD-HHMMSS` in UTC, from the system clock.
+/// `YYYYMMDDTHHMMSSZ`: the UTC time now, in the basic form of ISO 8601.
 fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    let rfc3339 = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    rfc3339.replace(['-', ':'], "")
 }
 
 /// Peak resident memory of this process, from /proc (Linux only).
@@ -95,69 +85,6 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// Loss and accuracy per epoch as an SVG line chart.
-fn plot(path: &Path, history: &[EpochStats]) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(450);
-    let epochs = history.len() as f64;
-    let series = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
-        history.iter().filter_map(|s| f(s).map(|v| (s.epoch as f64 + 1.0, v))).collect()
-    };
-    let loss = series(&|s| Some(s.mean_loss));
-    let test_loss = series(&|s| s.validation.as_ref().map(|v| v.mean_loss));
-    let max_loss = loss.iter().chain(&test_loss).map(|p| p.1).fold(0.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("loss per sample", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.5..epochs + 0.5, 0.0..max_loss.max(1e-3))?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
-    chart
-        .draw_series(LineSeries::new(loss, &BLUE))?
-        .label("train")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(test_loss, &RED))?
-        .label("test")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-
-    let acc = series(&|s| s.accuracy.map(|a| 100.0 * a));
-    let test_acc = series(&|s| s.validation.as_ref().and_then(|v| v.accuracy).map(|a| 100.0 * a));
-    let min_acc = acc.iter().chain(&test_acc).map(|p| p.1).fold(100.0, f64::min);
-    let mut chart = ChartBuilder::on(&right)
-        .caption("accuracy (%)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.5..epochs + 0.5, (min_acc - 2.0).max(0.0)..100.0)?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
-    chart
-        .draw_series(LineSeries::new(acc, &BLUE))?
-        .label("train")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(test_acc, &RED))?
-        .label("test")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -248,7 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     save_weights(&out.join("weights.safetensors"), &net)?;
     write_history_csv(&out.join("history.csv"), &report.history)?;
-    plot(&out.join("training.svg"), &report.history)?;
+    plot_history(&out.join("training.svg"), &report.history)?;
     println!("wrote {}/{{weights.safetensors, history.csv, training.svg}}", out.display());
     Ok(())
 }

@@ -29,6 +29,7 @@ const WEIGHTS_FORMAT: &str = "nn-train-weights-1";
 
 /// A checkpoint or weights file that cannot be written or does not fit.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// Reading or writing failed.
     #[error("{path}: {source}")]
@@ -176,28 +177,24 @@ fn read_tensor<T: Element>(
         .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file of a unique name in the same
+/// directory, flushed to disk, then renamed over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.into(), source };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("the path names no file")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        // The data must be on disk before the rename makes it the checkpoint.
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself (the directory entry); not possible on every OS.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+    // Dropped on an error, the temporary file is removed.
+    let mut tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    // The data must be on disk before the rename makes it the checkpoint.
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    // Persist the rename itself (the directory entry); not possible on every OS.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
-    result.map_err(io)
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {

@@ -1,10 +1,13 @@
+#[cfg(feature = "checkpoint")]
 use crate::checkpoint::CheckpointError;
 use crate::data::DataError;
 use nn_core::NnError;
+use nn_kernels::KernelError;
 use thiserror::Error;
 
 /// Anything that can stop training with an error.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A network or tensor error.
     #[error(transparent)]
@@ -13,6 +16,7 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] DataError),
     /// A checkpoint error.
+    #[cfg(feature = "checkpoint")]
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// A setting outside its domain.
@@ -37,4 +41,10 @@ pub enum TrainError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl From<KernelError> for TrainError {
+    fn from(error: KernelError) -> Self {
+        TrainError::Nn(error.into())
+    }
 }

@@ -23,13 +23,17 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "checkpoint")]
 pub mod checkpoint;
 pub mod data;
 mod error;
 mod eval;
 pub mod optim;
+pub mod prelude;
 #[cfg(feature = "progress")]
 mod progress;
+#[cfg(feature = "report")]
+pub mod report;
 mod trainer;
 
 pub use error::TrainError;
@@ -37,6 +41,6 @@ pub use eval::{evaluate, ConfusionMatrix, Evaluation};
 #[cfg(feature = "progress")]
 pub use progress::ProgressBars;
 pub use trainer::{
-    train_step, write_history_csv, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress, Observer, StopReason,
-    TrainConfig, TrainReport, Trainer, TrainerState,
+    train_step, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress, Observer, StopReason, TrainConfig,
+    TrainReport, Trainer, TrainerState,
 };

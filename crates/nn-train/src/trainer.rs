@@ -2,12 +2,15 @@
 //! Step 2 (forward), Step 3 (backward), Step 4 (update from the summed gradients);
 //! Step 5 checks the stopping rules after every update.
 
+#[cfg(feature = "checkpoint")]
+use crate::checkpoint;
 use crate::data::{Dataset, TargetBatch};
 use crate::eval::{argmax_rows, evaluate, Evaluation};
 use crate::optim::{LrSchedule, Optimizer};
-use crate::{checkpoint, TrainError};
+use crate::TrainError;
 use nn_core::{seeded_rng, Element, Loss, Reduction, Sequential, Tensor};
 use rand::seq::SliceRandom;
+#[cfg(feature = "checkpoint")]
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -57,6 +60,7 @@ pub struct TrainConfig {
     /// The learning rate per epoch, from the optimizer's initial rate.
     pub schedule: LrSchedule,
     /// Save a checkpoint here at the end of every epoch.
+    #[cfg(feature = "checkpoint")]
     pub checkpoint: Option<PathBuf>,
     /// Batch size for validation passes.
     pub eval_batch_size: usize,
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             max_time: None,
             early_stopping: None,
             schedule: LrSchedule::Constant,
+            #[cfg(feature = "checkpoint")]
             checkpoint: None,
             eval_batch_size: 64,
         }
@@ -223,6 +228,11 @@ impl Trainer {
 
     /// A trainer continuing from the checkpoint at `path`, whose parameters and
     /// optimizer state are loaded into `net` and `optimizer`.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] when the file cannot be read or does not fit the
+    /// network and optimizer; neither is changed then.
+    #[cfg(feature = "checkpoint")]
     pub fn resume<T: Element, O: Optimizer<T>>(
         config: TrainConfig,
         path: &Path,
@@ -379,6 +389,7 @@ impl Trainer {
                     }
                     early = self.update_early_stopping(&stats);
                     epoch_cap = config.max_epochs.filter(|&limit| self.state.epoch >= limit);
+                    #[cfg(feature = "checkpoint")]
                     if let Some(path) = &config.checkpoint {
                         checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
                     }
@@ -472,30 +483,4 @@ where
         optimizer.step(&mut net.params_mut())?;
         Ok(batch_loss)
     })
-}
-
-/// Writes per-epoch figures as CSV, one row per epoch.
-pub fn write_history_csv(path: &Path, history: &[EpochStats]) -> Result<(), TrainError> {
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
-    let mut out = String::from(
-        "epoch,complete,iterations,samples,error_sum,mean_loss,train_accuracy,val_loss,val_accuracy,images_per_sec,seconds,learning_rate\n",
-    );
-    for s in history {
-        out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            s.epoch,
-            s.complete,
-            s.iterations,
-            s.samples,
-            s.error_sum,
-            s.mean_loss,
-            opt(s.accuracy),
-            opt(s.validation.as_ref().map(|v| v.mean_loss)),
-            opt(s.validation.as_ref().and_then(|v| v.accuracy)),
-            s.images_per_sec,
-            s.seconds,
-            s.learning_rate
-        );
-    }
-    std::fs::write(path, out).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }

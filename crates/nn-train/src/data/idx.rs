@@ -6,12 +6,36 @@
 //! or an unsupported element type is an error naming the file and the byte offset.
 
 use super::DataError;
-use flate2::read::MultiGzDecoder;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The element type code of unsigned bytes, the only one the MNIST family uses.
 const TYPE_U8: u8 = 0x08;
+
+/// The first two bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The decompressed contents of a gzip file.
+#[cfg(feature = "gzip")]
+fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(raw.len() * 2);
+    flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out).map_err(|source| DataError::Gzip {
+        path: path.to_path_buf(),
+        decompressed: out.len(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Without the `gzip` feature, a compressed file is refused with a message saying so.
+#[cfg(not(feature = "gzip"))]
+fn gunzip(_raw: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
+    Err(DataError::Invalid {
+        path: path.to_path_buf(),
+        offset: 0,
+        details: "gzip-compressed, and nn-train was built without its `gzip` feature".into(),
+    })
+}
 
 /// An IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,17 +49,7 @@ pub struct IdxArray {
 /// Reads an IDX file of unsigned bytes, gzip-compressed or raw.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 2);
-        MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|source| DataError::Gzip {
-            path: path.to_path_buf(),
-            decompressed: out.len(),
-            source,
-        })?;
-        out
-    } else {
-        raw
-    };
+    let bytes = if raw.starts_with(&GZIP_MAGIC) { gunzip(&raw, path)? } else { raw };
     let (dims, header_len) = parse_header(&bytes, path)?;
     let mut data = bytes;
     // Drop the header in place: a copy of a 47 MB image file would double the peak.

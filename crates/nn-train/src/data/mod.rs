@@ -11,6 +11,7 @@ use thiserror::Error;
 
 /// A data file that cannot be read as what it claims to be.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DataError {
     /// The file could not be read.
     #[error("{path}: {source}")]
