@@ -1,12 +1,12 @@
 //! Elementwise kernels and reductions: activations with their derivatives, vector
-//! updates, sums. Memory-bound work, so SIMD (through [`crate::simd::dispatch`]) only
+//! updates, sums. Memory-bound work, so SIMD (AVX2 where the CPU has it) only
 //! where it is a plain lane-wise operation; transcendental activations are scalar.
 
 #[cfg(test)]
 mod tests;
 
 use crate::error::check_len;
-use crate::simd::{dispatch, Lanes};
+use crate::simd::{avx2_dispatch, Lanes};
 use crate::{Element, KernelError};
 use rayon::prelude::*;
 
@@ -73,7 +73,7 @@ fn forward_unchecked<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
         return;
     }
     match act {
-        Activation::Relu => dispatch(|| relu_forward(x, y)),
+        Activation::Relu => relu_forward_dispatched(x, y),
         _ => {
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = scalar_forward(act, x);
@@ -107,7 +107,7 @@ fn backward_unchecked<T: Element>(act: Activation, x: &[T], y: &[T], dy: &[T], d
         return;
     }
     match act {
-        Activation::Relu => dispatch(|| relu_backward(y, dy, dx)),
+        Activation::Relu => relu_backward_dispatched(y, dy, dx),
         _ => {
             for i in 0..dx.len() {
                 dx[i] = dy[i] * scalar_derivative(act, x[i], y[i]);
@@ -342,7 +342,7 @@ pub(crate) fn relu_backward<T: Element>(y: &[T], dy: &[T], dx: &mut [T]) {
 
 /// `x[i] += value` for every i.
 pub fn add_scalar<T: Element>(x: &mut [T], value: T) {
-    dispatch(|| add_scalar_body(x, value))
+    add_scalar_dispatched(x, value)
 }
 
 #[inline(always)]
@@ -359,7 +359,7 @@ pub fn add_assign<T: Element>(dst: &mut [T], src: &[T]) -> Result<(), KernelErro
 /// `y[i] += alpha·x[i]`.
 pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("axpy: x", y.len(), x.len())?;
-    dispatch(|| axpy_body(alpha, x, y));
+    axpy_dispatched(alpha, x, y);
     Ok(())
 }
 
@@ -373,7 +373,7 @@ pub(crate) fn axpy_body<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
 
 /// `x[i] *= alpha`.
 pub fn scale<T: Element>(x: &mut [T], alpha: T) {
-    dispatch(|| scale_body(x, alpha))
+    scale_dispatched(x, alpha)
 }
 
 #[inline(always)]
@@ -385,7 +385,7 @@ pub(crate) fn scale_body<T: Element>(x: &mut [T], alpha: T) {
 /// `Σ x[i]`, in a fixed order (vector lanes, then the lanes added, then the tail), so
 /// the same input always gives the same bits.
 pub fn sum<T: Element>(x: &[T]) -> T {
-    dispatch(|| sum_body(x))
+    sum_dispatched(x)
 }
 
 #[inline(always)]
@@ -395,3 +395,10 @@ pub(crate) fn sum_body<T: Element>(x: &[T]) -> T {
     lanes_then_tail!(T, x.len(), |i| { acc = acc + T::load(&x[i..]) }, |j| { tail += x[j] });
     T::reduce_add(acc) + tail
 }
+
+avx2_dispatch!(fn relu_forward_dispatched<T: Element>(x: &[T], y: &mut [T]) => relu_forward);
+avx2_dispatch!(fn relu_backward_dispatched<T: Element>(y: &[T], dy: &[T], dx: &mut [T]) => relu_backward);
+avx2_dispatch!(fn add_scalar_dispatched<T: Element>(x: &mut [T], value: T) => add_scalar_body);
+avx2_dispatch!(fn axpy_dispatched<T: Element>(alpha: T, x: &[T], y: &mut [T]) => axpy_body);
+avx2_dispatch!(fn scale_dispatched<T: Element>(x: &mut [T], alpha: T) => scale_body);
+avx2_dispatch!(fn sum_dispatched<T: Element>(x: &[T]) -> T => sum_body);

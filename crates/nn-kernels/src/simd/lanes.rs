@@ -35,7 +35,11 @@ macro_rules! lane_op {
             type Output = Self;
             #[inline(always)]
             fn $method(self, rhs: Self) -> Self {
-                Vector(std::array::from_fn(|l| self.0[l] $op rhs.0[l]))
+                let mut out = self.0;
+                for (o, r) in out.iter_mut().zip(rhs.0) {
+                    *o = *o $op r;
+                }
+                Vector(out)
             }
         }
     };
@@ -55,7 +59,9 @@ macro_rules! impl_lanes {
             }
             #[inline(always)]
             fn load(s: &[Self]) -> Self::V {
-                Vector(s[..$n].try_into().expect("WIDTH elements"))
+                let mut lanes = [0.0; $n];
+                lanes.copy_from_slice(&s[..$n]);
+                Vector(lanes)
             }
             #[inline(always)]
             fn store(v: Self::V, s: &mut [Self]) {
@@ -63,11 +69,19 @@ macro_rules! impl_lanes {
             }
             #[inline(always)]
             fn lanes_max(a: Self::V, b: Self::V) -> Self::V {
-                Vector(std::array::from_fn(|l| if b.0[l].is_nan() || a.0[l] > b.0[l] { a.0[l] } else { b.0[l] }))
+                let mut out = b.0;
+                for (o, a) in out.iter_mut().zip(a.0) {
+                    *o = if o.is_nan() || a > *o { a } else { *o };
+                }
+                Vector(out)
             }
             #[inline(always)]
             fn select_positive(mask: Self::V, a: Self::V, b: Self::V) -> Self::V {
-                Vector(std::array::from_fn(|l| if mask.0[l] > 0.0 { a.0[l] } else { b.0[l] }))
+                let mut out = b.0;
+                for ((o, a), m) in out.iter_mut().zip(a.0).zip(mask.0) {
+                    *o = if m > 0.0 { a } else { *o };
+                }
+                Vector(out)
             }
             #[inline(always)]
             fn reduce_add(v: Self::V) -> Self {

@@ -3,8 +3,9 @@
 //!
 //! Holding an [`Avx512`] or an [`Avx2Fma`] proves that the CPU has those instructions,
 //! so code that takes one may call functions compiled for them; every fast path is
-//! reached through [`Avx512::detect`] or [`Avx2Fma::detect`], and falls back to
-//! portable code where they return `None`. The `gemm` crates detect for their own
+//! reached through [`Avx512::detect`] or [`Avx2Fma::detect`] (the elementwise kernels
+//! through `avx2_dispatch!`, which generates both versions of a kernel), and falls back
+//! to portable code where they return `None`. The `gemm` crates detect for their own
 //! micro-kernels in the same way, at run time.
 //!
 //! Setting `NN_KERNELS_PORTABLE=1` in the environment makes both return `None`, so
@@ -59,34 +60,33 @@ impl Avx2Fma {
     pub fn detect() -> Option<Self> {
         features().avx2_fma.then_some(Avx2Fma(()))
     }
-
-    /// Runs `body` compiled for AVX2 and FMA.
-    #[inline(always)]
-    pub fn run<R>(self, body: impl FnOnce() -> R) -> R {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the token exists only where detection found AVX2 and FMA.
-        return unsafe { with_avx2_fma(body) };
-        #[cfg(not(target_arch = "x86_64"))]
-        body()
-    }
 }
 
-/// Runs `body` compiled for AVX2 and FMA where the CPU has them, else as portable code.
-#[inline(always)]
-pub fn dispatch<R>(body: impl FnOnce() -> R) -> R {
-    match Avx2Fma::detect() {
-        Some(isa) => isa.run(body),
-        None => body(),
-    }
+/// `$vis fn $name<T: Element>(args) -> R` running `$body(args)` compiled for AVX2 and
+/// FMA where the CPU has them ([`Avx2Fma::detect`]), else as portable code. `$body`
+/// must be `#[inline(always)]`, so that it is compiled into each version: a body
+/// called through a closure is not inlined into a `#[target_feature]` function, and
+/// would run as baseline code either way.
+macro_rules! avx2_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<T: Element>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path) => {
+        $(#[$meta])*
+        $vis fn $name<T: $crate::Element>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::simd::Avx2Fma::detect().is_some() {
+                /// # Safety
+                /// The CPU must have AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: $crate::Element>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                // SAFETY: detection found AVX2 and FMA on this CPU.
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
 }
-
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2_fma<R>(body: impl FnOnce() -> R) -> R {
-    body()
-}
+pub(crate) use avx2_dispatch;
 
 #[cfg(test)]
 mod tests {
@@ -107,11 +107,5 @@ mod tests {
         if std::env::var_os("NN_KERNELS_PORTABLE").is_none() {
             assert_eq!(Avx512::detect().is_some(), std::arch::is_x86_feature_detected!("avx512f"));
         }
-    }
-
-    #[test]
-    fn dispatch_gives_the_portable_result() {
-        let body = || (0..100).map(|i| i as f32 * 0.5).sum::<f32>();
-        assert_eq!(dispatch(body), body());
     }
 }
