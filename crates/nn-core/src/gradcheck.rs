@@ -140,6 +140,9 @@ impl Probe for NetworkProbe<'_> {
 }
 
 /// Checks a layer's input gradient and every parameter gradient at `input`.
+///
+/// # Errors
+/// [`NnError`] when the layer refuses `input` (its shape) or a pass fails.
 pub fn check_layer(
     layer: &mut dyn Layer<f64>,
     input: &Tensor<f64>,
@@ -160,6 +163,9 @@ pub fn check_layer(
 
 /// Checks a whole network end to end: the gradient of `Σ r·output` with respect to the
 /// input and to every parameter, through [`Sequential::backward_to_input`].
+///
+/// # Errors
+/// [`NnError`] when the network refuses `input` (its shape) or a pass fails.
 pub fn check_network(
     net: &mut Sequential<f64>,
     input: &Tensor<f64>,
@@ -175,6 +181,9 @@ pub fn check_network(
 }
 
 /// Checks a loss's gradient with respect to the prediction.
+///
+/// # Errors
+/// [`NnError`] when `target` does not fit `prediction`.
 pub fn check_loss<L: Loss<f64>>(
     loss: &L,
     prediction: &Tensor<f64>,

@@ -36,11 +36,17 @@ pub trait Layer<T: Element>: Send + Sync {
 
     /// Step 2 for this layer: computes `output` (reshaped to `[batch, output_shape…]`)
     /// from `input` (`[batch, input_shape…]`).
+    ///
+    /// # Errors
+    /// [`NnError::Shape`] when `input` is not `[batch, input_shape…]`.
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError>;
 
     /// Step 3 for this layer: given the `input` and `output` of the last forward and
     /// `∂L/∂output`, adds `∂L/∂w` into each parameter's gradient and, when asked,
     /// writes `∂L/∂input` into `grad_input` (reshaped to the input's shape).
+    ///
+    /// # Errors
+    /// [`NnError::Shape`] when a tensor's shape does not match the last forward pass.
     fn backward(
         &mut self,
         input: &Tensor<T>,

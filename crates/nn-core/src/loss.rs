@@ -30,6 +30,10 @@ pub trait Loss<T: Element>: Sync {
 
     /// Returns the loss of the batch (reduced as asked, accumulated in f64) and writes
     /// `∂L/∂prediction` into `grad` (reshaped to the prediction's shape).
+    ///
+    /// # Errors
+    /// [`NnError`] when `target` does not fit `prediction` (count, shape, a class index
+    /// out of range).
     fn loss_and_grad(
         &self,
         prediction: &Tensor<T>,
@@ -39,6 +43,9 @@ pub trait Loss<T: Element>: Sync {
     ) -> Result<f64, NnError>;
 
     /// The loss alone.
+    ///
+    /// # Errors
+    /// As for [`Loss::loss_and_grad`].
     fn loss(&self, prediction: &Tensor<T>, target: &Self::Target, reduction: Reduction) -> Result<f64, NnError> {
         let mut scratch = Tensor::default();
         self.loss_and_grad(prediction, target, reduction, &mut scratch)

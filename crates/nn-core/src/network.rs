@@ -30,6 +30,9 @@ impl<T: Element> std::fmt::Debug for Sequential<T> {
 impl<T: Element> Sequential<T> {
     /// A network of `layers` taking samples of shape `input_shape`. Fails on the first
     /// layer whose input shape differs from what the previous layer produces.
+    ///
+    /// # Errors
+    /// [`NnError::Shape`] naming the layer whose input shape does not match.
     pub fn new(input_shape: &[usize], layers: Vec<Box<dyn Layer<T>>>) -> Result<Self, NnError> {
         let mut expected = input_shape.to_vec();
         for (index, layer) in layers.iter().enumerate() {
@@ -96,6 +99,9 @@ impl<T: Element> Sequential<T> {
 
     /// Step 2: runs the batch `x` (`[batch, input_shape…]`) through every layer and
     /// returns the output x⁽ᴺ⁾.
+    ///
+    /// # Errors
+    /// [`NnError::Shape`] when `x` is not `[batch, input_shape…]`.
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         crate::layer::batch_of("network forward", x, &self.input_shape)?;
         self.forward_done = false;
@@ -115,12 +121,19 @@ impl<T: Element> Sequential<T> {
 
     /// Step 3: from `∂L/∂x⁽ᴺ⁾` (shaped like the last output), adds every parameter's
     /// gradient into [`Param::grad`]. The first layer's input gradient is skipped.
+    ///
+    /// # Errors
+    /// [`NnError`] when no forward pass preceded, or `grad_output` is not shaped like the
+    /// last output.
     pub fn backward(&mut self, grad_output: &Tensor<T>) -> Result<(), NnError> {
         self.backward_impl(grad_output, false)
     }
 
     /// [`backward`](Self::backward), also returning `∂L/∂x⁽¹⁾`, the gradient with
     /// respect to the network's input.
+    ///
+    /// # Errors
+    /// As for [`backward`](Self::backward).
     pub fn backward_to_input(&mut self, grad_output: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         self.backward_impl(grad_output, true)?;
         if self.layers.is_empty() {
@@ -317,6 +330,10 @@ impl<T: Element> SequentialBuilder<T> {
     }
 
     /// The network, or the first error met while adding layers.
+    ///
+    /// # Errors
+    /// The first [`NnError`] a layer's construction returned (an invalid geometry, a
+    /// shape a layer cannot take).
     pub fn build(self) -> Result<Sequential<T>, NnError> {
         match self.error {
             Some(e) => Err(e),

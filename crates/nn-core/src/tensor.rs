@@ -16,11 +16,17 @@ fn element_count(shape: &[usize]) -> Result<usize, NnError> {
 
 impl<T: Element> Tensor<T> {
     /// A tensor of zeros.
+    ///
+    /// # Errors
+    /// [`NnError`] when the element count overflows.
     pub fn zeros(shape: &[usize]) -> Result<Self, NnError> {
         Ok(Self { shape: shape.to_vec(), data: storage::zeroed(element_count(shape)?) })
     }
 
     /// A tensor over `data`, which must hold exactly `∏shape` elements.
+    ///
+    /// # Errors
+    /// [`NnError`] when `data.len()` differs from `∏shape` or the count overflows.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self, NnError> {
         let expected = element_count(shape)?;
         if data.len() != expected {
@@ -60,6 +66,9 @@ impl<T: Element> Tensor<T> {
     }
 
     /// Gives the same elements a new shape with the same number of elements.
+    ///
+    /// # Errors
+    /// [`NnError`] when `∏shape` differs from the element count.
     pub fn reshape(&mut self, shape: &[usize]) -> Result<(), NnError> {
         let expected = element_count(shape)?;
         if expected != self.data.len() {
@@ -72,6 +81,9 @@ impl<T: Element> Tensor<T> {
     /// Sets the shape to `[batch, per_sample…]`, keeping the allocation when it is large
     /// enough, so a buffer refilled every step is allocated once. Contents are
     /// unspecified afterwards: callers overwrite them.
+    ///
+    /// # Errors
+    /// [`NnError`] when the element count overflows.
     pub fn set_batch_shape(&mut self, batch: usize, per_sample: &[usize]) -> Result<(), NnError> {
         let len = element_count(per_sample)?
             .checked_mul(batch)

@@ -61,6 +61,11 @@ impl ConvGeometry {
     /// Validates the geometry and computes the output lengths, with checked arithmetic.
     ///
     /// Every list has one entry per spatial dimension.
+    ///
+    /// # Errors
+    /// [`GeometryError`] naming the dimension: lists of different ranks, a zero length or
+    /// stride, a filter longer than the padded input, a non-integer output length under
+    /// [`OutputRounding::Strict`], or a size that overflows.
     pub fn new(
         input: &[usize],
         filter: &[usize],

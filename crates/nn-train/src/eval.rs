@@ -70,6 +70,10 @@ pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item
 /// reports the summed and mean loss, and accuracy and confusion for class targets.
 /// Like [`train_step`](crate::train_step), it runs on a worker of the current rayon
 /// pool.
+///
+/// # Errors
+/// [`TrainError`] when `batch_size` is zero, or a batch does not fit the network or
+/// the loss.
 pub fn evaluate<T, D, L>(
     net: &mut Sequential<T>,
     loss: &L,

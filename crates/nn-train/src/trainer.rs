@@ -296,6 +296,10 @@ impl Trainer {
     /// batch per epoch that is every update, as in the source), (2) the iteration cap,
     /// (3) the epoch cap and (4) early stopping (both at the end of an epoch), (5) wall
     /// time.
+    ///
+    /// # Errors
+    /// [`TrainError`] from the first failing step: a configuration outside its domain, a
+    /// batch that does not fit the network, an optimizer or checkpoint failure.
     pub fn fit<T, D, L, O>(
         &mut self,
         net: &mut Sequential<T>,
@@ -457,6 +461,10 @@ impl Trainer {
 ///
 /// The step runs on a worker of the current rayon pool: the calling thread when it is
 /// one, else a worker it waits for (so thread-local state of the caller is not seen).
+///
+/// # Errors
+/// [`TrainError`] when a tensor does not fit the network or the loss, or the optimizer
+/// fails.
 pub fn train_step<T, L, O>(
     net: &mut Sequential<T>,
     optimizer: &mut O,

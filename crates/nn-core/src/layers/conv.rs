@@ -110,6 +110,11 @@ pub struct Conv<T: Element> {
 
 impl<T: Element> Conv<T> {
     /// A convolution over inputs of per-sample shape `[C_in, μ_1, …, μ_n]`.
+    ///
+    /// # Errors
+    /// [`NnError`] naming the dimension for an invalid geometry (a zero length, a filter
+    /// longer than the padded input, a non-integer output length under `Strict`, ranks
+    /// that differ) or a size that overflows.
     pub fn new<R: Rng>(input_shape: &[usize], spec: &ConvSpec, rng: &mut R) -> Result<Self, NnError> {
         let invalid = |details: String| NnError::InvalidArgument { what: "conv input shape", details };
         let (&in_channels, spatial) =

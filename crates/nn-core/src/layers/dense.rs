@@ -21,6 +21,9 @@ pub struct Dense<T: Element> {
 impl<T: Element> Dense<T> {
     /// A dense layer from `inputs` to `outputs` neurons, weights drawn by `init`
     /// (fan-in n, fan-out m), bias zero when present.
+    ///
+    /// # Errors
+    /// [`NnError`] when `inputs` or `outputs` is zero or their product overflows.
     pub fn new<R: Rng>(inputs: usize, outputs: usize, bias: bool, init: Init, rng: &mut R) -> Result<Self, NnError> {
         for (dim, len) in [inputs, outputs].into_iter().enumerate() {
             if len == 0 {

@@ -12,6 +12,9 @@ pub struct Flatten {
 
 impl Flatten {
     /// Flattens samples of shape `input_shape`.
+    ///
+    /// # Errors
+    /// [`NnError`] when the shape is empty or its size overflows.
     pub fn new(input_shape: &[usize]) -> Result<Self, NnError> {
         let len = checked_product(input_shape)
             .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "flatten size" }))?;

@@ -66,6 +66,10 @@ pub struct Pool {
 
 impl Pool {
     /// Pooling over inputs of per-sample shape `[C, μ…]`.
+    ///
+    /// # Errors
+    /// [`NnError`] naming the dimension for an invalid window geometry, or padding that
+    /// would leave a window with no input cell.
     pub fn new(input_shape: &[usize], spec: PoolSpec) -> Result<Self, NnError> {
         if input_shape.len() < 2 {
             return Err(NnError::InvalidArgument {

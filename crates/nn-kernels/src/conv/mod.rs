@@ -52,7 +52,7 @@ const WEIGHT_GRADIENT_CHUNKS: usize = 8;
 /// `y` is overwritten. `bias`, when given, has `C_out` elements.
 ///
 /// # Errors
-/// [`KernelError::Length`] naming the buffer whose length does not fit the problem and
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit the problem and
 /// `batch`.
 pub fn conv_forward<T: Element>(
     problem: &ConvProblem,
@@ -85,7 +85,7 @@ pub fn conv_forward<T: Element>(
 /// gradient (they are constants), so the padding value plays no part.
 ///
 /// # Errors
-/// [`KernelError::Length`] naming the buffer whose length does not fit.
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
 pub fn conv_backward_input<T: Element>(
     problem: &ConvProblem,
     batch: usize,
@@ -111,7 +111,7 @@ pub fn conv_backward_input<T: Element>(
 /// contribute the padding value, as the source's `∂y_β/∂w_α = x′_γ` says.
 ///
 /// # Errors
-/// [`KernelError::Length`] naming the buffer whose length does not fit.
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
 pub fn conv_backward_weight<T: Element>(
     problem: &ConvProblem,
     batch: usize,
@@ -140,7 +140,7 @@ pub fn conv_backward_weight<T: Element>(
 /// Bias gradient: `∂b[o] += Σ_n Σ_β ∂y[n, o, β]`.
 ///
 /// # Errors
-/// [`KernelError::Length`] naming the buffer whose length does not fit.
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
 pub fn conv_backward_bias<T: Element>(
     problem: &ConvProblem,
     batch: usize,

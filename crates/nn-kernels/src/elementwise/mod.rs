@@ -59,6 +59,9 @@ macro_rules! lanes_then_tail {
 pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// `y = f(x)` elementwise.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn activation_forward<T: Element>(act: Activation, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("activation forward: y", x.len(), y.len())?;
     forward_unchecked(act, x, y);
@@ -84,6 +87,9 @@ fn forward_unchecked<T: Element>(act: Activation, x: &[T], y: &mut [T]) {
 
 /// `dx = dy · f′(x)` elementwise, with `y = f(x)` available where the derivative is
 /// cheaper from the output.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn activation_backward<T: Element>(
     act: Activation,
     x: &[T],
@@ -141,6 +147,9 @@ pub struct SgdStep {
 /// One SGD step on a parameter: `g ← g + λw`; with momentum `v ← μv + g` and
 /// `w ← w − η·(v, or g + μv for Nesterov)`, else `w ← w − η·g`. `velocity` is ignored
 /// (and may be empty) without momentum.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when `g` or `velocity` is not as long as `w`.
 pub fn sgd_update<T: Element>(step: SgdStep, w: &mut [T], g: &[T], velocity: &mut [T]) -> Result<(), KernelError> {
     check_len("sgd update: gradient", w.len(), g.len())?;
     if step.momentum != 0.0 {
@@ -208,6 +217,9 @@ pub struct AdamStep {
 
 /// One Adam step: `g ← g + l2·w`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 /// `w ← w − decay·w − step_size·m/(√v + ε)`.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when `g`, `m` or `v` is not as long as `w`.
 pub fn adam_update<T: Element>(
     step: AdamStep,
     w: &mut [T],
@@ -352,11 +364,17 @@ pub(crate) fn add_scalar_body<T: Element>(x: &mut [T], value: T) {
 }
 
 /// `dst[i] += src[i]`.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn add_assign<T: Element>(dst: &mut [T], src: &[T]) -> Result<(), KernelError> {
     axpy(T::one(), src, dst)
 }
 
 /// `y[i] += alpha·x[i]`.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("axpy: x", y.len(), x.len())?;
     axpy_dispatched(alpha, x, y);

@@ -70,6 +70,9 @@ fn strides(trans: Transpose, rows: usize, cols: usize) -> (isize, isize) {
 ///
 /// Large products run on the current rayon pool; the result does not depend on the
 /// number of threads.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] naming the operand whose length does not match its shape.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Element>(
     trans_a: Transpose,

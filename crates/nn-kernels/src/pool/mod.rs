@@ -16,6 +16,9 @@ use rayon::prelude::*;
 
 /// Rejects a pooling geometry whose padding could leave a window with no input cell:
 /// padding must be smaller than the window in every dimension.
+///
+/// # Errors
+/// [`GeometryError::PaddingTooLarge`] naming the dimension.
 pub fn check_pool_geometry(geom: &ConvGeometry) -> Result<(), GeometryError> {
     for (dim, (p, &f)) in geom.padding().iter().zip(geom.filter()).enumerate() {
         if p.before >= f || p.after >= f {
@@ -124,6 +127,10 @@ fn check_planes<T>(
 
 /// Max pooling of `planes` planes: `y[β] = max over the window of x`, recording in
 /// `argmax` the in-plane index of each winner (the first one on ties).
+///
+/// # Errors
+/// [`KernelError`] when a buffer's length does not fit `geom` and `planes`, or the
+/// geometry leaves a window without an input cell.
 pub fn max_pool_forward<T: Element>(
     geom: &ConvGeometry,
     planes: usize,
@@ -209,6 +216,9 @@ fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row:
 }
 
 /// Max pooling gradient: `dx[argmax[β]] += dy[β]`, with `dx` overwritten first.
+///
+/// # Errors
+/// [`KernelError`] when a buffer's length does not fit `geom` and `planes`.
 pub fn max_pool_backward<T: Element>(
     geom: &ConvGeometry,
     planes: usize,
@@ -242,6 +252,10 @@ fn window_counts(geom: &ConvGeometry, windows: &Windows) -> Vec<u32> {
 
 /// Average pooling: `y[β]` = mean of the in-bounds cells of the window (padding is
 /// not counted).
+///
+/// # Errors
+/// [`KernelError`] when a buffer's length does not fit `geom` and `planes`, or the
+/// geometry leaves a window without an input cell.
 pub fn avg_pool_forward<T: Element>(
     geom: &ConvGeometry,
     planes: usize,
@@ -264,6 +278,9 @@ pub fn avg_pool_forward<T: Element>(
 
 /// Average pooling gradient: each window cell receives `dy[β] / count(β)`; `dx` is
 /// overwritten.
+///
+/// # Errors
+/// [`KernelError`] when a buffer's length does not fit `geom` and `planes`.
 pub fn avg_pool_backward<T: Element>(
     geom: &ConvGeometry,
     planes: usize,

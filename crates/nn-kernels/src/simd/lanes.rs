@@ -24,7 +24,7 @@ pub trait Lanes: Copy + PartialOrd + 'static {
 
 /// `N` lanes of `T` in a plain array. Each operation is a loop over the lanes, which
 /// the compiler turns into vector instructions of whatever width the enclosing
-/// function is compiled for ([`dispatch`] picks AVX2 at run time); IEEE arithmetic
+/// function is compiled for (`avx2_dispatch!` picks AVX2 at run time); IEEE arithmetic
 /// lane by lane gives the same bits at any width.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Vector<T, const N: usize>([T; N]);

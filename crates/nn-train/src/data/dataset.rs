@@ -40,6 +40,9 @@ pub trait Dataset<T: Element>: Sync {
 
     /// Writes the patterns at `indices` into `inputs` (`[indices.len(), shape…]`) and
     /// their targets into `targets`, reusing both buffers.
+    ///
+    /// # Errors
+    /// [`NnError`] when an index is out of range or a buffer cannot take the batch.
     fn fill_batch(&self, indices: &[usize], inputs: &mut Tensor<T>, targets: &mut Self::Targets)
         -> Result<(), NnError>;
 }
@@ -58,6 +61,10 @@ pub struct ClassificationSet {
 impl ClassificationSet {
     /// A set from raw pixels (`labels.len()` samples of `∏sample_shape` bytes each)
     /// and labels below `classes`.
+    ///
+    /// # Errors
+    /// [`DataError::Mismatch`] when the pixel count does not fit, or a label is not below
+    /// `classes`.
     pub fn new(pixels: Vec<u8>, labels: Vec<u8>, sample_shape: &[usize], classes: usize) -> Result<Self, DataError> {
         let sample_len: usize = sample_shape.iter().product();
         if sample_len == 0 || pixels.len() != labels.len() * sample_len {
@@ -75,6 +82,9 @@ impl ClassificationSet {
 
     /// Reads an image file and a label file in IDX format (gzip or raw), checking
     /// that they have the same count and that every label is below `classes`.
+    ///
+    /// # Errors
+    /// [`DataError`] naming the file (and the byte offset, where the format is at fault).
     pub fn from_idx(images: &Path, labels: &Path, classes: usize) -> Result<Self, DataError> {
         let img = read_idx(images)?;
         let lab = read_idx(labels)?;
@@ -108,6 +118,9 @@ impl ClassificationSet {
 
     /// The same samples seen with another per-sample shape of the same size (e.g.
     /// `[784]` for a dense network, `[1, 28, 28]` for a convolutional one).
+    ///
+    /// # Errors
+    /// [`DataError::Mismatch`] when `∏shape` differs from the sample size.
     pub fn with_sample_shape(mut self, shape: &[usize]) -> Result<Self, DataError> {
         if shape.iter().product::<usize>() != self.sample_len {
             return Err(DataError::Mismatch {
@@ -188,6 +201,9 @@ pub struct TensorSet<T: Element> {
 
 impl<T: Element> TensorSet<T> {
     /// A set of `inputs.shape()[0]` patterns; `targets` must have the same count.
+    ///
+    /// # Errors
+    /// [`NnError`] when the counts differ or a tensor has no batch dimension.
     pub fn new(inputs: Tensor<T>, targets: Tensor<T>) -> Result<Self, NnError> {
         let (a, b) = (inputs.shape().first().copied(), targets.shape().first().copied());
         if a.is_none() || a != b || inputs.shape().len() < 2 || targets.shape().len() < 2 {

@@ -59,6 +59,9 @@ fn required(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
 }
 
 /// The training and test sets in `dir`, samples shaped `[1, 28, 28]`.
+///
+/// # Errors
+/// [`DataError`] naming the file that is missing or malformed.
 pub fn load(dir: &Path) -> Result<(ClassificationSet, ClassificationSet), DataError> {
     let train = ClassificationSet::from_idx(&required(dir, FILES[0])?, &required(dir, FILES[1])?, 10)?;
     let test = ClassificationSet::from_idx(&required(dir, FILES[2])?, &required(dir, FILES[3])?, 10)?;

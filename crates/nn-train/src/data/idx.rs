@@ -47,6 +47,9 @@ pub struct IdxArray {
 }
 
 /// Reads an IDX file of unsigned bytes, gzip-compressed or raw.
+///
+/// # Errors
+/// [`DataError`] naming the file and, where the format is at fault, the byte offset.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let bytes = if raw.starts_with(&GZIP_MAGIC) { gunzip(&raw, path)? } else { raw };
@@ -58,6 +61,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 }
 
 /// Parses the bytes of an (uncompressed) IDX file; `path` names it in errors.
+///
+/// # Errors
+/// [`DataError`] naming `path` and the byte offset.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     let (dims, header_len) = parse_header(bytes, path)?;
     Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })

@@ -28,6 +28,9 @@ pub struct OptimizerState<T: Element> {
 
 impl<T: Element> OptimizerState<T> {
     /// The scalar called `name`.
+    ///
+    /// # Errors
+    /// [`TrainError::OptimizerState`] when the state has no such scalar.
     pub fn scalar(&self, name: &str) -> Result<f64, TrainError> {
         self.scalars
             .iter()
@@ -49,12 +52,20 @@ pub trait Optimizer<T: Element>: Send {
     fn set_learning_rate(&mut self, lr: f64);
 
     /// One update of every parameter from its gradient.
+    ///
+    /// # Errors
+    /// [`TrainError`] when the parameters are not those the optimizer's buffers were made
+    /// for (count or length).
     fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError>;
 
     /// The state to save.
     fn state(&self) -> OptimizerState<T>;
 
     /// Restores a saved state for these parameters, checking every buffer's shape.
+    ///
+    /// # Errors
+    /// [`TrainError::OptimizerState`] when the state is of another optimizer or a buffer
+    /// does not fit; the optimizer is then unchanged.
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError>;
 }
 

@@ -26,6 +26,7 @@
 //!
 //! Each output element is its initial value plus the sum over the taps in order, one
 //! fused multiply-add per term, whatever tile it falls in: results do not depend on the
+//! thread count.
 //!
 //! Everything that depends on the problem alone (the products, their tilings, the
 //! input gradient's classes) is worked out once, in a [`Plan`].
@@ -94,7 +95,7 @@ impl Plan {
     /// Works out every product that applies to `problem`: none for a pointwise
     /// geometry (its column matrix is the image itself), the forward pass with at
     /// least [`MIN_ROWS`] output channels, the input gradient with as many input
-    /// channels, the weight gradient with [`MIN_CHANNELS`] output channels.
+    /// channels, the weight gradient with [`weight::MIN_CHANNELS`] output channels.
     pub(in crate::conv) fn new(problem: &ConvProblem) -> Self {
         if problem.geometry().is_pointwise() {
             return Plan { forward: None, input: None, weight: None };
