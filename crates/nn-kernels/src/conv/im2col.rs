@@ -11,8 +11,9 @@
 //! and a copy. The same code serves every number of dimensions.
 
 use crate::geometry::{valid_range, ConvGeometry};
-use crate::index::{row_major_strides, Odometer};
+use crate::index::{checked_product, row_major_strides, Odometer};
 use crate::Element;
+use crate::GeometryError;
 use std::ops::Range;
 
 /// Marks a line that lies wholly in the padding.
@@ -35,6 +36,17 @@ impl LineTable {
     /// Lines per row of the column matrix: ∏v over all dimensions but the last.
     pub(crate) fn lines_per_row(&self) -> usize {
         self.lines_per_row
+    }
+
+    /// Refuses a table (outer filter cells × outer output cells) larger than one
+    /// allocation can hold, before [`LineTable::new`] would try.
+    pub(crate) fn check_size(geom: &ConvGeometry) -> Result<(), GeometryError> {
+        let last = geom.rank() - 1;
+        let entries = checked_product(&geom.filter()[..last])
+            .zip(checked_product(&geom.output()[..last]))
+            .and_then(|(f, v)| f.checked_mul(v))
+            .filter(|&n| n <= isize::MAX as usize / size_of::<isize>());
+        entries.map(|_| ()).ok_or(GeometryError::Overflow { what: "im2col line table" })
     }
 
     pub(crate) fn new(geom: &ConvGeometry) -> Self {

@@ -59,7 +59,8 @@ impl ConvProblem {
     ///
     /// # Errors
     /// [`GeometryError::Zero`] for a channel count of zero, [`GeometryError::Overflow`]
-    /// when a buffer's length would not fit in `usize`.
+    /// when a buffer (of f64, the wider element) or the plan's line table would exceed
+    /// what one allocation can hold.
     pub fn new(geometry: ConvGeometry, in_channels: usize, out_channels: usize) -> Result<Self, GeometryError> {
         if in_channels == 0 {
             return Err(GeometryError::Zero { what: "input channel count", dim: 0 });
@@ -67,13 +68,18 @@ impl ConvProblem {
         if out_channels == 0 {
             return Err(GeometryError::Zero { what: "output channel count", dim: 0 });
         }
-        let checked =
-            |a: usize, b: usize| a.checked_mul(b).ok_or(GeometryError::Overflow { what: "convolution buffer size" });
+        // Lengths in elements of 8 bytes, each within one allocation (isize::MAX bytes).
+        let checked = |a: usize, b: usize| {
+            a.checked_mul(b)
+                .filter(|&n| n <= isize::MAX as usize / size_of::<f64>())
+                .ok_or(GeometryError::Overflow { what: "convolution buffer size" })
+        };
         let col_rows = checked(in_channels, geometry.filter_len())?;
         checked(col_rows, geometry.output_len())?;
         checked(col_rows, out_channels)?;
         checked(in_channels, geometry.input_len())?;
         checked(out_channels, geometry.output_len())?;
+        LineTable::check_size(&geometry)?;
         let plan = Arc::new(ConvPlan { lines: LineTable::new(&geometry), implicit: OnceLock::new() });
         Ok(Self { geometry, in_channels, out_channels, col_budget: COL_BUDGET_BYTES, plan })
     }

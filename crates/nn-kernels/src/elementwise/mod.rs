@@ -259,7 +259,7 @@ pub fn scalar_forward<T: Element>(act: Activation, x: T) -> T {
     let zero = T::zero();
     match act {
         Activation::Identity => x,
-        Activation::Relu => x.max(zero),
+        Activation::Relu => relu(x),
         Activation::LeakyRelu { slope } => {
             if x > zero {
                 x
@@ -333,11 +333,22 @@ fn stable_sigmoid<T: Element>(x: T) -> T {
     }
 }
 
+/// `max(x, 0)`, NaN for NaN (as IEEE's maximum and PyTorch do): a NaN input must reach
+/// the loss, where training notices it, not vanish into a zero.
+#[inline(always)]
+fn relu<T: Element>(x: T) -> T {
+    if x.is_nan() || x > T::zero() {
+        x
+    } else {
+        T::zero()
+    }
+}
+
 #[inline(always)]
 pub(crate) fn relu_forward<T: Element>(x: &[T], y: &mut [T]) {
     let zero = T::splat(T::zero());
     lanes_then_tail!(T, x.len(), |i| { T::store(T::lanes_max(T::load(&x[i..]), zero), &mut y[i..]) }, |j| {
-        y[j] = x[j].max(T::zero())
+        y[j] = relu(x[j])
     });
 }
 
@@ -420,3 +431,31 @@ avx2_dispatch!(fn add_scalar_dispatched<T: Element>(x: &mut [T], value: T) => ad
 avx2_dispatch!(fn axpy_dispatched<T: Element>(alpha: T, x: &[T], y: &mut [T]) => axpy_body);
 avx2_dispatch!(fn scale_dispatched<T: Element>(x: &mut [T], alpha: T) => scale_body);
 avx2_dispatch!(fn sum_dispatched<T: Element>(x: &[T]) -> T => sum_body);
+avx2_dispatch!(fn all_finite_dispatched<T: Element>(x: &[T]) -> bool => all_finite_body);
+
+/// Whether every element is finite (no NaN, no infinity).
+///
+/// A pass of independent vector operations with no branch, cheap enough to run over
+/// every gradient of every training step.
+pub fn all_finite<T: Element>(x: &[T]) -> bool {
+    if x.len() >= 2 * PARALLEL_CHUNK {
+        return x.par_chunks(PARALLEL_CHUNK).all(all_finite_dispatched);
+    }
+    all_finite_dispatched(x)
+}
+
+#[inline(always)]
+pub(crate) fn all_finite_body<T: Element>(x: &[T]) -> bool {
+    // Four accumulators, so that the adds do not wait on each other.
+    let width = <T as Lanes>::WIDTH;
+    let zero = T::splat(T::zero());
+    let mut acc = [zero; 4];
+    let mut blocks = x.chunks_exact(4 * width);
+    for block in &mut blocks {
+        for (a, lanes) in acc.iter_mut().zip(block.chunks_exact(width)) {
+            *a = T::non_finite_probe(*a, T::load(lanes));
+        }
+    }
+    let total = T::reduce_add(acc[0] + acc[1] + (acc[2] + acc[3]));
+    total == T::zero() && blocks.remainder().iter().all(|v| v.is_finite())
+}

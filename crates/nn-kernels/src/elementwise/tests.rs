@@ -161,3 +161,43 @@ fn decaying_velocity_flushes_to_zero_instead_of_going_subnormal() {
     }
     assert_eq!(v[0], 0.0);
 }
+
+// A NaN input must reach the loss, where training notices it: ReLU keeps it, on the
+// vector lanes and on the scalar tail alike (IEEE's maximum, PyTorch's ReLU).
+#[test]
+fn relu_propagates_nan() {
+    for len in [1, 8, 13, 40] {
+        for at in 0..len {
+            let mut x = values(len);
+            x[at] = f32::NAN;
+            let mut y = vec![0.0; len];
+            activation_forward(Activation::Relu, &x, &mut y).unwrap();
+            assert!(y[at].is_nan(), "length {len}, NaN at {at}");
+            let mut portable = vec![0.0; len];
+            relu_forward(&x, &mut portable);
+            assert!(portable[at].is_nan(), "portable body, length {len}, NaN at {at}");
+            assert!(y.iter().enumerate().all(|(i, &v)| i == at || v == x[i].max(0.0)));
+        }
+    }
+    assert!(scalar_forward(Activation::Relu, f64::NAN).is_nan());
+}
+
+#[test]
+fn all_finite_finds_every_non_finite_value() {
+    for len in [0, 1, 7, 8, 31, 32, 33, 100, 1 << 16] {
+        let x: Vec<f32> = values(len);
+        assert!(all_finite(&x), "length {len}");
+        assert!(all_finite_body(&x));
+        let positions = [0, len / 2, len.saturating_sub(1), len.saturating_sub(5)];
+        for at in positions.into_iter().filter(|&at| at < len) {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut y = x.clone();
+                y[at] = bad;
+                assert!(!all_finite(&y), "length {len}, {bad} at {at}");
+                assert!(!all_finite_body(&y), "portable body, length {len}, {bad} at {at}");
+            }
+        }
+    }
+    // Finite values of the largest magnitude are finite.
+    assert!(all_finite(&[f64::MAX; 20]) && all_finite(&[f32::MIN; 20]));
+}

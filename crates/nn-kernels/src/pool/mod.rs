@@ -125,8 +125,9 @@ fn check_planes<T>(
     Ok(check_pool_geometry(geom)?)
 }
 
-/// Max pooling of `planes` planes: `y[β] = max over the window of x`, recording in
-/// `argmax` the in-plane index of each winner (the first one on ties).
+/// Max pooling of `planes` planes: `y[β] = max over the window of x` (NaN where the
+/// window holds a NaN), recording in `argmax` the in-plane index of each winner (the
+/// first one on ties).
 ///
 /// # Errors
 /// [`KernelError`] when a buffer's length does not fit `geom` and `planes`, or the
@@ -157,15 +158,15 @@ pub fn max_pool_forward<T: Element>(
                 return;
             }
             windows.for_each_output(|o, rows, cols| {
-                // The first cell starts the max (every window has one, checked above),
-                // so a window of NaNs keeps a value; `>` keeps the first maximum in
-                // row-major order. Selects, not branches: a comparison on data
-                // mispredicts half the time.
+                // The first cell starts the max (every window has one, checked above);
+                // the first maximum in row-major order wins, and the first NaN wins
+                // over any number (see `supersedes`). Selects, not branches: a
+                // comparison on data mispredicts half the time.
                 let (mut best, mut arg) = (x_p[rows[0] + cols.start], rows[0] + cols.start);
                 for &base in rows {
                     let first = base + cols.start;
                     for (i, &v) in x_p[first..base + cols.end].iter().enumerate() {
-                        let better = v > best;
+                        let better = supersedes(v, best);
                         best = if better { v } else { best };
                         arg = if better { first + i } else { arg };
                     }
@@ -178,6 +179,14 @@ pub fn max_pool_forward<T: Element>(
     Ok(())
 }
 
+/// Whether `v` replaces `best` as a window's maximum: when greater, or when it is the
+/// window's first NaN. Max pooling propagates NaN, as IEEE's maximum and PyTorch do,
+/// so that a NaN input reaches the loss instead of vanishing.
+#[inline(always)]
+fn supersedes<T: Element>(v: T, best: T) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
+}
+
 /// One output row of max pooling whose windows are the pairs `2b, 2b + 1` of the
 /// input rows at `rows`: the same first-maximum rule as the general loop, with the
 /// bounds checked once per row instead of once per cell.
@@ -185,7 +194,7 @@ fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row:
     let width = y_row.len();
     let row = |base: usize| x_p[base..base + 2 * width].chunks_exact(2);
     let update = |best: &mut T, arg: &mut usize, v: T, at: usize| {
-        let better = v > *best;
+        let better = supersedes(v, *best);
         *best = if better { v } else { *best };
         *arg = if better { at } else { *arg };
     };

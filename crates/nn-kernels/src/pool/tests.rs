@@ -172,3 +172,40 @@ fn max_pool_2x2_by_hand() {
     assert_eq!(y, [5.0, 9.0]);
     assert_eq!(arg, [1, 6]);
 }
+
+// A NaN in a window wins its max, on the paired path (2×2 at stride 2) and the
+// general one, so that it reaches the loss (IEEE's maximum, PyTorch's max pooling).
+#[test]
+fn max_pooling_propagates_nan() {
+    for (window, stride) in [([2, 2], [2, 2]), ([3, 3], [1, 1])] {
+        let geom = ConvGeometry::new(
+            &[6, 6],
+            &window,
+            &stride,
+            &[Padding::default(); 2],
+            OutputRounding::Floor,
+            KernelMode::CrossCorrelation,
+        )
+        .unwrap();
+        for at in [0, 7, 14, 35] {
+            let mut x: Vec<f32> = (0..36).map(|i| (i % 7) as f32).collect();
+            x[at] = f32::NAN;
+            let mut y = vec![0.0; geom.output_len()];
+            let mut argmax = vec![0; y.len()];
+            max_pool_forward(&geom, 1, &x, &mut y, &mut argmax).unwrap();
+            let (row, col) = (at / 6, at % 6);
+            let mut odometer = Odometer::new(geom.output());
+            let mut o = 0;
+            while let Some(beta) = odometer.current() {
+                let covers = |d: usize, g: usize| (stride[d] * beta[d]..stride[d] * beta[d] + window[d]).contains(&g);
+                let holds_nan = covers(0, row) && covers(1, col);
+                assert_eq!(y[o].is_nan(), holds_nan, "window {window:?}, NaN at {at}, output {beta:?}");
+                if holds_nan {
+                    assert_eq!(argmax[o] as usize, at);
+                }
+                o += 1;
+                odometer.advance();
+            }
+        }
+    }
+}

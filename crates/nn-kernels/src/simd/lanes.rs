@@ -14,8 +14,11 @@ pub trait Lanes: Copy + PartialOrd + 'static {
     fn load(s: &[Self]) -> Self::V;
     /// Writes the lanes to the first `WIDTH` elements of `s`.
     fn store(v: Self::V, s: &mut [Self]);
-    /// Lane-wise maximum: `a` where `b` is NaN, else `a > b ? a : b` (SSE's `maxps`).
+    /// Lane-wise maximum that propagates NaN: `a` where `a` is NaN or greater, else `b`.
     fn lanes_max(a: Self::V, b: Self::V) -> Self::V;
+    /// 0 where every lane of every vector added so far is finite: `Σ v·0` is 0 for
+    /// finite lanes and NaN for an infinite or NaN one.
+    fn non_finite_probe(acc: Self::V, v: Self::V) -> Self::V;
     /// Lane-wise `if mask > 0 { a } else { b }`.
     fn select_positive(mask: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes: each half summed left to right, then the two halves added.
@@ -71,7 +74,15 @@ macro_rules! impl_lanes {
             fn lanes_max(a: Self::V, b: Self::V) -> Self::V {
                 let mut out = b.0;
                 for (o, a) in out.iter_mut().zip(a.0) {
-                    *o = if o.is_nan() || a > *o { a } else { *o };
+                    *o = if a.is_nan() || a > *o { a } else { *o };
+                }
+                Vector(out)
+            }
+            #[inline(always)]
+            fn non_finite_probe(acc: Self::V, v: Self::V) -> Self::V {
+                let mut out = acc.0;
+                for (o, v) in out.iter_mut().zip(v.0) {
+                    *o += v * 0.0;
                 }
                 Vector(out)
             }
