@@ -1,3 +1,4 @@
+use crate::NnError;
 use nn_kernels::Element;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal, Uniform};
@@ -35,7 +36,23 @@ pub enum Init {
 
 impl Init {
     /// Fills `out` with draws from `rng`.
-    pub fn fill<T: Element, R: Rng>(&self, fan_in: usize, fan_out: usize, rng: &mut R, out: &mut [T]) {
+    ///
+    /// # Errors
+    /// [`NnError::InvalidArgument`] for a bound or constant that is not finite.
+    pub fn fill<T: Element, R: Rng>(
+        &self,
+        fan_in: usize,
+        fan_out: usize,
+        rng: &mut R,
+        out: &mut [T],
+    ) -> Result<(), NnError> {
+        let finite = |what: &'static str, value: f64| {
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(NnError::InvalidArgument { what, details: format!("{value} is not finite") })
+            }
+        };
         let (fan_in, fan_sum) = (fan_in.max(1) as f64, (fan_in + fan_out).max(1) as f64);
         let uniform = |bound: f64, rng: &mut R, out: &mut [T]| {
             let dist = Uniform::new_inclusive(-bound, bound);
@@ -50,9 +67,10 @@ impl Init {
             Init::HeNormal => normal((2.0 / fan_in).sqrt(), rng, out),
             Init::GlorotUniform => uniform((6.0 / fan_sum).sqrt(), rng, out),
             Init::GlorotNormal => normal((2.0 / fan_sum).sqrt(), rng, out),
-            Init::Uniform { bound } => uniform(bound.abs(), rng, out),
-            Init::Constant(c) => out.fill(T::from_f64(c)),
+            Init::Uniform { bound } => uniform(finite("Init::Uniform bound", bound)?.abs(), rng, out),
+            Init::Constant(c) => out.fill(T::from_f64(finite("Init::Constant", c)?)),
         }
+        Ok(())
     }
 }
 
@@ -64,18 +82,18 @@ mod tests {
     fn same_seed_same_weights_and_right_scale() {
         let mut a = vec![0.0f64; 10_000];
         let mut b = vec![0.0f64; 10_000];
-        Init::HeUniform.fill(50, 10, &mut seeded_rng(7), &mut a);
-        Init::HeUniform.fill(50, 10, &mut seeded_rng(7), &mut b);
+        Init::HeUniform.fill(50, 10, &mut seeded_rng(7), &mut a).unwrap();
+        Init::HeUniform.fill(50, 10, &mut seeded_rng(7), &mut b).unwrap();
         assert_eq!(a, b);
         let bound = (6.0f64 / 50.0).sqrt();
         assert!(a.iter().all(|w| w.abs() <= bound));
         let var = a.iter().map(|w| w * w).sum::<f64>() / a.len() as f64;
         assert!((var - 2.0 / 50.0).abs() < 0.004, "He variance 2/fan_in, got {var}");
 
-        Init::GlorotNormal.fill(30, 70, &mut seeded_rng(1), &mut a);
+        Init::GlorotNormal.fill(30, 70, &mut seeded_rng(1), &mut a).unwrap();
         let var = a.iter().map(|w| w * w).sum::<f64>() / a.len() as f64;
         assert!((var - 0.02).abs() < 0.002, "Glorot variance 2/(in+out), got {var}");
-        Init::HeNormal.fill(8, 1, &mut seeded_rng(2), &mut b);
+        Init::HeNormal.fill(8, 1, &mut seeded_rng(2), &mut b).unwrap();
         let var = b.iter().map(|w| w * w).sum::<f64>() / b.len() as f64;
         assert!((var - 0.25).abs() < 0.02, "He normal variance 2/fan_in, got {var}");
     }

@@ -10,8 +10,15 @@ pub struct Tensor<T> {
     data: Vec<T>,
 }
 
-fn element_count(shape: &[usize]) -> Result<usize, NnError> {
-    checked_product(shape).ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "tensor size" }))
+/// `∏shape`, refused when the count, or its size in bytes, exceeds what an
+/// allocation can hold (`isize::MAX` bytes).
+fn element_count<T>(shape: &[usize]) -> Result<usize, NnError> {
+    let too_large = NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "tensor size" });
+    let count = checked_product(shape).ok_or(too_large.clone())?;
+    match count.checked_mul(size_of::<T>()) {
+        Some(bytes) if bytes <= isize::MAX as usize => Ok(count),
+        _ => Err(too_large),
+    }
 }
 
 impl<T: Element> Tensor<T> {
@@ -20,7 +27,7 @@ impl<T: Element> Tensor<T> {
     /// # Errors
     /// [`NnError`] when the element count overflows.
     pub fn zeros(shape: &[usize]) -> Result<Self, NnError> {
-        Ok(Self { shape: shape.to_vec(), data: storage::zeroed(element_count(shape)?) })
+        Ok(Self { shape: shape.to_vec(), data: storage::zeroed(element_count::<T>(shape)?) })
     }
 
     /// A tensor over `data`, which must hold exactly `∏shape` elements.
@@ -28,7 +35,7 @@ impl<T: Element> Tensor<T> {
     /// # Errors
     /// [`NnError`] when `data.len()` differs from `∏shape` or the count overflows.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self, NnError> {
-        let expected = element_count(shape)?;
+        let expected = element_count::<T>(shape)?;
         if data.len() != expected {
             return Err(NnError::DataLength { shape: shape.to_vec(), expected, got: data.len() });
         }
@@ -70,7 +77,7 @@ impl<T: Element> Tensor<T> {
     /// # Errors
     /// [`NnError`] when `∏shape` differs from the element count.
     pub fn reshape(&mut self, shape: &[usize]) -> Result<(), NnError> {
-        let expected = element_count(shape)?;
+        let expected = element_count::<T>(shape)?;
         if expected != self.data.len() {
             return Err(NnError::DataLength { shape: shape.to_vec(), expected, got: self.data.len() });
         }
@@ -85,7 +92,7 @@ impl<T: Element> Tensor<T> {
     /// # Errors
     /// [`NnError`] when the element count overflows.
     pub fn set_batch_shape(&mut self, batch: usize, per_sample: &[usize]) -> Result<(), NnError> {
-        let len = element_count(per_sample)?
+        let len = element_count::<T>(per_sample)?
             .checked_mul(batch)
             .ok_or(NnError::Geometry(nn_kernels::GeometryError::Overflow { what: "tensor size" }))?;
         self.shape.clear();

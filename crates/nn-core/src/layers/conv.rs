@@ -133,7 +133,7 @@ impl<T: Element> Conv<T> {
         weight_shape.extend_from_slice(&spec.filter);
         let mut weight = Tensor::zeros(&weight_shape)?;
         let filter_len = problem.geometry().filter_len();
-        spec.init.fill(in_channels * filter_len, spec.out_channels * filter_len, rng, weight.data_mut());
+        spec.init.fill(in_channels * filter_len, spec.out_channels * filter_len, rng, weight.data_mut())?;
         let mut output_shape = vec![spec.out_channels];
         output_shape.extend_from_slice(problem.geometry().output());
         Ok(Self {

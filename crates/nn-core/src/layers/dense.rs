@@ -31,7 +31,7 @@ impl<T: Element> Dense<T> {
             }
         }
         let mut weight = Tensor::zeros(&[inputs, outputs])?;
-        init.fill(inputs, outputs, rng, weight.data_mut());
+        init.fill(inputs, outputs, rng, weight.data_mut())?;
         Ok(Self {
             input_shape: [inputs],
             output_shape: [outputs],
