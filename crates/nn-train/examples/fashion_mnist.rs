@@ -9,10 +9,13 @@ use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
 use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
 use nn_train::data::ClassificationSet;
+use nn_train::optim::Optimizer;
 use nn_train::optim::Sgd;
 use nn_train::report::{plot_history, write_history_csv};
 use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
-use std::path::PathBuf;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,7 +29,11 @@ enum Model {
 
 /// Train a network on Fashion-MNIST and report test accuracy.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "Trains a network on Fashion-MNIST (T1: --model mlp, T2: --model cnn) and reports \
+                            test accuracy; writes weights, history and a chart."
+)]
 struct Args {
     /// Directory of the IDX files (default: $FASHION_MNIST_DIR, then
     /// /usr/share/datasets/fashion-mnist, then the subset shipped with nn-train).
@@ -36,16 +43,16 @@ struct Args {
     #[arg(long, value_enum, default_value = "cnn")]
     model: Model,
     /// Epochs (default: 5 for mlp, 3 for cnn).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Minibatch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     batch: usize,
     /// Learning rate η (default: 0.05 for mlp, 0.01 for cnn).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads (default, or 0: one per core).
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Seed of the initial weights and of the shuffles.
     #[arg(long, default_value_t = 42)]
@@ -87,8 +94,31 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The library's messages name the file, the setting or the step at fault.
+            eprintln!("error: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A directory for the run's files, created and checked writable before training.
+fn prepare_output(out: &Path) -> Result<(), Box<dyn Error>> {
+    let failed = |e: std::io::Error| format!("output directory {}: {e}", out.display());
+    std::fs::create_dir_all(out).map_err(failed)?;
+    tempfile::tempfile_in(out).map_err(failed)?;
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
     // The main thread is one of the pool's workers: the trainer's steps then start
     // their parallel loops in place instead of handing each step to the pool.
     let threads = args.threads.unwrap_or(0);
@@ -97,6 +127,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Model::Mlp => (args.epochs.unwrap_or(5), args.lr.unwrap_or(0.05)),
         Model::Cnn => (args.epochs.unwrap_or(3), args.lr.unwrap_or(0.01)),
     };
+    let config = TrainConfig {
+        batch_size: args.batch,
+        seed: args.seed,
+        reduction: Reduction::Mean,
+        max_epochs: Some(epochs),
+        // Evaluating in training-sized batches keeps the activation buffers at their
+        // training size (peak memory).
+        eval_batch_size: args.batch,
+        ..TrainConfig::default()
+    };
+    let mut optimizer = Sgd::new(lr).momentum(0.9);
+    // Bad settings and an unwritable output are refused before the data loads and
+    // the training runs, not after.
+    config.validate()?;
+    Optimizer::<f32>::validate(&optimizer)?;
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(format!("--lr {lr}: the learning rate must be finite and above 0").into());
+    }
+    if epochs == 0 {
+        return Err("--epochs 0: nothing to train".into());
+    }
+    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
+    prepare_output(&out)?;
+
     let source = fashion_mnist::locate(args.data.as_deref());
     let (mut train, mut test): (ClassificationSet, ClassificationSet) = fashion_mnist::load(&source.dir)?;
     if args.model == Model::Mlp {
@@ -119,17 +173,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.batch,
         rayon::current_num_threads()
     );
-    let config = TrainConfig {
-        batch_size: args.batch,
-        seed: args.seed,
-        reduction: Reduction::Mean,
-        max_epochs: Some(epochs),
-        // Evaluating in training-sized batches keeps the activation buffers at their
-        // training size (peak memory).
-        eval_batch_size: args.batch,
-        ..TrainConfig::default()
-    };
-    let mut optimizer = Sgd::new(lr).momentum(0.9);
     let started = Instant::now();
     let report = Trainer::new(config).fit(
         &mut net,
@@ -171,8 +214,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("peak resident memory: {peak:.0} MiB");
     }
 
-    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
-    std::fs::create_dir_all(&out)?;
     save_weights(&out.join("weights.safetensors"), &net)?;
     write_history_csv(&out.join("history.csv"), &report.history)?;
     plot_history(&out.join("training.svg"), &report.history)?;

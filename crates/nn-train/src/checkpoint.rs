@@ -8,8 +8,11 @@
 //!   the file's metadata.
 //!
 //! Files are written to a temporary file in the same directory, flushed to disk, then
-//! renamed over the target: a crash mid-write leaves the previous file intact. Loading
-//! checks every name, shape and element type, and reports the first mismatch before
+//! renamed over the target: a crash mid-write leaves the previous file intact, and the
+//! next save removes the temporary files such crashes left. The metadata holds a CRC-32
+//! of every tensor's name and bytes. Loading checks the checksum, every name, shape and
+//! element type, that every value is finite, and every metadata entry's type and
+//! domain, and reports the first fault, naming the file and the key or tensor, before
 //! changing anything in the network or the optimizer.
 
 use crate::optim::{Optimizer, OptimizerState};
@@ -24,8 +27,12 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 const FORMAT_KEY: &str = "format";
-const CHECKPOINT_FORMAT: &str = "nn-train-checkpoint-1";
-const WEIGHTS_FORMAT: &str = "nn-train-weights-1";
+const CHECKSUM_KEY: &str = "crc32";
+/// Version 2 carries [`CHECKSUM_KEY`]; version 1 files (without) still load.
+const CHECKPOINT_FORMAT: &str = "nn-train-checkpoint-2";
+const WEIGHTS_FORMAT: &str = "nn-train-weights-2";
+const CHECKPOINT_FORMAT_V1: &str = "nn-train-checkpoint-1";
+const WEIGHTS_FORMAT_V1: &str = "nn-train-weights-1";
 
 /// A checkpoint or weights file that cannot be written or does not fit.
 #[derive(Debug, Error)]
@@ -86,6 +93,34 @@ pub enum CheckpointError {
         expected: &'static str,
         /// The file's type.
         found: String,
+    },
+    /// A tensor holds a NaN or an infinity.
+    #[error("{path}: tensor {name:?} holds a non-finite value at element {index}")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The first non-finite element.
+        index: usize,
+    },
+    /// The tensors' bytes do not match the checksum written with them.
+    #[error("{path}: checksum mismatch (file says {expected:08x}, data gives {found:08x}): the file is corrupt")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The checksum in the metadata.
+        expected: u32,
+        /// The checksum of the data read.
+        found: u32,
+    },
+    /// The optimizer refused the saved state.
+    #[error("{path}: optimizer state: {details}")]
+    OptimizerState {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        details: String,
     },
     /// A metadata entry is missing or malformed.
     #[error("{path}: metadata {key:?}: {details}")]
@@ -173,6 +208,10 @@ fn read_tensor<T: Element>(
             .map(|b| T::from_f64(f64::from_le_bytes(b.try_into().expect("8 bytes"))))
             .collect(),
     };
+    if !nn_kernels::elementwise::all_finite(&values) {
+        let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(CheckpointError::NonFinite { path: path.into(), name: name.into(), index });
+    }
     Tensor::from_vec(view.shape(), values)
         .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })
 }
@@ -184,8 +223,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("the path names no file")))?;
     let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
-    // Dropped on an error, the temporary file is removed.
-    let mut tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir).map_err(io)?;
+    remove_stale_temporaries(dir, &prefix);
+    // Dropped on an error, the temporary file is removed. The name carries this
+    // process's id, so that a later save can tell a crashed writer's leftovers.
+    let own_prefix = format!("{prefix}{}-", std::process::id());
+    let mut tmp = tempfile::Builder::new().prefix(&own_prefix).tempfile_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     // The data must be on disk before the rename makes it the checkpoint.
     tmp.as_file().sync_all().map_err(io)?;
@@ -193,6 +235,86 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     // Persist the rename itself (the directory entry); not possible on every OS.
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the temporary files `{prefix}{pid}-…` that saves by processes no longer
+/// running left behind (killed mid-write). A live process's files, this one's
+/// included, are left alone: another thread or process may be writing them. Where a
+/// process's liveness cannot be told (no `/proc`), files older than a day go.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let proc_fs = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let stale = if proc_fs {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            age.is_some_and(|age| age.as_secs() > 24 * 3600)
+        };
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// CRC-32 of every tensor's name and bytes, in name order.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by_key(|&(name, _)| name);
+    let mut hasher = crc32fast::Hasher::new();
+    for (name, bytes) in sorted {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.finalize()
+}
+
+/// Serialises `tensors` with `meta` and the checksum, and writes them atomically.
+fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Bytes)],
+    mut meta: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let sum = checksum(tensors.iter().map(|(n, b)| (n.as_str(), b.data.as_slice())));
+    meta.insert(CHECKSUM_KEY.to_string(), format!("{sum:08x}"));
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
+        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })?;
+    write_atomically(path, &bytes)
+}
+
+/// Checks the file's checksum, where it has one (version 2 files always do).
+fn verify_checksum(
+    path: &Path,
+    file: &SafeTensors,
+    meta: &HashMap<String, String>,
+    required: bool,
+) -> Result<(), CheckpointError> {
+    let Some(text) = meta.get(CHECKSUM_KEY) else {
+        if required {
+            return Err(CheckpointError::Metadata {
+                path: path.into(),
+                key: CHECKSUM_KEY.into(),
+                details: "missing".into(),
+            });
+        }
+        return Ok(());
+    };
+    let expected = u32::from_str_radix(text, 16).map_err(|e| CheckpointError::Metadata {
+        path: path.into(),
+        key: CHECKSUM_KEY.into(),
+        details: format!("{text:?}: {e}"),
+    })?;
+    let views = file.tensors();
+    let found = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+    if found != expected {
+        return Err(CheckpointError::Checksum { path: path.into(), expected, found });
     }
     Ok(())
 }
@@ -209,9 +331,17 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
     Ok((SafeTensors::deserialize(bytes).map_err(format)?, meta))
 }
 
-fn expect_format(path: &Path, meta: &HashMap<String, String>, format: &str) -> Result<(), CheckpointError> {
+/// Checks the format (the current one or its version 1) and the checksum.
+fn expect_format(
+    path: &Path,
+    file: &SafeTensors,
+    meta: &HashMap<String, String>,
+    format: &str,
+    format_v1: &str,
+) -> Result<(), CheckpointError> {
     match meta.get(FORMAT_KEY) {
-        Some(f) if f == format => Ok(()),
+        Some(f) if f == format => verify_checksum(path, file, meta, true),
+        Some(f) if f == format_v1 => verify_checksum(path, file, meta, false),
         found => Err(CheckpointError::Metadata {
             path: path.into(),
             key: FORMAT_KEY.into(),
@@ -253,25 +383,35 @@ fn assign<T: Element>(net: &mut Sequential<T>, values: Vec<Tensor<T>>) {
 }
 
 /// Writes the network's parameters as a safetensors file.
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming the file when it cannot be written; the previous
+/// file at `path`, if any, is then intact.
 pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), CheckpointError> {
     let tensors: Vec<(String, Bytes)> = net.named_params().into_iter().map(|(n, p)| (n, to_bytes(&p.value))).collect();
     let meta = HashMap::from([(FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string())]);
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
-        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })?;
-    write_atomically(path, &bytes)
+    write_tensors(path, &tensors, meta)
 }
 
 /// Loads parameters written by [`save_weights`] into a network of the same structure.
+///
+/// # Errors
+/// [`CheckpointError`] naming the file and the tensor or key at fault; the network is
+/// then unchanged.
 pub fn load_weights<T: Element>(path: &Path, net: &mut Sequential<T>) -> Result<(), CheckpointError> {
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
-    expect_format(path, &meta, WEIGHTS_FORMAT)?;
+    expect_format(path, &file, &meta, WEIGHTS_FORMAT, WEIGHTS_FORMAT_V1)?;
     let values = read_params(path, &file, net, "")?;
     assign(net, values);
     Ok(())
 }
 
 /// Writes parameters, optimizer state and trainer counters to `path`.
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming the file when it cannot be written; the previous
+/// file at `path`, if any, is then intact.
 pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
     path: &Path,
     net: &Sequential<T>,
@@ -299,18 +439,23 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
     put("trainer.last_error", state.last_error);
     put("trainer.base_lr", state.base_lr);
     put("trainer.best", state.best.map(|b| b.0));
-    put("trainer.best_epoch", state.best.map(|b| b.1 as f64));
     for (name, value) in &optim.scalars {
         put(&format!("optim.{name}"), Some(*value));
     }
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
-        .map_err(|e| CheckpointError::Format { path: path.into(), details: e.to_string() })?;
-    write_atomically(path, &bytes)
+    if let Some((_, best_epoch)) = state.best {
+        meta.insert("trainer.best_epoch".to_string(), best_epoch.to_string());
+    }
+    write_tensors(path, &tensors, meta)
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`] into `net` and `optimizer`, and
 /// returns the trainer counters. The network and the optimizer are changed only if
 /// everything fits; the optimizer must be of the kind that wrote the file.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] naming the file and the tensor or metadata key at fault:
+/// a checksum mismatch, a missing, misshapen or non-finite tensor, a counter that is
+/// not a whole number, a scalar outside the optimizer's domain.
 pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     path: &Path,
     net: &mut Sequential<T>,
@@ -318,13 +463,28 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
 ) -> Result<TrainerState, TrainError> {
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
-    expect_format(path, &meta, CHECKPOINT_FORMAT)?;
+    expect_format(path, &file, &meta, CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1)?;
     let meta_err =
         |key: &str, details: String| CheckpointError::Metadata { path: path.into(), key: key.into(), details };
+    // A finite number (every scalar the trainer and the optimizers save is one).
     let get = |key: &str| -> Result<Option<f64>, CheckpointError> {
-        meta.get(key).map(|v| v.parse::<f64>().map_err(|e| meta_err(key, format!("{v:?}: {e}")))).transpose()
+        let Some(text) = meta.get(key) else { return Ok(None) };
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            Ok(v) => Err(meta_err(key, format!("{v} is not finite"))),
+            Err(e) => Err(meta_err(key, format!("{text:?}: {e}"))),
+        }
     };
     let required = |key: &str| get(key)?.ok_or_else(|| meta_err(key, "missing".into()));
+    // A counter: a whole number written as such ("3", not "3.0", "-5" or "inf").
+    let count = |key: &str| -> Result<Option<u64>, CheckpointError> {
+        let Some(text) = meta.get(key) else { return Ok(None) };
+        text.parse::<u64>().map(Some).map_err(|e| meta_err(key, format!("{text:?} is not a count: {e}")))
+    };
+    let required_count = |key: &str| count(key)?.ok_or_else(|| meta_err(key, "missing".into()));
+    let index = |key: &str| -> Result<usize, CheckpointError> {
+        usize::try_from(required_count(key)?).map_err(|e| meta_err(key, e.to_string()))
+    };
     match meta.get("optimizer") {
         Some(name) if name == optimizer.name() => {}
         found => {
@@ -340,14 +500,18 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     for name in file.names().into_iter().filter_map(|n| n.strip_prefix("optim.")) {
         state.buffers.push((name.to_string(), read_tensor(path, &file, &format!("optim.{name}"), None)?));
     }
+    let best_epoch = count("trainer.best_epoch")?.map(usize::try_from).transpose();
     let trainer = TrainerState {
-        epoch: required("trainer.epoch")? as usize,
-        iteration: required("trainer.iteration")? as u64,
+        epoch: index("trainer.epoch")?,
+        iteration: required_count("trainer.iteration")?,
         last_error: get("trainer.last_error")?,
         base_lr: get("trainer.base_lr")?,
-        best: get("trainer.best")?.zip(get("trainer.best_epoch")?.map(|e| e as usize)),
-        epochs_without_improvement: required("trainer.epochs_without_improvement")? as usize,
+        best: get("trainer.best")?.zip(best_epoch.map_err(|e| meta_err("trainer.best_epoch", e.to_string()))?),
+        epochs_without_improvement: index("trainer.epochs_without_improvement")?,
     };
+    if let Some(lr) = trainer.base_lr.filter(|&lr| lr <= 0.0) {
+        return Err(meta_err("trainer.base_lr", format!("{lr} is not positive")).into());
+    }
     // The optimizer takes its state last of all checks, and all or nothing; the
     // network's values are assigned only after it accepted.
     {
@@ -356,7 +520,16 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
             .zip(net.params())
             .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })
             .collect();
-        optimizer.load_state(&state, &params.iter().collect::<Vec<_>>())?;
+        optimizer.load_state(&state, &params.iter().collect::<Vec<_>>()).map_err(|e| match e {
+            TrainError::OptimizerState { details } => {
+                TrainError::from(CheckpointError::OptimizerState { path: path.into(), details })
+            }
+            TrainError::Config { what, details } => TrainError::from(CheckpointError::OptimizerState {
+                path: path.into(),
+                details: format!("{what}: {details}"),
+            }),
+            other => other,
+        })?;
     }
     assign(net, values);
     Ok(trainer)

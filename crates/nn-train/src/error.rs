@@ -33,6 +33,21 @@ pub enum TrainError {
         /// What does not fit.
         details: String,
     },
+    /// A step produced a NaN or an infinity. The step's update was not applied: the
+    /// weights and the optimizer's state are those before it.
+    #[error("{}", non_finite_message(.what, .epoch, .iteration, .samples))]
+    NonFinite {
+        /// What went non-finite, and where it was first seen: the loss (with the first
+        /// layer whose output was non-finite) or a parameter's gradient.
+        what: String,
+        /// The 0-based epoch, when the trainer knows it.
+        epoch: Option<usize>,
+        /// The update that failed (1-based: the updates done before it, plus one), when
+        /// the trainer knows it.
+        iteration: Option<u64>,
+        /// The batch's sample indices in the dataset, when the trainer knows them.
+        samples: Vec<usize>,
+    },
     /// Writing a report file failed.
     #[error("{path}: {source}")]
     Io {
@@ -47,4 +62,21 @@ impl From<KernelError> for TrainError {
     fn from(error: KernelError) -> Self {
         TrainError::Nn(error.into())
     }
+}
+
+fn non_finite_message(what: &str, epoch: &Option<usize>, iteration: &Option<u64>, samples: &[usize]) -> String {
+    let mut message = format!("non-finite values in training: {what}");
+    if let Some(iteration) = iteration {
+        message += &format!("; update {iteration}");
+    }
+    if let Some(epoch) = epoch {
+        message += &format!(" in epoch {epoch}");
+    }
+    if !samples.is_empty() {
+        const SHOWN: usize = 16;
+        let shown: Vec<String> = samples.iter().take(SHOWN).map(usize::to_string).collect();
+        let more = if samples.len() > SHOWN { format!(", … ({} in all)", samples.len()) } else { String::new() };
+        message += &format!("; batch samples [{}{more}]", shown.join(", "));
+    }
+    message + "; the weights are those before this update"
 }

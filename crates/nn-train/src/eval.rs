@@ -72,8 +72,8 @@ pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item
 /// pool.
 ///
 /// # Errors
-/// [`TrainError`] when `batch_size` is zero, or a batch does not fit the network or
-/// the loss.
+/// [`TrainError`] when `batch_size` is zero, `data` is empty, or a batch does not fit
+/// the network or the loss.
 pub fn evaluate<T, D, L>(
     net: &mut Sequential<T>,
     loss: &L,
@@ -88,6 +88,9 @@ where
 {
     if batch_size == 0 {
         return Err(TrainError::Config { what: "batch size", details: "must be positive".into() });
+    }
+    if data.is_empty() {
+        return Err(TrainError::Config { what: "evaluation data", details: "has no samples".into() });
     }
     let (error_sum, confusion) = rayon::scope(|_| {
         let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());

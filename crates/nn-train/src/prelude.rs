@@ -6,7 +6,7 @@ pub use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 #[cfg(feature = "progress")]
 pub use crate::ProgressBars;
 pub use crate::{
-    evaluate, EarlyStopping, Evaluation, NoProgress, Observer, StopReason, TrainConfig, TrainError, TrainReport,
-    Trainer,
+    evaluate, EarlyStopping, Evaluation, NoProgress, NonFinitePolicy, Observer, StopReason, TrainConfig, TrainError,
+    TrainReport, Trainer,
 };
 pub use nn_core::prelude::*;

@@ -154,6 +154,7 @@ mod tests {
                 images_per_sec: 1000.0,
                 seconds: 0.64,
                 learning_rate: 0.01,
+                skipped_batches: 0,
             })
             .collect()
     }

@@ -6,7 +6,7 @@
 use crate::checkpoint;
 use crate::data::{Dataset, TargetBatch};
 use crate::eval::{argmax_rows, evaluate, Evaluation};
-use crate::optim::{LrSchedule, Optimizer};
+use crate::optim::{check_domain, LrSchedule, Optimizer};
 use crate::TrainError;
 use nn_core::{seeded_rng, Element, Loss, Reduction, Sequential, Tensor};
 use rand::seq::SliceRandom;
@@ -21,6 +21,18 @@ pub enum Monitor {
     ValidationLoss,
     /// Validation accuracy; higher is better.
     ValidationAccuracy,
+}
+
+/// What the trainer does when a step produces a NaN or an infinity (in the loss or in
+/// a gradient). Either way that step's update is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinitePolicy {
+    /// Stop with [`TrainError::NonFinite`], naming the update, the epoch, the batch's
+    /// samples and where the values first went non-finite.
+    #[default]
+    Stop,
+    /// Skip the batch and go on; skipped batches are counted in [`EpochStats`].
+    SkipBatch,
 }
 
 /// Stop when the monitored validation figure has not improved by more than
@@ -64,6 +76,44 @@ pub struct TrainConfig {
     pub checkpoint: Option<PathBuf>,
     /// Batch size for validation passes.
     pub eval_batch_size: usize,
+    /// What to do when a step goes non-finite.
+    pub non_finite: NonFinitePolicy,
+}
+
+impl TrainConfig {
+    /// Checks every setting's domain. [`Trainer::fit`] calls it; a program can call it
+    /// before loading data, to refuse bad settings early.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the setting: a batch size of zero, an error
+    /// threshold that is negative or not finite, an early-stopping rule with no
+    /// patience or a negative or non-finite `min_delta`, or no stopping rule at all.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let invalid = |what, details: &str| Err(TrainError::Config { what, details: details.into() });
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return invalid("batch size", "must be positive");
+        }
+        if let Some(threshold) = self.error_threshold {
+            check_domain("error threshold", threshold, "finite and at least 0", |v| v >= 0.0)?;
+        }
+        if let Some(rule) = &self.early_stopping {
+            if rule.patience == 0 {
+                return invalid("early stopping", "patience must be at least one epoch");
+            }
+            check_domain("early stopping min_delta", rule.min_delta, "finite and at least 0", |v| v >= 0.0)?;
+        }
+        if self.max_iterations.is_none()
+            && self.max_epochs.is_none()
+            && self.max_time.is_none()
+            && self.error_threshold.is_none()
+        {
+            return invalid(
+                "stopping rules",
+                "set at least one of max_iterations, max_epochs, max_time, error_threshold",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -82,6 +132,7 @@ impl Default for TrainConfig {
             #[cfg(feature = "checkpoint")]
             checkpoint: None,
             eval_batch_size: 64,
+            non_finite: NonFinitePolicy::Stop,
         }
     }
 }
@@ -146,6 +197,8 @@ pub struct EpochStats {
     pub seconds: f64,
     /// η during this epoch.
     pub learning_rate: f64,
+    /// Batches skipped because they went non-finite ([`NonFinitePolicy::SkipBatch`]).
+    pub skipped_batches: usize,
 }
 
 /// Progress after one update.
@@ -256,14 +309,16 @@ impl Trainer {
     fn check_config<T: Element, D: Dataset<T>>(
         &self,
         net: &Sequential<T>,
+        optimizer: &dyn Optimizer<T>,
         data: &D,
         has_validation: bool,
     ) -> Result<(), TrainError> {
         let c = &self.config;
+        c.validate()?;
+        optimizer.validate()?;
+        let lr = self.state.base_lr.unwrap_or(optimizer.learning_rate());
+        check_domain("learning rate", lr, "finite and above 0", |v| v > 0.0)?;
         let invalid = |what, details: &str| Err(TrainError::Config { what, details: details.into() });
-        if c.batch_size == 0 || c.eval_batch_size == 0 {
-            return invalid("batch size", "must be positive");
-        }
         if data.is_empty() {
             return invalid("training data", "has no samples");
         }
@@ -276,12 +331,6 @@ impl Trainer {
                     net.input_shape()
                 ),
             });
-        }
-        if c.max_iterations.is_none() && c.max_epochs.is_none() && c.max_time.is_none() && c.error_threshold.is_none() {
-            return invalid(
-                "stopping rules",
-                "set at least one of max_iterations, max_epochs, max_time, error_threshold",
-            );
         }
         if c.early_stopping.is_some() && !has_validation {
             return invalid("early stopping", "needs a validation set");
@@ -316,7 +365,10 @@ impl Trainer {
         O: Optimizer<T>,
         D::Targets: AsRef<L::Target>,
     {
-        self.check_config(net, train, validation.is_some())?;
+        self.check_config(net, optimizer, train, validation.is_some())?;
+        if validation.is_some_and(|v| v.is_empty()) {
+            return Err(TrainError::Config { what: "validation data", details: "has no samples".into() });
+        }
         let config = self.config.clone();
         let started = Instant::now();
         let base_lr = *self.state.base_lr.get_or_insert(optimizer.learning_rate());
@@ -341,31 +393,46 @@ impl Trainer {
             observer.epoch_start(epoch, batches);
             let epoch_started = Instant::now();
             let mut compute = Duration::ZERO;
-            let (mut error, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            let (mut error, mut correct, mut seen, mut skipped) = (0.0, 0usize, 0usize, 0usize);
             for (b, chunk) in order.chunks(config.batch_size).enumerate() {
                 train.fill_batch(chunk, &mut inputs, &mut targets)?;
                 let step_started = Instant::now();
-                let batch_loss =
-                    train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad)?;
-                if let (Some(labels), Some(outputs)) = (targets.labels(), net.output()) {
-                    correct += labels.iter().zip(argmax_rows(outputs)).filter(|(&t, p)| t == *p).count();
-                }
+                let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
                 compute += step_started.elapsed();
-
-                self.state.iteration += 1;
-                seen += chunk.len();
-                error += match config.reduction {
-                    Reduction::Sum => batch_loss,
-                    Reduction::Mean => batch_loss * chunk.len() as f64,
+                let batch_loss = match step {
+                    Err(TrainError::NonFinite { what, .. }) => {
+                        if config.non_finite == NonFinitePolicy::Stop {
+                            return Err(TrainError::NonFinite {
+                                what,
+                                epoch: Some(epoch),
+                                iteration: Some(self.state.iteration + 1),
+                                samples: chunk.to_vec(),
+                            });
+                        }
+                        skipped += 1;
+                        None
+                    }
+                    other => Some(other?),
                 };
-                let accuracy = targets.labels().map(|_| correct as f64 / seen as f64);
+                if let Some(batch_loss) = batch_loss {
+                    if let (Some(labels), Some(outputs)) = (targets.labels(), net.output()) {
+                        correct += labels.iter().zip(argmax_rows(outputs)).filter(|(&t, p)| t == *p).count();
+                    }
+                    self.state.iteration += 1;
+                    seen += chunk.len();
+                    error += match config.reduction {
+                        Reduction::Sum => batch_loss,
+                        Reduction::Mean => batch_loss * chunk.len() as f64,
+                    };
+                }
+                let accuracy = targets.labels().map(|_| correct as f64 / seen.max(1) as f64);
                 let images_per_sec = seen as f64 / compute.as_secs_f64().max(1e-9);
                 observer.batch_end(&BatchProgress {
                     epoch,
                     batch: b + 1,
                     batches,
                     iteration: self.state.iteration,
-                    mean_loss: error / seen as f64,
+                    mean_loss: error / seen.max(1) as f64,
                     accuracy,
                     images_per_sec,
                 });
@@ -377,12 +444,13 @@ impl Trainer {
                     iterations: self.state.iteration,
                     samples: seen,
                     error_sum: error,
-                    mean_loss: error / seen as f64,
+                    mean_loss: error / seen.max(1) as f64,
                     accuracy,
                     validation: None,
                     images_per_sec,
                     seconds: epoch_started.elapsed().as_secs_f64(),
                     learning_rate: lr,
+                    skipped_batches: skipped,
                 };
                 let (mut epoch_cap, mut early) = (None, None);
                 if epoch_done {
@@ -457,14 +525,16 @@ impl Trainer {
 
 /// One minibatch of Steps 2–4: forward, loss and its gradient, backward (gradients
 /// zeroed first, then summed over the batch), and one optimizer update. Returns the
-/// batch loss as reduced by `reduction`; `grad` is a reusable buffer.
+/// batch loss as reduced by `reduction`; `grad` is a reusable buffer. A loss or a
+/// gradient that is not finite stops the step before the update.
 ///
 /// The step runs on a worker of the current rayon pool: the calling thread when it is
 /// one, else a worker it waits for (so thread-local state of the caller is not seen).
 ///
 /// # Errors
-/// [`TrainError`] when a tensor does not fit the network or the loss, or the optimizer
-/// fails.
+/// [`TrainError::NonFinite`] when the loss or a gradient holds a NaN or an infinity
+/// (the parameters and the optimizer are then unchanged); [`TrainError`] when a tensor
+/// does not fit the network or the loss, or the optimizer fails.
 pub fn train_step<T, L, O>(
     net: &mut Sequential<T>,
     optimizer: &mut O,
@@ -486,9 +556,26 @@ where
     rayon::scope(|_| {
         let outputs = net.forward(inputs)?;
         let batch_loss = loss.loss_and_grad(outputs, targets, reduction, grad)?;
+        if !batch_loss.is_finite() {
+            let layer = net.first_non_finite_output().map_or(String::new(), |i| {
+                format!(" (first non-finite output: layer {i}, {})", net.layers()[i].kind())
+            });
+            return Err(non_finite(format!("loss {batch_loss}{layer}")));
+        }
         net.zero_grad();
         net.backward(grad)?;
+        // One pass over the gradients, before the update can spread a NaN into the
+        // weights and the optimizer's state.
+        if !net.grads_are_finite() {
+            let name = net.first_non_finite_grad().unwrap_or_default();
+            return Err(non_finite(format!("gradient of {name}")));
+        }
         optimizer.step(&mut net.params_mut())?;
         Ok(batch_loss)
     })
+}
+
+/// [`TrainError::NonFinite`] without the trainer's context.
+fn non_finite(what: String) -> TrainError {
+    TrainError::NonFinite { what, epoch: None, iteration: None, samples: Vec::new() }
 }

@@ -2,7 +2,7 @@
 
 use nn_train::data::idx::{parse_idx, read_idx};
 use nn_train::data::{ClassificationSet, DataError};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -104,4 +104,81 @@ fn split_off_keeps_samples_and_labels_together() {
     assert_eq!(x.data(), &[16.0 / 255.0, 17.0 / 255.0, 18.0 / 255.0, 19.0 / 255.0]);
     assert_eq!(t, vec![4]);
     assert!(validation.fill_batch(&[2], &mut x, &mut t).is_err());
+}
+
+/// A gzip stream of `header` followed by `zeros` zero bytes, compressed a megabyte at
+/// a time (a "bomb": ~1 KB per MB).
+fn gzip_bomb(header: &[u8], zeros: usize) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(header).unwrap();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..zeros >> 20 {
+        enc.write_all(&block).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+#[test]
+fn a_gzip_bomb_is_read_no_further_than_its_header_declares() {
+    // One 28×28 image declared, 64 MiB of zeros behind it: refused as trailing data
+    // once one byte past the image has been decompressed (the message does not count
+    // the rest: counting would mean inflating it).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.gz");
+    std::fs::write(&path, gzip_bomb(&idx(&[1, 28, 28], &[]), 64 << 20)).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+    let err = read_idx(&path).unwrap_err();
+    assert!(matches!(err, DataError::Invalid { offset: 800, .. }), "{err}");
+    assert!(err.to_string().contains("data past the 784 elements"), "{err}");
+}
+
+/// An endless stream of zeros that counts what is read from it.
+struct Endless<'a> {
+    header: std::io::Cursor<Vec<u8>>,
+    pulled: &'a std::cell::Cell<usize>,
+}
+
+impl Read for Endless<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.header.read(buf)?;
+        let n = if n > 0 {
+            n
+        } else {
+            buf.fill(0);
+            buf.len()
+        };
+        self.pulled.set(self.pulled.get() + n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_stream_is_read_one_byte_past_its_declared_elements_and_no_further() {
+    use nn_train::data::idx::read_idx_from;
+    let pulled = std::cell::Cell::new(0);
+    let stream = Endless { header: std::io::Cursor::new(idx(&[2, 3], &[])), pulled: &pulled };
+    let err = read_idx_from(stream, Path::new("endless"), usize::MAX).unwrap_err();
+    assert!(matches!(err, DataError::Invalid { offset: 18, .. }), "{err}");
+    assert_eq!(pulled.get(), 12 + 6 + 1);
+}
+
+#[test]
+fn declared_sizes_are_checked_before_anything_is_allocated() {
+    use nn_train::data::idx::read_idx_limited;
+    let dir = tempfile::tempdir().unwrap();
+    // 60,000 × 28 × 28 declared in a file of 20 bytes: over a limit of 1 MB.
+    let path = dir.path().join("big");
+    std::fs::write(&path, idx(&[60_000, 28, 28], &[1, 2, 3, 4])).unwrap();
+    let err = read_idx_limited(&path, 1 << 20).unwrap_err();
+    assert!(matches!(err, DataError::Invalid { offset: 4, .. }), "{err}");
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    // Under the default limit the same file is merely short.
+    assert!(matches!(read_idx(&path), Err(DataError::Truncated { offset: 20, .. })));
+    // Dimensions whose product is 2^64 − 1, so that adding the header would wrap.
+    let wrap = idx(&[65_535, 65_537, 641, 6_700_417], &[]);
+    let err = parse_idx(&wrap, Path::new("wrap")).unwrap_err();
+    assert!(matches!(err, DataError::Invalid { offset: 4, .. }), "{err}");
+    // And a product past 2^64.
+    let err = parse_idx(&idx(&[u32::MAX; 3], &[]), Path::new("huge")).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
 }

@@ -68,9 +68,10 @@ fn wall_time() {
 
 #[test]
 fn early_stopping_on_a_flat_validation_loss() {
-    // With η = 0 nothing improves after the first epoch.
-    let rule = EarlyStopping { patience: 2, min_delta: 0.0, monitor: Monitor::ValidationLoss };
-    let report = run(TrainConfig { early_stopping: Some(rule), max_epochs: Some(100), ..full_batch() }, 0.0).unwrap();
+    // With a vanishing η no epoch improves by min_delta after the first (η = 0 itself
+    // is refused as a learning rate).
+    let rule = EarlyStopping { patience: 2, min_delta: 1e-9, monitor: Monitor::ValidationLoss };
+    let report = run(TrainConfig { early_stopping: Some(rule), max_epochs: Some(100), ..full_batch() }, 1e-15).unwrap();
     let StopReason::EarlyStopping { best_epoch, .. } = report.reason else { panic!("{:?}", report.reason) };
     assert_eq!((best_epoch, report.epoch), (0, 3));
 }

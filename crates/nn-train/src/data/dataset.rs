@@ -215,6 +215,33 @@ impl<T: Element> TensorSet<T> {
         }
         Ok(Self { inputs, targets })
     }
+
+    /// [`new`](Self::new), refusing inputs or targets that hold a NaN or an infinity
+    /// (one bad value poisons every weight it reaches).
+    ///
+    /// # Errors
+    /// As for [`new`](Self::new), and [`NnError::InvalidArgument`] naming the tensor,
+    /// the pattern and the element index of the first non-finite value.
+    pub fn new_finite(inputs: Tensor<T>, targets: Tensor<T>) -> Result<Self, NnError> {
+        let set = Self::new(inputs, targets)?;
+        for (what, tensor) in [("inputs", &set.inputs), ("targets", &set.targets)] {
+            if nn_kernels::elementwise::all_finite(tensor.data()) {
+                continue;
+            }
+            let per_pattern = tensor.len() / tensor.shape()[0];
+            let at = tensor.data().iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(NnError::InvalidArgument {
+                what,
+                details: format!(
+                    "pattern {} holds {} at element {} (flat index {at})",
+                    at / per_pattern,
+                    tensor.data()[at],
+                    at % per_pattern
+                ),
+            });
+        }
+        Ok(set)
+    }
 }
 
 fn gather<T: Element>(source: &Tensor<T>, indices: &[usize], out: &mut Tensor<T>) -> Result<(), NnError> {

@@ -6,6 +6,7 @@
 //! or an unsupported element type is an error naming the file and the byte offset.
 
 use super::DataError;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// The element type code of unsigned bytes, the only one the MNIST family uses.
@@ -14,28 +15,10 @@ const TYPE_U8: u8 = 0x08;
 /// The first two bytes of a gzip stream.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// The decompressed contents of a gzip file.
-#[cfg(feature = "gzip")]
-fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(raw.len() * 2);
-    flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out).map_err(|source| DataError::Gzip {
-        path: path.to_path_buf(),
-        decompressed: out.len(),
-        source,
-    })?;
-    Ok(out)
-}
-
-/// Without the `gzip` feature, a compressed file is refused with a message saying so.
-#[cfg(not(feature = "gzip"))]
-fn gunzip(_raw: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
-    Err(DataError::Invalid {
-        path: path.to_path_buf(),
-        offset: 0,
-        details: "gzip-compressed, and nn-train was built without its `gzip` feature".into(),
-    })
-}
+/// The most element bytes [`read_idx`] accepts from a header: 2 GiB, some forty times
+/// the largest file of the MNIST family. A header declaring more is refused before
+/// anything is allocated; [`read_idx_limited`] sets another bound.
+pub const MAX_ELEMENT_BYTES: usize = 1 << 31;
 
 /// An IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,18 +29,47 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file of unsigned bytes, gzip-compressed or raw.
+/// Reads an IDX file of unsigned bytes, gzip-compressed or raw, declaring at most
+/// [`MAX_ELEMENT_BYTES`] of elements.
 ///
 /// # Errors
-/// [`DataError`] naming the file and, where the format is at fault, the byte offset.
+/// [`DataError`] naming the file and, where the format is at fault, the byte offset
+/// (of the decompressed stream, for a gzip file).
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let bytes = if raw.starts_with(&GZIP_MAGIC) { gunzip(&raw, path)? } else { raw };
-    let (dims, header_len) = parse_header(&bytes, path)?;
-    let mut data = bytes;
-    // Drop the header in place: a copy of a 47 MB image file would double the peak.
-    data.drain(..header_len);
-    Ok(IdxArray { dims, data })
+    read_idx_limited(path, MAX_ELEMENT_BYTES)
+}
+
+/// [`read_idx`] with another bound on the element bytes a header may declare.
+///
+/// A gzip stream is decompressed only as far as the header says, plus one byte to
+/// detect trailing data: a small file that would inflate to gigabytes (a "gzip bomb")
+/// costs no more than what its header declares, and that is checked first.
+///
+/// # Errors
+/// As for [`read_idx`].
+pub fn read_idx_limited(path: &Path, max_element_bytes: usize) -> Result<IdxArray, DataError> {
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut magic = [0u8; 2];
+    let peeked = read_up_to(&mut file, &mut magic).map_err(io)?;
+    let start = std::io::Cursor::new(magic[..peeked].to_vec());
+    if magic[..peeked] == GZIP_MAGIC {
+        return read_gzip(start.chain(file), path, max_element_bytes);
+    }
+    read_stream(&mut start.chain(file), path, max_element_bytes, &|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads an uncompressed IDX stream, declaring at most `max_element_bytes` of
+/// elements; `path` names it in errors. Nothing past the declared elements is read but
+/// one byte, to tell that there is more.
+///
+/// # Errors
+/// [`DataError`] naming `path` and the byte offset.
+pub fn read_idx_from(mut reader: impl Read, path: &Path, max_element_bytes: usize) -> Result<IdxArray, DataError> {
+    read_stream(&mut reader, path, max_element_bytes, &|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
 /// Parses the bytes of an (uncompressed) IDX file; `path` names it in errors.
@@ -65,54 +77,126 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 /// # Errors
 /// [`DataError`] naming `path` and the byte offset.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
-    let (dims, header_len) = parse_header(bytes, path)?;
-    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
+    read_idx_from(bytes, path, usize::MAX)
 }
 
-/// Checks the header and the total length; returns the dimensions and header length.
-fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize), DataError> {
+#[cfg(feature = "gzip")]
+fn read_gzip(compressed: impl Read, path: &Path, max_element_bytes: usize) -> Result<IdxArray, DataError> {
+    let decompressed = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut stream = Counted { inner: flate2::read::MultiGzDecoder::new(compressed), count: decompressed.clone() };
+    read_stream(&mut stream, path, max_element_bytes, &|source| DataError::Gzip {
+        path: path.to_path_buf(),
+        decompressed: decompressed.get(),
+        source,
+    })
+}
+
+/// Without the `gzip` feature, a compressed file is refused with a message saying so.
+#[cfg(not(feature = "gzip"))]
+fn read_gzip(_compressed: impl Read, path: &Path, _max_element_bytes: usize) -> Result<IdxArray, DataError> {
+    Err(DataError::Invalid {
+        path: path.to_path_buf(),
+        offset: 0,
+        details: "gzip-compressed, and nn-train was built without its `gzip` feature".into(),
+    })
+}
+
+/// A reader that counts the bytes it has produced.
+#[cfg(feature = "gzip")]
+struct Counted<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+#[cfg(feature = "gzip")]
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n);
+        Ok(n)
+    }
+}
+
+/// Fills as much of `buf` as the stream holds; the count read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads header and elements from `reader`, checking every length against the header;
+/// `failed` turns a read error into the caller's kind of error.
+fn read_stream(
+    reader: &mut impl Read,
+    path: &Path,
+    max_element_bytes: usize,
+    failed: &dyn Fn(std::io::Error) -> DataError,
+) -> Result<IdxArray, DataError> {
     let file = || PathBuf::from(path);
-    if bytes.len() < 4 {
-        return Err(DataError::Truncated { path: file(), offset: bytes.len(), needed: 4, what: "magic number" });
+    let mut magic = [0u8; 4];
+    let got = read_up_to(reader, &mut magic).map_err(failed)?;
+    if got < 4 {
+        return Err(DataError::Truncated { path: file(), offset: got, needed: 4, what: "magic number" });
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::BadMagic { path: file(), found: [bytes[0], bytes[1], bytes[2], bytes[3]] });
+    if magic[0] != 0 || magic[1] != 0 {
+        return Err(DataError::BadMagic { path: file(), found: magic });
     }
-    if bytes[2] != TYPE_U8 {
-        return Err(DataError::UnsupportedType { path: file(), code: bytes[2] });
+    if magic[2] != TYPE_U8 {
+        return Err(DataError::UnsupportedType { path: file(), code: magic[2] });
     }
-    let rank = bytes[3] as usize;
+    let rank = magic[3] as usize;
     if rank == 0 {
         return Err(DataError::Invalid { path: file(), offset: 3, details: "dimension count is zero".into() });
     }
     let header_len = 4 + 4 * rank;
-    if bytes.len() < header_len {
+    let mut sizes = vec![0u8; 4 * rank];
+    let got = read_up_to(reader, &mut sizes).map_err(failed)?;
+    if got < sizes.len() {
         return Err(DataError::Truncated {
             path: file(),
-            offset: bytes.len(),
+            offset: 4 + got,
             needed: header_len,
             what: "dimension sizes",
         });
     }
     let dims: Vec<usize> =
-        bytes[4..header_len].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
-    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| DataError::Invalid {
-        path: file(),
-        offset: 4,
-        details: format!("dimensions {dims:?} overflow"),
-    })?;
-    let expected = header_len + count;
-    if bytes.len() < expected {
-        return Err(DataError::Truncated { path: file(), offset: bytes.len(), needed: expected, what: "elements" });
+        sizes.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let overflow = || DataError::Invalid { path: file(), offset: 4, details: format!("dimensions {dims:?} overflow") };
+    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+    let expected = header_len.checked_add(count).ok_or_else(overflow)?;
+    if count > max_element_bytes {
+        return Err(DataError::Invalid {
+            path: file(),
+            offset: 4,
+            details: format!(
+                "dimensions {dims:?} declare {count} bytes of elements, over the limit of {max_element_bytes}"
+            ),
+        });
     }
-    if bytes.len() > expected {
+    // One byte more than declared, to see trailing data; grown as bytes arrive, so a
+    // short file costs no more than its length.
+    let mut data = Vec::with_capacity(count.min(1 << 26));
+    reader.take(count as u64 + 1).read_to_end(&mut data).map_err(failed)?;
+    if data.len() < count {
+        let offset = header_len + data.len();
+        return Err(DataError::Truncated { path: file(), offset, needed: expected, what: "elements" });
+    }
+    if data.len() > count {
+        // Not read to the end: past the header's elements, a stream may be a bomb.
         return Err(DataError::Invalid {
             path: file(),
             offset: expected,
-            details: format!("{} bytes past the {count} elements the header declares", bytes.len() - expected),
+            details: format!("data past the {count} elements the header declares"),
         });
     }
-    Ok((dims, header_len))
+    Ok(IdxArray { dims, data })
 }
 
 /// The byte offset of element `index` in an IDX file with `rank` dimensions.

@@ -1,4 +1,4 @@
-use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use super::{check_domain, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
 use nn_kernels::elementwise::{adam_update, AdamStep};
@@ -114,17 +114,41 @@ impl<T: Element> Optimizer<T> for Adam<T> {
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
         // Everything is read and checked before `self` changes: a bad state leaves
         // the optimizer as it was.
-        *self = Self {
+        let step = state.scalar("step")?;
+        check_domain("Adam step count", step, "a whole number from 0", |v| v >= 0.0 && v.fract() == 0.0)?;
+        let loaded = Self {
             lr: state.scalar("lr")?,
             beta1: state.scalar("beta1")?,
             beta2: state.scalar("beta2")?,
             epsilon: state.scalar("epsilon")?,
             weight_decay: state.scalar("weight_decay")?,
             decoupled: state.scalar("decoupled")? != 0.0,
-            step: state.scalar("step")? as u64,
+            step: step as u64,
             m: load_slot(state, "m", params)?,
             v: load_slot(state, "v", params)?,
         };
+        // Both moments exist once a step has been taken, and neither before.
+        if loaded.m.is_empty() != loaded.v.is_empty() || (loaded.step > 0) == loaded.m.is_empty() {
+            return Err(TrainError::OptimizerState {
+                details: format!(
+                    "{} first-moment and {} second-moment buffers after {} steps",
+                    loaded.m.len(),
+                    loaded.v.len(),
+                    loaded.step
+                ),
+            });
+        }
+        loaded.validate()?;
+        *self = loaded;
         Ok(())
+    }
+
+    fn validate(&self) -> Result<(), TrainError> {
+        let unit = |v: f64| (0.0..1.0).contains(&v);
+        check_domain("Adam learning rate", self.lr, "finite and at least 0", |v| v >= 0.0)?;
+        check_domain("Adam beta1", self.beta1, "in [0, 1)", unit)?;
+        check_domain("Adam beta2", self.beta2, "in [0, 1)", unit)?;
+        check_domain("Adam epsilon", self.epsilon, "finite and above 0", |v| v > 0.0)?;
+        check_domain("Adam weight decay", self.weight_decay, "finite and at least 0", |v| v >= 0.0)
     }
 }

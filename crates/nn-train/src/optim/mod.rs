@@ -58,6 +58,16 @@ pub trait Optimizer<T: Element>: Send {
     /// for (count or length).
     fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError>;
 
+    /// Checks every hyper-parameter's domain (a learning rate that is finite and not
+    /// negative, a momentum in `[0, 1)`, …). The trainer calls it before training, and
+    /// [`load_state`](Self::load_state) before it accepts a saved state.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the hyper-parameter and its value.
+    fn validate(&self) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     /// The state to save.
     fn state(&self) -> OptimizerState<T>;
 
@@ -67,6 +77,21 @@ pub trait Optimizer<T: Element>: Send {
     /// [`TrainError::OptimizerState`] when the state is of another optimizer or a buffer
     /// does not fit; the optimizer is then unchanged.
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError>;
+}
+
+/// `Ok` when `value` lies in the domain `ok` describes as `domain`, else
+/// [`TrainError::Config`] naming `what`.
+pub(crate) fn check_domain(
+    what: &'static str,
+    value: f64,
+    domain: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<(), TrainError> {
+    if value.is_finite() && ok(value) {
+        Ok(())
+    } else {
+        Err(TrainError::Config { what, details: format!("{value}: must be {domain}") })
+    }
 }
 
 /// Allocates zero buffers shaped like the parameters on first use, and checks on later

@@ -1,4 +1,4 @@
-use super::{ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use super::{check_domain, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
 use nn_kernels::elementwise::{sgd_update, SgdStep};
@@ -79,13 +79,25 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
     fn load_state(&mut self, state: &OptimizerState<T>, params: &[&Param<T>]) -> Result<(), TrainError> {
         // Everything is read and checked before `self` changes: a bad state leaves
         // the optimizer as it was.
-        *self = Self {
+        let loaded = Self {
             lr: state.scalar("lr")?,
             momentum: state.scalar("momentum")?,
             nesterov: state.scalar("nesterov")? != 0.0,
             weight_decay: state.scalar("weight_decay")?,
             velocity: load_slot(state, "velocity", params)?,
         };
+        loaded.validate()?;
+        *self = loaded;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), TrainError> {
+        check_domain("SGD learning rate", self.lr, "finite and at least 0", |v| v >= 0.0)?;
+        check_domain("SGD momentum", self.momentum, "in [0, 1)", |v| (0.0..1.0).contains(&v))?;
+        check_domain("SGD weight decay", self.weight_decay, "finite and at least 0", |v| v >= 0.0)?;
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(TrainError::Config { what: "SGD Nesterov", details: "needs a momentum above 0".into() });
+        }
         Ok(())
     }
 }
