@@ -16,7 +16,7 @@
 //! changing anything in the network or the optimizer.
 
 use crate::optim::{Optimizer, OptimizerState};
-use crate::trainer::TrainerState;
+use crate::trainer::{EpochProgress, TrainerState};
 use crate::TrainError;
 use nn_core::{Element, Sequential, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -227,7 +227,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     // Dropped on an error, the temporary file is removed. The name carries this
     // process's id, so that a later save can tell a crashed writer's leftovers.
     let own_prefix = format!("{prefix}{}-", std::process::id());
-    let mut tmp = tempfile::Builder::new().prefix(&own_prefix).tempfile_in(dir).map_err(io)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&own_prefix);
+    // A checkpoint gets the permissions any new file gets (0666 less the umask), not
+    // the private 0600 of a temporary file.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     // The data must be on disk before the rename makes it the checkpoint.
     tmp.as_file().sync_all().map_err(io)?;
@@ -445,6 +451,14 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
     if let Some((_, best_epoch)) = state.best {
         meta.insert("trainer.best_epoch".to_string(), best_epoch.to_string());
     }
+    if let Some(p) = &state.epoch_progress {
+        for (key, value) in
+            [("batches", p.batches), ("correct", p.correct), ("samples", p.samples), ("skipped", p.skipped)]
+        {
+            meta.insert(format!("trainer.epoch_progress.{key}"), value.to_string());
+        }
+        meta.insert("trainer.epoch_progress.error_sum".to_string(), p.error_sum.to_string());
+    }
     write_tensors(path, &tensors, meta)
 }
 
@@ -508,6 +522,16 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
         base_lr: get("trainer.base_lr")?,
         best: get("trainer.best")?.zip(best_epoch.map_err(|e| meta_err("trainer.best_epoch", e.to_string()))?),
         epochs_without_improvement: index("trainer.epochs_without_improvement")?,
+        epoch_progress: match count("trainer.epoch_progress.batches")? {
+            None => None,
+            Some(_) => Some(EpochProgress {
+                batches: index("trainer.epoch_progress.batches")?,
+                error_sum: required("trainer.epoch_progress.error_sum")?,
+                correct: index("trainer.epoch_progress.correct")?,
+                samples: index("trainer.epoch_progress.samples")?,
+                skipped: index("trainer.epoch_progress.skipped")?,
+            }),
+        },
     };
     if let Some(lr) = trainer.base_lr.filter(|&lr| lr <= 0.0) {
         return Err(meta_err("trainer.base_lr", format!("{lr} is not positive")).into());

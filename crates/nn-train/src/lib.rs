@@ -41,6 +41,6 @@ pub use eval::{evaluate, ConfusionMatrix, Evaluation};
 #[cfg(feature = "progress")]
 pub use progress::ProgressBars;
 pub use trainer::{
-    train_step, BatchProgress, EarlyStopping, EpochStats, Monitor, NoProgress, NonFinitePolicy, Observer, StopReason,
-    TrainConfig, TrainReport, Trainer, TrainerState,
+    train_step, BatchProgress, EarlyStopping, EpochProgress, EpochStats, Monitor, NoProgress, NonFinitePolicy,
+    Observer, StopReason, TrainConfig, TrainReport, Trainer, TrainerState,
 };

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// Save a checkpoint here at the end of every epoch.
     #[cfg(feature = "checkpoint")]
     pub checkpoint: Option<PathBuf>,
+    /// Also save it every this many updates, mid-epoch included: a run resumed from
+    /// any of them continues exactly as the uninterrupted run would have.
+    #[cfg(feature = "checkpoint")]
+    pub checkpoint_every: Option<u64>,
     /// Batch size for validation passes.
     pub eval_batch_size: usize,
     /// What to do when a step goes non-finite.
@@ -131,6 +135,8 @@ impl Default for TrainConfig {
             schedule: LrSchedule::Constant,
             #[cfg(feature = "checkpoint")]
             checkpoint: None,
+            #[cfg(feature = "checkpoint")]
+            checkpoint_every: None,
             eval_batch_size: 64,
             non_finite: NonFinitePolicy::Stop,
         }
@@ -251,6 +257,25 @@ pub struct TrainerState {
     pub best: Option<(f64, usize)>,
     /// Epochs since the best.
     pub epochs_without_improvement: usize,
+    /// Where in its epoch a mid-epoch checkpoint was taken (`None` at an epoch's end).
+    pub epoch_progress: Option<EpochProgress>,
+}
+
+/// How far the current epoch had got: its batches done and the sums its figures are
+/// made of, so that a run resumed mid-epoch reports the same epoch as one that was not
+/// interrupted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EpochProgress {
+    /// Batches of the epoch done (updated or skipped).
+    pub batches: usize,
+    /// `Σ_p L` over the epoch's patterns so far.
+    pub error_sum: f64,
+    /// Patterns classified correctly so far.
+    pub correct: usize,
+    /// Patterns seen so far (of batches not skipped).
+    pub samples: usize,
+    /// Batches skipped so far.
+    pub skipped: usize,
 }
 
 /// The outcome of [`Trainer::fit`].
@@ -393,8 +418,11 @@ impl Trainer {
             observer.epoch_start(epoch, batches);
             let epoch_started = Instant::now();
             let mut compute = Duration::ZERO;
-            let (mut error, mut correct, mut seen, mut skipped) = (0.0, 0usize, 0usize, 0usize);
-            for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            // A run resumed mid-epoch starts after the batches done, from their sums.
+            let progress = self.state.epoch_progress.take().unwrap_or_default();
+            let (mut error, mut correct, mut seen, mut skipped) =
+                (progress.error_sum, progress.correct, progress.samples, progress.skipped);
+            for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(progress.batches) {
                 train.fill_batch(chunk, &mut inputs, &mut targets)?;
                 let step_started = Instant::now();
                 let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
@@ -452,6 +480,15 @@ impl Trainer {
                     learning_rate: lr,
                     skipped_batches: skipped,
                 };
+                // Mid-epoch, the state says how far the epoch got: a checkpoint taken now,
+                // or a later `fit` after a stop, goes on from the next batch.
+                self.state.epoch_progress = (!epoch_done).then_some(EpochProgress {
+                    batches: b + 1,
+                    error_sum: error,
+                    correct,
+                    samples: seen,
+                    skipped,
+                });
                 let (mut epoch_cap, mut early) = (None, None);
                 if epoch_done {
                     self.state.epoch += 1;
@@ -463,6 +500,12 @@ impl Trainer {
                     epoch_cap = config.max_epochs.filter(|&limit| self.state.epoch >= limit);
                     #[cfg(feature = "checkpoint")]
                     if let Some(path) = &config.checkpoint {
+                        checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
+                    }
+                }
+                #[cfg(feature = "checkpoint")]
+                if let (Some(path), Some(every)) = (&config.checkpoint, config.checkpoint_every) {
+                    if !epoch_done && self.state.iteration.is_multiple_of(every.max(1)) {
                         checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
                     }
                 }

@@ -232,3 +232,17 @@ fn a_writer_killed_mid_save_leaves_the_old_or_the_new_checkpoint() {
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(left, 1);
 }
+
+/// A saved file has the permissions of any file the process creates, not the private
+/// ones of a temporary file.
+#[cfg(unix)]
+#[test]
+fn saved_files_have_ordinary_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (saved, plain) = (dir.path().join("w.safetensors"), dir.path().join("plain"));
+    save_weights(&saved, &small_cnn(1)).unwrap();
+    std::fs::File::create(&plain).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&saved), mode(&plain));
+}

@@ -48,36 +48,33 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 /// # Errors
 /// As for [`read_idx`].
 pub fn read_idx_limited(path: &Path, max_element_bytes: usize) -> Result<IdxArray, DataError> {
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
-    let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
-    let mut magic = [0u8; 2];
-    let peeked = read_up_to(&mut file, &mut magic).map_err(io)?;
-    let start = std::io::Cursor::new(magic[..peeked].to_vec());
-    if magic[..peeked] == GZIP_MAGIC {
-        return read_gzip(start.chain(file), path, max_element_bytes);
-    }
-    read_stream(&mut start.chain(file), path, max_element_bytes, &|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    read_idx_from(BufReader::new(file), path, max_element_bytes)
 }
 
-/// Reads an uncompressed IDX stream, declaring at most `max_element_bytes` of
-/// elements; `path` names it in errors. Nothing past the declared elements is read but
-/// one byte, to tell that there is more.
+/// Reads an IDX stream, gzip-compressed or raw, declaring at most `max_element_bytes`
+/// of elements; `path` names it in errors. Nothing past the declared elements is read
+/// (or decompressed) but one byte, to tell that there is more.
 ///
 /// # Errors
 /// [`DataError`] naming `path` and the byte offset.
 pub fn read_idx_from(mut reader: impl Read, path: &Path, max_element_bytes: usize) -> Result<IdxArray, DataError> {
-    read_stream(&mut reader, path, max_element_bytes, &|source| DataError::Io { path: path.to_path_buf(), source })
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let mut magic = [0u8; 2];
+    let peeked = read_up_to(&mut reader, &mut magic).map_err(io)?;
+    let mut stream = std::io::Cursor::new(magic[..peeked].to_vec()).chain(reader);
+    if magic[..peeked] == GZIP_MAGIC {
+        return read_gzip(stream, path, max_element_bytes);
+    }
+    read_stream(&mut stream, path, max_element_bytes, &io)
 }
 
 /// Parses the bytes of an (uncompressed) IDX file; `path` names it in errors.
 ///
 /// # Errors
 /// [`DataError`] naming `path` and the byte offset.
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
-    read_idx_from(bytes, path, usize::MAX)
+pub fn parse_idx(mut bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
+    read_stream(&mut bytes, path, usize::MAX, &|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(feature = "gzip")]
