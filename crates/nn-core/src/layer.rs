@@ -64,6 +64,22 @@ pub trait Layer<T: Element>: Send + Sync {
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         Vec::new()
     }
+
+    /// State that is not trained but saved with the parameters (batch normalisation's
+    /// running estimates), by name, in a fixed order.
+    fn buffers(&self) -> Vec<(&'static str, &Tensor<T>)> {
+        Vec::new()
+    }
+
+    /// The buffers, mutably, in the same order as [`Layer::buffers`].
+    fn buffers_mut(&mut self) -> Vec<(&'static str, &mut Tensor<T>)> {
+        Vec::new()
+    }
+
+    /// Switches between training (the default) and evaluation, for layers that behave
+    /// differently (batch statistics against running estimates). The trainer and
+    /// `evaluate` set the mode themselves.
+    fn set_training(&mut self, _training: bool) {}
 }
 
 /// Checks that `tensor` is `[batch, per_sample…]` with a positive batch, and returns

@@ -66,7 +66,9 @@ pub use tensor::Tensor;
 
 /// Everything a user of the layers needs, in one import.
 pub mod prelude {
-    pub use crate::layers::{ActivationLayer, Conv, ConvSpec, Dense, Flatten, Pool, PoolKind, PoolSpec};
+    pub use crate::layers::{
+        ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+    };
     pub use crate::{
         seeded_rng, Activation, Element, Init, KernelMode, Layer, Loss, MeanSquaredError, NnError, OutputRounding,
         Padding, Param, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,

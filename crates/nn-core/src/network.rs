@@ -1,4 +1,6 @@
-use crate::layers::{ActivationLayer, Conv, ConvSpec, Dense, Flatten, Pool, PoolKind, PoolSpec};
+use crate::layers::{
+    ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+};
 use crate::{seeded_rng, Init, Layer, NnError, Param, SeededRng, Tensor};
 use nn_kernels::elementwise::Activation;
 use nn_kernels::Element;
@@ -18,6 +20,7 @@ pub struct Sequential<T: Element> {
     /// neither re-grows nor zero-fills them.
     grads: Vec<Tensor<T>>,
     forward_done: bool,
+    training: bool,
 }
 
 impl<T: Element> std::fmt::Debug for Sequential<T> {
@@ -62,7 +65,7 @@ impl<T: Element> Sequential<T> {
         }
         let activations = (0..=layers.len()).map(|_| Tensor::default()).collect();
         let grads = (0..layers.len().max(1)).map(|_| Tensor::default()).collect();
-        Ok(Self { input_shape: input_shape.to_vec(), layers, activations, grads, forward_done: false })
+        Ok(Self { input_shape: input_shape.to_vec(), layers, activations, grads, forward_done: false, training: true })
     }
 
     /// A builder that tracks the shape as layers are added, drawing initial weights
@@ -202,6 +205,43 @@ impl<T: Element> Sequential<T> {
             .collect()
     }
 
+    /// Every buffer (state saved with the parameters but not trained, such as batch
+    /// normalisation's running estimates), named as parameters are:
+    /// `"{index}.{kind}.{name}"`.
+    pub fn named_buffers(&self) -> Vec<(String, &Tensor<T>)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.buffers().into_iter().map(move |(name, b)| (format!("{i}.{}.{name}", l.kind()), b)))
+            .collect()
+    }
+
+    /// [`named_buffers`](Self::named_buffers), mutably.
+    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<T>)> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let kind = l.kind();
+                l.buffers_mut().into_iter().map(move |(name, b)| (format!("{i}.{kind}.{name}"), b))
+            })
+            .collect()
+    }
+
+    /// Switches every layer to training (`true`) or evaluation mode; see
+    /// [`Layer::set_training`].
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+        for layer in &mut self.layers {
+            layer.set_training(training);
+        }
+    }
+
+    /// True in training mode (the default), false in evaluation mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
     /// Sets every parameter gradient to zero (the start of a minibatch's Σ_p).
     pub fn zero_grad(&mut self) {
         for p in self.params_mut() {
@@ -339,6 +379,16 @@ impl<T: Element> SequentialBuilder<T> {
     /// A pooling layer.
     pub fn pool(self, spec: PoolSpec) -> Self {
         self.push_with("pool", |shape, _| Ok(Box::new(Pool::new(shape, spec)?)))
+    }
+
+    /// Batch normalisation over the channel axis (PyTorch's momentum and ε).
+    pub fn batch_norm(self) -> Self {
+        self.push_with("batch_norm", |shape, _| Ok(Box::new(BatchNorm::new(shape)?)))
+    }
+
+    /// Global average pooling: `[C, spatial…]` to `[C]`.
+    pub fn global_avg_pool(self) -> Self {
+        self.push_with("global_avg_pool", |shape, _| Ok(Box::new(GlobalAvgPool::new(shape)?)))
     }
 
     /// Flattens each sample to one dimension.

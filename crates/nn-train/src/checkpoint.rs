@@ -1,11 +1,12 @@
 //! Saving and loading parameters and training state as safetensors files.
 //!
-//! - [`save_weights`] / [`load_weights`]: the network's parameters alone, named
-//!   `"{layer index}.{layer kind}.{parameter}"` (e.g. `"0.conv.weight"`), readable by
-//!   the `safetensors` Python package.
-//! - [`save_checkpoint`] / [`load_checkpoint`]: parameters (`"param.…"`), optimizer
-//!   buffers (`"optim.…"`), and the optimizer's scalars and the trainer's counters in
-//!   the file's metadata.
+//! - [`save_weights`] / [`load_weights`]: the network's parameters and buffers (batch
+//!   normalisation's running estimates), named `"{layer index}.{layer kind}.{name}"`
+//!   (e.g. `"0.conv.weight"`, `"1.batch_norm.running_mean"`), readable by the
+//!   `safetensors` Python package.
+//! - [`save_checkpoint`] / [`load_checkpoint`]: parameters (`"param.…"`), the
+//!   network's buffers (`"buffer.…"`), optimizer buffers (`"optim.…"`), and the
+//!   optimizer's scalars and the trainer's counters in the file's metadata.
 //!
 //! Files are written to a temporary file in the same directory, flushed to disk, then
 //! renamed over the target: a crash mid-write leaves the previous file intact, and the
@@ -356,35 +357,54 @@ fn expect_format(
     }
 }
 
-/// Reads every parameter of `net` from `prefix{name}` tensors, checking that each
-/// exists with the right shape and type and that no other `prefix…` tensor exists.
-fn read_params<T: Element>(
+/// The network's parameters and buffers read from a file.
+struct NetworkValues<T: Element> {
+    params: Vec<Tensor<T>>,
+    buffers: Vec<Tensor<T>>,
+}
+
+/// Reads every parameter of `net` from `{param_prefix}{name}` tensors and every buffer
+/// from `{buffer_prefix}{name}`, checking that each exists with the right shape and
+/// type and that no other tensor under those prefixes exists.
+fn read_network<T: Element>(
     path: &Path,
     file: &SafeTensors,
     net: &Sequential<T>,
-    prefix: &str,
-) -> Result<Vec<Tensor<T>>, CheckpointError> {
+    (param_prefix, buffer_prefix): (&str, &str),
+) -> Result<NetworkValues<T>, CheckpointError> {
     let named = net.named_params();
-    let values = named
+    let buffers = net.named_buffers();
+    let params = named
         .iter()
-        .map(|(name, p)| read_tensor(path, file, &format!("{prefix}{name}"), Some(p.value.shape())))
+        .map(|(name, p)| read_tensor(path, file, &format!("{param_prefix}{name}"), Some(p.value.shape())))
         .collect::<Result<Vec<_>, _>>()?;
+    let buffer_values = buffers
+        .iter()
+        .map(|(name, b)| read_tensor(path, file, &format!("{buffer_prefix}{name}"), Some(b.shape())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let known = |n: &str| {
+        let is = |prefix: &str, name: &str| n.strip_prefix(prefix) == Some(name);
+        named.iter().any(|(name, _)| is(param_prefix, name)) || buffers.iter().any(|(name, _)| is(buffer_prefix, name))
+    };
     let mut stray: Vec<String> = file
         .names()
         .into_iter()
-        .filter(|n| n.starts_with(prefix) && !named.iter().any(|(name, _)| n[prefix.len()..] == **name))
+        .filter(|n| (n.starts_with(param_prefix) || n.starts_with(buffer_prefix)) && !known(n))
         .map(String::from)
         .collect();
     stray.sort();
     if let Some(name) = stray.into_iter().next() {
         return Err(CheckpointError::Unexpected { path: path.into(), name });
     }
-    Ok(values)
+    Ok(NetworkValues { params, buffers: buffer_values })
 }
 
-fn assign<T: Element>(net: &mut Sequential<T>, values: Vec<Tensor<T>>) {
-    for (p, v) in net.params_mut().into_iter().zip(values) {
+fn assign<T: Element>(net: &mut Sequential<T>, values: NetworkValues<T>) {
+    for (p, v) in net.params_mut().into_iter().zip(values.params) {
         p.value = v;
+    }
+    for ((_, b), v) in net.named_buffers_mut().into_iter().zip(values.buffers) {
+        *b = v;
     }
 }
 
@@ -394,7 +414,9 @@ fn assign<T: Element>(net: &mut Sequential<T>, values: Vec<Tensor<T>>) {
 /// [`CheckpointError::Io`] naming the file when it cannot be written; the previous
 /// file at `path`, if any, is then intact.
 pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), CheckpointError> {
-    let tensors: Vec<(String, Bytes)> = net.named_params().into_iter().map(|(n, p)| (n, to_bytes(&p.value))).collect();
+    let mut tensors: Vec<(String, Bytes)> =
+        net.named_params().into_iter().map(|(n, p)| (n, to_bytes(&p.value))).collect();
+    tensors.extend(net.named_buffers().into_iter().map(|(n, b)| (n, to_bytes(b))));
     let meta = HashMap::from([(FORMAT_KEY.to_string(), WEIGHTS_FORMAT.to_string())]);
     write_tensors(path, &tensors, meta)
 }
@@ -408,7 +430,7 @@ pub fn load_weights<T: Element>(path: &Path, net: &mut Sequential<T>) -> Result<
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
     expect_format(path, &file, &meta, WEIGHTS_FORMAT, WEIGHTS_FORMAT_V1)?;
-    let values = read_params(path, &file, net, "")?;
+    let values = read_network(path, &file, net, ("", ""))?;
     assign(net, values);
     Ok(())
 }
@@ -427,6 +449,7 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
     let optim = optimizer.state();
     let mut tensors: Vec<(String, Bytes)> =
         net.named_params().into_iter().map(|(n, p)| (format!("param.{n}"), to_bytes(&p.value))).collect();
+    tensors.extend(net.named_buffers().into_iter().map(|(n, b)| (format!("buffer.{n}"), to_bytes(b))));
     tensors.extend(optim.buffers.iter().map(|(n, t)| (format!("optim.{n}"), to_bytes(t))));
 
     let mut meta = HashMap::from([
@@ -505,7 +528,7 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
             return Err(meta_err("optimizer", format!("file has {found:?}, loading into {:?}", optimizer.name())).into())
         }
     }
-    let values = read_params(path, &file, net, "param.")?;
+    let values = read_network(path, &file, net, ("param.", "buffer."))?;
 
     let mut state = OptimizerState::default();
     for key in meta.keys().filter_map(|k| k.strip_prefix("optim.")) {
@@ -540,6 +563,7 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
     // network's values are assigned only after it accepted.
     {
         let params: Vec<_> = values
+            .params
             .iter()
             .zip(net.params())
             .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })

@@ -68,8 +68,9 @@ pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item
 
 /// Runs `net` over every sample of `data` in batches of `batch_size`, in order, and
 /// reports the summed and mean loss, and accuracy and confusion for class targets.
-/// Like [`train_step`](crate::train_step), it runs on a worker of the current rayon
-/// pool.
+/// The network runs in evaluation mode (batch normalisation on its running estimates)
+/// and is left in the mode it came in. Like [`train_step`](crate::train_step), it runs
+/// on a worker of the current rayon pool.
 ///
 /// # Errors
 /// [`TrainError`] when `batch_size` is zero, `data` is empty, or a batch does not fit
@@ -92,6 +93,26 @@ where
     if data.is_empty() {
         return Err(TrainError::Config { what: "evaluation data", details: "has no samples".into() });
     }
+    // Evaluation mode (running statistics), and the caller's mode back afterwards.
+    let was_training = net.is_training();
+    net.set_training(false);
+    let result = evaluate_batches(net, loss, data, batch_size);
+    net.set_training(was_training);
+    result
+}
+
+fn evaluate_batches<T, D, L>(
+    net: &mut Sequential<T>,
+    loss: &L,
+    data: &D,
+    batch_size: usize,
+) -> Result<Evaluation, TrainError>
+where
+    T: Element,
+    D: Dataset<T>,
+    L: Loss<T>,
+    D::Targets: AsRef<L::Target>,
+{
     let (error_sum, confusion) = rayon::scope(|_| {
         let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
         let mut error_sum = 0.0;

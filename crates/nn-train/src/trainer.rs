@@ -415,6 +415,9 @@ impl Trainer {
                 // sees the same batches as an uninterrupted one.
                 order.shuffle(&mut seeded_rng(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             }
+            // Validation at the end of the last epoch switched to evaluation and back;
+            // a user's network may come in either mode.
+            net.set_training(true);
             observer.epoch_start(epoch, batches);
             let epoch_started = Instant::now();
             let mut compute = Duration::ZERO;

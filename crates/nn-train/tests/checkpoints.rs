@@ -213,3 +213,78 @@ fn resume_from_any_update_is_identical() {
         assert_eq!(last(&report), last(&straight_report), "stopped after update {stop_at}");
     }
 }
+
+fn bn_cnn(seed: u64) -> Sequential<f32> {
+    Sequential::builder(&[1, 28, 28], seed)
+        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).bias(false).rounding(OutputRounding::Floor))
+        .batch_norm()
+        .relu()
+        .global_avg_pool()
+        .dense(10)
+        .build()
+        .unwrap()
+}
+
+fn running_stats(net: &Sequential<f32>) -> Vec<Vec<f32>> {
+    net.named_buffers().into_iter().map(|(_, b)| b.data().to_vec()).collect()
+}
+
+/// Batch normalisation's running estimates are saved and restored with the weights,
+/// and a resumed run with them is the uninterrupted one to the bit.
+#[test]
+fn batch_norm_running_estimates_are_checkpointed() {
+    let train = data();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("bn.safetensors");
+    let make = || Sgd::new(0.05).momentum(0.9);
+    let mut straight = bn_cnn(1);
+    Trainer::new(config(2, None))
+        .fit(&mut straight, &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
+        .unwrap();
+    assert_ne!(running_stats(&straight), running_stats(&bn_cnn(1)), "training moved the estimates");
+
+    Trainer::new(config(1, Some(&ckpt)))
+        .fit(&mut bn_cnn(1), &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
+        .unwrap();
+    let (mut resumed, mut optimizer) = (bn_cnn(9), make());
+    let mut trainer = Trainer::resume(config(2, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
+    trainer.fit(&mut resumed, &mut optimizer, &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
+    assert_eq!(weights(&resumed), weights(&straight));
+    assert_eq!(running_stats(&resumed), running_stats(&straight));
+
+    let path = dir.path().join("w.safetensors");
+    save_weights(&path, &straight).unwrap();
+    let mut loaded = bn_cnn(3);
+    load_weights(&path, &mut loaded).unwrap();
+    assert_eq!(running_stats(&loaded), running_stats(&straight));
+    // A file without the estimates does not fit a network that has them.
+    let mut no_bn = Sequential::<f32>::builder(&[1, 28, 28], 0)
+        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).bias(false).rounding(OutputRounding::Floor))
+        .relu()
+        .global_avg_pool()
+        .dense(10)
+        .build()
+        .unwrap();
+    let no_bn_path = dir.path().join("plain.safetensors");
+    save_weights(&no_bn_path, &no_bn).unwrap();
+    let err = load_weights(&no_bn_path, &mut loaded).unwrap_err();
+    assert!(matches!(&err, CheckpointError::Missing { .. }), "{err}");
+    let err = load_weights(&path, &mut no_bn).unwrap_err();
+    assert!(matches!(err, CheckpointError::Missing { .. } | CheckpointError::Unexpected { .. }), "{err}");
+}
+
+/// `evaluate` uses the running estimates and leaves the network in its mode.
+#[test]
+fn evaluation_runs_in_evaluation_mode() {
+    let train = data();
+    let mut net = bn_cnn(1);
+    let eval = nn_train::evaluate(&mut net, &SoftmaxCrossEntropy, &train, 32).unwrap();
+    assert!(net.is_training(), "the mode it came in");
+    // Fresh running estimates (mean 0, variance 1) and batch statistics differ, so
+    // the losses tell which were used.
+    net.set_training(false);
+    let by_running = nn_train::evaluate(&mut net, &SoftmaxCrossEntropy, &train, 32).unwrap();
+    assert!(!net.is_training());
+    assert_eq!(eval.mean_loss.to_bits(), by_running.mean_loss.to_bits());
+    assert!(running_stats(&net).iter().flatten().zip([0.0f32; 4].iter().chain(&[1.0; 4])).all(|(a, b)| a == b));
+}

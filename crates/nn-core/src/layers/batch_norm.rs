@@ -1,0 +1,224 @@
+use crate::layer::{backward_batch, batch_of};
+use crate::{Layer, NnError, Param, Tensor};
+use nn_kernels::Element;
+use rayon::prelude::*;
+
+/// Batch normalisation over the channel axis of `[C, spatial…]` samples, any number of
+/// spatial dimensions (none included: `[C]`):
+/// `y = γ·(x − μ)/√(σ² + ε) + β`, per channel.
+///
+/// In training, μ and σ² are the batch's (over the batch and every spatial cell; σ² is
+/// the biased variance), and the running estimates move towards them by `momentum`
+/// (the running variance takes the unbiased one); in evaluation the running estimates
+/// are used. PyTorch's defaults: momentum 0.1, ε = 1e-5, γ = 1, β = 0.
+#[derive(Debug, Clone)]
+pub struct BatchNorm<T: Element> {
+    shape: Vec<usize>,
+    gamma: Param<T>,
+    beta: Param<T>,
+    running_mean: Tensor<T>,
+    running_var: Tensor<T>,
+    momentum: f64,
+    eps: f64,
+    training: bool,
+    /// Per channel, the mean and 1/√(σ² + ε) the last forward pass normalised with.
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+impl<T: Element> BatchNorm<T> {
+    /// Normalisation of samples shaped `input_shape` (`[C, spatial…]`), with PyTorch's
+    /// momentum (0.1) and ε (1e-5).
+    ///
+    /// # Errors
+    /// [`NnError::InvalidArgument`] for a shape without a channel axis or with zero
+    /// channels.
+    pub fn new(input_shape: &[usize]) -> Result<Self, NnError> {
+        Self::with_options(input_shape, 0.1, 1e-5)
+    }
+
+    /// As [`new`](Self::new), with the running estimates' momentum and ε.
+    ///
+    /// # Errors
+    /// As for [`new`](Self::new), and [`NnError::InvalidArgument`] for a momentum
+    /// outside `[0, 1]` or an ε that is not positive and finite.
+    pub fn with_options(input_shape: &[usize], momentum: f64, eps: f64) -> Result<Self, NnError> {
+        let invalid = |what, details: String| Err(NnError::InvalidArgument { what, details });
+        let Some(&channels) = input_shape.first() else {
+            return invalid("batch norm input shape", "[] has no channel axis".into());
+        };
+        if input_shape.contains(&0) {
+            return invalid("batch norm input shape", format!("{input_shape:?} has a zero length"));
+        }
+        if !(0.0..=1.0).contains(&momentum) {
+            return invalid("batch norm momentum", format!("{momentum} is not in [0, 1]"));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return invalid("batch norm eps", format!("{eps} is not positive and finite"));
+        }
+        let filled = |value: f64| Tensor::from_vec(&[channels], vec![T::from_f64(value); channels]);
+        Ok(Self {
+            shape: input_shape.to_vec(),
+            gamma: Param::new("weight", filled(1.0)?),
+            beta: Param::new("bias", filled(0.0)?),
+            running_mean: filled(0.0)?,
+            running_var: filled(1.0)?,
+            momentum,
+            eps,
+            training: true,
+            mean: vec![0.0; channels],
+            inv_std: vec![1.0; channels],
+        })
+    }
+
+    /// The running mean and variance, per channel.
+    pub fn running_stats(&self) -> (&Tensor<T>, &Tensor<T>) {
+        (&self.running_mean, &self.running_var)
+    }
+
+    fn channels(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Cells per channel in one sample.
+    fn plane(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
+}
+
+/// The cells of channel `c` in a `[batch, C, plane]` buffer, image by image.
+fn channel_runs<T>(data: &[T], channels: usize, plane: usize, c: usize) -> impl Iterator<Item = &[T]> {
+    data.chunks_exact(channels * plane).map(move |image| &image[c * plane..(c + 1) * plane])
+}
+
+impl<T: Element> Layer<T> for BatchNorm<T> {
+    fn kind(&self) -> &'static str {
+        "batch_norm"
+    }
+
+    fn input_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn output_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {
+        let batch = batch_of("batch norm forward", input, &self.shape)?;
+        output.set_batch_shape(batch, &self.shape)?;
+        let (channels, plane) = (self.channels(), self.plane());
+        let count = (batch * plane) as f64;
+        if self.training {
+            // Each channel's sums in one order, whatever the thread count.
+            let stats: Vec<(f64, f64)> = (0..channels)
+                .into_par_iter()
+                .map(|c| {
+                    let runs = || channel_runs(input.data(), channels, plane, c);
+                    let mean = runs().flatten().map(|v| v.as_f64()).sum::<f64>() / count;
+                    let var = runs().flatten().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / count;
+                    (mean, var)
+                })
+                .collect();
+            let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+            for (c, &(mean, var)) in stats.iter().enumerate() {
+                self.mean[c] = mean;
+                self.inv_std[c] = 1.0 / (var + self.eps).sqrt();
+                let m = self.momentum;
+                let (rm, rv) = (&mut self.running_mean.data_mut()[c], &mut self.running_var.data_mut()[c]);
+                *rm = T::from_f64((1.0 - m) * rm.as_f64() + m * mean);
+                *rv = T::from_f64((1.0 - m) * rv.as_f64() + m * var * unbiased);
+            }
+        } else {
+            for c in 0..channels {
+                self.mean[c] = self.running_mean.data()[c].as_f64();
+                self.inv_std[c] = 1.0 / (self.running_var.data()[c].as_f64() + self.eps).sqrt();
+            }
+        }
+        let (gamma, beta) = (self.gamma.value.data(), self.beta.value.data());
+        let sample = channels * plane;
+        output.data_mut().par_chunks_mut(sample).zip(input.data().par_chunks(sample)).for_each(|(y, x)| {
+            for (c, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
+                let scale = gamma[c].as_f64() * self.inv_std[c];
+                let shift = beta[c].as_f64() - self.mean[c] * scale;
+                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * scale + shift;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// In training, the closed form through the batch statistics:
+    /// `∂x = γ/√(σ² + ε) · (g − mean(g) − x̂·mean(g·x̂))`, means per channel over the
+    /// batch and the spatial cells; in evaluation the statistics are constants and
+    /// `∂x = γ/√(σ² + ε) · g`. Always `∂γ += Σ g·x̂`, `∂β += Σ g`.
+    fn backward(
+        &mut self,
+        input: &Tensor<T>,
+        output: &Tensor<T>,
+        grad_output: &Tensor<T>,
+        grad_input: Option<&mut Tensor<T>>,
+    ) -> Result<(), NnError> {
+        let batch = backward_batch(self, input, output, grad_output)?;
+        let (channels, plane) = (self.channels(), self.plane());
+        let count = (batch * plane) as f64;
+        let (mean, inv_std) = (&self.mean, &self.inv_std);
+        // Per channel: Σ g and Σ g·x̂.
+        let sums: Vec<(f64, f64)> = (0..channels)
+            .into_par_iter()
+            .map(|c| {
+                let g = channel_runs(grad_output.data(), channels, plane, c).flatten();
+                let x = channel_runs(input.data(), channels, plane, c).flatten();
+                g.zip(x).fold((0.0, 0.0), |(sg, sgx), (g, x)| {
+                    let (g, x_hat) = (g.as_f64(), (x.as_f64() - mean[c]) * inv_std[c]);
+                    (sg + g, sgx + g * x_hat)
+                })
+            })
+            .collect();
+        for (c, &(sg, sgx)) in sums.iter().enumerate() {
+            self.beta.grad.data_mut()[c] += T::from_f64(sg);
+            self.gamma.grad.data_mut()[c] += T::from_f64(sgx);
+        }
+        let Some(dx) = grad_input else { return Ok(()) };
+        dx.set_batch_shape(batch, &self.shape)?;
+        let gamma = self.gamma.value.data();
+        let training = self.training;
+        let sample = channels * plane;
+        let (g_all, x_all) = (grad_output.data(), input.data());
+        dx.data_mut().par_chunks_mut(sample).enumerate().for_each(|(n, dx)| {
+            for (c, dx) in dx.chunks_exact_mut(plane).enumerate() {
+                let at = n * sample + c * plane;
+                let (g, x) = (&g_all[at..at + plane], &x_all[at..at + plane]);
+                let scale = gamma[c].as_f64() * inv_std[c];
+                let (mean_g, mean_gx) = if training { (sums[c].0 / count, sums[c].1 / count) } else { (0.0, 0.0) };
+                for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                    let x_hat = (x.as_f64() - mean[c]) * inv_std[c];
+                    *dx = T::from_f64(scale * (g.as_f64() - mean_g - x_hat * mean_gx));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn params(&self) -> Vec<&Param<T>> {
+        vec![&self.gamma, &self.beta]
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        vec![&mut self.gamma, &mut self.beta]
+    }
+
+    fn buffers(&self) -> Vec<(&'static str, &Tensor<T>)> {
+        vec![("running_mean", &self.running_mean), ("running_var", &self.running_var)]
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(&'static str, &mut Tensor<T>)> {
+        vec![("running_mean", &mut self.running_mean), ("running_var", &mut self.running_var)]
+    }
+}

@@ -1,0 +1,148 @@
+//! Batch normalisation and global average pooling: finite differences in f64 (batch
+//! normalisation in training mode, through its batch statistics, and in evaluation
+//! mode), and the forward pass and running estimates against their definitions.
+
+use nn_core::gradcheck::{check_layer, check_network, GradCheckOptions};
+use nn_core::prelude::*;
+use rand::Rng;
+
+const TOLERANCE: f64 = 1e-6;
+
+fn random_tensor(shape: &[usize], seed: u64) -> Tensor<f64> {
+    let mut rng = seeded_rng(seed);
+    let len = shape.iter().product();
+    Tensor::from_vec(shape, (0..len).map(|_| rng.gen_range(-1.0..2.0)).collect()).unwrap()
+}
+
+fn batch_of(per_sample: &[usize], batch: usize) -> Vec<usize> {
+    let mut shape = vec![batch];
+    shape.extend_from_slice(per_sample);
+    shape
+}
+
+/// γ and β away from 1 and 0, so that their gradients and the scale are exercised.
+fn with_affine(mut bn: BatchNorm<f64>, seed: u64) -> BatchNorm<f64> {
+    let mut rng = seeded_rng(seed);
+    for p in bn.params_mut() {
+        p.value.data_mut().iter_mut().for_each(|v| *v = rng.gen_range(0.5..1.5));
+    }
+    bn
+}
+
+#[test]
+fn batch_norm_gradients_in_zero_to_three_spatial_dimensions() {
+    for (shape, batch) in [(vec![3], 5), (vec![2, 7], 3), (vec![3, 4, 3], 2), (vec![2, 3, 2, 3], 2)] {
+        for training in [true, false] {
+            let mut bn = with_affine(BatchNorm::new(&shape).unwrap(), 1);
+            if !training {
+                // Running estimates of a few batches, then evaluation.
+                for seed in 0..3 {
+                    bn.forward(&random_tensor(&batch_of(&shape, batch), 10 + seed), &mut Tensor::default()).unwrap();
+                }
+                bn.set_training(false);
+            }
+            let x = random_tensor(&batch_of(&shape, batch), 2);
+            let report = check_layer(&mut bn, &x, GradCheckOptions::default()).unwrap();
+            assert!(report.passed(TOLERANCE), "{shape:?}, training {training}: {report:?}");
+            assert_eq!(report.checked, x.len() + 2 * shape[0]);
+        }
+    }
+}
+
+#[test]
+fn batch_norm_forward_and_running_estimates_follow_the_definition() {
+    let (shape, batch) = ([2, 3, 2], 4);
+    let x = random_tensor(&batch_of(&shape, batch), 3);
+    let mut bn = with_affine(BatchNorm::with_options(&shape, 0.25, 1e-3).unwrap(), 4);
+    let (gamma, beta) = (bn.params()[0].value.data().to_vec(), bn.params()[1].value.data().to_vec());
+    let mut y = Tensor::default();
+    bn.forward(&x, &mut y).unwrap();
+    let plane = 6;
+    for c in 0..2 {
+        let cells: Vec<f64> =
+            (0..batch).flat_map(|n| x.data()[(n * 2 + c) * plane..(n * 2 + c + 1) * plane].to_vec()).collect();
+        let m = cells.len() as f64;
+        let mean = cells.iter().sum::<f64>() / m;
+        let var = cells.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+        for n in 0..batch {
+            for s in 0..plane {
+                let at = (n * 2 + c) * plane + s;
+                let want = gamma[c] * (x.data()[at] - mean) / (var + 1e-3).sqrt() + beta[c];
+                assert!((y.data()[at] - want).abs() < 1e-12, "channel {c}");
+            }
+        }
+        // From 0 and 1, a quarter of the way to the batch mean and unbiased variance.
+        let (rm, rv) = bn.running_stats();
+        assert!((rm.data()[c] - 0.25 * mean).abs() < 1e-12);
+        assert!((rv.data()[c] - (0.75 + 0.25 * var * m / (m - 1.0))).abs() < 1e-12);
+    }
+    // In evaluation the running estimates normalise, and stay as they are.
+    bn.set_training(false);
+    let before = bn.running_stats().0.clone();
+    bn.forward(&x, &mut y).unwrap();
+    assert_eq!(bn.running_stats().0, &before);
+    let (rm, rv) = bn.running_stats();
+    let want = gamma[1] * (x.data()[plane] - rm.data()[1]) / (rv.data()[1] + 1e-3).sqrt() + beta[1];
+    assert!((y.data()[plane] - want).abs() < 1e-12);
+}
+
+#[test]
+fn batch_norm_is_bit_identical_on_any_thread_count() {
+    let x = random_tensor(&[8, 16, 6, 6], 5).cast::<f32>();
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut bn = BatchNorm::<f32>::new(&[16, 6, 6]).unwrap();
+            let (mut y, mut dx) = (Tensor::default(), Tensor::default());
+            bn.forward(&x, &mut y).unwrap();
+            bn.backward(&x, &y, &x, Some(&mut dx)).unwrap();
+            (y, dx, bn.params()[0].grad.clone(), bn.running_stats().1.clone())
+        })
+    };
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn global_average_pooling_in_one_to_three_dimensions() {
+    for shape in [vec![3, 5], vec![2, 4, 3], vec![2, 2, 3, 2]] {
+        let mut pool = GlobalAvgPool::new(&shape).unwrap();
+        let x = random_tensor(&batch_of(&shape, 3), 6);
+        let report = check_layer(&mut pool, &x, GradCheckOptions::default()).unwrap();
+        assert!(report.passed(TOLERANCE), "{shape:?}: {report:?}");
+        let mut y = Tensor::default();
+        Layer::<f64>::forward(&mut pool, &x, &mut y).unwrap();
+        let plane: usize = shape[1..].iter().product();
+        assert_eq!(y.shape(), &[3, shape[0]]);
+        let want = x.data()[plane..2 * plane].iter().sum::<f64>() / plane as f64;
+        assert!((y.data()[1] - want).abs() < 1e-12);
+    }
+    assert!(GlobalAvgPool::new(&[4]).is_err());
+}
+
+#[test]
+fn a_network_with_batch_norm_checks_end_to_end() {
+    let mut net = Sequential::<f64>::builder(&[2, 5, 5], 7)
+        .conv(ConvSpec::new(3, &[3, 3]).padding(&[1, 1]).bias(false))
+        .batch_norm()
+        .relu()
+        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).bias(false))
+        .batch_norm()
+        .relu()
+        .global_avg_pool()
+        .dense(2)
+        .build()
+        .unwrap();
+    let x = random_tensor(&[4, 2, 5, 5], 8);
+    let report = check_network(&mut net, &x, GradCheckOptions::default()).unwrap();
+    assert!(report.passed(TOLERANCE), "{report:?}");
+    let names: Vec<String> = net.named_buffers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "1.batch_norm.running_mean",
+            "1.batch_norm.running_var",
+            "4.batch_norm.running_mean",
+            "4.batch_norm.running_var"
+        ]
+    );
+}
