@@ -1,6 +1,19 @@
 use crate::{NnError, Tensor};
 use nn_kernels::Element;
 
+/// What a parameter is to its layer, for optimizer options that treat the kinds
+/// differently (weight decay on weights only, the usual recipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParamRole {
+    /// A weight that multiplies inputs (dense, convolution).
+    #[default]
+    Weight,
+    /// A bias added to outputs.
+    Bias,
+    /// A normalisation layer's scale or shift.
+    Normalization,
+}
+
 /// A trainable tensor and the gradient accumulated for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param<T> {
@@ -10,13 +23,21 @@ pub struct Param<T> {
     pub value: Tensor<T>,
     /// `Σ_p ∂⁽ᵖ⁾w` accumulated by `backward` since the last zeroing.
     pub grad: Tensor<T>,
+    /// What the parameter is.
+    pub role: ParamRole,
 }
 
 impl<T: Element> Param<T> {
-    /// A parameter with a zero gradient of the same shape.
+    /// A weight with a zero gradient of the same shape.
     pub fn new(name: &'static str, value: Tensor<T>) -> Self {
         let grad = Tensor::zeros(value.shape()).expect("same shape as an existing tensor");
-        Self { name, value, grad }
+        Self { name, value, grad, role: ParamRole::Weight }
+    }
+
+    /// The same parameter with another role.
+    pub fn with_role(mut self, role: ParamRole) -> Self {
+        self.role = role;
+        self
     }
 }
 

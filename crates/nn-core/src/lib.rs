@@ -56,7 +56,7 @@ mod tensor;
 
 pub use error::NnError;
 pub use init::{seeded_rng, Init, SeededRng};
-pub use layer::{Layer, Param};
+pub use layer::{Layer, Param, ParamRole};
 pub use loss::{Loss, MeanSquaredError, Reduction, SoftmaxCrossEntropy};
 pub use network::{Sequential, SequentialBuilder};
 pub use nn_kernels::conv::{KernelMode, OutputRounding, Padding};
@@ -67,10 +67,10 @@ pub use tensor::Tensor;
 /// Everything a user of the layers needs, in one import.
 pub mod prelude {
     pub use crate::layers::{
-        ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+        ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
     };
     pub use crate::{
         seeded_rng, Activation, Element, Init, KernelMode, Layer, Loss, MeanSquaredError, NnError, OutputRounding,
-        Padding, Param, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
+        Padding, Param, ParamRole, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
     };
 }

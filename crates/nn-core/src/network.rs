@@ -1,5 +1,5 @@
 use crate::layers::{
-    ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+    ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
 };
 use crate::{seeded_rng, Init, Layer, NnError, Param, SeededRng, Tensor};
 use nn_kernels::elementwise::Activation;
@@ -384,6 +384,12 @@ impl<T: Element> SequentialBuilder<T> {
     /// Batch normalisation over the channel axis (PyTorch's momentum and ε).
     pub fn batch_norm(self) -> Self {
         self.push_with("batch_norm", |shape, _| Ok(Box::new(BatchNorm::new(shape)?)))
+    }
+
+    /// Dropout of probability `p` (inverted scaling), its masks seeded from the
+    /// builder's seed.
+    pub fn dropout(self, p: f64) -> Self {
+        self.push_with("dropout", |shape, rng| Ok(Box::new(Dropout::new(shape, p, rng)?)))
     }
 
     /// Global average pooling: `[C, spatial…]` to `[C]`.

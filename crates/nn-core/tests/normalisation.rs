@@ -146,3 +146,25 @@ fn a_network_with_batch_norm_checks_end_to_end() {
         ]
     );
 }
+
+#[test]
+fn dropout_scales_the_kept_elements_and_is_seeded() {
+    let x = Tensor::from_vec(&[40, 50], vec![2.0f64; 2000]).unwrap();
+    let build = |seed| Sequential::<f64>::builder(&[50], seed).dropout(0.25).build().unwrap();
+    let (mut a, mut b) = (build(3), build(3));
+    let ya = a.forward(&x).unwrap().clone();
+    assert_eq!(&ya, b.forward(&x).unwrap(), "the same seed, the same masks");
+    assert_ne!(&ya, build(4).forward(&x).unwrap());
+    assert!(ya.data().iter().all(|&v| v == 0.0 || v == 2.0 / 0.75));
+    let dropped = ya.data().iter().filter(|&&v| v == 0.0).count() as f64 / 2000.0;
+    assert!((dropped - 0.25).abs() < 0.03, "{dropped}");
+    // The next batch gets new masks; the gradient goes through the same mask.
+    assert_ne!(&ya, a.forward(&x).unwrap());
+    let y = a.output().unwrap().clone();
+    let dx = a.backward_to_input(&Tensor::from_vec(&[40, 50], vec![1.0; 2000]).unwrap()).unwrap();
+    assert!(dx.data().iter().zip(y.data()).all(|(&d, &v)| d == v / 2.0));
+    // Evaluation passes the input unchanged.
+    a.set_training(false);
+    assert_eq!(a.forward(&x).unwrap(), &x);
+    assert!(Sequential::<f64>::builder(&[3], 1).dropout(1.0).build().is_err());
+}

@@ -566,7 +566,7 @@ pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
             .params
             .iter()
             .zip(net.params())
-            .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone() })
+            .map(|(v, p)| nn_core::Param { name: p.name, value: v.clone(), grad: v.clone(), role: p.role })
             .collect();
         optimizer.load_state(&state, &params.iter().collect::<Vec<_>>()).map_err(|e| match e {
             TrainError::OptimizerState { details } => {

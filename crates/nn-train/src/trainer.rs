@@ -69,7 +69,7 @@ pub struct TrainConfig {
     pub max_time: Option<Duration>,
     /// Stop when validation stops improving (needs a validation set).
     pub early_stopping: Option<EarlyStopping>,
-    /// The learning rate per epoch, from the optimizer's initial rate.
+    /// The learning rate per epoch or per update, from the optimizer's initial rate.
     pub schedule: LrSchedule,
     /// Save a checkpoint here at the end of every epoch.
     #[cfg(feature = "checkpoint")]
@@ -201,7 +201,7 @@ pub struct EpochStats {
     pub images_per_sec: f64,
     /// Wall time of the epoch, data loading included.
     pub seconds: f64,
-    /// η during this epoch.
+    /// η of the epoch's last update.
     pub learning_rate: f64,
     /// Batches skipped because they went non-finite ([`NonFinitePolicy::SkipBatch`]).
     pub skipped_batches: usize,
@@ -402,6 +402,14 @@ impl Trainer {
         let mut history = Vec::new();
         let mut order: Vec<usize> = (0..train.len()).collect();
         let batches = train.len().div_ceil(config.batch_size);
+        // The run's length in updates, for the schedules that follow updates.
+        let total_updates = config.max_iterations.or(config.max_epochs.map(|e| (e * batches) as u64));
+        if config.schedule.per_iteration() && total_updates.is_none() {
+            return Err(TrainError::Config {
+                what: "learning-rate schedule",
+                details: "a per-update schedule needs max_iterations or max_epochs".into(),
+            });
+        }
         loop {
             let epoch = self.state.epoch;
             if let Some(limit) = config.max_epochs.filter(|&limit| epoch >= limit) {
@@ -427,6 +435,10 @@ impl Trainer {
                 (progress.error_sum, progress.correct, progress.samples, progress.skipped);
             for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(progress.batches) {
                 train.fill_batch(chunk, &mut inputs, &mut targets)?;
+                if config.schedule.per_iteration() {
+                    let total = total_updates.unwrap_or(u64::MAX);
+                    optimizer.set_learning_rate(config.schedule.rate_at_update(base_lr, self.state.iteration, total));
+                }
                 let step_started = Instant::now();
                 let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
                 compute += step_started.elapsed();
@@ -480,7 +492,7 @@ impl Trainer {
                     validation: None,
                     images_per_sec,
                     seconds: epoch_started.elapsed().as_secs_f64(),
-                    learning_rate: lr,
+                    learning_rate: optimizer.learning_rate(),
                     skipped_batches: skipped,
                 };
                 // Mid-epoch, the state says how far the epoch got: a checkpoint taken now,

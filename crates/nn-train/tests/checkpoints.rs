@@ -288,3 +288,33 @@ fn evaluation_runs_in_evaluation_mode() {
     assert_eq!(eval.mean_loss.to_bits(), by_running.mean_loss.to_bits());
     assert!(running_stats(&net).iter().flatten().zip([0.0f32; 4].iter().chain(&[1.0; 4])).all(|(a, b)| a == b));
 }
+
+/// Dropout's generator is saved with the weights: a run resumed mid-epoch draws the
+/// masks the uninterrupted run drew, and ends with its weights to the bit.
+#[test]
+fn dropout_resumes_with_its_masks() {
+    let train = data();
+    let net = |seed| {
+        Sequential::<f32>::builder(&[1, 28, 28], seed)
+            .conv(ConvSpec::new(4, &[5, 5]).stride(&[3, 3]).rounding(OutputRounding::Floor))
+            .relu()
+            .flatten()
+            .dropout(0.3)
+            .dense(10)
+            .build()
+            .unwrap()
+    };
+    let make = || Sgd::new(0.05).momentum(0.9);
+    let mut straight = net(1);
+    Trainer::new(config(2, None))
+        .fit(&mut straight, &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("dropout.safetensors");
+    let first = TrainConfig { max_iterations: Some(7), checkpoint_every: Some(7), ..config(2, Some(&ckpt)) };
+    Trainer::new(first).fit(&mut net(1), &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
+    let (mut resumed, mut optimizer) = (net(42), make());
+    let mut trainer = Trainer::resume(config(2, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
+    trainer.fit(&mut resumed, &mut optimizer, &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
+    assert_eq!(weights(&resumed), weights(&straight));
+}

@@ -71,3 +71,28 @@ fn state_round_trip_and_shape_check() {
     assert!(fresh.load_state(&saved, &[&wrong]).is_err());
     assert_eq!(fresh.state(), Sgd::<f64>::new(0.7).state());
 }
+
+/// With zero gradients a step is the decay alone: weights shrink, and with
+/// `decay_weights_only` biases and normalisation parameters stay.
+#[test]
+fn weight_decay_on_weights_only() {
+    use nn_core::prelude::*;
+    let net = || {
+        let mut net = Sequential::<f64>::builder(&[2, 3], 1).conv(ConvSpec::new(2, &[2])).batch_norm().build().unwrap();
+        for p in net.params_mut() {
+            p.value.data_mut().fill(1.0);
+        }
+        net
+    };
+    let roles = |net: &Sequential<f64>| net.params().iter().map(|p| p.role).collect::<Vec<_>>();
+    assert_eq!(roles(&net()), [ParamRole::Weight, ParamRole::Bias, ParamRole::Normalization, ParamRole::Normalization]);
+    let after = |optimizer: &mut dyn Optimizer<f64>| {
+        let mut net = net();
+        optimizer.step(&mut net.params_mut()).unwrap();
+        net.params().iter().map(|p| p.value.data()[0]).collect::<Vec<_>>()
+    };
+    assert_eq!(after(&mut Sgd::new(0.5).weight_decay(0.1)), [0.95, 0.95, 0.95, 0.95]);
+    assert_eq!(after(&mut Sgd::new(0.5).weight_decay(0.1).decay_weights_only(true)), [0.95, 1.0, 1.0, 1.0]);
+    let adamw = after(&mut Adam::adamw(0.5, 0.1).decay_weights_only(true));
+    assert!(adamw[0] < 1.0 && adamw[1..] == [1.0, 1.0, 1.0], "{adamw:?}");
+}

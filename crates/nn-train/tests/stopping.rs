@@ -90,3 +90,23 @@ fn configuration_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("samples have shape [2], the network takes [3]"), "{err}");
 }
+
+#[test]
+fn per_update_schedules_follow_the_updates() {
+    use nn_train::optim::{LrSchedule, Optimizer};
+    let schedule = LrSchedule::CosineUpdates { warmup: 1, min_lr: 0.001 };
+    let config = TrainConfig { batch_size: 1, max_epochs: Some(3), schedule, ..TrainConfig::default() };
+    let (train, mut net) = (common::xor(), common::xor_net(1));
+    let mut sgd = nn_train::optim::Sgd::new(0.1);
+    let report =
+        Trainer::new(config).fit(&mut net, &mut sgd, &MeanSquaredError, &train, None, &mut NoProgress).unwrap();
+    assert_eq!(report.iteration, 12);
+    // The last of 12 updates ran at min_lr; each epoch reports its last update's rate.
+    assert!((Optimizer::<f64>::learning_rate(&sgd) - 0.001).abs() < 1e-15);
+    let rates: Vec<f64> = report.history.iter().map(|s| s.learning_rate).collect();
+    assert!(rates.windows(2).all(|w| w[1] < w[0]) && (rates[2] - 0.001).abs() < 1e-15, "{rates:?}");
+    // Without a length the schedule cannot be laid out.
+    let open = TrainConfig { batch_size: 1, error_threshold: Some(0.0), schedule, ..TrainConfig::default() };
+    let err = Trainer::new(open).fit(&mut net, &mut sgd, &MeanSquaredError, &train, None, &mut NoProgress);
+    assert!(matches!(err, Err(TrainError::Config { what: "learning-rate schedule", .. })));
+}

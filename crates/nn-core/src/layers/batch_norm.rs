@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Param, Tensor};
+use crate::{Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::Element;
 use rayon::prelude::*;
 
@@ -59,8 +59,8 @@ impl<T: Element> BatchNorm<T> {
         let filled = |value: f64| Tensor::from_vec(&[channels], vec![T::from_f64(value); channels]);
         Ok(Self {
             shape: input_shape.to_vec(),
-            gamma: Param::new("weight", filled(1.0)?),
-            beta: Param::new("bias", filled(0.0)?),
+            gamma: Param::new("weight", filled(1.0)?).with_role(ParamRole::Normalization),
+            beta: Param::new("bias", filled(0.0)?).with_role(ParamRole::Normalization),
             running_mean: filled(0.0)?,
             running_var: filled(1.0)?,
             momentum,

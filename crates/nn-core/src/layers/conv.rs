@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Init, Layer, NnError, Param, Tensor};
+use crate::{Init, Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::conv::{
     conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem, KernelMode,
     OutputRounding, Padding,
@@ -141,7 +141,11 @@ impl<T: Element> Conv<T> {
             output_shape,
             pad_value: T::from_f64(spec.pad_value),
             weight: Param::new("weight", weight),
-            bias: if spec.bias { Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?)) } else { None },
+            bias: if spec.bias {
+                Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?).with_role(ParamRole::Bias))
+            } else {
+                None
+            },
             problem,
         })
     }

@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Init, Layer, NnError, Param, Tensor};
+use crate::{Init, Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::elementwise::add_assign;
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_kernels::Element;
@@ -36,7 +36,11 @@ impl<T: Element> Dense<T> {
             input_shape: [inputs],
             output_shape: [outputs],
             weight: Param::new("weight", weight),
-            bias: if bias { Some(Param::new("bias", Tensor::zeros(&[outputs])?)) } else { None },
+            bias: if bias {
+                Some(Param::new("bias", Tensor::zeros(&[outputs])?).with_role(ParamRole::Bias))
+            } else {
+                None
+            },
         })
     }
 

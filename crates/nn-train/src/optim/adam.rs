@@ -1,4 +1,4 @@
-use super::{check_domain, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use super::{check_domain, decay_for, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
 use nn_kernels::elementwise::{adam_update, AdamStep};
@@ -14,6 +14,7 @@ pub struct Adam<T: Element> {
     epsilon: f64,
     weight_decay: f64,
     decoupled: bool,
+    decay_weights_only: bool,
     step: u64,
     m: Vec<Tensor<T>>,
     v: Vec<Tensor<T>>,
@@ -29,6 +30,7 @@ impl<T: Element> Adam<T> {
             epsilon: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
+            decay_weights_only: false,
             step: 0,
             m: Vec::new(),
             v: Vec::new(),
@@ -51,6 +53,12 @@ impl<T: Element> Adam<T> {
     /// L2 weight decay (or decoupled decay for AdamW).
     pub fn weight_decay(mut self, weight_decay: f64) -> Self {
         self.weight_decay = weight_decay;
+        self
+    }
+    /// Weight decay on weights only, not on biases and normalisation parameters (the
+    /// usual recipe); by default every parameter decays.
+    pub fn decay_weights_only(mut self, weights_only: bool) -> Self {
+        self.decay_weights_only = weights_only;
         self
     }
 }
@@ -78,17 +86,18 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         self.step += 1;
         let t = self.step as i32;
         let correction = (1.0 - self.beta2.powi(t)).sqrt();
-        let (l2, decay) = if self.decoupled { (0.0, self.lr * self.weight_decay) } else { (self.weight_decay, 0.0) };
-        // Bias correction folded into the step size: η·√(1−β₂ᵗ)/(1−β₁ᵗ).
-        let step = AdamStep {
-            step_size: self.lr * correction / (1.0 - self.beta1.powi(t)),
-            beta1: self.beta1,
-            beta2: self.beta2,
-            epsilon: self.epsilon * correction,
-            l2,
-            decay,
-        };
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            let weight_decay = decay_for(p, self.weight_decay, self.decay_weights_only);
+            let (l2, decay) = if self.decoupled { (0.0, self.lr * weight_decay) } else { (weight_decay, 0.0) };
+            // Bias correction folded into the step size: η·√(1−β₂ᵗ)/(1−β₁ᵗ).
+            let step = AdamStep {
+                step_size: self.lr * correction / (1.0 - self.beta1.powi(t)),
+                beta1: self.beta1,
+                beta2: self.beta2,
+                epsilon: self.epsilon * correction,
+                l2,
+                decay,
+            };
             let Param { value, grad, .. } = &mut **p;
             adam_update(step, value.data_mut(), grad.data(), m.data_mut(), v.data_mut())
                 .map_err(nn_core::NnError::from)?;
@@ -105,6 +114,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
                 ("epsilon".into(), self.epsilon),
                 ("weight_decay".into(), self.weight_decay),
                 ("decoupled".into(), self.decoupled as u8 as f64),
+                ("decay_weights_only".into(), self.decay_weights_only as u8 as f64),
                 ("step".into(), self.step as f64),
             ],
             buffers: save_slot("m", &self.m).chain(save_slot("v", &self.v)).collect(),
@@ -123,6 +133,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
             epsilon: state.scalar("epsilon")?,
             weight_decay: state.scalar("weight_decay")?,
             decoupled: state.scalar("decoupled")? != 0.0,
+            decay_weights_only: state.scalar_or("decay_weights_only", 0.0) != 0.0,
             step: step as u64,
             m: load_slot(state, "m", params)?,
             v: load_slot(state, "v", params)?,

@@ -40,6 +40,24 @@ impl<T: Element> OptimizerState<T> {
     }
 }
 
+impl<T: Element> OptimizerState<T> {
+    /// The scalar called `name`, or `default` when the state (written by an older
+    /// version) has none.
+    pub fn scalar_or(&self, name: &str, default: f64) -> f64 {
+        self.scalars.iter().find(|(n, _)| n == name).map_or(default, |&(_, v)| v)
+    }
+}
+
+/// The weight decay a parameter gets: none for biases and normalisation parameters
+/// when decay is for weights only.
+pub(crate) fn decay_for<T>(param: &Param<T>, weight_decay: f64, weights_only: bool) -> f64 {
+    if weights_only && param.role != nn_core::ParamRole::Weight {
+        0.0
+    } else {
+        weight_decay
+    }
+}
+
 /// Updates parameters from their gradients.
 pub trait Optimizer<T: Element>: Send {
     /// A short name ("sgd", "adam", "adamw").

@@ -1,4 +1,4 @@
-use super::{check_domain, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
+use super::{check_domain, decay_for, ensure_buffers, load_slot, save_slot, Optimizer, OptimizerState};
 use crate::TrainError;
 use nn_core::{Element, Param, Tensor};
 use nn_kernels::elementwise::{sgd_update, SgdStep};
@@ -12,13 +12,14 @@ pub struct Sgd<T: Element> {
     momentum: f64,
     nesterov: bool,
     weight_decay: f64,
+    decay_weights_only: bool,
     velocity: Vec<Tensor<T>>,
 }
 
 impl<T: Element> Sgd<T> {
     /// Plain SGD with learning rate η.
     pub fn new(lr: f64) -> Self {
-        Self { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, velocity: Vec::new() }
+        Self { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, decay_weights_only: false, velocity: Vec::new() }
     }
     /// Heavy-ball momentum μ.
     pub fn momentum(mut self, momentum: f64) -> Self {
@@ -33,6 +34,12 @@ impl<T: Element> Sgd<T> {
     /// L2 weight decay λ, added to the gradient.
     pub fn weight_decay(mut self, weight_decay: f64) -> Self {
         self.weight_decay = weight_decay;
+        self
+    }
+    /// Weight decay on weights only, not on biases and normalisation parameters (the
+    /// usual recipe); by default every parameter decays.
+    pub fn decay_weights_only(mut self, weights_only: bool) -> Self {
+        self.decay_weights_only = weights_only;
         self
     }
 }
@@ -51,12 +58,12 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
     }
 
     fn step(&mut self, params: &mut [&mut Param<T>]) -> Result<(), TrainError> {
-        let step =
-            SgdStep { lr: self.lr, momentum: self.momentum, nesterov: self.nesterov, weight_decay: self.weight_decay };
         if self.momentum != 0.0 {
             ensure_buffers(&mut self.velocity, params)?;
         }
         for (i, p) in params.iter_mut().enumerate() {
+            let weight_decay = decay_for(p, self.weight_decay, self.decay_weights_only);
+            let step = SgdStep { lr: self.lr, momentum: self.momentum, nesterov: self.nesterov, weight_decay };
             let Param { value, grad, .. } = &mut **p;
             let velocity = self.velocity.get_mut(i).map_or(&mut [][..], |v| v.data_mut());
             sgd_update(step, value.data_mut(), grad.data(), velocity).map_err(nn_core::NnError::from)?;
@@ -71,6 +78,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
                 ("momentum".into(), self.momentum),
                 ("nesterov".into(), self.nesterov as u8 as f64),
                 ("weight_decay".into(), self.weight_decay),
+                ("decay_weights_only".into(), self.decay_weights_only as u8 as f64),
             ],
             buffers: save_slot("velocity", &self.velocity).collect(),
         }
@@ -84,6 +92,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
             momentum: state.scalar("momentum")?,
             nesterov: state.scalar("nesterov")? != 0.0,
             weight_decay: state.scalar("weight_decay")?,
+            decay_weights_only: state.scalar_or("decay_weights_only", 0.0) != 0.0,
             velocity: load_slot(state, "velocity", params)?,
         };
         loaded.validate()?;
