@@ -434,7 +434,7 @@ impl Trainer {
             let (mut error, mut correct, mut seen, mut skipped) =
                 (progress.error_sum, progress.correct, progress.samples, progress.skipped);
             for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(progress.batches) {
-                train.fill_batch(chunk, &mut inputs, &mut targets)?;
+                train.fill_training_batch(epoch, chunk, &mut inputs, &mut targets)?;
                 if config.schedule.per_iteration() {
                     let total = total_updates.unwrap_or(u64::MAX);
                     optimizer.set_learning_rate(config.schedule.rate_at_update(base_lr, self.state.iteration, total));

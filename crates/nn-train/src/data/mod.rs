@@ -1,9 +1,11 @@
 //! Data: the IDX reader, in-memory datasets, batching, and Fashion-MNIST discovery.
 
+mod augment;
 mod dataset;
 pub mod fashion_mnist;
 pub mod idx;
 
+pub use augment::{Augmentation, Normalization};
 pub use dataset::{ClassificationSet, Dataset, TargetBatch, TensorSet};
 
 use std::path::PathBuf;
