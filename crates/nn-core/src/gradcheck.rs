@@ -6,7 +6,7 @@
 //! is moved by ±h and the central difference `(L(+h) − L(−h)) / 2h` is compared with
 //! the analytic gradient from `backward`.
 
-use crate::{seeded_rng, Layer, Loss, NnError, Reduction, Sequential, Tensor};
+use crate::{seeded_rng, Graph, Layer, Loss, NnError, Reduction, Sequential, Tensor};
 use rand::Rng;
 
 /// Settings of a gradient check.
@@ -178,6 +178,39 @@ pub fn check_network(
     let grad_params: Vec<(String, Vec<f64>)> =
         net.named_params().into_iter().map(|(n, p)| (n, p.grad.data().to_vec())).collect();
     compare(&mut NetworkProbe { net, r }, input, Some(&grad_input), &grad_params, options.step)
+}
+
+struct GraphProbe<'a> {
+    graph: &'a mut Graph<f64>,
+    r: Tensor<f64>,
+}
+
+impl Probe for GraphProbe<'_> {
+    fn value(&mut self, x: &Tensor<f64>) -> Result<f64, NnError> {
+        Ok(dot(self.graph.forward(x)?.data(), self.r.data()))
+    }
+    fn param(&mut self, param: usize, index: usize) -> &mut f64 {
+        &mut self.graph.params_mut().swap_remove(param).value.data_mut()[index]
+    }
+}
+
+/// Checks a whole graph end to end, as [`check_network`] does a chain: fan-out, sums
+/// and concatenations included.
+///
+/// # Errors
+/// [`NnError`] when the graph refuses `input` (its shape) or a pass fails.
+pub fn check_graph(
+    graph: &mut Graph<f64>,
+    input: &Tensor<f64>,
+    options: GradCheckOptions,
+) -> Result<GradCheckReport, NnError> {
+    let output = graph.forward(input)?;
+    let r = Tensor::from_vec(output.shape(), projection(output.len(), options.seed))?;
+    graph.zero_grad();
+    let grad_input = graph.backward_to_input(&r)?.clone();
+    let grad_params: Vec<(String, Vec<f64>)> =
+        graph.named_params().into_iter().map(|(n, p)| (n, p.grad.data().to_vec())).collect();
+    compare(&mut GraphProbe { graph, r }, input, Some(&grad_input), &grad_params, options.step)
 }
 
 /// Checks a loss's gradient with respect to the prediction.

@@ -46,19 +46,23 @@ pub struct CrateReadmeDoctests;
 
 mod error;
 pub mod gradcheck;
+mod graph;
 mod init;
 mod layer;
 pub mod layers;
 mod loss;
 mod network;
+mod network_trait;
 mod storage;
 mod tensor;
 
 pub use error::NnError;
+pub use graph::{Graph, GraphBuilder, NodeId};
 pub use init::{seeded_rng, Init, SeededRng};
 pub use layer::{Layer, Param, ParamRole};
 pub use loss::{Loss, MeanSquaredError, Reduction, SoftmaxCrossEntropy};
 pub use network::{Sequential, SequentialBuilder};
+pub use network_trait::Network;
 pub use nn_kernels::conv::{KernelMode, OutputRounding, Padding};
 pub use nn_kernels::elementwise::Activation;
 pub use nn_kernels::Element;
@@ -70,7 +74,7 @@ pub mod prelude {
         ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
     };
     pub use crate::{
-        seeded_rng, Activation, Element, Init, KernelMode, Layer, Loss, MeanSquaredError, NnError, OutputRounding,
-        Padding, Param, ParamRole, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
+        seeded_rng, Activation, Element, Graph, GraphBuilder, Init, KernelMode, Layer, Loss, MeanSquaredError, Network,
+        NnError, OutputRounding, Padding, Param, ParamRole, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
     };
 }

@@ -19,7 +19,7 @@
 use crate::optim::{Optimizer, OptimizerState};
 use crate::trainer::{EpochProgress, TrainerState};
 use crate::TrainError;
-use nn_core::{Element, Sequential, Tensor};
+use nn_core::{Element, Network, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -366,10 +366,10 @@ struct NetworkValues<T: Element> {
 /// Reads every parameter of `net` from `{param_prefix}{name}` tensors and every buffer
 /// from `{buffer_prefix}{name}`, checking that each exists with the right shape and
 /// type and that no other tensor under those prefixes exists.
-fn read_network<T: Element>(
+fn read_network<T: Element, N: Network<T> + ?Sized>(
     path: &Path,
     file: &SafeTensors,
-    net: &Sequential<T>,
+    net: &N,
     (param_prefix, buffer_prefix): (&str, &str),
 ) -> Result<NetworkValues<T>, CheckpointError> {
     let named = net.named_params();
@@ -399,7 +399,7 @@ fn read_network<T: Element>(
     Ok(NetworkValues { params, buffers: buffer_values })
 }
 
-fn assign<T: Element>(net: &mut Sequential<T>, values: NetworkValues<T>) {
+fn assign<T: Element, N: Network<T> + ?Sized>(net: &mut N, values: NetworkValues<T>) {
     for (p, v) in net.params_mut().into_iter().zip(values.params) {
         p.value = v;
     }
@@ -413,7 +413,7 @@ fn assign<T: Element>(net: &mut Sequential<T>, values: NetworkValues<T>) {
 /// # Errors
 /// [`CheckpointError::Io`] naming the file when it cannot be written; the previous
 /// file at `path`, if any, is then intact.
-pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), CheckpointError> {
+pub fn save_weights<T: Element, N: Network<T> + ?Sized>(path: &Path, net: &N) -> Result<(), CheckpointError> {
     let mut tensors: Vec<(String, Bytes)> =
         net.named_params().into_iter().map(|(n, p)| (n, to_bytes(&p.value))).collect();
     tensors.extend(net.named_buffers().into_iter().map(|(n, b)| (n, to_bytes(b))));
@@ -426,7 +426,7 @@ pub fn save_weights<T: Element>(path: &Path, net: &Sequential<T>) -> Result<(), 
 /// # Errors
 /// [`CheckpointError`] naming the file and the tensor or key at fault; the network is
 /// then unchanged.
-pub fn load_weights<T: Element>(path: &Path, net: &mut Sequential<T>) -> Result<(), CheckpointError> {
+pub fn load_weights<T: Element, N: Network<T> + ?Sized>(path: &Path, net: &mut N) -> Result<(), CheckpointError> {
     let bytes = read_file(path)?;
     let (file, meta) = parse(path, &bytes)?;
     expect_format(path, &file, &meta, WEIGHTS_FORMAT, WEIGHTS_FORMAT_V1)?;
@@ -440,9 +440,9 @@ pub fn load_weights<T: Element>(path: &Path, net: &mut Sequential<T>) -> Result<
 /// # Errors
 /// [`CheckpointError::Io`] naming the file when it cannot be written; the previous
 /// file at `path`, if any, is then intact.
-pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
+pub fn save_checkpoint<T: Element, N: Network<T> + ?Sized, O: Optimizer<T>>(
     path: &Path,
-    net: &Sequential<T>,
+    net: &N,
     optimizer: &O,
     state: &TrainerState,
 ) -> Result<(), CheckpointError> {
@@ -493,9 +493,9 @@ pub fn save_checkpoint<T: Element, O: Optimizer<T>>(
 /// [`TrainError::Checkpoint`] naming the file and the tensor or metadata key at fault:
 /// a checksum mismatch, a missing, misshapen or non-finite tensor, a counter that is
 /// not a whole number, a scalar outside the optimizer's domain.
-pub fn load_checkpoint<T: Element, O: Optimizer<T>>(
+pub fn load_checkpoint<T: Element, N: Network<T> + ?Sized, O: Optimizer<T>>(
     path: &Path,
-    net: &mut Sequential<T>,
+    net: &mut N,
     optimizer: &mut O,
 ) -> Result<TrainerState, TrainError> {
     let bytes = read_file(path)?;

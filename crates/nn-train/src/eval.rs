@@ -1,6 +1,6 @@
 use crate::data::{Dataset, TargetBatch};
 use crate::TrainError;
-use nn_core::{Element, Loss, Reduction, Sequential, Tensor};
+use nn_core::{Element, Loss, Network, Reduction, Tensor};
 
 /// A confusion matrix: `counts[actual][predicted]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +75,10 @@ pub(crate) fn argmax_rows<T: Element>(outputs: &Tensor<T>) -> impl Iterator<Item
 /// # Errors
 /// [`TrainError`] when `batch_size` is zero, `data` is empty, or a batch does not fit
 /// the network or the loss.
-pub fn evaluate<T, D, L>(
-    net: &mut Sequential<T>,
-    loss: &L,
-    data: &D,
-    batch_size: usize,
-) -> Result<Evaluation, TrainError>
+pub fn evaluate<T, N, D, L>(net: &mut N, loss: &L, data: &D, batch_size: usize) -> Result<Evaluation, TrainError>
 where
     T: Element,
+    N: Network<T> + ?Sized,
     D: Dataset<T>,
     L: Loss<T>,
     D::Targets: AsRef<L::Target>,
@@ -101,14 +97,10 @@ where
     result
 }
 
-fn evaluate_batches<T, D, L>(
-    net: &mut Sequential<T>,
-    loss: &L,
-    data: &D,
-    batch_size: usize,
-) -> Result<Evaluation, TrainError>
+fn evaluate_batches<T, N, D, L>(net: &mut N, loss: &L, data: &D, batch_size: usize) -> Result<Evaluation, TrainError>
 where
     T: Element,
+    N: Network<T> + ?Sized,
     D: Dataset<T>,
     L: Loss<T>,
     D::Targets: AsRef<L::Target>,

@@ -8,7 +8,7 @@ use crate::data::{Dataset, TargetBatch};
 use crate::eval::{argmax_rows, evaluate, Evaluation};
 use crate::optim::{check_domain, LrSchedule, Optimizer};
 use crate::TrainError;
-use nn_core::{seeded_rng, Element, Loss, Reduction, Sequential, Tensor};
+use nn_core::{seeded_rng, Element, Loss, Network, Reduction, Tensor};
 use rand::seq::SliceRandom;
 #[cfg(feature = "checkpoint")]
 use std::path::{Path, PathBuf};
@@ -311,10 +311,10 @@ impl Trainer {
     /// [`TrainError::Checkpoint`] when the file cannot be read or does not fit the
     /// network and optimizer; neither is changed then.
     #[cfg(feature = "checkpoint")]
-    pub fn resume<T: Element, O: Optimizer<T>>(
+    pub fn resume<T: Element, N: Network<T> + ?Sized, O: Optimizer<T>>(
         config: TrainConfig,
         path: &Path,
-        net: &mut Sequential<T>,
+        net: &mut N,
         optimizer: &mut O,
     ) -> Result<Self, TrainError> {
         let state = checkpoint::load_checkpoint(path, net, optimizer)?;
@@ -331,9 +331,9 @@ impl Trainer {
         &self.config
     }
 
-    fn check_config<T: Element, D: Dataset<T>>(
+    fn check_config<T: Element, N: Network<T> + ?Sized, D: Dataset<T>>(
         &self,
-        net: &Sequential<T>,
+        net: &N,
         optimizer: &dyn Optimizer<T>,
         data: &D,
         has_validation: bool,
@@ -374,9 +374,9 @@ impl Trainer {
     /// # Errors
     /// [`TrainError`] from the first failing step: a configuration outside its domain, a
     /// batch that does not fit the network, an optimizer or checkpoint failure.
-    pub fn fit<T, D, L, O>(
+    pub fn fit<T, N, D, L, O>(
         &mut self,
-        net: &mut Sequential<T>,
+        net: &mut N,
         optimizer: &mut O,
         loss: &L,
         train: &D,
@@ -385,6 +385,7 @@ impl Trainer {
     ) -> Result<TrainReport, TrainError>
     where
         T: Element,
+        N: Network<T> + ?Sized,
         D: Dataset<T>,
         L: Loss<T>,
         O: Optimizer<T>,
@@ -593,8 +594,8 @@ impl Trainer {
 /// [`TrainError::NonFinite`] when the loss or a gradient holds a NaN or an infinity
 /// (the parameters and the optimizer are then unchanged); [`TrainError`] when a tensor
 /// does not fit the network or the loss, or the optimizer fails.
-pub fn train_step<T, L, O>(
-    net: &mut Sequential<T>,
+pub fn train_step<T, N, L, O>(
+    net: &mut N,
     optimizer: &mut O,
     loss: &L,
     inputs: &Tensor<T>,
@@ -604,6 +605,7 @@ pub fn train_step<T, L, O>(
 ) -> Result<f64, TrainError>
 where
     T: Element,
+    N: Network<T> + ?Sized,
     L: Loss<T>,
     O: Optimizer<T> + ?Sized,
 {
@@ -615,9 +617,7 @@ where
         let outputs = net.forward(inputs)?;
         let batch_loss = loss.loss_and_grad(outputs, targets, reduction, grad)?;
         if !batch_loss.is_finite() {
-            let layer = net.first_non_finite_output().map_or(String::new(), |i| {
-                format!(" (first non-finite output: layer {i}, {})", net.layers()[i].kind())
-            });
+            let layer = net.non_finite_output().map_or(String::new(), |at| format!(" (first non-finite output: {at})"));
             return Err(non_finite(format!("loss {batch_loss}{layer}")));
         }
         net.zero_grad();
@@ -625,7 +625,7 @@ where
         // One pass over the gradients, before the update can spread a NaN into the
         // weights and the optimizer's state.
         if !net.grads_are_finite() {
-            let name = net.first_non_finite_grad().unwrap_or_default();
+            let name = net.non_finite_grad().unwrap_or_default();
             return Err(non_finite(format!("gradient of {name}")));
         }
         optimizer.step(&mut net.params_mut())?;

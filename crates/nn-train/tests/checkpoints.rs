@@ -318,3 +318,49 @@ fn dropout_resumes_with_its_masks() {
     trainer.fit(&mut resumed, &mut optimizer, &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
     assert_eq!(weights(&resumed), weights(&straight));
 }
+
+/// A residual graph trains, evaluates and resumes as a chain does: names by scope,
+/// running estimates included, the uninterrupted run's weights to the bit.
+#[test]
+fn a_residual_graph_trains_and_resumes_exactly() {
+    fn graph(seed: u64) -> Graph<f32> {
+        let mut g = GraphBuilder::new(&[1, 28, 28], seed);
+        let x = g.input();
+        let spec = |c: usize, s: usize| {
+            ConvSpec::new(c, &[3, 3]).stride(&[s, s]).padding(&[1, 1]).bias(false).rounding(OutputRounding::Floor)
+        };
+        let stem = g.conv("stem", x, spec(4, 2));
+        let stem = g.relu("stem_relu", stem);
+        let block = g.scope("stage1.block0", |g| {
+            let h = g.conv("conv1", stem, spec(4, 1));
+            let h = g.batch_norm("bn1", h);
+            let h = g.relu("relu1", h);
+            let sum = g.add("add", h, stem);
+            g.relu("relu2", sum)
+        });
+        let pooled = g.global_avg_pool("pool", block);
+        let out = g.dense("fc", pooled, 10);
+        g.build(out).unwrap()
+    }
+    let train = data();
+    let make = || Sgd::new(0.05).momentum(0.9);
+    let mut straight = graph(1);
+    let report = Trainer::new(config(2, None))
+        .fit(&mut straight, &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress)
+        .unwrap();
+    assert_eq!(report.iteration, 10);
+    let eval = nn_train::evaluate(&mut straight, &SoftmaxCrossEntropy, &train, 32).unwrap();
+    assert!(eval.mean_loss.is_finite() && straight.is_training());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("graph.safetensors");
+    let first = TrainConfig { max_iterations: Some(3), checkpoint_every: Some(3), ..config(2, Some(&ckpt)) };
+    Trainer::new(first).fit(&mut graph(1), &mut make(), &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
+    let (mut resumed, mut optimizer) = (graph(5), make());
+    let mut trainer = Trainer::resume(config(2, None), &ckpt, &mut resumed, &mut optimizer).unwrap();
+    trainer.fit(&mut resumed, &mut optimizer, &SoftmaxCrossEntropy, &train, None, &mut NoProgress).unwrap();
+    let values = |g: &Graph<f32>| g.params().iter().map(|p| p.value.data().to_vec()).collect::<Vec<_>>();
+    assert_eq!(values(&resumed), values(&straight));
+    let names: Vec<String> = resumed.named_buffers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["stage1.block0.bn1.running_mean", "stage1.block0.bn1.running_var"]);
+}
