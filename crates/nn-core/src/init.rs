@@ -21,6 +21,9 @@ pub enum Init {
     HeUniform,
     /// He (Kaiming) normal: N(0, 2/fan_in).
     HeNormal,
+    /// He (Kaiming) normal over the fan-out: N(0, 2/fan_out), PyTorch's
+    /// `kaiming_normal_(mode="fan_out")` (ResNets' convolutions).
+    HeNormalFanOut,
     /// Glorot (Xavier) uniform: U(−√(6/(fan_in+fan_out)), +…). Suits tanh and sigmoid.
     GlorotUniform,
     /// Glorot (Xavier) normal: N(0, 2/(fan_in+fan_out)).
@@ -65,6 +68,7 @@ impl Init {
         match *self {
             Init::HeUniform => uniform((6.0 / fan_in).sqrt(), rng, out),
             Init::HeNormal => normal((2.0 / fan_in).sqrt(), rng, out),
+            Init::HeNormalFanOut => normal((2.0 / fan_out.max(1) as f64).sqrt(), rng, out),
             Init::GlorotUniform => uniform((6.0 / fan_sum).sqrt(), rng, out),
             Init::GlorotNormal => normal((2.0 / fan_sum).sqrt(), rng, out),
             Init::Uniform { bound } => uniform(finite("Init::Uniform bound", bound)?.abs(), rng, out),
@@ -96,5 +100,8 @@ mod tests {
         Init::HeNormal.fill(8, 1, &mut seeded_rng(2), &mut b).unwrap();
         let var = b.iter().map(|w| w * w).sum::<f64>() / b.len() as f64;
         assert!((var - 0.25).abs() < 0.02, "He normal variance 2/fan_in, got {var}");
+        Init::HeNormalFanOut.fill(1, 16, &mut seeded_rng(3), &mut b).unwrap();
+        let var = b.iter().map(|w| w * w).sum::<f64>() / b.len() as f64;
+        assert!((var - 0.125).abs() < 0.01, "He normal variance 2/fan_out, got {var}");
     }
 }

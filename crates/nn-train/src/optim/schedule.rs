@@ -20,8 +20,11 @@ pub enum LrSchedule {
         min_lr: f64,
     },
     /// Per update: a linear warm-up from η/`warmup` to η over the first `warmup`
-    /// updates, then cosine annealing to `min_lr` at the run's last update (its
-    /// iteration cap, or its epoch cap times the batches of an epoch).
+    /// updates, then cosine annealing towards `min_lr`, which it reaches after the
+    /// run's last update (its iteration cap, or its epoch cap times the batches of an
+    /// epoch): update t of the T after the warm-up runs at
+    /// `min_lr + (η − min_lr)·½(1 + cos(π·t/T))`, PyTorch's `CosineAnnealingLR`
+    /// stepped once per update.
     CosineUpdates {
         /// Updates of warm-up (0: none).
         warmup: u64,
@@ -64,8 +67,7 @@ impl LrSchedule {
         match *self {
             LrSchedule::Warmup { updates } => warmed(updates).unwrap_or(base),
             LrSchedule::CosineUpdates { warmup, min_lr } => warmed(warmup).unwrap_or_else(|| {
-                // From η at the first update after the warm-up to min_lr at the last.
-                let span = total.saturating_sub(warmup).saturating_sub(1).max(1) as f64;
+                let span = total.saturating_sub(warmup).max(1) as f64;
                 let progress = (update.saturating_sub(warmup) as f64 / span).min(1.0);
                 min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }),
@@ -96,12 +98,13 @@ mod tests {
         assert!(warm.per_iteration() && !LrSchedule::Constant.per_iteration());
         assert_eq!([0, 1, 2, 3, 4, 100].map(|u| warm.rate_at_update(1.0, u, 1000)), [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
         let cos = LrSchedule::CosineUpdates { warmup: 2, min_lr: 0.0 };
-        // 2 warm-up updates, then 9 from 1.0 down to 0.0 at the last (update 10 of 11).
-        assert_eq!(cos.rate_at_update(1.0, 0, 11), 0.5);
-        assert_eq!(cos.rate_at_update(1.0, 2, 11), 1.0);
-        assert!((cos.rate_at_update(1.0, 6, 11) - 0.5).abs() < 1e-12);
-        assert!(cos.rate_at_update(1.0, 10, 11).abs() < 1e-12);
-        let rates: Vec<f64> = (2..11).map(|u| cos.rate_at_update(1.0, u, 11)).collect();
+        // 2 warm-up updates, then 10 from 1.0 towards 0.0, which the 13th would reach.
+        assert_eq!(cos.rate_at_update(1.0, 0, 12), 0.5);
+        assert_eq!(cos.rate_at_update(1.0, 2, 12), 1.0);
+        assert!((cos.rate_at_update(1.0, 7, 12) - 0.5).abs() < 1e-12);
+        let last = cos.rate_at_update(1.0, 11, 12);
+        assert!((last - 0.5 * (1.0 + (std::f64::consts::PI * 0.9).cos())).abs() < 1e-12);
+        let rates: Vec<f64> = (2..12).map(|u| cos.rate_at_update(1.0, u, 12)).collect();
         assert!(rates.windows(2).all(|w| w[1] < w[0]), "{rates:?}");
         assert_eq!(cos.rate(0.3, 5), 0.3);
     }

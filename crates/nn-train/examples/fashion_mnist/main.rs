@@ -1,15 +1,19 @@
-//! Trains on Fashion-MNIST with the recipes T1 (`--model mlp`) and T2 (`--model cnn`)
-//! of shared/BENCHMARKS.md: softmax cross-entropy averaged over batches of 64, SGD with
-//! momentum 0.9, He-uniform weights, zero biases, shuffled every epoch.
+//! Trains on Fashion-MNIST with the recipes T1 (`--model mlp`), T2 (`--model cnn`)
+//! and T3 (`--model resnet`) of shared/BENCHMARKS.md: softmax cross-entropy averaged
+//! over the batch, SGD with momentum 0.9, shuffled every epoch; T3 adds batch
+//! normalisation, Nesterov momentum, weight decay on weights, a cosine schedule per
+//! update, normalised inputs and crop-and-flip augmentation.
 //!
 //! Run: `cargo run --release --example fashion_mnist -- --help`
+
+mod resnet;
 
 use clap::{Parser, ValueEnum};
 use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
 use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
-use nn_train::data::ClassificationSet;
-use nn_train::optim::Optimizer;
+use nn_train::data::{Augmentation, ClassificationSet, Normalization};
+use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::optim::Sgd;
 use nn_train::report::{plot_history, write_history_csv};
 use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
@@ -25,6 +29,26 @@ enum Model {
     /// T2: conv 1→32 5×5 pad 2, ReLU, max-pool 2×2, conv 32→64 5×5 pad 2, ReLU,
     /// max-pool 2×2, flatten, dense 3136→128, ReLU, dense 128→10.
     Cnn,
+    /// T3: a ResNet-20-style network (three stages of three residual blocks, batch
+    /// normalisation), augmented inputs, 10 epochs.
+    Resnet,
+}
+
+/// What BENCHMARKS.md fixes for a model besides the network.
+struct Recipe {
+    epochs: usize,
+    lr: f64,
+    batch: usize,
+}
+
+impl Model {
+    fn recipe(self) -> Recipe {
+        match self {
+            Model::Mlp => Recipe { epochs: 5, lr: 0.05, batch: 64 },
+            Model::Cnn => Recipe { epochs: 3, lr: 0.01, batch: 64 },
+            Model::Resnet => Recipe { epochs: 10, lr: 0.1, batch: 128 },
+        }
+    }
 }
 
 /// Train a network on Fashion-MNIST and report test accuracy.
@@ -42,13 +66,13 @@ struct Args {
     /// The network.
     #[arg(long, value_enum, default_value = "cnn")]
     model: Model,
-    /// Epochs (default: 5 for mlp, 3 for cnn).
+    /// Epochs (default: 5 for mlp, 3 for cnn, 10 for resnet).
     #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
-    /// Minibatch size.
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    batch: usize,
-    /// Learning rate η (default: 0.05 for mlp, 0.01 for cnn).
+    /// Minibatch size (default: 64, 128 for resnet).
+    #[arg(long, allow_negative_numbers = true)]
+    batch: Option<usize>,
+    /// Learning rate η (default: 0.05 for mlp, 0.01 for cnn, 0.1 for resnet).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Worker threads (default, or 0: one per core).
@@ -62,10 +86,11 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
-    match model {
-        Model::Mlp => Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build(),
-        Model::Cnn => Sequential::builder(&[1, 28, 28], seed)
+fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
+    Ok(match model {
+        Model::Mlp => Box::new(Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()?),
+        Model::Resnet => Box::new(resnet::resnet20(seed)?),
+        Model::Cnn => Box::new(Sequential::builder(&[1, 28, 28], seed)
             .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
             .relu()
             .max_pool(&[2, 2])
@@ -76,8 +101,8 @@ fn build(model: Model, seed: u64) -> Result<Sequential<f32>, NnError> {
             .dense(128)
             .relu()
             .dense(10)
-            .build(),
-    }
+            .build()?),
+    })
 }
 
 /// `YYYYMMDDTHHMMSSZ`: the UTC time now, in the basic form of ISO 8601.
@@ -123,21 +148,25 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     // their parallel loops in place instead of handing each step to the pool.
     let threads = args.threads.unwrap_or(0);
     rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()?;
-    let (epochs, lr) = match args.model {
-        Model::Mlp => (args.epochs.unwrap_or(5), args.lr.unwrap_or(0.05)),
-        Model::Cnn => (args.epochs.unwrap_or(3), args.lr.unwrap_or(0.01)),
-    };
+    let recipe = args.model.recipe();
+    let (epochs, lr, batch) =
+        (args.epochs.unwrap_or(recipe.epochs), args.lr.unwrap_or(recipe.lr), args.batch.unwrap_or(recipe.batch));
+    let resnet = args.model == Model::Resnet;
     let config = TrainConfig {
-        batch_size: args.batch,
+        batch_size: batch,
         seed: args.seed,
         reduction: Reduction::Mean,
         max_epochs: Some(epochs),
         // Evaluating in training-sized batches keeps the activation buffers at their
         // training size (peak memory).
-        eval_batch_size: args.batch,
+        eval_batch_size: batch,
+        schedule: if resnet { LrSchedule::CosineUpdates { warmup: 0, min_lr: 0.0 } } else { LrSchedule::Constant },
         ..TrainConfig::default()
     };
     let mut optimizer = Sgd::new(lr).momentum(0.9);
+    if resnet {
+        optimizer = optimizer.nesterov(true).weight_decay(5e-4).decay_weights_only(true);
+    }
     // Bad settings and an unwritable output are refused before the data loads and
     // the training runs, not after.
     config.validate()?;
@@ -153,9 +182,18 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     let source = fashion_mnist::locate(args.data.as_deref());
     let (mut train, mut test): (ClassificationSet, ClassificationSet) = fashion_mnist::load(&source.dir)?;
-    if args.model == Model::Mlp {
-        train = train.with_sample_shape(&[784])?;
-        test = test.with_sample_shape(&[784])?;
+    match args.model {
+        Model::Mlp => {
+            train = train.with_sample_shape(&[784])?;
+            test = test.with_sample_shape(&[784])?;
+        }
+        Model::Resnet => {
+            let normalization = Normalization { mean: vec![0.2860], std: vec![0.3530] };
+            let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, seed: args.seed + 1 };
+            train = train.with_normalization(normalization.clone())?.with_augmentation(augmentation)?;
+            test = test.with_normalization(normalization)?;
+        }
+        Model::Cnn => {}
     }
     println!(
         "data: {} ({}): {} training, {} test images",
@@ -166,16 +204,16 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     );
 
     let mut net = build(args.model, args.seed)?;
+    let sgd = if resnet { "SGD (Nesterov, weight decay 5e-4, cosine per update)" } else { "SGD" };
     println!(
-        "model: {:?}, {} parameters; {epochs} epochs, batch {}, SGD lr {lr} momentum 0.9, {} threads",
+        "model: {:?}, {} parameters; {epochs} epochs, batch {batch}, {sgd} lr {lr} momentum 0.9, {} threads",
         args.model,
         net.num_params(),
-        args.batch,
         rayon::current_num_threads()
     );
     let started = Instant::now();
     let report = Trainer::new(config).fit(
-        &mut net,
+        &mut *net,
         &mut optimizer,
         &SoftmaxCrossEntropy,
         &train,
@@ -202,7 +240,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             s.seconds
         );
     }
-    let eval = evaluate(&mut net, &SoftmaxCrossEntropy, &test, args.batch)?;
+    let eval = evaluate(&mut *net, &SoftmaxCrossEntropy, &test, batch)?;
     println!("\ntest accuracy: {:.2}% ({} images)", 100.0 * eval.accuracy.unwrap_or(0.0), eval.samples);
     if let Some(confusion) = &eval.confusion {
         println!(
@@ -214,7 +252,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         println!("peak resident memory: {peak:.0} MiB");
     }
 
-    save_weights(&out.join("weights.safetensors"), &net)?;
+    save_weights(&out.join("weights.safetensors"), &*net)?;
     write_history_csv(&out.join("history.csv"), &report.history)?;
     plot_history(&out.join("training.svg"), &report.history)?;
     println!("wrote {}/{{weights.safetensors, history.csv, training.svg}}", out.display());
