@@ -13,8 +13,8 @@ use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
 use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
 use nn_train::data::{Augmentation, ClassificationSet, Normalization};
-use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::optim::Sgd;
+use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::report::{plot_history, write_history_csv};
 use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
 use std::error::Error;
@@ -88,20 +88,24 @@ struct Args {
 
 fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
     Ok(match model {
-        Model::Mlp => Box::new(Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()?),
+        Model::Mlp => {
+            Box::new(Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()?)
+        }
         Model::Resnet => Box::new(resnet::resnet20(seed)?),
-        Model::Cnn => Box::new(Sequential::builder(&[1, 28, 28], seed)
-            .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
-            .relu()
-            .max_pool(&[2, 2])
-            .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
-            .relu()
-            .max_pool(&[2, 2])
-            .flatten()
-            .dense(128)
-            .relu()
-            .dense(10)
-            .build()?),
+        Model::Cnn => Box::new(
+            Sequential::builder(&[1, 28, 28], seed)
+                .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
+                .relu()
+                .max_pool(&[2, 2])
+                .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+                .relu()
+                .max_pool(&[2, 2])
+                .flatten()
+                .dense(128)
+                .relu()
+                .dense(10)
+                .build()?,
+        ),
     })
 }
 
