@@ -105,8 +105,7 @@ impl<T: Element> Graph<T> {
                 }
                 Op::Concat => {
                     out.set_batch_shape(batch, &node.shape)?;
-                    let parts: Vec<&Tensor<T>> = node.inputs.iter().map(|&i| &done[i]).collect();
-                    concat_channels(&parts, batch, out.data_mut());
+                    concat_channels(done, &node.inputs, batch, out.data_mut());
                 }
             }
         }
@@ -304,12 +303,13 @@ fn accumulate<T: Element>(into: &mut Tensor<T>, has: &mut bool, from: &Tensor<T>
     Ok(())
 }
 
-/// Writes `parts` (each `[batch, C_i, rest…]`) side by side along channels.
-fn concat_channels<T: Element>(parts: &[&Tensor<T>], batch: usize, out: &mut [T]) {
+/// Writes the tensors `parts` of `tensors` (each `[batch, C_i, rest…]`) side by side
+/// along channels.
+fn concat_channels<T: Element>(tensors: &[Tensor<T>], parts: &[usize], batch: usize, out: &mut [T]) {
     let per_sample: usize = out.len() / batch.max(1);
     for n in 0..batch {
         let mut at = n * per_sample;
-        for part in parts {
+        for part in parts.iter().map(|&i| &tensors[i]) {
             let len = part.len() / batch;
             out[at..at + len].copy_from_slice(&part.data()[n * len..(n + 1) * len]);
             at += len;
