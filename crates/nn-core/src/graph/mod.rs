@@ -125,7 +125,7 @@ impl<T: Element> Graph<T> {
     /// [`NnError`] when no forward pass preceded or `grad_output` is not shaped like the
     /// output; a layer's error, naming its node.
     pub fn backward(&mut self, grad_output: &Tensor<T>) -> Result<(), NnError> {
-        self.backward_impl(grad_output)
+        self.backward_impl(grad_output, false)
     }
 
     /// [`backward`](Self::backward), also returning ∂L/∂input.
@@ -133,7 +133,7 @@ impl<T: Element> Graph<T> {
     /// # Errors
     /// As for [`backward`](Self::backward).
     pub fn backward_to_input(&mut self, grad_output: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
-        self.backward_impl(grad_output)?;
+        self.backward_impl(grad_output, true)?;
         if !self.has_grad[0] {
             let shape = self.activations[0].shape().to_vec();
             self.grads[0] = Tensor::zeros(&shape)?;
@@ -141,7 +141,7 @@ impl<T: Element> Graph<T> {
         Ok(&self.grads[0])
     }
 
-    fn backward_impl(&mut self, grad_output: &Tensor<T>) -> Result<(), NnError> {
+    fn backward_impl(&mut self, grad_output: &Tensor<T>, want_input_grad: bool) -> Result<(), NnError> {
         if !self.forward_done {
             return Err(NnError::BackwardBeforeForward);
         }
@@ -168,12 +168,16 @@ impl<T: Element> Graph<T> {
                 Op::Input => {}
                 Op::Layer(layer) => {
                     let input = node.inputs[0];
-                    // The network's input needs no gradient unless asked for it; asking
-                    // costs one pass of the first layer.
+                    // The network's input needs no gradient unless asked for it: a layer
+                    // reading it skips its input-gradient pass.
+                    let wanted = input != 0 || want_input_grad;
+                    let scratch = wanted.then_some(&mut self.scratch);
                     layer
-                        .backward(&self.activations[input], &self.activations[index], upstream, Some(&mut self.scratch))
+                        .backward(&self.activations[input], &self.activations[index], upstream, scratch)
                         .map_err(|e| in_node(&node.name, e))?;
-                    accumulate(&mut before[input], &mut self.has_grad[input], &self.scratch)?;
+                    if wanted {
+                        accumulate(&mut before[input], &mut self.has_grad[input], &self.scratch)?;
+                    }
                 }
                 Op::Add => {
                     for &input in &node.inputs {
