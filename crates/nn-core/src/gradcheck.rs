@@ -6,7 +6,7 @@
 //! is moved by ±h and the central difference `(L(+h) − L(−h)) / 2h` is compared with
 //! the analytic gradient from `backward`.
 
-use crate::{seeded_rng, Graph, Layer, Loss, NnError, Reduction, Sequential, Tensor};
+use crate::{seeded_rng, Graph, Layer, Loss, Network, NnError, Reduction, Sequential, Tensor};
 use rand::Rng;
 
 /// Settings of a gradient check.

@@ -259,18 +259,6 @@ impl<T: Element> Sequential<T> {
         (0..self.layers.len()).find(|&i| !nn_kernels::elementwise::all_finite(self.activations[i + 1].data()))
     }
 
-    /// The name ([`named_params`](Self::named_params)) of the first parameter whose
-    /// gradient holds a NaN or an infinity.
-    pub fn first_non_finite_grad(&self) -> Option<String> {
-        let mut params = self.named_params().into_iter();
-        params.find(|(_, p)| !nn_kernels::elementwise::all_finite(p.grad.data())).map(|(name, _)| name)
-    }
-
-    /// Whether every parameter gradient is finite: one cheap pass over them.
-    pub fn grads_are_finite(&self) -> bool {
-        self.layers.iter().flat_map(|l| l.params()).all(|p| nn_kernels::elementwise::all_finite(p.grad.data()))
-    }
-
     /// The number of trainable scalars.
     pub fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.value.len()).sum()

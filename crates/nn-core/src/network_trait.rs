@@ -3,7 +3,8 @@ use nn_kernels::Element;
 
 /// What training needs of a network, chain ([`Sequential`]) or graph ([`Graph`]):
 /// Steps 2 and 3, the parameters and buffers by name, the mode, and where values
-/// went non-finite.
+/// went non-finite. The provided methods (`zero_grad`, `grads_are_finite`, …) serve
+/// both kinds.
 pub trait Network<T: Element>: Send {
     /// The per-sample input shape.
     fn input_shape(&self) -> &[usize];
@@ -61,7 +62,7 @@ pub trait Network<T: Element>: Send {
     }
 
     /// The name of the first parameter whose gradient holds a NaN or an infinity.
-    fn non_finite_grad(&self) -> Option<String> {
+    fn first_non_finite_grad(&self) -> Option<String> {
         let mut params = self.named_params().into_iter();
         params.find(|(_, p)| !nn_kernels::elementwise::all_finite(p.grad.data())).map(|(name, _)| name)
     }

@@ -268,13 +268,6 @@ impl<T: Element> Graph<T> {
         self.training
     }
 
-    /// Sets every parameter gradient to zero.
-    pub fn zero_grad(&mut self) {
-        for p in self.params_mut() {
-            nn_kernels::elementwise::fill_zero(p.grad.data_mut());
-        }
-    }
-
     /// The name of the first node whose output in the last forward pass holds a NaN or
     /// an infinity.
     pub fn first_non_finite_output(&self) -> Option<&str> {
@@ -283,11 +276,6 @@ impl<T: Element> Graph<T> {
         }
         let finite = |i: usize| nn_kernels::elementwise::all_finite(self.activations[i].data());
         (1..self.nodes.len()).find(|&i| !finite(i)).map(|i| self.nodes[i].name.as_str())
-    }
-
-    /// The number of trainable scalars.
-    pub fn num_params(&self) -> usize {
-        self.params().iter().map(|p| p.value.len()).sum()
     }
 }
 

@@ -150,8 +150,18 @@ impl ClassificationSet {
         inputs.set_batch_shape(indices.len(), &self.sample_shape)?;
         targets.clear();
         let augment = self.augmentation.filter(|_| epoch.is_some());
+        let plain = augment.is_none() && self.normalization.is_none();
+        let shape = match augment {
+            Some(_) => Some(
+                self.image_shape()
+                    .map_err(|e| NnError::InvalidArgument { what: "augmentation", details: e.to_string() })?,
+            ),
+            None => None,
+        };
         let plane = self.sample_len / self.sample_shape[0];
-        let mut pixels = vec![0.0f64; if augment.is_some() { self.sample_len } else { 0 }];
+        // Pixels are scaled in T, as every earlier version did (the same bits).
+        let scale = T::from_f64(1.0 / 255.0);
+        let mut pixels = vec![0.0f64; if plain { 0 } else { self.sample_len }];
         for (dst, &i) in inputs.data_mut().chunks_mut(self.sample_len).zip(indices) {
             let src = self.pixels.get(i * self.sample_len..(i + 1) * self.sample_len).ok_or_else(|| {
                 NnError::InvalidArgument {
@@ -159,24 +169,18 @@ impl ClassificationSet {
                     details: format!("{i} is not below {}", self.labels.len()),
                 }
             })?;
-            // Pixels are scaled in T, as every earlier version did (the same bits).
-            let scale = T::from_f64(1.0 / 255.0);
-            if augment.is_none() && self.normalization.is_none() {
+            if plain {
                 for (d, &s) in dst.iter_mut().zip(src) {
                     *d = T::from_f64(s as f64) * scale;
                 }
             } else {
-                let values: Box<dyn Iterator<Item = f64> + '_> = match augment {
-                    Some(a) => {
-                        let shape = self
-                            .image_shape()
-                            .map_err(|e| NnError::InvalidArgument { what: "augmentation", details: e.to_string() })?;
-                        crop_and_flip(src, shape, a.crop_padding, draw(&a, epoch.unwrap_or(0), i), &mut pixels);
-                        Box::new(pixels.iter().copied())
+                match (augment, shape) {
+                    (Some(a), Some(shape)) => {
+                        crop_and_flip(src, shape, a.crop_padding, draw(&a, epoch.unwrap_or(0), i), &mut pixels)
                     }
-                    None => Box::new(src.iter().map(|&s| s as f64)),
-                };
-                for (k, (d, v)) in dst.iter_mut().zip(values).enumerate() {
+                    _ => pixels.iter_mut().zip(src).for_each(|(p, &s)| *p = s as f64),
+                }
+                for (k, (d, &v)) in dst.iter_mut().zip(&pixels).enumerate() {
                     let x = T::from_f64(v) * scale;
                     *d = match &self.normalization {
                         Some(n) => (x - T::from_f64(n.mean[k / plane])) / T::from_f64(n.std[k / plane]),

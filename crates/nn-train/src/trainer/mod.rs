@@ -356,7 +356,7 @@ where
         // One pass over the gradients, before the update can spread a NaN into the
         // weights and the optimizer's state.
         if !net.grads_are_finite() {
-            let name = net.non_finite_grad().unwrap_or_default();
+            let name = net.first_non_finite_grad().unwrap_or_default();
             return Err(non_finite(format!("gradient of {name}")));
         }
         optimizer.step(&mut net.params_mut())?;
