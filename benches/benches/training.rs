@@ -1,4 +1,4 @@
-//! Criterion benchmarks of one T1 and one T2 training step on a batch of 64
+//! Criterion benchmarks of one T1, T2 (batch 64) and T3 (batch 128) training step
 //! (`cargo bench -p nn-benches --bench training`); throughput is in images.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

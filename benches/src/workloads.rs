@@ -6,7 +6,7 @@ use nn_kernels::conv::{
     conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
-use nn_train::data::{ClassificationSet, Dataset};
+use nn_train::data::{Augmentation, ClassificationSet, Dataset, Normalization};
 use nn_train::optim::Sgd;
 
 /// Deterministic pseudo-random values in [−1, 1).
@@ -282,22 +282,25 @@ pub enum TrainCase {
     T1,
     /// The two-convolution network of BENCHMARKS.md.
     T2,
+    /// The ResNet-20-style graph with batch normalisation and augmentation.
+    T3,
 }
 
 impl TrainCase {
-    /// Both.
-    pub const ALL: [TrainCase; 2] = [TrainCase::T1, TrainCase::T2];
+    /// All three.
+    pub const ALL: [TrainCase; 3] = [TrainCase::T1, TrainCase::T2, TrainCase::T3];
 
-    /// "T1" or "T2".
+    /// "T1", "T2" or "T3".
     pub fn id(self) -> &'static str {
         match self {
             TrainCase::T1 => "T1",
             TrainCase::T2 => "T2",
+            TrainCase::T3 => "T3",
         }
     }
 
-    /// The network, He-uniform weights, zero biases.
-    pub fn network(self) -> Sequential<f32> {
+    /// The chain of T1 or T2 (He-uniform weights, zero biases); `None` for T3, a graph.
+    pub fn sequential(self) -> Option<Sequential<f32>> {
         let built = match self {
             TrainCase::T1 => Sequential::builder(&[784], 1).dense(256).relu().dense(128).relu().dense(10).build(),
             TrainCase::T2 => Sequential::builder(&[1, 28, 28], 1)
@@ -312,61 +315,95 @@ impl TrainCase {
                 .relu()
                 .dense(10)
                 .build(),
+            TrainCase::T3 => return None,
         };
-        built.expect("benchmark networks are valid")
+        Some(built.expect("benchmark networks are valid"))
     }
 
-    /// η from BENCHMARKS.md.
-    pub fn learning_rate(self) -> f64 {
-        match self {
-            TrainCase::T1 => 0.05,
-            TrainCase::T2 => 0.01,
+    /// The network.
+    pub fn network(self) -> Box<dyn Network<f32>> {
+        match self.sequential() {
+            Some(chain) => Box::new(chain),
+            None => Box::new(nn_train::models::resnet20::<f32>(1).expect("T3 is valid")),
         }
+    }
+
+    /// The optimizer of BENCHMARKS.md (its first learning rate, for T3's schedule).
+    pub fn optimizer(self) -> Sgd<f32> {
+        match self {
+            TrainCase::T1 => Sgd::new(0.05).momentum(0.9),
+            TrainCase::T2 => Sgd::new(0.01).momentum(0.9),
+            TrainCase::T3 => Sgd::new(0.1).momentum(0.9).nesterov(true).weight_decay(5e-4).decay_weights_only(true),
+        }
+    }
+
+    /// Patterns per step.
+    pub fn batch(self) -> usize {
+        if self == TrainCase::T3 {
+            128
+        } else {
+            64
+        }
+    }
+
+    /// Synthetic 28×28 byte images, prepared as the example prepares real ones (T3:
+    /// normalised, cropped and flipped at random).
+    pub fn data(self) -> ClassificationSet {
+        let count = 1024;
+        let pixels: Vec<u8> = filled(count * 784, 7).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i * 7 % 10) as u8).collect();
+        let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10).expect("consistent synthetic data");
+        let prepared = match self {
+            TrainCase::T1 => data.with_sample_shape(&[784]),
+            TrainCase::T2 => Ok(data),
+            TrainCase::T3 => data
+                .with_normalization(Normalization { mean: vec![0.2860], std: vec![0.3530] })
+                .and_then(|d| d.with_augmentation(Augmentation { crop_padding: 2, horizontal_flip: true, seed: 2 })),
+        };
+        prepared.expect("valid preparation")
     }
 }
 
-/// A training loop on synthetic 28×28 byte images (the same pipeline as real data:
-/// bytes converted per batch), batch 64, SGD with momentum 0.9, mean cross-entropy.
+/// A training loop on synthetic images through the same pipeline as real data (bytes
+/// converted, and for T3 augmented, per batch), mean cross-entropy.
 pub struct TrainRun {
-    net: Sequential<f32>,
+    net: Box<dyn Network<f32>>,
     optimizer: Sgd<f32>,
     data: ClassificationSet,
     inputs: Tensor<f32>,
     targets: Vec<usize>,
     grad: Tensor<f32>,
+    indices: Vec<usize>,
     next: usize,
     /// Patterns per step.
     pub batch: usize,
 }
 
 impl TrainRun {
-    /// 1,024 synthetic images.
+    /// The network, optimizer and 1,024 synthetic images of `case`.
     pub fn new(case: TrainCase) -> Self {
-        let count = 1024;
-        let pixels: Vec<u8> = filled(count * 784, 7).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
-        let labels: Vec<u8> = (0..count).map(|i| (i * 7 % 10) as u8).collect();
-        let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10).expect("consistent synthetic data");
-        let data = if case == TrainCase::T1 { data.with_sample_shape(&[784]).expect("same size") } else { data };
         Self {
             net: case.network(),
-            optimizer: Sgd::new(case.learning_rate()).momentum(0.9),
-            data,
+            optimizer: case.optimizer(),
+            data: case.data(),
             inputs: Tensor::default(),
             targets: Vec::new(),
             grad: Tensor::default(),
+            indices: Vec::new(),
             next: 0,
-            batch: 64,
+            batch: case.batch(),
         }
     }
 
     /// One minibatch: fill, forward, loss, backward, update.
     pub fn step(&mut self) {
         let n = Dataset::<f32>::len(&self.data);
-        let indices: Vec<usize> = (self.next..self.next + self.batch).map(|i| i % n).collect();
+        self.indices.clear();
+        self.indices.extend((self.next..self.next + self.batch).map(|i| i % n));
         self.next = (self.next + self.batch) % n;
-        self.data.fill_batch(&indices, &mut self.inputs, &mut self.targets).expect("indices in range");
+        self.data.fill_training_batch(0, &self.indices, &mut self.inputs, &mut self.targets).expect("in range");
         nn_train::train_step(
-            &mut self.net,
+            &mut *self.net,
             &mut self.optimizer,
             &SoftmaxCrossEntropy,
             &self.inputs,
@@ -375,6 +412,16 @@ impl TrainRun {
             &mut self.grad,
         )
         .expect("valid step");
+    }
+
+    /// Only the batch assembly of [`step`](Self::step) (for T3: conversion,
+    /// normalisation and augmentation), to weigh the data pipeline against the step.
+    pub fn fill(&mut self) {
+        let n = Dataset::<f32>::len(&self.data);
+        self.indices.clear();
+        self.indices.extend((self.next..self.next + self.batch).map(|i| i % n));
+        self.next = (self.next + self.batch) % n;
+        self.data.fill_training_batch(0, &self.indices, &mut self.inputs, &mut self.targets).expect("in range");
     }
 }
 

@@ -4,7 +4,7 @@
 //! - `nn-bench run [--quick] [--filter ID]…`: every workload with 1 and all threads.
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
-//! - `nn-bench layers T1|T2 [THREADS]`: forward and backward time of each layer.
+//! - `nn-bench layers T1|T2|T3 [THREADS]`: forward and backward time of each layer.
 //! - `nn-bench passes C1…C6 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
@@ -13,7 +13,7 @@ use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS}
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
-const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2 [THREADS] \
+const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3 [THREADS] \
                      | passes C1..C6 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
@@ -63,7 +63,7 @@ fn reference(name: &'static str, t: Timing, flops: f64) -> Reference {
 
 fn layer_times(case: TrainCase) {
     use nn_core::Tensor;
-    let mut net = case.network();
+    let Some(mut net) = case.sequential() else { return graph_node_times(case) };
     let mut shape = vec![64];
     shape.extend_from_slice(net.input_shape());
     let len = shape.iter().product();
@@ -94,6 +94,73 @@ fn layer_times(case: TrainCase) {
     let mut sgd = nn_train::optim::Sgd::new(0.01).momentum(0.9);
     let update = measure(budget, || sgd.step(&mut net.params_mut()).expect("update"));
     println!("zero_grad {:.3} ms, SGD momentum update {:.3} ms", zero.median * 1e3, update.median * 1e3);
+}
+
+/// Where a step of a graph network (T3) goes: each node's mean forward and backward
+/// time over a run of training steps, summed by layer kind and by stage, against the
+/// whole step.
+fn graph_node_times(case: TrainCase) {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+    let mut graph = nn_train::models::resnet20::<f32>(1).expect("T3 is valid");
+    let (mut optimizer, data, batch) = (case.optimizer(), case.data(), case.batch());
+    let (mut inputs, mut targets, mut grad) = (nn_core::Tensor::default(), Vec::new(), nn_core::Tensor::default());
+    let indices: Vec<usize> = (0..batch).collect();
+    let mut step = |graph: &mut nn_core::Graph<f32>| {
+        use nn_train::data::Dataset;
+        data.fill_training_batch(0, &indices, &mut inputs, &mut targets).expect("in range");
+        let loss = &nn_core::SoftmaxCrossEntropy;
+        let reduction = nn_core::Reduction::Mean;
+        nn_train::train_step(graph, &mut optimizer, loss, &inputs, &targets, reduction, &mut grad).expect("step");
+    };
+    for _ in 0..3 {
+        step(&mut graph); // Warm-up: buffers reach their steady-state sizes.
+    }
+    graph.set_profiling(true);
+    let steps = 10;
+    let mut sums: BTreeMap<String, (&'static str, f64, f64)> = BTreeMap::new();
+    let mut order = Vec::new();
+    let started = Instant::now();
+    for _ in 0..steps {
+        step(&mut graph);
+        for t in graph.node_timings() {
+            let entry = sums.entry(t.name.clone()).or_insert_with(|| {
+                order.push(t.name.clone());
+                (t.kind, 0.0, 0.0)
+            });
+            entry.1 += t.forward.as_secs_f64() / steps as f64;
+            entry.2 += t.backward.as_secs_f64() / steps as f64;
+        }
+    }
+    let wall = started.elapsed().as_secs_f64() / steps as f64;
+    let mut by_kind: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut by_stage: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for name in &order {
+        let (kind, f, b) = sums[name];
+        let k = by_kind.entry(kind).or_default();
+        (k.0, k.1) = (k.0 + f, k.1 + b);
+        let stage = name.split('.').next().unwrap_or(name).to_string();
+        let s = by_stage.entry(stage).or_default();
+        (s.0, s.1) = (s.0 + f, s.1 + b);
+    }
+    let (total_f, total_b): (f64, f64) = by_kind.values().fold((0.0, 0.0), |(f, b), v| (f + v.0, b + v.1));
+    println!("{} step (batch {batch}), {} threads: {:.1} ms", case.id(), rayon::current_num_threads(), wall * 1e3);
+    for (title, table) in
+        [("kind", by_kind.into_iter().map(|(k, v)| (k.to_string(), v)).collect()), ("stage", by_stage)]
+            as [(&str, BTreeMap<String, (f64, f64)>); 2]
+    {
+        println!("\n| {title} | forward | backward | share of step |\n| --- | --- | --- | --- |");
+        for (name, (f, b)) in table {
+            println!("| {name} | {:.2} ms | {:.2} ms | {:.1}% |", f * 1e3, b * 1e3, 100.0 * (f + b) / wall);
+        }
+    }
+    let rest = wall - total_f - total_b;
+    println!("| (loss, update, batch assembly) | | | {:.1}% ({:.2} ms) |", 100.0 * rest / wall, rest * 1e3);
+    println!("\n| node | kind | forward | backward |\n| --- | --- | --- | --- |");
+    for name in &order {
+        let (kind, f, b) = sums[name];
+        println!("| {name} | {kind} | {:.3} ms | {:.3} ms |", f * 1e3, b * 1e3);
+    }
 }
 
 /// Median time of each pass of one convolution workload: forward, and the bias,
@@ -161,10 +228,11 @@ fn main() {
             with_threads(threads, || pass_times(case));
         }
         Some("layers") => {
-            // Median forward and backward time of each layer of T1 or T2 (batch 64).
+            // Forward and backward time of each layer of T1 or T2 (batch 64), or each
+            // node of T3 (batch 128).
             let case = TrainCase::ALL.into_iter().find(|c| Some(c.id()) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench layers T1|T2 [THREADS]");
+                eprintln!("usage: nn-bench layers T1|T2|T3 [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -245,6 +313,9 @@ fn main() {
                     let batch = run.batch as f64;
                     let step = with_threads(threads, || measure(budget, || run.step()));
                     records.push(record(format!("{}-step", case.id()), threads, step, None, Some(batch), vec![]));
+                    // The data pipeline alone (T3: with augmentation), to set against the step.
+                    let fill = with_threads(threads, || measure(budget, || run.fill()));
+                    records.push(record(format!("{}-fill", case.id()), threads, fill, None, Some(batch), vec![]));
                     eprintln!("{} threads={threads} done", case.id());
                 }
             }

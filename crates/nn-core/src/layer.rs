@@ -41,6 +41,26 @@ impl<T: Element> Param<T> {
     }
 }
 
+/// Which tensors of the last forward pass a layer's `backward` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardReads {
+    /// The layer's input x⁽ᵏ⁾ (a convolution's weight gradient needs it).
+    pub input: bool,
+    /// The layer's output x⁽ᵏ⁺¹⁾ (ReLU's derivative is cheapest from it).
+    pub output: bool,
+}
+
+impl BackwardReads {
+    /// Both tensors: the safe default.
+    pub const BOTH: Self = Self { input: true, output: true };
+    /// The input only.
+    pub const INPUT: Self = Self { input: true, output: false };
+    /// The output only.
+    pub const OUTPUT: Self = Self { input: false, output: true };
+    /// Neither (the layer keeps what it needs, or needs only shapes).
+    pub const NEITHER: Self = Self { input: false, output: false };
+}
+
 /// One layer `x⁽ᵏ⁺¹⁾ = f⁽ᵏ⁾(x⁽ᵏ⁾, w⁽ᵏ⁾)` of a feed-forward network.
 ///
 /// Shapes are per sample; tensors passed in carry a leading batch dimension.
@@ -75,6 +95,13 @@ pub trait Layer<T: Element>: Send + Sync {
         grad_output: &Tensor<T>,
         grad_input: Option<&mut Tensor<T>>,
     ) -> Result<(), NnError>;
+
+    /// Which of `input` and `output` [`Layer::backward`] reads. A [`Graph`](crate::Graph)
+    /// keeps a tensor until the backward pass only if some layer reads it, and hands a
+    /// layer an empty tensor in place of one it declared it does not read.
+    fn backward_reads(&self) -> BackwardReads {
+        BackwardReads::BOTH
+    }
 
     /// The trainable parameters, in a fixed order.
     fn params(&self) -> Vec<&Param<T>> {
@@ -122,19 +149,25 @@ pub(crate) fn batch_of<T: Element>(
     Ok(shape[0])
 }
 
-/// Checks the tensors handed to `backward`: input and output as the layer's shapes with
-/// one batch size, and `grad_output` shaped like `output`.
+/// Checks the tensors handed to `backward`: `grad_output` shaped as the layer's output
+/// with a positive batch, and those of `input` and `output` the layer reads (see
+/// [`Layer::backward_reads`]) of the same shape; returns the batch size.
 pub(crate) fn backward_batch<T: Element, L: Layer<T> + ?Sized>(
     layer: &L,
     input: &Tensor<T>,
     output: &Tensor<T>,
     grad_output: &Tensor<T>,
 ) -> Result<usize, NnError> {
-    let batch = batch_of("backward input", input, layer.input_shape())?;
-    if output.shape() != grad_output.shape() || batch_of("backward output", output, layer.output_shape())? != batch {
+    let batch = batch_of("backward grad_output", grad_output, layer.output_shape())?;
+    let reads = layer.backward_reads();
+    if reads.input && batch_of("backward input", input, layer.input_shape())? != batch {
         let mut expected = vec![batch];
-        expected.extend_from_slice(layer.output_shape());
-        return Err(NnError::Shape { op: "backward grad_output", expected, got: grad_output.shape().to_vec() });
+        expected.extend_from_slice(layer.input_shape());
+        return Err(NnError::Shape { op: "backward input", expected, got: input.shape().to_vec() });
+    }
+    if reads.output && output.shape() != grad_output.shape() {
+        let op = "backward output (shaped as grad_output)";
+        return Err(NnError::Shape { op, expected: grad_output.shape().to_vec(), got: output.shape().to_vec() });
     }
     Ok(batch)
 }

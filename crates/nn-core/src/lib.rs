@@ -59,7 +59,7 @@ mod tensor;
 pub use error::NnError;
 pub use graph::{Graph, GraphBuilder, NodeId};
 pub use init::{seeded_rng, Init, SeededRng};
-pub use layer::{Layer, Param, ParamRole};
+pub use layer::{BackwardReads, Layer, Param, ParamRole};
 pub use loss::{Loss, MeanSquaredError, Reduction, SoftmaxCrossEntropy};
 pub use network::{Sequential, SequentialBuilder};
 pub use network_trait::Network;

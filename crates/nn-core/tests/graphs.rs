@@ -116,3 +116,22 @@ fn graphs_are_bit_identical_on_any_thread_count() {
     };
     assert_eq!(run(1), run(2));
 }
+
+#[test]
+fn profiling_times_every_node_of_both_passes() {
+    let mut net = small_resnet::<f32>(3);
+    let x = random_tensor(&[3, 1, 6, 6], 4).cast::<f32>();
+    assert!(net.node_timings().is_empty(), "off by default");
+    net.set_profiling(true);
+    let y = net.forward(&x).unwrap().clone();
+    net.backward(&y).unwrap();
+    let timings = net.node_timings();
+    let names: Vec<&str> = timings.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(timings.len(), names.iter().collect::<std::collections::BTreeSet<_>>().len(), "one row per node");
+    let conv = timings.iter().find(|t| t.name == "stage2.block0.conv1").expect("named node");
+    assert_eq!(conv.kind, "conv");
+    assert!(conv.forward > std::time::Duration::ZERO && conv.backward > std::time::Duration::ZERO, "{conv:?}");
+    assert!(timings.iter().any(|t| t.kind == "add"), "{names:?}");
+    net.set_profiling(false);
+    assert!(net.node_timings().is_empty());
+}

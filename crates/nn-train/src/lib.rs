@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 mod eval;
+pub mod models;
 pub mod optim;
 pub mod prelude;
 #[cfg(feature = "progress")]

@@ -7,11 +7,17 @@
 //! not depend on the thread count.
 
 mod builder;
+mod memory;
+mod profile;
 
 pub use builder::{GraphBuilder, NodeId};
+pub use profile::NodeTiming;
 
 use crate::{Layer, NnError, Param, Tensor};
+use memory::MemoryPlan;
 use nn_kernels::Element;
+use profile::Stopwatch;
+use std::time::Duration;
 
 /// What a node computes from its inputs.
 pub(crate) enum Op<T: Element> {
@@ -25,6 +31,17 @@ pub(crate) enum Op<T: Element> {
     Concat,
 }
 
+impl<T: Element> Op<T> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Layer(layer) => layer.kind(),
+            Op::Add => "add",
+            Op::Concat => "concat",
+        }
+    }
+}
+
 /// One node: a name that says where it lives (`"stage2.block0.conv1"`), what it does,
 /// which nodes it reads, and the per-sample shape it produces.
 pub(crate) struct Node<T: Element> {
@@ -35,18 +52,24 @@ pub(crate) struct Node<T: Element> {
 }
 
 /// A network whose layers form a directed acyclic graph; built by [`GraphBuilder`].
+///
+/// Memory: a node's output is kept for the backward pass only where a layer's
+/// backward reads it ([`Layer::backward_reads`]); the others, and the gradients,
+/// share buffers planned once when the graph is built.
 pub struct Graph<T: Element> {
     nodes: Vec<Node<T>>,
     output: usize,
-    /// Each node's output of the last forward pass.
-    activations: Vec<Tensor<T>>,
-    /// Each node's ∂L/∂output during a backward pass, and whether it has one yet.
+    plan: MemoryPlan,
+    /// Node outputs of the last forward pass, at `plan.value_slot`.
+    values: Vec<Tensor<T>>,
+    /// ∂L/∂output during a backward pass, at `plan.grad_slot`, and whether each node
+    /// has received its first contribution yet.
     grads: Vec<Tensor<T>>,
     has_grad: Vec<bool>,
-    /// Scratch for a layer's input gradient before it is added to its input's.
-    scratch: Tensor<T>,
     forward_done: bool,
     training: bool,
+    /// Per node (forward, backward) of the last passes, when profiling.
+    timings: Option<Vec<(Duration, Duration)>>,
 }
 
 impl<T: Element> std::fmt::Debug for Graph<T> {
@@ -58,16 +81,17 @@ impl<T: Element> std::fmt::Debug for Graph<T> {
 
 impl<T: Element> Graph<T> {
     pub(crate) fn from_nodes(nodes: Vec<Node<T>>, output: usize) -> Self {
-        let n = nodes.len();
+        let plan = memory::plan(&nodes, output);
         Self {
+            values: (0..plan.values).map(|_| Tensor::default()).collect(),
+            grads: (0..plan.grads).map(|_| Tensor::default()).collect(),
+            has_grad: vec![false; nodes.len()],
             nodes,
             output,
-            activations: (0..n).map(|_| Tensor::default()).collect(),
-            grads: (0..n).map(|_| Tensor::default()).collect(),
-            has_grad: vec![false; n],
-            scratch: Tensor::default(),
+            plan,
             forward_done: false,
             training: true,
+            timings: None,
         }
     }
 
@@ -90,32 +114,41 @@ impl<T: Element> Graph<T> {
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         let batch = crate::layer::batch_of("graph forward", x, self.input_shape())?;
         self.forward_done = false;
-        for index in 0..self.nodes.len() {
-            let (done, rest) = self.activations.split_at_mut(index);
-            let out = &mut rest[0];
-            let node = &mut self.nodes[index];
-            match &mut node.op {
-                Op::Input => out.copy_from(x),
-                Op::Layer(layer) => layer.forward(&done[node.inputs[0]], out).map_err(|e| in_node(&node.name, e))?,
+        let Self { nodes, plan, values, timings, .. } = self;
+        for (index, node) in nodes.iter_mut().enumerate() {
+            let watch = Stopwatch::start(timings.is_some());
+            // Out of the pool while it is written; the planner gave it a buffer no
+            // input of this node is using.
+            let mut out = std::mem::take(&mut values[plan.value_slot[index]]);
+            let input = |k: usize| &values[plan.value_slot[node.inputs[k]]];
+            let result = match &mut node.op {
+                Op::Input => {
+                    out.copy_from(x);
+                    Ok(())
+                }
+                Op::Layer(layer) => layer.forward(input(0), &mut out).map_err(|e| in_node(&node.name, e)),
                 Op::Add => {
-                    out.copy_from(&done[node.inputs[0]]);
-                    for &i in &node.inputs[1..] {
-                        nn_kernels::elementwise::add_assign(out.data_mut(), done[i].data())?;
-                    }
+                    out.copy_from(input(0));
+                    (1..node.inputs.len())
+                        .try_for_each(|k| nn_kernels::elementwise::add_assign(out.data_mut(), input(k).data()))
+                        .map_err(NnError::from)
                 }
-                Op::Concat => {
-                    out.set_batch_shape(batch, &node.shape)?;
-                    concat_channels(done, &node.inputs, batch, out.data_mut());
-                }
-            }
+                Op::Concat => out.set_batch_shape(batch, &node.shape).map(|()| {
+                    let parts: Vec<&Tensor<T>> = (0..node.inputs.len()).map(input).collect();
+                    concat_channels(&parts, batch, out.data_mut());
+                }),
+            };
+            values[plan.value_slot[index]] = out;
+            result?;
+            watch.stop(timings.as_mut().map(|t| &mut t[index].0));
         }
         self.forward_done = true;
-        Ok(&self.activations[self.output])
+        Ok(&self.values[self.plan.value_slot[self.output]])
     }
 
     /// The output of the last forward pass, if any.
     pub fn output(&self) -> Option<&Tensor<T>> {
-        self.forward_done.then(|| &self.activations[self.output])
+        self.forward_done.then(|| &self.values[self.plan.value_slot[self.output]])
     }
 
     /// Step 3: from `∂L/∂output`, adds every parameter's gradient into
@@ -134,68 +167,114 @@ impl<T: Element> Graph<T> {
     /// As for [`backward`](Self::backward).
     pub fn backward_to_input(&mut self, grad_output: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         self.backward_impl(grad_output, true)?;
+        let slot = self.plan.grad_slot[0];
         if !self.has_grad[0] {
-            let shape = self.activations[0].shape().to_vec();
-            self.grads[0] = Tensor::zeros(&shape)?;
+            let shape = self.values[self.plan.value_slot[0]].shape().to_vec();
+            self.grads[slot] = Tensor::zeros(&shape)?;
         }
-        Ok(&self.grads[0])
+        Ok(&self.grads[slot])
     }
 
     fn backward_impl(&mut self, grad_output: &Tensor<T>, want_input_grad: bool) -> Result<(), NnError> {
-        if !self.forward_done {
-            return Err(NnError::BackwardBeforeForward);
-        }
-        let out = &self.activations[self.output];
-        if grad_output.shape() != out.shape() {
+        let expected = self.output().ok_or(NnError::BackwardBeforeForward)?.shape();
+        if grad_output.shape() != expected {
             return Err(NnError::Shape {
                 op: "graph backward",
-                expected: out.shape().to_vec(),
+                expected: expected.to_vec(),
                 got: grad_output.shape().to_vec(),
             });
         }
-        self.has_grad.fill(false);
-        self.grads[self.output].copy_from(grad_output);
-        self.has_grad[self.output] = true;
         let batch = grad_output.shape()[0];
-        for index in (1..self.nodes.len()).rev() {
-            if !self.has_grad[index] {
+        let Self { nodes, plan, values, grads, has_grad, timings, .. } = self;
+        has_grad.fill(false);
+        grads[plan.grad_slot[self.output]].copy_from(grad_output);
+        has_grad[self.output] = true;
+        // Stands in for a tensor a layer's backward does not read.
+        let unread = Tensor::default();
+        for index in (1..nodes.len()).rev() {
+            if !has_grad[index] {
                 continue; // Nothing downstream of this node reaches the output.
             }
-            let (before, rest) = self.grads.split_at_mut(index);
-            let upstream = &rest[0];
-            let node = &mut self.nodes[index];
-            match &mut node.op {
-                Op::Input => {}
+            let watch = Stopwatch::start(timings.is_some());
+            let (earlier, rest) = nodes.split_at_mut(index);
+            let node = &mut rest[0];
+            // Out of the pool while read; the planner gave no input the same buffer.
+            let upstream = std::mem::take(&mut grads[plan.grad_slot[index]]);
+            // Where an input's gradient was begun by another reader, this node's share is
+            // computed here first (a buffer the planner found free at this point).
+            let mut scratch = plan.scratch_slot[index].map(|s| std::mem::take(&mut grads[s])).unwrap_or_default();
+            let result = match &mut node.op {
+                Op::Input => Ok(()),
                 Op::Layer(layer) => {
                     let input = node.inputs[0];
+                    let reads = layer.backward_reads();
+                    let x = if reads.input { &values[plan.value_slot[input]] } else { &unread };
+                    let y = if reads.output { &values[plan.value_slot[index]] } else { &unread };
                     // The network's input needs no gradient unless asked for it: a layer
                     // reading it skips its input-gradient pass.
-                    let wanted = input != 0 || want_input_grad;
-                    let scratch = wanted.then_some(&mut self.scratch);
-                    layer
-                        .backward(&self.activations[input], &self.activations[index], upstream, scratch)
-                        .map_err(|e| in_node(&node.name, e))?;
-                    if wanted {
-                        accumulate(&mut before[input], &mut self.has_grad[input], &self.scratch)?;
+                    if input == 0 && !want_input_grad {
+                        layer.backward(x, y, &upstream, None)
+                    } else if !has_grad[input] {
+                        has_grad[input] = true;
+                        layer.backward(x, y, &upstream, Some(&mut grads[plan.grad_slot[input]]))
+                    } else {
+                        layer.backward(x, y, &upstream, Some(&mut scratch)).and_then(|()| {
+                            let into = grads[plan.grad_slot[input]].data_mut();
+                            Ok(nn_kernels::elementwise::add_assign(into, scratch.data())?)
+                        })
                     }
+                    .map_err(|e| in_node(&node.name, e))
                 }
-                Op::Add => {
-                    for &input in &node.inputs {
-                        accumulate(&mut before[input], &mut self.has_grad[input], upstream)?;
-                    }
-                }
+                Op::Add => node.inputs.iter().try_for_each(|&input| {
+                    accumulate(&mut grads[plan.grad_slot[input]], &mut has_grad[input], &upstream)
+                }),
                 Op::Concat => {
                     let mut first = 0;
-                    for &input in &node.inputs {
-                        let channels = self.activations[input].shape()[1];
-                        split_channels(upstream, batch, first, &mut self.scratch, &self.activations[input])?;
-                        accumulate(&mut before[input], &mut self.has_grad[input], &self.scratch)?;
-                        first += channels;
-                    }
+                    node.inputs.iter().try_for_each(|&input| {
+                        let shape = &earlier[input].shape;
+                        let into = &mut grads[plan.grad_slot[input]];
+                        if has_grad[input] {
+                            split_channels(&upstream, batch, first, &mut scratch, shape)?;
+                            nn_kernels::elementwise::add_assign(into.data_mut(), scratch.data())?;
+                        } else {
+                            split_channels(&upstream, batch, first, into, shape)?;
+                            has_grad[input] = true;
+                        }
+                        first += shape[0];
+                        Ok(())
+                    })
                 }
+            };
+            grads[plan.grad_slot[index]] = upstream;
+            if let Some(s) = plan.scratch_slot[index] {
+                grads[s] = scratch;
             }
+            result?;
+            watch.stop(timings.as_mut().map(|t| &mut t[index].1));
         }
         Ok(())
+    }
+
+    /// Starts (`true`) or stops recording the time of each node in every pass; see
+    /// [`node_timings`](Self::node_timings).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.timings = on.then(|| vec![(Duration::ZERO, Duration::ZERO); self.nodes.len()]);
+    }
+
+    /// Each node's time in the last forward and backward pass (empty when profiling is
+    /// off).
+    pub fn node_timings(&self) -> Vec<NodeTiming> {
+        let Some(timings) = &self.timings else { return Vec::new() };
+        self.nodes
+            .iter()
+            .zip(timings)
+            .map(|(node, &(forward, backward))| NodeTiming {
+                name: node.name.clone(),
+                kind: node.op.kind(),
+                forward,
+                backward,
+            })
+            .collect()
     }
 
     /// Every parameter, node by node.
@@ -269,13 +348,14 @@ impl<T: Element> Graph<T> {
     }
 
     /// The name of the first node whose output in the last forward pass holds a NaN or
-    /// an infinity.
+    /// an infinity, among the nodes whose outputs are kept for the backward pass (an
+    /// output only the next node's forward reads is overwritten by then).
     pub fn first_non_finite_output(&self) -> Option<&str> {
         if !self.forward_done {
             return None;
         }
-        let finite = |i: usize| nn_kernels::elementwise::all_finite(self.activations[i].data());
-        (1..self.nodes.len()).find(|&i| !finite(i)).map(|i| self.nodes[i].name.as_str())
+        let finite = |i: usize| nn_kernels::elementwise::all_finite(self.values[self.plan.value_slot[i]].data());
+        (1..self.nodes.len()).find(|&i| self.plan.kept[i] && !finite(i)).map(|i| self.nodes[i].name.as_str())
     }
 }
 
@@ -295,13 +375,12 @@ fn accumulate<T: Element>(into: &mut Tensor<T>, has: &mut bool, from: &Tensor<T>
     Ok(())
 }
 
-/// Writes the tensors `parts` of `tensors` (each `[batch, C_i, rest…]`) side by side
-/// along channels.
-fn concat_channels<T: Element>(tensors: &[Tensor<T>], parts: &[usize], batch: usize, out: &mut [T]) {
+/// Writes `parts` (each `[batch, C_i, rest…]`) side by side along channels.
+fn concat_channels<T: Element>(parts: &[&Tensor<T>], batch: usize, out: &mut [T]) {
     let per_sample: usize = out.len() / batch.max(1);
     for n in 0..batch {
         let mut at = n * per_sample;
-        for part in parts.iter().map(|&i| &tensors[i]) {
+        for part in parts {
             let len = part.len() / batch;
             out[at..at + len].copy_from_slice(&part.data()[n * len..(n + 1) * len]);
             at += len;
@@ -310,20 +389,20 @@ fn concat_channels<T: Element>(tensors: &[Tensor<T>], parts: &[usize], batch: us
 }
 
 /// The channels `first..first + C` of `grad` (`[batch, ΣC, rest…]`) into `out`, shaped
-/// like `like` (`[batch, C, rest…]`).
+/// `[batch, per_sample…]` where `per_sample` is `[C, rest…]`.
 fn split_channels<T: Element>(
     grad: &Tensor<T>,
     batch: usize,
     first: usize,
     out: &mut Tensor<T>,
-    like: &Tensor<T>,
+    per_sample: &[usize],
 ) -> Result<(), NnError> {
-    out.set_batch_shape(batch, &like.shape()[1..])?;
-    let per_sample = grad.len() / batch.max(1);
-    let plane: usize = like.shape()[2..].iter().product();
-    let len = like.len() / batch.max(1);
+    out.set_batch_shape(batch, per_sample)?;
+    let from_len = grad.len() / batch.max(1);
+    let plane: usize = per_sample[1..].iter().product();
+    let len = out.len() / batch.max(1);
     for n in 0..batch {
-        let from = n * per_sample + first * plane;
+        let from = n * from_len + first * plane;
         out.data_mut()[n * len..(n + 1) * len].copy_from_slice(&grad.data()[from..from + len]);
     }
     Ok(())

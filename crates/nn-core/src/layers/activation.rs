@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Tensor};
+use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::elementwise::{activation_backward, activation_forward, Activation};
 use nn_kernels::Element;
 
@@ -44,6 +44,15 @@ impl<T: Element> Layer<T> for ActivationLayer {
         &self.shape
     }
 
+    fn backward_reads(&self) -> BackwardReads {
+        // ReLU's derivative is read off its output alone.
+        if self.activation == Activation::Relu {
+            BackwardReads::OUTPUT
+        } else {
+            BackwardReads::BOTH
+        }
+    }
+
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {
         let batch = batch_of("activation forward", input, &self.shape)?;
         output.set_batch_shape(batch, &self.shape)?;
@@ -61,7 +70,9 @@ impl<T: Element> Layer<T> for ActivationLayer {
         let batch = backward_batch(self, input, output, grad_output)?;
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.shape)?;
-            activation_backward(self.activation, input.data(), output.data(), grad_output.data(), dx.data_mut())?;
+            // Where the input is not read, the output stands in for it (same length).
+            let x = if Layer::<T>::backward_reads(self).input { input } else { output };
+            activation_backward(self.activation, x.data(), output.data(), grad_output.data(), dx.data_mut())?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Param, ParamRole, Tensor};
+use crate::{BackwardReads, Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::Element;
 use rayon::prelude::*;
 
@@ -106,6 +106,11 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn backward_reads(&self) -> BackwardReads {
+        // x̂ is recomputed from the input and the saved batch statistics.
+        BackwardReads::INPUT
     }
 
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {

@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Init, Layer, NnError, Param, ParamRole, Tensor};
+use crate::{BackwardReads, Init, Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::elementwise::add_assign;
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_kernels::Element;
@@ -66,6 +66,11 @@ impl<T: Element> Layer<T> for Dense<T> {
 
     fn output_shape(&self) -> &[usize] {
         &self.output_shape
+    }
+
+    fn backward_reads(&self) -> BackwardReads {
+        // The weight gradient multiplies by the input.
+        BackwardReads::INPUT
     }
 
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {

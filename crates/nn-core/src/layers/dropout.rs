@@ -1,6 +1,6 @@
 use crate::init::SeededRng;
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Tensor};
+use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::Element;
 use rand::{Rng, SeedableRng};
 
@@ -106,6 +106,11 @@ impl<T: Element> Layer<T> for Dropout<T> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn backward_reads(&self) -> BackwardReads {
+        // It keeps its mask.
+        BackwardReads::NEITHER
     }
 
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {

@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Tensor};
+use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::Element;
 
 /// Global average pooling: each channel of a `[C, spatial…]` sample (any number of
@@ -43,6 +43,11 @@ impl<T: Element> Layer<T> for GlobalAvgPool {
 
     fn output_shape(&self) -> &[usize] {
         &self.output_shape
+    }
+
+    fn backward_reads(&self) -> BackwardReads {
+        // Only shapes.
+        BackwardReads::NEITHER
     }
 
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {

@@ -1,5 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
-use crate::{Layer, NnError, Tensor};
+use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::conv::{ConvGeometry, KernelMode, OutputRounding, Padding};
 use nn_kernels::pool::{avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward};
 use nn_kernels::Element;
@@ -103,6 +103,11 @@ impl<T: Element> Layer<T> for Pool {
 
     fn output_shape(&self) -> &[usize] {
         &self.output_shape
+    }
+
+    fn backward_reads(&self) -> BackwardReads {
+        // Max pooling keeps its argmax; average pooling needs only shapes.
+        BackwardReads::NEITHER
     }
 
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {

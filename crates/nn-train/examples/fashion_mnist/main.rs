@@ -6,8 +6,6 @@
 //!
 //! Run: `cargo run --release --example fashion_mnist -- --help`
 
-mod resnet;
-
 use clap::{Parser, ValueEnum};
 use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
@@ -91,7 +89,7 @@ fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
         Model::Mlp => {
             Box::new(Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()?)
         }
-        Model::Resnet => Box::new(resnet::resnet20(seed)?),
+        Model::Resnet => Box::new(nn_train::models::resnet20::<f32>(seed)?),
         Model::Cnn => Box::new(
             Sequential::builder(&[1, 28, 28], seed)
                 .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
