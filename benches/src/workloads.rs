@@ -149,8 +149,8 @@ pub struct ConvCase {
     pub padding: usize,
 }
 
-/// C1–C6.
-pub const CONVS: [ConvCase; 6] = [
+/// C1–C8.
+pub const CONVS: [ConvCase; 8] = [
     ConvCase { id: "C1", batch: 32, c_in: 64, input: &[1024], c_out: 64, filter: &[9], stride: 1, padding: 4 },
     ConvCase { id: "C2", batch: 64, c_in: 1, input: &[28, 28], c_out: 32, filter: &[5, 5], stride: 1, padding: 2 },
     ConvCase { id: "C3", batch: 64, c_in: 32, input: &[14, 14], c_out: 64, filter: &[5, 5], stride: 1, padding: 2 },
@@ -166,6 +166,8 @@ pub const CONVS: [ConvCase; 6] = [
         stride: 1,
         padding: 1,
     },
+    ConvCase { id: "C7", batch: 128, c_in: 64, input: &[7, 7], c_out: 64, filter: &[3, 3], stride: 1, padding: 1 },
+    ConvCase { id: "C8", batch: 128, c_in: 16, input: &[28, 28], c_out: 16, filter: &[3, 3], stride: 1, padding: 1 },
 ];
 
 impl ConvCase {

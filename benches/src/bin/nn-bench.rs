@@ -5,7 +5,7 @@
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
 //! - `nn-bench layers T1|T2|T3 [THREADS]`: forward and backward time of each layer.
-//! - `nn-bench passes C1…C6 [THREADS]`: time of each pass of a convolution workload.
+//! - `nn-bench passes C1…C8 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
@@ -14,7 +14,7 @@ use nn_benches::{instructions, peak};
 use serde::Serialize;
 
 const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3 [THREADS] \
-                     | passes C1..C6 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
+                     | passes C1..C8 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
 struct Reference {
@@ -221,7 +221,7 @@ fn main() {
         Some("passes") => {
             let case = CONVS.iter().find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench passes C1..C6 [THREADS]");
+                eprintln!("usage: nn-bench passes C1..C8 [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);

@@ -9,6 +9,7 @@
 //!   constant padding value and optional filter flip: implicit GEMM with AVX-512
 //!   micro-kernels for f32 where the CPU has them, im2col / col2im and GEMM otherwise.
 //! - [`pool`]: N-dimensional max and average pooling.
+//! - [`normalization`]: batch normalisation's sums and affine passes.
 //! - [`simd`]: the instruction sets the kernels use, detected once.
 //! - [`elementwise`]: activations, reductions, vector and optimizer updates; SIMD where
 //!   it pays, all threads for long slices.
@@ -25,6 +26,7 @@ mod error;
 pub mod gemm;
 pub mod geometry;
 pub mod index;
+pub mod normalization;
 pub mod pool;
 pub mod simd;
 mod workspace;

@@ -1,6 +1,6 @@
 use crate::layer::{backward_batch, batch_of};
 use crate::{BackwardReads, Layer, NnError, Param, ParamRole, Tensor};
-use nn_kernels::Element;
+use nn_kernels::{normalization, Element};
 use rayon::prelude::*;
 
 /// Batch normalisation over the channel axis of `[C, spatial…]` samples, any number of
@@ -124,8 +124,8 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
                 .into_par_iter()
                 .map(|c| {
                     let runs = || channel_runs(input.data(), channels, plane, c);
-                    let mean = runs().flatten().map(|v| v.as_f64()).sum::<f64>() / count;
-                    let var = runs().flatten().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / count;
+                    let mean = runs().map(normalization::sum).sum::<f64>() / count;
+                    let var = runs().map(|run| normalization::sum_squared_deviation(run, mean)).sum::<f64>() / count;
                     (mean, var)
                 })
                 .collect();
@@ -150,10 +150,7 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
             for (c, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
                 let scale = gamma[c].as_f64() * self.inv_std[c];
                 let shift = beta[c].as_f64() - self.mean[c] * scale;
-                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * scale + shift;
-                }
+                normalization::scale_shift(x, T::from_f64(scale), T::from_f64(shift), y);
             }
         });
         Ok(())
@@ -174,16 +171,17 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         let (channels, plane) = (self.channels(), self.plane());
         let count = (batch * plane) as f64;
         let (mean, inv_std) = (&self.mean, &self.inv_std);
-        // Per channel: Σ g and Σ g·x̂.
+        // Per channel: Σ g and Σ g·x̂ = Σ g·(x − mean) / √(σ² + ε).
         let sums: Vec<(f64, f64)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let g = channel_runs(grad_output.data(), channels, plane, c).flatten();
-                let x = channel_runs(input.data(), channels, plane, c).flatten();
-                g.zip(x).fold((0.0, 0.0), |(sg, sgx), (g, x)| {
-                    let (g, x_hat) = (g.as_f64(), (x.as_f64() - mean[c]) * inv_std[c]);
-                    (sg + g, sgx + g * x_hat)
-                })
+                let g = channel_runs(grad_output.data(), channels, plane, c);
+                let x = channel_runs(input.data(), channels, plane, c);
+                let (sg, sgd) = g.zip(x).fold((0.0, 0.0), |(sg, sgd), (g, x)| {
+                    let (run_g, run_gd) = normalization::sum_and_dot_deviation(g, x, mean[c]);
+                    (sg + run_g, sgd + run_gd)
+                });
+                (sg, sgd * inv_std[c])
             })
             .collect();
         for (c, &(sg, sgx)) in sums.iter().enumerate() {
@@ -202,10 +200,9 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
                 let (g, x) = (&g_all[at..at + plane], &x_all[at..at + plane]);
                 let scale = gamma[c].as_f64() * inv_std[c];
                 let (mean_g, mean_gx) = if training { (sums[c].0 / count, sums[c].1 / count) } else { (0.0, 0.0) };
-                for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                    let x_hat = (x.as_f64() - mean[c]) * inv_std[c];
-                    *dx = T::from_f64(scale * (g.as_f64() - mean_g - x_hat * mean_gx));
-                }
+                // scale·(g − mean_g − x̂·mean_gx) with x̂ = (x − mean)·inv_std.
+                let constants = [scale, mean_g, scale * inv_std[c] * mean_gx, mean[c]].map(T::from_f64);
+                normalization::centred_difference(g, x, constants, dx);
             }
         });
         Ok(())
