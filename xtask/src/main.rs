@@ -6,11 +6,15 @@
 //! - `cargo xtask bench --compare OLD.json [--against NEW.json] [--threshold PCT]`:
 //!   fails when a workload's median got slower than the threshold allows (runs the
 //!   benchmarks first unless `--against` names a result file).
+//! - `cargo xtask bench --against-pytorch DIR [--against NEW.json]`: our figures
+//!   beside PyTorch's (the JSON files `shared/pytorch-reference` writes into DIR),
+//!   with the ratio per workload and thread count.
 //! - `cargo xtask bench --instructions [--save-baseline]`: counts executed
 //!   instructions of a fixed kernel set under callgrind and fails on a change above
 //!   2% from `benches/instructions-baseline.json`.
 
 mod instructions;
+mod pytorch;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -68,9 +72,9 @@ fn bench(args: &[String]) -> Result<bool, String> {
         Some(v) => v.parse::<f64>().map_err(|e| format!("--threshold {v}: {e}"))?,
         None => DEFAULT_THRESHOLD_PCT,
     };
-    let new = match (value_after(args, "--compare"), value_after(args, "--against")) {
-        (Some(_), Some(against)) => report::Results::read(Path::new(against))?,
-        _ => {
+    let new = match value_after(args, "--against") {
+        Some(against) => report::Results::read(Path::new(against))?,
+        None => {
             let binary = build_bench_binary("release")?;
             let peak = serde_json::from_str(&run_bench(&binary, &["peak"])?).map_err(|e| e.to_string())?;
             let mut run_args = vec!["run"];
@@ -89,6 +93,9 @@ fn bench(args: &[String]) -> Result<bool, String> {
             results
         }
     };
+    if let Some(dir) = value_after(args, "--against-pytorch") {
+        pytorch::compare(&new, Path::new(dir))?;
+    }
     match value_after(args, "--compare") {
         Some(old) => Ok(report::compare(&report::Results::read(Path::new(old))?, &new, threshold)),
         None => Ok(true),

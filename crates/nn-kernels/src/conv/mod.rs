@@ -16,6 +16,10 @@
 //! image, so no column matrix is built. It covers all three products at any stride,
 //! given enough channels to fill its tiles.
 //!
+//! For f32 in two dimensions on a CPU with AVX2 and FMA (`direct`), the forward
+//! pass, and the input gradient at stride 1, run as direct convolutions with output
+//! channels in the vector lanes, reading taps from a padded copy of the image.
+//!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several
 //! small images side by side, or tiles (ranges of output rows) of one large image.
@@ -27,6 +31,10 @@
 //! What depends on the problem alone is worked out once, in [`ConvProblem`]'s plan.
 
 mod columns;
+#[cfg(target_arch = "x86_64")]
+mod direct;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod direct_tests;
 mod im2col;
 mod implicit;
 mod problem;
@@ -77,6 +85,12 @@ pub fn conv_forward<T: Element>(
             return Ok(());
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
+        if direct::forward(problem, x, w, bias.and_then(T::as_f32), pad_value.as_f64() as f32, y) {
+            return Ok(());
+        }
+    }
     columns::forward_by_columns(problem, x, w, bias, pad_value, y);
     Ok(())
 }
@@ -100,6 +114,12 @@ pub fn conv_backward_input<T: Element>(
     {
         let writes = implicit::Writes::for_batch(dy, dx);
         if implicit::backward_input(isa, problem.implicit_plan(), problem, w, dy, dx, writes) {
+            return Ok(());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(w), Some(dy), Some(dx)) = (T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx)) {
+        if direct::backward_input(problem, w, dy, dx) {
             return Ok(());
         }
     }

@@ -1,0 +1,121 @@
+//! The direct path against the formula (forward) and the column path in f64 (input
+//! gradient), over random 2-D geometry: odd channel counts that leave lanes empty,
+//! rows that end in short tiles, strides, asymmetric padding, both kernel modes.
+
+use super::columns::backward_input_by_columns;
+use super::reference::conv_forward_reference;
+use super::*;
+use crate::simd::Avx2Fma;
+use proptest::prelude::*;
+
+fn data(len: usize, seed: u64) -> Vec<f64> {
+    (0..len).map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0).collect()
+}
+
+fn narrow(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    problem: ConvProblem,
+    batch: usize,
+    pad_value: f64,
+    bias: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    // Stride 1 most often: the input gradient takes the direct path only there.
+    let dim = (1usize..13, 1usize..5, prop::sample::select(vec![1usize, 1, 2, 3]), 0usize..4, 0usize..4);
+    (
+        (dim.clone(), dim),
+        any::<bool>(),
+        any::<bool>(),
+        1usize..16,
+        1usize..20,
+        1usize..3,
+        prop::sample::select(vec![0.0, 0.75]),
+        any::<bool>(),
+    )
+        .prop_filter_map("geometry must be valid", |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
+            let [a, b] = [dims.0, dims.1];
+            let padding = [Padding { before: a.3, after: a.4 }, Padding { before: b.3, after: b.4 }];
+            let rounding = if floor { OutputRounding::Floor } else { OutputRounding::Strict };
+            let mode = if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation };
+            let geometry = ConvGeometry::new(&[a.0, b.0], &[a.1, b.1], &[a.2, b.2], &padding, rounding, mode).ok()?;
+            Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
+        })
+}
+
+/// Each cell is a sum of `terms` products of values in [−1, 1], rounded in f32.
+fn assert_close(what: &str, got: &[f32], want: &[f64], terms: usize) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tolerance = 4e-7 * (terms as f64 + 1.0) * (1.0 + w.abs());
+        prop_assert!((g as f64 - w).abs() <= tolerance, "{} cell {}: {} vs {}", what, i, g, w);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn direct_forward_matches_the_formula(case in case()) {
+        let p = &case.problem;
+        let (x, w, b) = (data(case.batch * p.input_image_len(), 1), data(p.weight_len(), 2), data(p.out_channels(), 3));
+        let bias = case.bias.then_some(&b[..]);
+        let mut y = vec![f32::NAN; case.batch * p.output_image_len()];
+        let bias32 = bias.map(narrow);
+        let taken = direct::forward(p, &narrow(&x), &narrow(&w), bias32.as_deref(), case.pad_value as f32, &mut y);
+        let suits = p.out_channels() >= 8 && p.in_channels() * p.geometry().filter_len() >= 64;
+        prop_assert_eq!(taken, Avx2Fma::detect().is_some() && suits);
+        if taken {
+            let want = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
+            assert_close("forward", &y, &want, p.in_channels() * p.geometry().filter_len())?;
+        }
+    }
+
+    #[test]
+    fn direct_input_gradient_matches_the_column_path(case in case()) {
+        let p = &case.problem;
+        let (w, dy) = (data(p.weight_len(), 4), data(case.batch * p.output_image_len(), 5));
+        let mut dx = vec![f32::NAN; case.batch * p.input_image_len()];
+        let taken = direct::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx);
+        let suits = p.in_channels() >= 8 && p.out_channels() * p.geometry().filter_len() >= 64;
+        if Avx2Fma::detect().is_some() && suits && p.geometry().stride() == [1, 1] {
+            let g = p.geometry();
+            let fits = (0..2).all(|d| g.padding()[d].before < g.filter()[d] && g.output()[d] <= g.input()[d] + g.padding()[d].before);
+            prop_assert_eq!(taken, fits);
+        }
+        if taken {
+            prop_assert!(p.geometry().stride().iter().all(|&s| s == 1));
+            let mut want = vec![f64::NAN; dx.len()];
+            backward_input_by_columns(p, &w, &dy, &mut want);
+            assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
+        }
+    }
+}
+
+#[test]
+fn the_direct_path_takes_t3_and_its_stride_one_input_gradients() {
+    let Some(_) = Avx2Fma::detect() else { return };
+    for (channels, size, stride) in [(16, 28, 1), (64, 7, 1), (32, 14, 2)] {
+        let pad = [Padding::symmetric(1), Padding::symmetric(1)];
+        let g = ConvGeometry::new(
+            &[size, size],
+            &[3, 3],
+            &[stride, stride],
+            &pad,
+            OutputRounding::Floor,
+            KernelMode::CrossCorrelation,
+        )
+        .unwrap();
+        let p = ConvProblem::new(g, channels, channels).unwrap();
+        let (x, w) = (vec![0.5; 2 * p.input_image_len()], vec![0.25; p.weight_len()]);
+        let mut y = vec![0.0; 2 * p.output_image_len()];
+        assert!(direct::forward(&p, &x, &w, None, 0.0, &mut y));
+        let mut dx = vec![0.0; x.len()];
+        assert_eq!(direct::backward_input(&p, &w, &y, &mut dx), stride == 1);
+    }
+}

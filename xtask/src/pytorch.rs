@@ -1,0 +1,82 @@
+//! Ours beside PyTorch: reads the JSON files of `shared/pytorch-reference` (gemm.py,
+//! conv.py, resnet.py --bench) and our `nn-bench run` results, and prints one table of
+//! both sides' medians and their ratio, so every speed claim is a ratio from one run.
+
+use crate::report::Results;
+use serde_json::Value;
+use std::path::Path;
+
+/// One row: a workload both sides ran at one thread count.
+struct Row {
+    id: String,
+    threads: usize,
+    ours_s: f64,
+    theirs_s: f64,
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// PyTorch's median seconds per workload id (ours' spelling: `G3`, `C3-fwd`,
+/// `C3-fwdbwd`, `T3-step`) and thread count, from every file of `dir` it knows.
+fn pytorch_medians(dir: &Path) -> Result<Vec<(String, usize, f64)>, String> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let Some(json) = read_json(&path) else { continue };
+        let threads = |v: &Value| v["threads"].as_u64().map(|t| t as usize);
+        if name.starts_with("pytorch-gemm") || name.starts_with("pytorch-conv") {
+            for row in json["results"].as_array().into_iter().flatten() {
+                let (Some(id), Some(t)) = (row["id"].as_str(), threads(row)) else { continue };
+                if let Some(s) = row["median_s"].as_f64() {
+                    out.push((id.to_string(), t, s));
+                }
+                for pass in ["fwd", "fwdbwd"] {
+                    if let Some(s) = row[format!("{pass}_median_s")].as_f64() {
+                        out.push((format!("{id}-{pass}"), t, s));
+                    }
+                }
+            }
+        } else if name.starts_with("pytorch-t3") {
+            // resnet.py --bench: images/s over blocks of whole training steps.
+            if let (Some(t), Some(ips)) = (threads(&json), json["images_per_s_median"].as_f64()) {
+                out.push(("T3-step".to_string(), t, 128.0 / ips));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Prints the side-by-side table; rows are the workloads both sides ran.
+pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
+    let theirs = pytorch_medians(pytorch_dir)?;
+    let rows: Vec<Row> = ours
+        .records
+        .iter()
+        .filter_map(|r| {
+            let (_, _, s) = theirs.iter().rev().find(|(id, t, _)| *id == r.id && *t == r.threads)?;
+            Some(Row { id: r.id.clone(), threads: r.threads, ours_s: r.median_s, theirs_s: *s })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(format!("no workload of ours matches a PyTorch result in {}", pytorch_dir.display()));
+    }
+    println!("| workload | threads | ours | PyTorch | speed ratio ours/PyTorch |");
+    println!("| --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.3} ms | {:.3} ms | {:.2} |",
+            row.id,
+            row.threads,
+            row.ours_s * 1e3,
+            row.theirs_s * 1e3,
+            row.theirs_s / row.ours_s
+        );
+    }
+    println!("(ratio > 1: ours is faster; both sides' medians, from files of one sitting)");
+    Ok(())
+}
