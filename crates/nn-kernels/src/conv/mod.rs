@@ -17,8 +17,9 @@
 //! given enough channels to fill its tiles.
 //!
 //! For f32 in two dimensions on a CPU with AVX2 and FMA (`direct`), the forward
-//! pass, and the input gradient at stride 1, run as direct convolutions with output
-//! channels in the vector lanes, reading taps from a padded copy of the image.
+//! pass, the weight gradient and the input gradient at stride 1 run as direct
+//! convolutions with output channels in the vector lanes, reading taps from a padded
+//! copy of the image.
 //!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several
@@ -33,8 +34,6 @@
 mod columns;
 #[cfg(target_arch = "x86_64")]
 mod direct;
-#[cfg(all(test, target_arch = "x86_64"))]
-mod direct_tests;
 mod im2col;
 mod implicit;
 mod problem;
@@ -151,6 +150,12 @@ pub fn conv_backward_weight<T: Element>(
     {
         let pad_value = pad_value.as_f64() as f32;
         if implicit::backward_weight(isa, problem.implicit_plan(), problem, batch, per_chunk, x, dy, pad_value, dw) {
+            return Ok(());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), Some(dy), Some(dw)) = (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw)) {
+        if direct::backward_weight(problem, batch, per_chunk, x, dy, pad_value.as_f64() as f32, dw) {
             return Ok(());
         }
     }

@@ -7,6 +7,12 @@
 //! The input gradient at stride 1 is the same product on the output gradient, with
 //! the filter rotated by 180° and the channel roles swapped.
 
+#[cfg(test)]
+mod tests;
+mod weight;
+
+pub(super) use weight::backward_weight;
+
 use super::ConvProblem;
 use crate::geometry::KernelMode;
 use crate::simd::Avx2Fma;

@@ -2,9 +2,9 @@
 //! gradient), over random 2-D geometry: odd channel counts that leave lanes empty,
 //! rows that end in short tiles, strides, asymmetric padding, both kernel modes.
 
-use super::columns::backward_input_by_columns;
-use super::reference::conv_forward_reference;
-use super::*;
+use super::super::columns::{backward_input_by_columns, backward_weight_by_columns};
+use super::super::reference::conv_forward_reference;
+use super::super::*;
 use crate::simd::Avx2Fma;
 use proptest::prelude::*;
 
@@ -67,7 +67,7 @@ proptest! {
         let bias = case.bias.then_some(&b[..]);
         let mut y = vec![f32::NAN; case.batch * p.output_image_len()];
         let bias32 = bias.map(narrow);
-        let taken = direct::forward(p, &narrow(&x), &narrow(&w), bias32.as_deref(), case.pad_value as f32, &mut y);
+        let taken = super::forward(p, &narrow(&x), &narrow(&w), bias32.as_deref(), case.pad_value as f32, &mut y);
         let suits = p.out_channels() >= 8 && p.in_channels() * p.geometry().filter_len() >= 64;
         prop_assert_eq!(taken, Avx2Fma::detect().is_some() && suits);
         if taken {
@@ -81,7 +81,7 @@ proptest! {
         let p = &case.problem;
         let (w, dy) = (data(p.weight_len(), 4), data(case.batch * p.output_image_len(), 5));
         let mut dx = vec![f32::NAN; case.batch * p.input_image_len()];
-        let taken = direct::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx);
+        let taken = super::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx);
         let suits = p.in_channels() >= 8 && p.out_channels() * p.geometry().filter_len() >= 64;
         if Avx2Fma::detect().is_some() && suits && p.geometry().stride() == [1, 1] {
             let g = p.geometry();
@@ -93,6 +93,28 @@ proptest! {
             let mut want = vec![f64::NAN; dx.len()];
             backward_input_by_columns(p, &w, &dy, &mut want);
             assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn direct_weight_gradient_matches_the_column_path(case in case(), chunk in 1usize..3) {
+        let p = &case.problem;
+        let (x, dy) = (data(case.batch * p.input_image_len(), 6), data(case.batch * p.output_image_len(), 7));
+        let start = data(p.weight_len(), 8);
+        let mut dw = narrow(&start);
+        let taken = super::weight::backward_weight(p, case.batch, chunk, &narrow(&x), &narrow(&dy), case.pad_value as f32, &mut dw);
+        let suits = p.out_channels() >= 8 && p.in_channels() * p.geometry().filter_len() >= 64;
+        prop_assert_eq!(taken, Avx2Fma::detect().is_some() && suits);
+        if taken {
+            // Accumulated into what was there, as the column path does.
+            let mut want = start.clone();
+            backward_weight_by_columns(p, case.batch, chunk, &x, &dy, case.pad_value, &mut want).unwrap();
+            let cells = case.batch * p.geometry().output_len();
+            assert_close("weight gradient", &dw, &want, cells)?;
         }
     }
 }
@@ -114,8 +136,30 @@ fn the_direct_path_takes_t3_and_its_stride_one_input_gradients() {
         let p = ConvProblem::new(g, channels, channels).unwrap();
         let (x, w) = (vec![0.5; 2 * p.input_image_len()], vec![0.25; p.weight_len()]);
         let mut y = vec![0.0; 2 * p.output_image_len()];
-        assert!(direct::forward(&p, &x, &w, None, 0.0, &mut y));
+        assert!(super::forward(&p, &x, &w, None, 0.0, &mut y));
         let mut dx = vec![0.0; x.len()];
-        assert_eq!(direct::backward_input(&p, &w, &y, &mut dx), stride == 1);
+        assert_eq!(super::backward_input(&p, &w, &y, &mut dx), stride == 1);
+        let mut dw = vec![0.0; w.len()];
+        assert!(super::backward_weight(&p, 2, 1, &x, &y, 0.0, &mut dw));
+    }
+}
+
+#[test]
+fn weight_gradients_of_large_planes_sum_strip_by_strip() {
+    if Avx2Fma::detect().is_none() {
+        return;
+    }
+    // 40 rows of 40 cells × 64 channels: the transposed gradient spans several strips.
+    let pad = [Padding { before: 1, after: 2 }, Padding::symmetric(1)];
+    let g = ConvGeometry::new(&[40, 40], &[3, 3], &[1, 2], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap();
+    let p = ConvProblem::new(g, 8, 64).unwrap();
+    let (x, dy) = (data(2 * p.input_image_len(), 9), data(2 * p.output_image_len(), 10));
+    let mut dw = vec![0.0f32; p.weight_len()];
+    assert!(super::weight::backward_weight(&p, 2, 1, &narrow(&x), &narrow(&dy), 0.5, &mut dw));
+    let mut want = vec![0.0; p.weight_len()];
+    backward_weight_by_columns(&p, 2, 1, &x, &dy, 0.5, &mut want).unwrap();
+    let cells = 2 * p.geometry().output_len();
+    for (i, (&got, &want)) in dw.iter().zip(&want).enumerate() {
+        assert!((got as f64 - want).abs() <= 4e-7 * (cells as f64 + 1.0) * (1.0 + want.abs()), "{i}: {got} vs {want}");
     }
 }
