@@ -7,7 +7,8 @@
 //!   convolution and pooling.
 //! - [`conv`]: batched N-dimensional convolution, forward and backward, with a
 //!   constant padding value and optional filter flip: implicit GEMM with AVX-512
-//!   micro-kernels for f32 where the CPU has them, im2col / col2im and GEMM otherwise.
+//!   micro-kernels for f32 where the CPU has them, direct AVX2 kernels for 2-D f32
+//!   with enough channels, im2col / col2im and GEMM otherwise.
 //! - [`pool`]: N-dimensional max and average pooling.
 //! - [`normalization`]: batch normalisation's sums and affine passes.
 //! - [`simd`]: the instruction sets the kernels use, detected once.
