@@ -1,4 +1,4 @@
-//! Criterion benchmarks of G1–G6 and C1–C8 (`cargo bench -p nn-benches --bench kernels`).
+//! Criterion benchmarks of G1–G6 and C1–C10 (`cargo bench -p nn-benches --bench kernels`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nn_benches::workloads::{ConvRun, GemmRun, CONVS, GEMMS};

@@ -29,8 +29,7 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
     InstructionWorkload {
         name: "conv1d_fwd_bwd",
         setup: || {
-            let case =
-                ConvCase { id: "I", batch: 2, c_in: 8, input: &[128], c_out: 8, filter: &[9], stride: 1, padding: 4 };
+            let case = ConvCase::plain("I", 2, 8, &[128], 8, &[9], 1, 4);
             let mut run = ConvRun::new(&case);
             Box::new(move || run.forward_backward())
         },
@@ -38,16 +37,7 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
     InstructionWorkload {
         name: "conv2d_fwd_bwd",
         setup: || {
-            let case = ConvCase {
-                id: "I",
-                batch: 2,
-                c_in: 4,
-                input: &[14, 14],
-                c_out: 8,
-                filter: &[5, 5],
-                stride: 1,
-                padding: 2,
-            };
+            let case = ConvCase::plain("I", 2, 4, &[14, 14], 8, &[5, 5], 1, 2);
             let mut run = ConvRun::new(&case);
             Box::new(move || run.forward_backward())
         },
@@ -55,16 +45,7 @@ pub const WORKLOADS: [InstructionWorkload; 6] = [
     InstructionWorkload {
         name: "conv3d_fwd_bwd",
         setup: || {
-            let case = ConvCase {
-                id: "I",
-                batch: 1,
-                c_in: 4,
-                input: &[6, 8, 8],
-                c_out: 4,
-                filter: &[3, 3, 3],
-                stride: 1,
-                padding: 1,
-            };
+            let case = ConvCase::plain("I", 1, 4, &[6, 8, 8], 4, &[3, 3, 3], 1, 1);
             let mut run = ConvRun::new(&case);
             Box::new(move || run.forward_backward())
         },

@@ -3,7 +3,8 @@
 
 use nn_core::prelude::*;
 use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem,
+    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, conv_transpose_backward_bias,
+    conv_transpose_forward, ConvGeometry, ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_train::data::{Augmentation, ClassificationSet, Dataset, Normalization};
@@ -128,7 +129,7 @@ impl GemmRun {
     }
 }
 
-/// A convolution layer's workload.
+/// A convolution layer's workload, as the layer sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvCase {
     /// Workload id.
@@ -147,35 +148,57 @@ pub struct ConvCase {
     pub stride: usize,
     /// Padding in every dimension.
     pub padding: usize,
+    /// Channel groups (C_in: depthwise).
+    pub groups: usize,
+    /// A transposed convolution: the adjoint of the convolution from its output
+    /// shape back to its input shape.
+    pub transposed: bool,
 }
 
-/// C1–C8.
-pub const CONVS: [ConvCase; 8] = [
-    ConvCase { id: "C1", batch: 32, c_in: 64, input: &[1024], c_out: 64, filter: &[9], stride: 1, padding: 4 },
-    ConvCase { id: "C2", batch: 64, c_in: 1, input: &[28, 28], c_out: 32, filter: &[5, 5], stride: 1, padding: 2 },
-    ConvCase { id: "C3", batch: 64, c_in: 32, input: &[14, 14], c_out: 64, filter: &[5, 5], stride: 1, padding: 2 },
-    ConvCase { id: "C4", batch: 32, c_in: 64, input: &[56, 56], c_out: 64, filter: &[3, 3], stride: 1, padding: 1 },
-    ConvCase { id: "C5", batch: 32, c_in: 64, input: &[56, 56], c_out: 128, filter: &[3, 3], stride: 2, padding: 1 },
-    ConvCase {
-        id: "C6",
-        batch: 8,
-        c_in: 16,
-        input: &[16, 32, 32],
-        c_out: 32,
-        filter: &[3, 3, 3],
-        stride: 1,
-        padding: 1,
-    },
-    ConvCase { id: "C7", batch: 128, c_in: 64, input: &[7, 7], c_out: 64, filter: &[3, 3], stride: 1, padding: 1 },
-    ConvCase { id: "C8", batch: 128, c_in: 16, input: &[28, 28], c_out: 16, filter: &[3, 3], stride: 1, padding: 1 },
+impl ConvCase {
+    /// A plain (ungrouped, untransposed) convolution workload.
+    #[allow(clippy::too_many_arguments)]
+    pub const fn plain(
+        id: &'static str,
+        batch: usize,
+        c_in: usize,
+        input: &'static [usize],
+        c_out: usize,
+        filter: &'static [usize],
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        Self { id, batch, c_in, input, c_out, filter, stride, padding, groups: 1, transposed: false }
+    }
+}
+
+/// C1–C10.
+pub const CONVS: [ConvCase; 10] = [
+    ConvCase::plain("C1", 32, 64, &[1024], 64, &[9], 1, 4),
+    ConvCase::plain("C2", 64, 1, &[28, 28], 32, &[5, 5], 1, 2),
+    ConvCase::plain("C3", 64, 32, &[14, 14], 64, &[5, 5], 1, 2),
+    ConvCase::plain("C4", 32, 64, &[56, 56], 64, &[3, 3], 1, 1),
+    ConvCase::plain("C5", 32, 64, &[56, 56], 128, &[3, 3], 2, 1),
+    ConvCase::plain("C6", 8, 16, &[16, 32, 32], 32, &[3, 3, 3], 1, 1),
+    ConvCase::plain("C7", 128, 64, &[7, 7], 64, &[3, 3], 1, 1),
+    ConvCase::plain("C8", 128, 16, &[28, 28], 16, &[3, 3], 1, 1),
+    ConvCase { groups: 128, ..ConvCase::plain("C9", 32, 128, &[56, 56], 128, &[3, 3], 1, 1) },
+    ConvCase { transposed: true, ..ConvCase::plain("C10", 4, 32, &[16, 16, 16], 16, &[2, 2, 2], 2, 0) },
 ];
 
 impl ConvCase {
-    /// The validated problem (floor geometry: C5's stride 2 over 56 + 2 − 3 is not exact).
+    /// The validated problem (floor geometry: C5's stride 2 over 56 + 2 − 3 is not
+    /// exact); for a transposed workload, the convolution it is the adjoint of.
     pub fn problem(&self) -> ConvProblem {
         let rank = self.input.len();
+        let (c_in, c_out, input) = if self.transposed {
+            let output = (0..rank).map(|d| (self.input[d] - 1) * self.stride + self.filter[d] - 2 * self.padding);
+            (self.c_out, self.c_in, output.collect())
+        } else {
+            (self.c_in, self.c_out, self.input.to_vec())
+        };
         let geometry = ConvGeometry::new(
-            self.input,
+            &input,
             self.filter,
             &vec![self.stride; rank],
             &vec![Padding::symmetric(self.padding); rank],
@@ -183,13 +206,13 @@ impl ConvCase {
             KernelMode::Convolution,
         )
         .expect("benchmark geometry is valid");
-        ConvProblem::new(geometry, self.c_in, self.c_out).expect("benchmark sizes are valid")
+        ConvProblem::grouped(geometry, c_in, c_out, self.groups).expect("benchmark sizes are valid")
     }
 
-    /// 2·N·C_out·C_in·∏f·∏v.
+    /// 2·N·C_out·(C_in/g)·∏f·∏v of the convolution (the adjoint's, when transposed).
     pub fn forward_flops(&self) -> f64 {
         let p = self.problem();
-        2.0 * (self.batch * self.c_out * self.c_in * p.geometry().filter_len() * p.geometry().output_len()) as f64
+        2.0 * (self.batch * p.weight_len() * p.geometry().output_len()) as f64
     }
 }
 
@@ -207,6 +230,7 @@ pub struct ConvRun {
     dx: Tensor<f32>,
     dw: Vec<f32>,
     db: Vec<f32>,
+    transposed: bool,
 }
 
 /// A flat tensor holding `values`.
@@ -217,28 +241,40 @@ fn batch_tensor(values: &[f32]) -> Tensor<f32> {
 }
 
 impl ConvRun {
-    /// Fills input, weights and output gradient.
+    /// Fills input, weights and output gradient, sized as the layer sees them (a
+    /// transposed layer's input is its adjoint convolution's output).
     pub fn new(case: &ConvCase) -> Self {
         let problem = case.problem();
         let batch = case.batch;
+        let (x_len, y_len) = if case.transposed {
+            (problem.output_image_len(), problem.input_image_len())
+        } else {
+            (problem.input_image_len(), problem.output_image_len())
+        };
+        let zeros = |len: usize| Tensor::zeros(&[batch * len]).expect("a length that fits memory");
         Self {
-            x: batch_tensor(&filled(batch * problem.input_image_len(), 3)),
+            x: batch_tensor(&filled(batch * x_len, 3)),
             w: filled(problem.weight_len(), 4),
             b: filled(case.c_out, 5),
-            y: Tensor::zeros(&[batch * problem.output_image_len()]).expect("a length that fits memory"),
-            dy: batch_tensor(&filled(batch * problem.output_image_len(), 6)),
-            dx: Tensor::zeros(&[batch * problem.input_image_len()]).expect("a length that fits memory"),
+            y: zeros(y_len),
+            dy: batch_tensor(&filled(batch * y_len, 6)),
+            dx: zeros(x_len),
             dw: vec![0.0; problem.weight_len()],
             db: vec![0.0; case.c_out],
+            transposed: case.transposed,
             problem,
             batch,
         }
     }
 
-    /// y = conv(x, w) + b.
+    /// y = conv(x, w) + b, or its transposed form.
     pub fn forward(&mut self) {
-        let (x, y) = (self.x.data(), self.y.data_mut());
-        conv_forward(&self.problem, self.batch, x, &self.w, Some(&self.b), 0.0, y).expect("valid");
+        let (p, n, x, y) = (&self.problem, self.batch, self.x.data(), self.y.data_mut());
+        if self.transposed {
+            conv_transpose_forward(p, n, x, &self.w, Some(&self.b), y).expect("valid");
+        } else {
+            conv_forward(p, n, x, &self.w, Some(&self.b), 0.0, y).expect("valid");
+        }
     }
 
     /// Forward, then the gradients of bias, weight and input.
@@ -251,27 +287,40 @@ impl ConvRun {
 
     /// ∂b += Σ ∂y.
     pub fn bias_gradient(&mut self) {
-        conv_backward_bias(&self.problem, self.batch, self.dy.data(), &mut self.db).expect("valid");
+        let (p, n, dy) = (&self.problem, self.batch, self.dy.data());
+        if self.transposed {
+            conv_transpose_backward_bias(p, n, dy, &mut self.db).expect("valid");
+        } else {
+            conv_backward_bias(p, n, dy, &mut self.db).expect("valid");
+        }
     }
 
-    /// ∂w += the weight gradient.
+    /// ∂w += the weight gradient (a transposed layer's: its output gradient is the
+    /// adjoint convolution's input).
     pub fn weight_gradient(&mut self) {
         let (x, dy) = (self.x.data(), self.dy.data());
-        conv_backward_weight(&self.problem, self.batch, x, dy, 0.0, &mut self.dw).expect("valid");
+        let (input, output) = if self.transposed { (dy, x) } else { (x, dy) };
+        conv_backward_weight(&self.problem, self.batch, input, output, 0.0, &mut self.dw).expect("valid");
     }
 
-    /// ∂x = the input gradient.
+    /// ∂x = the input gradient (a transposed layer's is the adjoint's forward).
     pub fn input_gradient(&mut self) {
-        conv_backward_input(&self.problem, self.batch, &self.w, self.dy.data(), self.dx.data_mut()).expect("valid");
+        let (p, n, dy, dx) = (&self.problem, self.batch, self.dy.data(), self.dx.data_mut());
+        if self.transposed {
+            conv_forward(p, n, dy, &self.w, None, 0.0, dx).expect("valid");
+        } else {
+            conv_backward_input(p, n, &self.w, dy, dx).expect("valid");
+        }
     }
 
-    /// The GEMM a convolution amounts to (C_out × C_in·∏f × N·∏v), for the in-run
+    /// The GEMM a convolution amounts to (C_out × (C_in/g)·∏f × N·∏v), for the in-run
     /// reference: what one plain `matrixmultiply` call of the same FLOPs achieves.
     pub fn equivalent_gemm(&self) -> GemmCase {
+        let m = self.problem.out_channels();
         GemmCase {
             id: "conv-equivalent",
-            m: self.problem.out_channels(),
-            k: self.problem.in_channels() * self.problem.geometry().filter_len(),
+            m,
+            k: self.problem.weight_len() / m,
             n: self.batch * self.problem.geometry().output_len(),
         }
     }

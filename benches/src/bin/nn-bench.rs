@@ -5,7 +5,7 @@
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
 //! - `nn-bench layers T1|T2|T3 [THREADS]`: forward and backward time of each layer.
-//! - `nn-bench passes C1…C8 [THREADS]`: time of each pass of a convolution workload.
+//! - `nn-bench passes C1…C10 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
@@ -14,7 +14,7 @@ use nn_benches::{instructions, peak};
 use serde::Serialize;
 
 const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3 [THREADS] \
-                     | passes C1..C8 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
+                     | passes C1..C10 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
 struct Reference {
@@ -185,6 +185,12 @@ fn pass_times(case: &nn_benches::workloads::ConvCase) {
     }
 }
 
+/// Whether `id` is workload `prefix` or one of its variants (`C1`, `C1-fwd`), or
+/// within a family (`C`): `C10` is not `C1`.
+fn names(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -197,14 +203,14 @@ fn main() {
             let mut step: Box<dyn FnMut() + Send> = if let Some(c) = GEMMS.iter().find(|c| c.id == id) {
                 let mut run = GemmRun::new(*c);
                 Box::new(move || run.ours())
-            } else if let Some(c) = CONVS.iter().find(|c| id.starts_with(c.id)) {
+            } else if let Some(c) = CONVS.iter().find(|c| names(id, c.id)) {
                 let mut run = ConvRun::new(c);
                 if id.ends_with("-fwd") {
                     Box::new(move || run.forward())
                 } else {
                     Box::new(move || run.forward_backward())
                 }
-            } else if let Some(c) = TrainCase::ALL.into_iter().find(|c| id.starts_with(c.id())) {
+            } else if let Some(c) = TrainCase::ALL.into_iter().find(|c| names(id, c.id())) {
                 let mut run = TrainRun::new(c);
                 Box::new(move || run.step())
             } else {
@@ -221,7 +227,7 @@ fn main() {
         Some("passes") => {
             let case = CONVS.iter().find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench passes C1..C8 [THREADS]");
+                eprintln!("usage: nn-bench passes C1..C10 [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -258,7 +264,7 @@ fn main() {
             }
             let quick = args.iter().any(|a| a == "--quick");
             let filters: Vec<&str> = args.windows(2).filter(|w| w[0] == "--filter").map(|w| w[1].as_str()).collect();
-            let selected = |id: &str| filters.is_empty() || filters.iter().any(|f| id.starts_with(f));
+            let selected = |id: &str| filters.is_empty() || filters.iter().any(|f| names(id, f));
             let budget = if quick { Budget::QUICK } else { Budget::FULL };
             let thread_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
             let mut records = Vec::new();

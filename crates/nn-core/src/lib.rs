@@ -60,21 +60,26 @@ pub use error::NnError;
 pub use graph::{Graph, GraphBuilder, NodeId};
 pub use init::{seeded_rng, Init, SeededRng};
 pub use layer::{BackwardReads, Layer, Param, ParamRole};
-pub use loss::{Loss, MeanSquaredError, Reduction, SoftmaxCrossEntropy};
+pub use loss::{
+    Loss, MeanSquaredError, Reduction, SigmoidBinaryCrossEntropy, SoftDice, SoftmaxCrossEntropy, WeightedSum,
+};
 pub use network::{Sequential, SequentialBuilder};
 pub use network_trait::Network;
 pub use nn_kernels::conv::{KernelMode, OutputRounding, Padding};
 pub use nn_kernels::elementwise::Activation;
+pub use nn_kernels::pad::{PaddingMode, SideModes};
 pub use nn_kernels::Element;
 pub use tensor::Tensor;
 
 /// Everything a user of the layers needs, in one import.
 pub mod prelude {
     pub use crate::layers::{
-        ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+        ActivationLayer, BatchNorm, Conv, ConvSpec, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool, GroupNorm,
+        LayerNorm, Pool, PoolKind, PoolSpec, Upsample,
     };
     pub use crate::{
         seeded_rng, Activation, Element, Graph, GraphBuilder, Init, KernelMode, Layer, Loss, MeanSquaredError, Network,
-        NnError, OutputRounding, Padding, Param, ParamRole, Reduction, Sequential, SoftmaxCrossEntropy, Tensor,
+        NnError, OutputRounding, Padding, PaddingMode, Param, ParamRole, Reduction, Sequential, SideModes,
+        SigmoidBinaryCrossEntropy, SoftDice, SoftmaxCrossEntropy, Tensor, WeightedSum,
     };
 }

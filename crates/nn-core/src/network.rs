@@ -1,5 +1,6 @@
 use crate::layers::{
-    ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolKind, PoolSpec,
+    ActivationLayer, BatchNorm, Conv, ConvSpec, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool, GroupNorm,
+    LayerNorm, Pool, PoolKind, PoolSpec, Upsample,
 };
 use crate::{seeded_rng, Init, Layer, NnError, Param, SeededRng, Tensor};
 use nn_kernels::elementwise::Activation;
@@ -334,6 +335,11 @@ impl<T: Element> SequentialBuilder<T> {
         self.push_with("conv", |shape, rng| Ok(Box::new(Conv::new(shape, &spec, rng)?)))
     }
 
+    /// A transposed convolution (the adjoint of the convolution `spec` describes).
+    pub fn conv_transpose(self, spec: ConvSpec) -> Self {
+        self.push_with("conv_transpose", |shape, rng| Ok(Box::new(ConvTranspose::new(shape, &spec, rng)?)))
+    }
+
     /// An elementwise activation.
     pub fn activation(self, activation: Activation) -> Self {
         self.push_with("activation", |shape, _| Ok(Box::new(ActivationLayer::new(shape, activation))))
@@ -372,6 +378,21 @@ impl<T: Element> SequentialBuilder<T> {
     /// Batch normalisation over the channel axis (PyTorch's momentum and ε).
     pub fn batch_norm(self) -> Self {
         self.push_with("batch_norm", |shape, _| Ok(Box::new(BatchNorm::new(shape)?)))
+    }
+
+    /// Group normalisation in `groups` groups of channels (ε = 1e-5).
+    pub fn group_norm(self, groups: usize) -> Self {
+        self.push_with("group_norm", |shape, _| Ok(Box::new(GroupNorm::new(shape, groups)?)))
+    }
+
+    /// Layer normalisation over the last `normalized` dimensions of a sample (ε = 1e-5).
+    pub fn layer_norm(self, normalized: usize) -> Self {
+        self.push_with("layer_norm", |shape, _| Ok(Box::new(LayerNorm::new(shape, normalized)?)))
+    }
+
+    /// Nearest-neighbour up-sampling by an integer factor per spatial dimension.
+    pub fn upsample(self, factors: &[usize]) -> Self {
+        self.push_with("upsample", |shape, _| Ok(Box::new(Upsample::new(shape, factors)?)))
     }
 
     /// Dropout of probability `p` (inverted scaling), its masks seeded from the

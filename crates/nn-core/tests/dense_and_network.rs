@@ -93,7 +93,7 @@ fn builder_errors_name_the_layer() {
     assert!(err.to_string().contains("flatten"));
 
     let err = Sequential::<f32>::builder(&[1, 4, 4], 0).conv(ConvSpec::new(2, &[9, 1])).build().unwrap_err();
-    assert!(err.to_string().contains("filter length 9 exceeds the padded input length 4"), "{err}");
+    assert!(err.to_string().contains("filter extent 9 exceeds the padded input length 4"), "{err}");
 
     let err = Sequential::<f32>::builder(&[1, 4], 0).conv(ConvSpec::new(2, &[1]).stride(&[0])).build().unwrap_err();
     assert!(err.to_string().contains("stride is zero in spatial dimension 0"), "{err}");

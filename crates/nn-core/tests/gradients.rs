@@ -57,6 +57,33 @@ fn conv_in_one_to_four_dimensions() {
                 .rounding(OutputRounding::Floor)
                 .bias(false),
         ),
+        (vec![2, 7, 8], ConvSpec::new(3, &[3, 2]).dilation(&[2, 3]).padding(&[2, 1]).pad_value(0.5)),
+        (
+            vec![1, 9, 4, 6],
+            ConvSpec::new(2, &[2, 2, 3])
+                .dilation(&[3, 1, 2])
+                .stride(&[2, 1, 1])
+                .rounding(OutputRounding::Floor)
+                .mode(KernelMode::CrossCorrelation),
+        ),
+        // Padding modes: reflect everywhere; per dimension and side, with a constant side.
+        (vec![2, 5, 6], ConvSpec::new(2, &[3, 3]).padding(&[2, 1]).padding_mode(PaddingMode::Reflect)),
+        (
+            vec![1, 4, 3, 5],
+            ConvSpec::new(2, &[2, 3, 2])
+                .padding_asymmetric(&[Padding { before: 1, after: 2 }, Padding::symmetric(3), Padding::symmetric(1)])
+                .padding_modes(&[
+                    SideModes { before: PaddingMode::Replicate, after: PaddingMode::Circular },
+                    SideModes::both(PaddingMode::Circular),
+                    SideModes { before: PaddingMode::Constant, after: PaddingMode::Reflect },
+                ])
+                .pad_value(0.75)
+                .stride(&[2, 1, 1])
+                .rounding(OutputRounding::Floor),
+        ),
+        // Two groups; depthwise with two filters per channel, dilated.
+        (vec![4, 5, 6], ConvSpec::new(6, &[3, 3]).groups(2).padding(&[1, 1]).pad_value(0.25)),
+        (vec![3, 7, 5], ConvSpec::new(6, &[2, 3]).groups(3).dilation(&[2, 1]).stride(&[1, 2])),
     ];
     for (i, (shape, spec)) in cases.into_iter().enumerate() {
         let mut layer = Conv::<f64>::new(&shape, &spec, &mut seeded_rng(i as u64)).unwrap();
@@ -66,6 +93,26 @@ fn conv_in_one_to_four_dimensions() {
             }
         });
         assert_layer(&mut layer, 2, 10 + i as u64);
+    }
+}
+
+#[test]
+fn transposed_conv_in_one_to_three_dimensions() {
+    let cases: Vec<(Vec<usize>, ConvSpec)> = vec![
+        (vec![2, 4], ConvSpec::new(3, &[3]).stride(&[2]).padding(&[1]).output_padding(&[1])),
+        (vec![4, 3, 4], ConvSpec::new(2, &[2, 3]).stride(&[2, 1]).groups(2).dilation(&[1, 2])),
+        (
+            vec![3, 2, 3, 2],
+            ConvSpec::new(3, &[2, 2, 2])
+                .stride(&[2, 2, 3])
+                .output_padding(&[0, 1, 2])
+                .mode(KernelMode::CrossCorrelation),
+        ),
+    ];
+    for (i, (shape, spec)) in cases.into_iter().enumerate() {
+        let mut layer = ConvTranspose::<f64>::new(&shape, &spec, &mut seeded_rng(i as u64)).unwrap();
+        layer.params_mut()[1].value.data_mut().iter_mut().enumerate().for_each(|(j, b)| *b = j as f64 * 0.1 - 0.1);
+        assert_layer(&mut layer, 2, 20 + i as u64);
     }
 }
 

@@ -22,15 +22,38 @@ pub enum GeometryError {
         /// The spatial dimension (0-based).
         dim: usize,
     },
+    /// A padding mode that cannot produce this much padding (reflect needs padding
+    /// below the length, circular at most the length).
+    #[error("{mode:?} padding of {padding} does not fit the length {length} of spatial dimension {dim}")]
+    PaddingMode {
+        /// The spatial dimension (0-based).
+        dim: usize,
+        /// The mode.
+        mode: crate::pad::PaddingMode,
+        /// The padding on the offending side.
+        padding: usize,
+        /// The input length.
+        length: usize,
+    },
+    /// A group count that does not divide both channel counts.
+    #[error("{groups} groups do not divide both {in_channels} input and {out_channels} output channels")]
+    Groups {
+        /// The group count.
+        groups: usize,
+        /// C_in.
+        in_channels: usize,
+        /// C_out.
+        out_channels: usize,
+    },
     /// There must be at least one spatial dimension.
     #[error("a convolution needs at least one spatial dimension")]
     NoSpatialDims,
     /// The filter does not fit inside the padded input.
-    #[error("filter length {filter} exceeds the padded input length {padded} in spatial dimension {dim}")]
+    #[error("filter extent {filter} exceeds the padded input length {padded} in spatial dimension {dim}")]
     FilterTooLarge {
         /// The spatial dimension (0-based).
         dim: usize,
-        /// Filter length f.
+        /// The filter's extent `d·(f − 1) + 1`: its length f when undilated.
         filter: usize,
         /// μ + p_before + p_after.
         padded: usize,
@@ -46,7 +69,7 @@ pub enum GeometryError {
         /// The window length.
         window: usize,
     },
-    /// `(μ + p_before + p_after − f) / s` is not an integer in strict mode.
+    /// `(μ + p_before + p_after − d·(f − 1) − 1) / s` is not an integer in strict mode.
     #[error(
         "strict geometry: (input {input} + padding {pad_before}+{pad_after} - filter {filter}) / stride {stride} \
          is not an integer in spatial dimension {dim} (remainder {remainder}); use Floor to truncate"
@@ -60,7 +83,7 @@ pub enum GeometryError {
         pad_before: usize,
         /// Padding after the input.
         pad_after: usize,
-        /// Filter length f.
+        /// The filter's extent `d·(f − 1) + 1`: its length f when undilated.
         filter: usize,
         /// Stride s.
         stride: usize,

@@ -18,10 +18,11 @@ pub enum OutputRounding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelMode {
     /// The source's true convolution: `γ_i = s_i·β_i + f_i − p_i − α_i − 1`
-    /// (the filter is flipped).
+    /// (the filter is flipped); dilated, `γ_i = s_i·β_i + d_i·(f_i − 1 − α_i) − p_i`.
     #[default]
     Convolution,
-    /// Cross-correlation, as most frameworks compute: `γ_i = s_i·β_i − p_i + α_i`.
+    /// Cross-correlation, as most frameworks compute: `γ_i = s_i·β_i − p_i + α_i`;
+    /// dilated, `γ_i = s_i·β_i − p_i + d_i·α_i`.
     CrossCorrelation,
 }
 
@@ -42,14 +43,17 @@ impl Padding {
 }
 
 /// The validated geometry of an N-dimensional convolution (or pooling window) over one
-/// channel plane: input lengths μ, filter lengths f, strides s, padding p, and the
-/// output lengths `v_i = (μ_i + p_before_i + p_after_i − f_i) / s_i + 1`.
+/// channel plane: input lengths μ, filter lengths f, strides s, padding p, dilations d
+/// (1 unless set by [`ConvGeometry::with_dilation`]), and the output lengths
+/// `v_i = (μ_i + p_before_i + p_after_i − d_i·(f_i − 1) − 1) / s_i + 1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvGeometry {
     input: Vec<usize>,
     filter: Vec<usize>,
     stride: Vec<usize>,
     padding: Vec<Padding>,
+    dilation: Vec<usize>,
+    rounding: OutputRounding,
     output: Vec<usize>,
     mode: KernelMode,
     input_len: usize,
@@ -74,19 +78,47 @@ impl ConvGeometry {
         rounding: OutputRounding,
         mode: KernelMode,
     ) -> Result<Self, GeometryError> {
+        Self::build(input, filter, stride, padding, &vec![1; input.len()], rounding, mode)
+    }
+
+    /// The same geometry with the filter's taps spaced `dilation[i]` cells apart in
+    /// dimension i (1: adjacent), the output lengths recomputed.
+    ///
+    /// # Errors
+    /// As for [`ConvGeometry::new`], with the dilated filter extent `d·(f − 1) + 1` in
+    /// place of f, and [`GeometryError::Zero`] for a zero dilation.
+    pub fn with_dilation(&self, dilation: &[usize]) -> Result<Self, GeometryError> {
+        Self::build(&self.input, &self.filter, &self.stride, &self.padding, dilation, self.rounding, self.mode)
+    }
+
+    fn build(
+        input: &[usize],
+        filter: &[usize],
+        stride: &[usize],
+        padding: &[Padding],
+        dilation: &[usize],
+        rounding: OutputRounding,
+        mode: KernelMode,
+    ) -> Result<Self, GeometryError> {
         let rank = input.len();
         if rank == 0 {
             return Err(GeometryError::NoSpatialDims);
         }
-        for (what, got) in [("filter", filter.len()), ("stride", stride.len()), ("padding", padding.len())] {
+        let lists = [
+            ("filter", filter.len()),
+            ("stride", stride.len()),
+            ("padding", padding.len()),
+            ("dilation", dilation.len()),
+        ];
+        for (what, got) in lists {
             if got != rank {
                 return Err(GeometryError::RankMismatch { what, expected: rank, got });
             }
         }
         let mut output = Vec::with_capacity(rank);
         for dim in 0..rank {
-            let (mu, f, s, p) = (input[dim], filter[dim], stride[dim], padding[dim]);
-            for (what, value) in [("input length", mu), ("filter length", f), ("stride", s)] {
+            let (mu, f, s, p, d) = (input[dim], filter[dim], stride[dim], padding[dim], dilation[dim]);
+            for (what, value) in [("input length", mu), ("filter length", f), ("stride", s), ("dilation", d)] {
                 if value == 0 {
                     return Err(GeometryError::Zero { what, dim });
                 }
@@ -95,10 +127,14 @@ impl ConvGeometry {
                 .checked_add(p.before)
                 .and_then(|v| v.checked_add(p.after))
                 .ok_or(GeometryError::Overflow { what: "padded input length" })?;
-            if f > padded {
-                return Err(GeometryError::FilterTooLarge { dim, filter: f, padded });
+            let extent = (f - 1)
+                .checked_mul(d)
+                .and_then(|e| e.checked_add(1))
+                .ok_or(GeometryError::Overflow { what: "dilated filter extent" })?;
+            if extent > padded {
+                return Err(GeometryError::FilterTooLarge { dim, filter: extent, padded });
             }
-            let span = padded - f;
+            let span = padded - extent;
             let remainder = span % s;
             if remainder != 0 && rounding == OutputRounding::Strict {
                 return Err(GeometryError::NotDivisible {
@@ -106,7 +142,7 @@ impl ConvGeometry {
                     input: mu,
                     pad_before: p.before,
                     pad_after: p.after,
-                    filter: f,
+                    filter: extent,
                     stride: s,
                     remainder,
                 });
@@ -126,6 +162,8 @@ impl ConvGeometry {
             filter: filter.to_vec(),
             stride: stride.to_vec(),
             padding: padding.to_vec(),
+            dilation: dilation.to_vec(),
+            rounding,
             output,
             mode,
         })
@@ -151,6 +189,18 @@ impl ConvGeometry {
     pub fn padding(&self) -> &[Padding] {
         &self.padding
     }
+    /// Dilations d: the spacing of the filter's taps (1 when adjacent).
+    pub fn dilation(&self) -> &[usize] {
+        &self.dilation
+    }
+    /// True when every dilation is 1: the filter's taps are adjacent.
+    pub fn is_undilated(&self) -> bool {
+        self.dilation.iter().all(|&d| d == 1)
+    }
+    /// How a non-integer output length is treated.
+    pub fn rounding(&self) -> OutputRounding {
+        self.rounding
+    }
     /// Output lengths v.
     pub fn output(&self) -> &[usize] {
         &self.output
@@ -173,13 +223,14 @@ impl ConvGeometry {
     }
 
     /// The offset added to `s·β − p_before` for filter index α in dimension `dim`:
-    /// `f − 1 − α` for the source's convolution, `α` for cross-correlation.
+    /// `d·(f − 1 − α)` for the source's convolution, `d·α` for cross-correlation.
     #[inline]
     pub(crate) fn tap_offset(&self, dim: usize, alpha: usize) -> isize {
-        match self.mode {
-            KernelMode::Convolution => (self.filter[dim] - 1 - alpha) as isize,
-            KernelMode::CrossCorrelation => alpha as isize,
-        }
+        let tap = match self.mode {
+            KernelMode::Convolution => self.filter[dim] - 1 - alpha,
+            KernelMode::CrossCorrelation => alpha,
+        };
+        (tap * self.dilation[dim]) as isize
     }
 
     /// True when im2col would copy the input unchanged (1×…×1 filter, stride 1, no

@@ -10,6 +10,7 @@
 //!   micro-kernels for f32 where the CPU has them, direct AVX2 kernels for 2-D f32
 //!   with enough channels, im2col / col2im and GEMM otherwise.
 //! - [`pool`]: N-dimensional max and average pooling.
+//! - [`pad`]: explicit padding by a constant, reflection, replication or wrapping.
 //! - [`normalization`]: batch normalisation's sums and affine passes.
 //! - [`simd`]: the instruction sets the kernels use, detected once.
 //! - [`elementwise`]: activations, reductions, vector and optimizer updates; SIMD where
@@ -28,6 +29,7 @@ pub mod gemm;
 pub mod geometry;
 pub mod index;
 pub mod normalization;
+pub mod pad;
 pub mod pool;
 pub mod simd;
 mod workspace;

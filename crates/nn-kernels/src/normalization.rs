@@ -43,12 +43,13 @@ pub fn scale_shift<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
     scale_shift_dispatched(x, scale, shift, y)
 }
 
-/// `dx = a·(g − g_mean) − b·(x − x_mean)` elementwise: batch normalisation's input
-/// gradient with the statistics folded into four constants.
+/// `dx = a·(g − g_mean) − b·(x − x_mean) − c` elementwise: a normalisation's input
+/// gradient with the statistics folded into five constants (`c` is zero for batch
+/// normalisation; group normalisation, whose γ varies within a group, needs it).
 ///
 /// # Panics
 /// When the runs differ in length.
-pub fn centred_difference<T: Element>(g: &[T], x: &[T], constants: [T; 4], dx: &mut [T]) {
+pub fn centred_difference<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &mut [T]) {
     assert!(g.len() == dx.len() && x.len() == dx.len(), "runs of one shape");
     centred_difference_dispatched(g, x, constants, dx)
 }
@@ -57,7 +58,7 @@ avx2_dispatch!(fn sum_dispatched<T: Element>(x: &[T]) -> f64 => sum_body);
 avx2_dispatch!(fn sum_squared_deviation_dispatched<T: Element>(x: &[T], centre: f64) -> f64 => sum_squared_deviation_body);
 avx2_dispatch!(fn sum_and_dot_deviation_dispatched<T: Element>(g: &[T], x: &[T], centre: f64) -> (f64, f64) => sum_and_dot_deviation_body);
 avx2_dispatch!(fn scale_shift_dispatched<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) => scale_shift_body);
-avx2_dispatch!(fn centred_difference_dispatched<T: Element>(g: &[T], x: &[T], constants: [T; 4], dx: &mut [T]) => centred_difference_body);
+avx2_dispatch!(fn centred_difference_dispatched<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &mut [T]) => centred_difference_body);
 
 #[inline(always)]
 fn sum_body<T: Element>(x: &[T]) -> f64 {
@@ -117,9 +118,9 @@ fn scale_shift_body<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
 }
 
 #[inline(always)]
-fn centred_difference_body<T: Element>(g: &[T], x: &[T], [a, g_mean, b, x_mean]: [T; 4], dx: &mut [T]) {
+fn centred_difference_body<T: Element>(g: &[T], x: &[T], [a, g_mean, b, x_mean, c]: [T; 5], dx: &mut [T]) {
     for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-        *dx = a * (g - g_mean) - b * (x - x_mean);
+        *dx = a * (g - g_mean) - b * (x - x_mean) - c;
     }
 }
 
@@ -163,9 +164,9 @@ mod tests {
         scale_shift(&x, 1.5, -0.5, &mut y);
         assert!(y.iter().zip(&x).all(|(&y, &x)| y == x * 1.5 - 0.5));
         let mut dx = vec![0.0f32; 37];
-        centred_difference(&g, &x, [2.0, 0.25, 0.5, -1.0], &mut dx);
+        centred_difference(&g, &x, [2.0, 0.25, 0.5, -1.0, 0.125], &mut dx);
         for ((&dx, &g), &x) in dx.iter().zip(&g).zip(&x) {
-            assert_eq!(dx, 2.0 * (g - 0.25) - 0.5 * (x + 1.0));
+            assert_eq!(dx, 2.0 * (g - 0.25) - 0.5 * (x + 1.0) - 0.125);
         }
     }
 }

@@ -132,3 +132,64 @@ where
         confusion,
     })
 }
+
+/// Counts for the Dice score of binary segmentation, `2·|P ∩ T| / (|P| + |T|)`, with P
+/// the cells whose logit is positive (probability above ½) and T those whose mask
+/// value is above ½; accumulated over batches with [`DiceCounts::add`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiceCounts {
+    /// |P ∩ T|.
+    pub overlap: u64,
+    /// |P|.
+    pub predicted: u64,
+    /// |T|.
+    pub actual: u64,
+}
+
+impl DiceCounts {
+    /// Adds a batch of logits and the masks of the same shape.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when the shapes differ.
+    pub fn add<T: Element>(&mut self, logits: &Tensor<T>, mask: &Tensor<T>) -> Result<(), TrainError> {
+        if logits.shape() != mask.shape() {
+            let details = format!("logits {:?} and mask {:?} differ in shape", logits.shape(), mask.shape());
+            return Err(TrainError::Config { what: "Dice score", details });
+        }
+        let half = T::from_f64(0.5);
+        for (&x, &t) in logits.data().iter().zip(mask.data()) {
+            let (p, t) = (x > T::zero(), t > half);
+            self.overlap += u64::from(p && t);
+            self.predicted += u64::from(p);
+            self.actual += u64::from(t);
+        }
+        Ok(())
+    }
+
+    /// The score in [0, 1]; 1 when both sets are empty.
+    pub fn score(&self) -> f64 {
+        let total = self.predicted + self.actual;
+        if total == 0 {
+            1.0
+        } else {
+            2.0 * self.overlap as f64 / total as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dice_counts_cells_on_both_sides_of_one_half() {
+        let logits = Tensor::from_vec(&[1, 5], vec![2.0f32, -1.0, 0.5, -3.0, 0.0]).unwrap();
+        let mask = Tensor::from_vec(&[1, 5], vec![1.0f32, 1.0, 0.0, 0.0, 1.0]).unwrap();
+        let mut dice = DiceCounts::default();
+        dice.add(&logits, &mask).unwrap();
+        assert_eq!(dice, DiceCounts { overlap: 1, predicted: 2, actual: 3 });
+        assert_eq!(dice.score(), 0.4);
+        assert_eq!(DiceCounts::default().score(), 1.0);
+        assert!(dice.add(&logits, &Tensor::from_vec(&[5, 1], vec![0.0f32; 5]).unwrap()).is_err());
+    }
+}

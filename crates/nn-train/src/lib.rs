@@ -38,7 +38,7 @@ pub mod report;
 mod trainer;
 
 pub use error::TrainError;
-pub use eval::{evaluate, ConfusionMatrix, Evaluation};
+pub use eval::{evaluate, ConfusionMatrix, DiceCounts, Evaluation};
 #[cfg(feature = "progress")]
 pub use progress::ProgressBars;
 pub use trainer::{

@@ -78,6 +78,64 @@ pub fn resnet20<T: Element>(seed: u64) -> Result<Graph<T>, NnError> {
     resnet(&[1, 28, 28], 10, 3, 16, seed)
 }
 
+/// A 3×…×3 convolution (padding 1, any number of dimensions) → group norm → ReLU.
+fn conv_norm_relu<T: Element>(g: &mut GraphBuilder<T>, name: &str, x: NodeId, channels: usize) -> NodeId {
+    let rank = g.shape(x).len() - 1;
+    g.scope(name, |g| {
+        let h = g.conv("conv", x, ConvSpec::new(channels, &vec![3; rank]).padding(&vec![1; rank]).bias(false));
+        let h = g.group_norm("norm", h, (channels / 4).max(1));
+        g.relu("relu", h)
+    })
+}
+
+/// A U-Net over `[channels, spatial…]` inputs of any number of spatial dimensions:
+/// `levels` levels of two (conv 3×…×3 → group norm → ReLU) blocks, `width`·2^level
+/// channels, a 2×…×2 stride-2 convolution down between levels and a 2×…×2 stride-2
+/// transposed convolution up, each upsampled tensor concatenated with the encoder's
+/// tensor of its level (the skip), and a 1×…×1 convolution to `classes` logits per
+/// cell. Parameters are named by level (`down1.block2.conv.weight`, `up0.up.weight`).
+///
+/// # Errors
+/// [`NnError`] naming the node whose shape cannot work (a spatial length not divisible
+/// by 2^(levels − 1)).
+pub fn unet<T: Element>(
+    input: &[usize],
+    classes: usize,
+    levels: usize,
+    width: usize,
+    seed: u64,
+) -> Result<Graph<T>, NnError> {
+    let rank = input.len().saturating_sub(1);
+    let (twos, ones) = (vec![2; rank], vec![1; rank]);
+    let mut g = GraphBuilder::new(input, seed);
+    let mut h = g.input();
+    let mut skips = Vec::new();
+    for level in 0..levels {
+        let channels = width << level;
+        h = g.scope(&format!("down{level}"), |g| {
+            if level > 0 {
+                h = g.conv("pool", h, ConvSpec::new(channels, &twos).stride(&twos));
+            }
+            let h = conv_norm_relu(g, "block1", h, channels);
+            conv_norm_relu(g, "block2", h, channels)
+        });
+        skips.push(h);
+    }
+    skips.pop();
+    for level in (0..levels - 1).rev() {
+        let channels = width << level;
+        let skip = skips.pop().expect("one skip per level above the bottom");
+        h = g.scope(&format!("up{level}"), |g| {
+            let up = g.conv_transpose("up", h, ConvSpec::new(channels, &twos).stride(&twos));
+            let joined = g.concat("skip", up, skip);
+            let h = conv_norm_relu(g, "block1", joined, channels);
+            conv_norm_relu(g, "block2", h, channels)
+        });
+    }
+    let out = g.conv("head", h, ConvSpec::new(classes, &ones));
+    g.build(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +160,28 @@ mod tests {
         let x = Tensor::from_vec(&[2, 1, 6, 6], data).unwrap();
         let report = check_graph(&mut net, &x, GradCheckOptions::default()).unwrap();
         assert!(report.passed(1e-6), "{report:?}");
+    }
+
+    #[test]
+    fn the_unet_checks_by_finite_differences_in_one_to_three_dimensions() {
+        use nn_core::gradcheck::{check_graph, GradCheckOptions};
+        for input in [vec![1, 8], vec![2, 4, 4], vec![1, 4, 4, 2]] {
+            let mut net = unet::<f64>(&input, 1, 2, 4, 3).unwrap();
+            assert_eq!(net.output_shape()[1..], input[1..]);
+            let len: usize = 2 * input.iter().product::<usize>();
+            let data: Vec<f64> = (0..len).map(|i| ((i * 37 % 23) as f64 / 11.0) - 1.0).collect();
+            let mut shape = vec![2];
+            shape.extend(&input);
+            let x = Tensor::from_vec(&shape, data).unwrap();
+            let report = check_graph(&mut net, &x, GradCheckOptions::default()).unwrap();
+            assert!(report.passed(1e-6), "{input:?}: {report:?}");
+        }
+        let names: Vec<String> =
+            unet::<f32>(&[1, 8, 8], 1, 3, 8, 0).unwrap().named_params().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"down2.block2.conv.weight".to_string()), "{names:?}");
+        assert!(names.contains(&"up0.up.weight".to_string()), "{names:?}");
+        let error = unet::<f32>(&[1, 6, 5], 1, 2, 4, 0).unwrap_err().to_string();
+        assert!(error.contains("down1.pool"), "{error}");
     }
 
     #[test]

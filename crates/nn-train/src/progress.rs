@@ -1,7 +1,8 @@
 use crate::trainer::{BatchProgress, EpochStats, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A terminal progress bar per epoch, showing loss, accuracy and images/s.
+/// A terminal progress bar per epoch, showing loss, accuracy and images/s; one plain
+/// line per epoch on standard error when that is not a terminal.
 #[derive(Debug, Default)]
 pub struct ProgressBars {
     bar: Option<ProgressBar>,
@@ -45,7 +46,12 @@ impl Observer for ProgressBars {
                 .and_then(|v| v.accuracy)
                 .map_or(String::new(), |a| format!(" val acc {:.2}%", 100.0 * a));
             let acc = stats.accuracy.map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
-            bar.finish_with_message(format!("loss {:.4}{acc}{val} {:.0} img/s", stats.mean_loss, stats.images_per_sec));
+            let message = format!("loss {:.4}{acc}{val} {:.0} img/s", stats.mean_loss, stats.images_per_sec);
+            // Without a terminal the bar draws nothing: logs still get one line per epoch.
+            if bar.is_hidden() {
+                eprintln!("epoch {:>3} {message} ({:.1} s)", bar.prefix(), bar.elapsed().as_secs_f64());
+            }
+            bar.finish_with_message(message);
         }
     }
 }

@@ -1,7 +1,8 @@
 use super::{Graph, Node, Op};
 use crate::init::SeededRng;
 use crate::layers::{
-    ActivationLayer, BatchNorm, Conv, ConvSpec, Dense, Dropout, Flatten, GlobalAvgPool, Pool, PoolSpec,
+    ActivationLayer, BatchNorm, Conv, ConvSpec, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool, GroupNorm,
+    LayerNorm, Pool, PoolSpec, Upsample,
 };
 use crate::{seeded_rng, Activation, Layer, NnError};
 use nn_kernels::Element;
@@ -90,6 +91,11 @@ impl<T: Element> GraphBuilder<T> {
         self.layer(name, input, |shape, rng| Ok(Box::new(Conv::new(shape, &spec, rng)?)))
     }
 
+    /// A transposed convolution (the adjoint of the convolution `spec` describes).
+    pub fn conv_transpose(&mut self, name: &str, input: NodeId, spec: ConvSpec) -> NodeId {
+        self.layer(name, input, |shape, rng| Ok(Box::new(ConvTranspose::new(shape, &spec, rng)?)))
+    }
+
     /// A dense layer of `outputs` neurons with a bias.
     pub fn dense(&mut self, name: &str, input: NodeId, outputs: usize) -> NodeId {
         self.layer(name, input, |shape, rng| match *shape {
@@ -104,6 +110,21 @@ impl<T: Element> GraphBuilder<T> {
     /// Batch normalisation.
     pub fn batch_norm(&mut self, name: &str, input: NodeId) -> NodeId {
         self.layer(name, input, |shape, _| Ok(Box::new(BatchNorm::new(shape)?)))
+    }
+
+    /// Group normalisation in `groups` groups of channels.
+    pub fn group_norm(&mut self, name: &str, input: NodeId, groups: usize) -> NodeId {
+        self.layer(name, input, |shape, _| Ok(Box::new(GroupNorm::new(shape, groups)?)))
+    }
+
+    /// Layer normalisation over the last `normalized` dimensions of a sample.
+    pub fn layer_norm(&mut self, name: &str, input: NodeId, normalized: usize) -> NodeId {
+        self.layer(name, input, |shape, _| Ok(Box::new(LayerNorm::new(shape, normalized)?)))
+    }
+
+    /// Nearest-neighbour up-sampling by an integer factor per spatial dimension.
+    pub fn upsample(&mut self, name: &str, input: NodeId, factors: &[usize]) -> NodeId {
+        self.layer(name, input, |shape, _| Ok(Box::new(Upsample::new(shape, factors)?)))
     }
 
     /// An activation.

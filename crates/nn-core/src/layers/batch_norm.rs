@@ -201,7 +201,7 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
                 let scale = gamma[c].as_f64() * inv_std[c];
                 let (mean_g, mean_gx) = if training { (sums[c].0 / count, sums[c].1 / count) } else { (0.0, 0.0) };
                 // scale·(g − mean_g − x̂·mean_gx) with x̂ = (x − mean)·inv_std.
-                let constants = [scale, mean_g, scale * inv_std[c] * mean_gx, mean[c]].map(T::from_f64);
+                let constants = [scale, mean_g, scale * inv_std[c] * mean_gx, mean[c], 0.0].map(T::from_f64);
                 normalization::centred_difference(g, x, constants, dx);
             }
         });

@@ -4,6 +4,7 @@ use nn_kernels::conv::{
     conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem, KernelMode,
     OutputRounding, Padding,
 };
+use nn_kernels::pad::{PadPlan, PaddingMode, SideModes};
 use nn_kernels::Element;
 use rand::Rng;
 
@@ -19,8 +20,17 @@ pub struct ConvSpec {
     pub stride: Option<Vec<usize>>,
     /// Padding per dimension (`None`: none).
     pub padding: Option<Vec<Padding>>,
+    /// Dilations d: the spacing of the filter's taps (`None`: 1 everywhere, adjacent).
+    pub dilation: Option<Vec<usize>>,
+    /// Channel groups g (1: every output reads every input; C_in: depthwise).
+    pub groups: usize,
+    /// Extra output cells o_i < s_i of a [`ConvTranspose`](super::ConvTranspose)
+    /// (`None`: 0); a [`Conv`] refuses any other value.
+    pub output_padding: Option<Vec<usize>>,
     /// The constant v read at padded cells (may be non-zero).
     pub pad_value: f64,
+    /// What padded cells hold, per dimension and side (`None`: the constant v).
+    pub padding_modes: Option<Vec<SideModes>>,
     /// Strict or truncating output lengths.
     pub rounding: OutputRounding,
     /// The source's flipped convolution (default) or cross-correlation.
@@ -40,7 +50,11 @@ impl ConvSpec {
             filter: filter.to_vec(),
             stride: None,
             padding: None,
+            dilation: None,
+            groups: 1,
+            output_padding: None,
             pad_value: 0.0,
+            padding_modes: None,
             rounding: OutputRounding::Strict,
             mode: KernelMode::Convolution,
             bias: true,
@@ -62,9 +76,37 @@ impl ConvSpec {
         self.padding = Some(padding.to_vec());
         self
     }
+    /// Per-dimension dilations: the filter's taps `d_i` cells apart.
+    pub fn dilation(mut self, dilation: &[usize]) -> Self {
+        self.dilation = Some(dilation.to_vec());
+        self
+    }
+    /// Channel groups: C_in and C_out split into `groups` groups of consecutive
+    /// channels, each output reading only its group's inputs (`groups = C_in`:
+    /// depthwise, `C_out/C_in` filters per input channel).
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+    /// A transposed convolution's extra output cells per dimension (each below the
+    /// stride), choosing among the output lengths that map back to its input length.
+    pub fn output_padding(mut self, output_padding: &[usize]) -> Self {
+        self.output_padding = Some(output_padding.to_vec());
+        self
+    }
     /// The constant read at padded cells.
     pub fn pad_value(mut self, value: f64) -> Self {
         self.pad_value = value;
+        self
+    }
+    /// One padding mode for every dimension and side.
+    pub fn padding_mode(mut self, mode: PaddingMode) -> Self {
+        self.padding_modes = Some(vec![SideModes::both(mode); self.filter.len()]);
+        self
+    }
+    /// Padding modes per dimension and side.
+    pub fn padding_modes(mut self, modes: &[SideModes]) -> Self {
+        self.padding_modes = Some(modes.to_vec());
         self
     }
     /// Strict or floor output geometry.
@@ -91,16 +133,24 @@ impl ConvSpec {
 
 /// An N-dimensional convolution layer (SPEC §3) with batch and channels:
 /// `y[n, o, β] = Σ_c Σ_α x′[n, c, γ] · w[o, c, α] + b[o]`, where
-/// `γ_i = s_i·β_i + f_i − p_i − α_i − 1` (or `s_i·β_i − p_i + α_i` in
-/// cross-correlation mode) and x′ is x padded with the constant v.
+/// `γ_i = s_i·β_i + d_i·(f_i − 1 − α_i) − p_i` (or `s_i·β_i − p_i + d_i·α_i` in
+/// cross-correlation mode; the source's formula is d = 1) and x′ is x padded with the
+/// constant v.
 ///
 /// # Shapes
 /// input `[batch, C_in, μ_1, …, μ_n]`, output `[batch, C_out, v_1, …, v_n]` with
-/// `v_i = (μ_i + 2p_i − f_i) / s_i + 1`, weight `[C_out, C_in, f_1, …, f_n]`, bias
+/// `v_i = (μ_i + p_before_i + p_after_i − d_i·(f_i − 1) − 1) / s_i + 1`; with g channel
+/// groups, c runs over the C_in/g inputs of o's group and the weight is
+/// `[C_out, C_in/g, f_1, …, f_n]`; otherwise weight `[C_out, C_in, f_1, …, f_n]`, bias
 /// `[C_out]`.
 #[derive(Debug, Clone)]
 pub struct Conv<T: Element> {
+    /// The convolution run: over the explicitly padded input when `pad` is set.
     problem: ConvProblem,
+    /// Explicit padding, for padding modes other than the constant.
+    pad: Option<PadPlan>,
+    /// The padded input, or its gradient, when `pad` is set.
+    padded: Vec<T>,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     pad_value: T,
@@ -124,22 +174,43 @@ impl<T: Element> Conv<T> {
                 "needs at least one spatial dimension after the channels, got {input_shape:?}"
             )));
         }
+        if spec.output_padding.as_ref().is_some_and(|o| o.iter().any(|&o| o != 0)) {
+            return Err(NnError::InvalidArgument {
+                what: "conv output padding",
+                details: "applies to transposed convolutions only".into(),
+            });
+        }
         let rank = spatial.len();
         let stride = spec.stride.clone().unwrap_or_else(|| vec![1; rank]);
         let padding = spec.padding.clone().unwrap_or_else(|| vec![Padding::default(); rank]);
-        let geometry = ConvGeometry::new(spatial, &spec.filter, &stride, &padding, spec.rounding, spec.mode)?;
-        let problem = ConvProblem::new(geometry, in_channels, spec.out_channels)?;
-        let mut weight_shape = vec![spec.out_channels, in_channels];
+        // Modes other than the constant pad the input explicitly; the convolution then
+        // runs unpadded over the padded input.
+        let modes = spec.padding_modes.as_ref().filter(|m| m.iter().any(|s| *s != SideModes::default()));
+        let pad = modes.map(|modes| PadPlan::new(spatial, &padding, modes)).transpose()?;
+        let (conv_input, padding) = match &pad {
+            Some(plan) => (plan.padded(), vec![Padding::default(); rank]),
+            None => (spatial, padding),
+        };
+        let mut geometry = ConvGeometry::new(conv_input, &spec.filter, &stride, &padding, spec.rounding, spec.mode)?;
+        if let Some(dilation) = &spec.dilation {
+            geometry = geometry.with_dilation(dilation)?;
+        }
+        let problem = ConvProblem::grouped(geometry, in_channels, spec.out_channels, spec.groups)?;
+        let mut weight_shape = vec![spec.out_channels, in_channels / spec.groups];
         weight_shape.extend_from_slice(&spec.filter);
         let mut weight = Tensor::zeros(&weight_shape)?;
         let filter_len = problem.geometry().filter_len();
-        spec.init.fill(in_channels * filter_len, spec.out_channels * filter_len, rng, weight.data_mut())?;
+        // Fans as PyTorch counts them: a grouped filter sees C_in/g channels.
+        let fan_in = in_channels / spec.groups * filter_len;
+        spec.init.fill(fan_in, spec.out_channels * filter_len, rng, weight.data_mut())?;
         let mut output_shape = vec![spec.out_channels];
         output_shape.extend_from_slice(problem.geometry().output());
         Ok(Self {
             input_shape: input_shape.to_vec(),
             output_shape,
             pad_value: T::from_f64(spec.pad_value),
+            pad,
+            padded: Vec::new(),
             weight: Param::new("weight", weight),
             bias: if spec.bias {
                 Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?).with_role(ParamRole::Bias))
@@ -150,7 +221,8 @@ impl<T: Element> Conv<T> {
         })
     }
 
-    /// The validated geometry.
+    /// The validated geometry of the convolution run: over the explicitly padded input
+    /// (and unpadded) when a padding mode other than the constant is set.
     pub fn geometry(&self) -> &ConvGeometry {
         self.problem.geometry()
     }
@@ -188,15 +260,11 @@ impl<T: Element> Layer<T> for Conv<T> {
         let batch = batch_of("conv forward", input, &self.input_shape)?;
         output.set_batch_shape(batch, &self.output_shape)?;
         let bias = self.bias.as_ref().map(|b| b.value.data());
-        conv_forward(
-            &self.problem,
-            batch,
-            input.data(),
-            self.weight.value.data(),
-            bias,
-            self.pad_value,
-            output.data_mut(),
-        )?;
+        let (x, pad_value) = match &self.pad {
+            Some(plan) => (pad_input(plan, input.data(), self.pad_value, &mut self.padded), T::zero()),
+            None => (input.data(), self.pad_value),
+        };
+        conv_forward(&self.problem, batch, x, self.weight.value.data(), bias, pad_value, output.data_mut())?;
         Ok(())
     }
 
@@ -212,10 +280,23 @@ impl<T: Element> Layer<T> for Conv<T> {
         if let Some(bias) = &mut self.bias {
             conv_backward_bias(&self.problem, batch, dy, bias.grad.data_mut())?;
         }
-        conv_backward_weight(&self.problem, batch, input.data(), dy, self.pad_value, self.weight.grad.data_mut())?;
+        let (x, pad_value) = match &self.pad {
+            Some(plan) => (pad_input(plan, input.data(), self.pad_value, &mut self.padded), T::zero()),
+            None => (input.data(), self.pad_value),
+        };
+        conv_backward_weight(&self.problem, batch, x, dy, pad_value, self.weight.grad.data_mut())?;
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.input_shape)?;
-            conv_backward_input(&self.problem, batch, self.weight.value.data(), dy, dx.data_mut())?;
+            let w = self.weight.value.data();
+            match &self.pad {
+                Some(plan) => {
+                    // ∂ of the padded input, folded back onto the cells the padding copied.
+                    self.padded.resize(batch * self.problem.input_image_len(), T::zero());
+                    conv_backward_input(&self.problem, batch, w, dy, &mut self.padded)?;
+                    plan.unpad_add(&self.padded, dx.data_mut());
+                }
+                None => conv_backward_input(&self.problem, batch, w, dy, dx.data_mut())?,
+            }
         }
         Ok(())
     }
@@ -227,4 +308,11 @@ impl<T: Element> Layer<T> for Conv<T> {
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
+}
+
+/// `x` padded plane by plane into `buffer` (resized to fit), returned.
+fn pad_input<'a, T: Element>(plan: &PadPlan, x: &[T], value: T, buffer: &'a mut Vec<T>) -> &'a [T] {
+    buffer.resize(x.len() / plan.input_len() * plan.padded_len(), T::zero());
+    plan.pad(x, value, buffer);
+    buffer
 }

@@ -40,7 +40,8 @@ pub(super) fn forward_by_columns<T: Element>(
     y: &mut [T],
 ) {
     let out_len = problem.output_image_len();
-    let (plane, rows, c_out) = (problem.geometry().output_len(), problem.col_rows(), problem.out_channels());
+    let (plane, rows, c_out) = (problem.geometry().output_len(), problem.group_rows(), problem.out_channels());
+    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
     let blocking = problem.blocking::<T>();
     let w = MatRef::new(w, Transpose::No, rows);
     y.par_chunks_mut(blocking.images * out_len).enumerate().for_each(|(task, y_task)| {
@@ -50,14 +51,23 @@ pub(super) fn forward_by_columns<T: Element>(
                 let cols = problem.block_columns(x, &block, pad_value, col);
                 let width = block.width(problem.geometry());
                 let cols = MatRef::new(cols, Transpose::No, width);
+                // Group g: its outputs' rows of W times its inputs' rows of the columns.
+                let w_g = |g: usize| w.skip_stored_rows(g * group_out);
+                let cols_g = |g: usize| cols.skip_stored_rows(g * rows);
                 if block.images == 1 {
                     // Straight into the image's planes, at the tile's columns.
                     let offset = block.lines.start * problem.geometry().output()[problem.geometry().rank() - 1];
                     let y_n = &mut y_task[(block.first_image - first) * out_len..][..out_len];
-                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), &mut y_n[offset..], plane);
+                    for g in 0..groups {
+                        let y_g = &mut y_n[offset + g * group_out * plane..];
+                        gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), y_g, plane);
+                    }
                 } else {
                     let product = fit(product, c_out * width);
-                    gemm_ld(c_out, width, rows, T::one(), w, cols, T::zero(), product, width);
+                    for g in 0..groups {
+                        let p_g = &mut product[g * group_out * width..];
+                        gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), p_g, width);
+                    }
                     let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
                     scatter_channels(product, c_out, plane, images);
                 }
@@ -75,9 +85,12 @@ pub(super) fn forward_by_columns<T: Element>(
 /// and CPU).
 pub(super) fn backward_input_by_columns<T: Element>(problem: &ConvProblem, w: &[T], dy: &[T], dx: &mut [T]) {
     let in_len = problem.input_image_len();
-    let (rows, c_out) = (problem.col_rows(), problem.out_channels());
+    let (rows, c_out) = (problem.group_rows(), problem.out_channels());
+    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
     let blocking = problem.blocking::<T>();
     let w = MatRef::new(w, Transpose::Yes, rows);
+    // Group g: ∂col's rows of its inputs = its outputs' rows of W, transposed, times ∂y's.
+    let w_g = |g: usize| w.skip_stored_rows(g * group_out);
     dx.par_chunks_mut(blocking.images * in_len).enumerate().for_each(|(task, dx_task)| {
         with_scratch::<T, 2, _>(|[dcol, gathered]| {
             let first = task * blocking.images;
@@ -87,7 +100,10 @@ pub(super) fn backward_input_by_columns<T: Element>(problem: &ConvProblem, w: &[
                     let width = block.width(problem.geometry());
                     let dy_mat = problem.block_gradient(dy, &block, gathered);
                     let dx_n = &mut dx_task[(block.first_image - first) * in_len..][..in_len];
-                    gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dx_n, width);
+                    for g in 0..groups {
+                        let (dy_g, dx_g) = (dy_mat.skip_stored_rows(g * group_out), &mut dx_n[g * rows * width..]);
+                        gemm_ld(rows, width, group_out, T::one(), w_g(g), dy_g, T::zero(), dx_g, width);
+                    }
                 }
                 return;
             }
@@ -95,8 +111,11 @@ pub(super) fn backward_input_by_columns<T: Element>(problem: &ConvProblem, w: &[
             for block in problem.blocks(blocking, first..first + dx_task.len() / in_len) {
                 let width = block.width(problem.geometry());
                 let dy_mat = problem.block_gradient(dy, &block, gathered);
-                let dcol = fit(dcol, rows * width);
-                gemm_ld(rows, width, c_out, T::one(), w, dy_mat, T::zero(), dcol, width);
+                let dcol = fit(dcol, problem.col_rows() * width);
+                for g in 0..groups {
+                    let (dy_g, dcol_g) = (dy_mat.skip_stored_rows(g * group_out), &mut dcol[g * rows * width..]);
+                    gemm_ld(rows, width, group_out, T::one(), w_g(g), dy_g, T::zero(), dcol_g, width);
+                }
                 let tile_width = width / block.images;
                 let images = &mut dx_task[(block.first_image - first) * in_len..][..block.images * in_len];
                 for (i, dx_n) in images.chunks_mut(in_len).enumerate() {
@@ -127,7 +146,8 @@ pub(super) fn backward_weight_by_columns<T: Element>(
     pad_value: T,
     dw: &mut [T],
 ) -> Result<(), KernelError> {
-    let (rows, c_out) = (problem.col_rows(), problem.out_channels());
+    let (rows, c_out) = (problem.group_rows(), problem.out_channels());
+    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
     let blocking = problem.blocking::<T>();
     let blocking = Blocking { images: blocking.images.min(per_chunk), ..blocking };
     let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_chunk))
@@ -139,7 +159,12 @@ pub(super) fn backward_weight_by_columns<T: Element>(
                     let width = block.width(problem.geometry());
                     let cols = MatRef::new(problem.block_columns(x, &block, pad_value, col), Transpose::Yes, width);
                     let dy_mat = problem.block_gradient(dy, &block, gathered);
-                    gemm_ld(c_out, rows, width, T::one(), dy_mat, cols, T::one(), &mut partial, rows);
+                    // Group g's block of ∂W: its outputs' ∂y times its inputs' columns.
+                    for g in 0..groups {
+                        let (dy_g, cols_g) = (dy_mat.skip_stored_rows(g * group_out), cols.skip_stored_rows(g * rows));
+                        let dw_g = &mut partial[g * group_out * rows..];
+                        gemm_ld(group_out, rows, width, T::one(), dy_g, cols_g, T::one(), dw_g, rows);
+                    }
                 }
             });
             partial

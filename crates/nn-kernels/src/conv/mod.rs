@@ -174,16 +174,63 @@ pub fn conv_backward_bias<T: Element>(
 ) -> Result<(), KernelError> {
     problem.check_batch("conv backward bias: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward bias: db", problem.out_channels(), db.len())?;
-    let plane = problem.geometry().output_len();
+    add_channel_sums(dy, problem.geometry().output_len(), db);
+    Ok(())
+}
+
+/// Transposed convolution, the adjoint of `problem`'s convolution with respect to its
+/// input: `z = convᵀ(x, w) + b`, x shaped as the convolution's output
+/// (`[batch, C_out, v…]`), z as its input (`[batch, C_in, μ…]`), b with `C_in`
+/// elements. It is [`conv_backward_input`] with a bias; its input gradient is
+/// [`conv_forward`] (padding value 0, no bias), its weight gradient
+/// [`conv_backward_weight`] with `∂z` as the input and x as the output gradient.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
+pub fn conv_transpose_forward<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    z: &mut [T],
+) -> Result<(), KernelError> {
+    conv_backward_input(problem, batch, w, x, z)?;
+    if let Some(b) = bias {
+        check_len("conv transpose forward: bias", problem.in_channels(), b.len())?;
+        let plane = problem.geometry().input_len();
+        z.par_chunks_mut(plane).enumerate().for_each(|(i, z)| crate::elementwise::add_scalar(z, b[i % b.len()]));
+    }
+    Ok(())
+}
+
+/// The bias gradient of [`conv_transpose_forward`]: `∂b[c] += Σ_n Σ_γ ∂z[n, c, γ]`.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
+pub fn conv_transpose_backward_bias<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    dz: &[T],
+    db: &mut [T],
+) -> Result<(), KernelError> {
+    problem.check_batch("conv transpose backward bias: dz", dz.len(), problem.input_image_len(), batch)?;
+    check_len("conv transpose backward bias: db", problem.in_channels(), db.len())?;
+    add_channel_sums(dz, problem.geometry().input_len(), db);
+    Ok(())
+}
+
+/// `db[c] += Σ` of every plane of channel c in `[n, C, plane]` data (C = `db.len()`).
+fn add_channel_sums<T: Element>(data: &[T], plane: usize, db: &mut [T]) {
     if plane == 0 {
-        return Ok(());
+        return;
     }
     // The planes are summed on every worker, then added in order: the same sums in
     // the same order as one plane after another, a memory sweep shared by the cores.
     let planes_per_task = crate::elementwise::PARALLEL_CHUNK.div_ceil(plane);
-    let sums: Vec<T> = dy.par_chunks(plane).with_min_len(planes_per_task).map(crate::elementwise::sum).collect();
+    let sums: Vec<T> = data.par_chunks(plane).with_min_len(planes_per_task).map(crate::elementwise::sum).collect();
+    let channels = db.len();
     for (i, sum) in sums.into_iter().enumerate() {
-        db[i % problem.out_channels()] += sum;
+        db[i % channels] += sum;
     }
-    Ok(())
 }

@@ -29,6 +29,8 @@ pub struct ConvProblem {
     geometry: ConvGeometry,
     in_channels: usize,
     out_channels: usize,
+    /// Channel groups g: output channel o sees only the inputs of its group.
+    groups: usize,
     /// Bytes of column matrix one block of work may fill (see [`ConvProblem::with_col_budget`]).
     col_budget: usize,
     plan: Arc<ConvPlan>,
@@ -46,8 +48,8 @@ pub(super) struct ConvPlan {
 
 impl PartialEq for ConvProblem {
     fn eq(&self, other: &Self) -> bool {
-        (&self.geometry, self.in_channels, self.out_channels, self.col_budget)
-            == (&other.geometry, other.in_channels, other.out_channels, other.col_budget)
+        (&self.geometry, self.in_channels, self.out_channels, self.groups, self.col_budget)
+            == (&other.geometry, other.in_channels, other.out_channels, other.groups, other.col_budget)
     }
 }
 
@@ -62,6 +64,26 @@ impl ConvProblem {
     /// when a buffer (of f64, the wider element) or the plan's line table would exceed
     /// what one allocation can hold.
     pub fn new(geometry: ConvGeometry, in_channels: usize, out_channels: usize) -> Result<Self, GeometryError> {
+        Self::grouped(geometry, in_channels, out_channels, 1)
+    }
+
+    /// A problem whose channels fall into `groups` groups of consecutive channels,
+    /// output channel o reading only the `C_in/g` inputs of its group (g = C_in:
+    /// depthwise, with `C_out/C_in` outputs per input channel). The weight is
+    /// `[C_out, C_in/g, f…]`.
+    ///
+    /// # Errors
+    /// As for [`ConvProblem::new`], and [`GeometryError::Groups`] when `groups` is zero
+    /// or does not divide both channel counts.
+    pub fn grouped(
+        geometry: ConvGeometry,
+        in_channels: usize,
+        out_channels: usize,
+        groups: usize,
+    ) -> Result<Self, GeometryError> {
+        if groups == 0 || !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
+            return Err(GeometryError::Groups { groups, in_channels, out_channels });
+        }
         if in_channels == 0 {
             return Err(GeometryError::Zero { what: "input channel count", dim: 0 });
         }
@@ -81,7 +103,7 @@ impl ConvProblem {
         checked(out_channels, geometry.output_len())?;
         LineTable::check_size(&geometry)?;
         let plan = Arc::new(ConvPlan { lines: LineTable::new(&geometry), implicit: OnceLock::new() });
-        Ok(Self { geometry, in_channels, out_channels, col_budget: COL_BUDGET_BYTES, plan })
+        Ok(Self { geometry, in_channels, out_channels, groups, col_budget: COL_BUDGET_BYTES, plan })
     }
 
     /// The per-plane geometry.
@@ -95,6 +117,10 @@ impl ConvProblem {
     /// C_out.
     pub fn out_channels(&self) -> usize {
         self.out_channels
+    }
+    /// The channel groups g (1: every output reads every input).
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
     /// The column path's line starts.
@@ -123,13 +149,18 @@ impl ConvProblem {
     pub fn output_image_len(&self) -> usize {
         self.out_channels * self.geometry.output_len()
     }
-    /// Elements of the weight: `C_out·C_in·∏f`.
+    /// Elements of the weight: `C_out·(C_in/g)·∏f`.
     pub fn weight_len(&self) -> usize {
-        self.out_channels * self.col_rows()
+        self.out_channels * self.group_rows()
     }
     /// Rows of the column matrix: `C_in·∏f`.
     pub(super) fn col_rows(&self) -> usize {
         self.in_channels * self.geometry.filter_len()
+    }
+    /// Rows of one group's block of the column matrix, and columns of the weight:
+    /// `(C_in/g)·∏f`.
+    pub(super) fn group_rows(&self) -> usize {
+        self.col_rows() / self.groups
     }
     fn col_len(&self) -> usize {
         self.col_rows() * self.geometry.output_len()

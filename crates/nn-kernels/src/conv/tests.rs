@@ -44,31 +44,38 @@ struct Case {
 }
 
 /// Random geometry over 1–4 spatial dimensions, each dimension with its own length,
-/// filter, stride and (asymmetric) padding; both rounding modes and kernel modes.
+/// filter, stride, (asymmetric) padding and dilation (1 half the time); both rounding
+/// modes and kernel modes; channel groups (one half the time).
 fn case() -> impl Strategy<Value = Case> {
-    let dims = (1usize..=4)
-        .prop_flat_map(|rank| prop::collection::vec((1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3), rank));
+    let dilation = prop_oneof![Just(1usize), 1usize..4];
+    let dims = (1usize..=4).prop_flat_map(move |rank| {
+        prop::collection::vec((1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3, dilation.clone()), rank)
+    });
     (
         dims,
         any::<bool>(),
         any::<bool>(),
-        1usize..4,
-        1usize..4,
+        (1usize..4, 1usize..4, prop_oneof![Just(1usize), 1usize..4]),
         1usize..4,
         prop::sample::select(vec![0.0, 0.75, -2.0]),
         any::<bool>(),
     )
-        .prop_filter_map("geometry must be valid", |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
+        .prop_filter_map("geometry must be valid", |(dims, floor, flip, channels, batch, pad_value, bias)| {
+            // Channel counts per group, and groups (1 half the time).
+            let (per_in, per_out, groups) = channels;
+            let (c_in, c_out) = (per_in * groups, per_out * groups);
             let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
             let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
             let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
             let padding: Vec<Padding> = dims.iter().map(|d| Padding { before: d.3, after: d.4 }).collect();
             let rounding = if floor { OutputRounding::Floor } else { OutputRounding::Strict };
             let mode = if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation };
+            let dilation: Vec<usize> = dims.iter().map(|d| d.5).collect();
             let geometry = ConvGeometry::new(&input, &filter, &stride, &padding, rounding, mode).ok()?;
+            let geometry = geometry.with_dilation(&dilation).ok()?;
             // Keep each case small: the reference is a direct sum.
             (geometry.input_len() * geometry.filter_len() <= 4000).then_some(())?;
-            Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
+            Some(Case { problem: ConvProblem::grouped(geometry, c_in, c_out, groups).ok()?, batch, pad_value, bias })
         })
 }
 
@@ -124,6 +131,27 @@ proptest! {
         conv_backward_bias(p, case.batch, &dy, &mut db).unwrap();
         prop_assert!((dot(&y_b, &dy) - dot(&b, &db)).abs() < 1e-9 * (1.0 + dot(&y_b, &dy).abs()));
     }
+
+    // The transposed convolution is the adjoint of the convolution in its input,
+    // <conv(x), y> = <x, convᵀ(y)>, and its bias gradient that of its bias.
+    #[test]
+    fn transposed_convolution_is_the_adjoint(case in case()) {
+        let p = &case.problem;
+        let x = data(case.batch * p.input_image_len(), 8);
+        let w = data(p.weight_len(), 9);
+        let y = data(case.batch * p.output_image_len(), 10);
+        let conv_x = run_forward(&Case { pad_value: 0.0, ..case.clone() }, &x, &w, None);
+        let mut transposed = vec![f64::NAN; x.len()];
+        conv_transpose_forward(p, case.batch, &y, &w, None, &mut transposed).unwrap();
+        prop_assert!((dot(&conv_x, &y) - dot(&x, &transposed)).abs() < 1e-9 * (1.0 + dot(&conv_x, &y).abs()));
+
+        let b = data(p.in_channels(), 11);
+        let zero_w = vec![0.0; w.len()];
+        conv_transpose_forward(p, case.batch, &y, &zero_w, Some(&b), &mut transposed).unwrap();
+        let mut db = vec![0.0; b.len()];
+        conv_transpose_backward_bias(p, case.batch, &x, &mut db).unwrap();
+        prop_assert!((dot(&transposed, &x) - dot(&b, &db)).abs() < 1e-9 * (1.0 + dot(&b, &db).abs()));
+    }
 }
 
 fn problem_1d(input: usize, filter: usize, stride: usize, pad: usize, mode: KernelMode) -> ConvProblem {
@@ -163,6 +191,39 @@ fn padding_value_reaches_weight_gradient_not_input_gradient() {
     conv_forward(&p, 1, &x, &w_ones, None, 5.0, &mut y).unwrap();
     assert_eq!(y, [7.0, 7.0]);
     let _ = w;
+}
+
+#[test]
+fn dilation_spaces_the_taps() {
+    // Cross-correlation, f = 3, d = 2: y[β] = x[β]·w[0] + x[β + 2]·w[1] + x[β + 4]·w[2].
+    let x: Vec<f64> = (1..=7).map(f64::from).collect();
+    let w = [1.0, 10.0, 100.0];
+    for (mode, expected) in
+        [(KernelMode::CrossCorrelation, [531.0, 642.0, 753.0]), (KernelMode::Convolution, [135.0, 246.0, 357.0])]
+    {
+        let g = ConvGeometry::new(&[7], &[3], &[1], &[Padding::default()], OutputRounding::Strict, mode).unwrap();
+        let g = g.with_dilation(&[2]).unwrap();
+        assert_eq!(g.output(), &[3]);
+        let mut y = vec![0.0; 3];
+        conv_forward(&ConvProblem::new(g, 1, 1).unwrap(), 1, &x, &w, None, 0.0, &mut y).unwrap();
+        assert_eq!(y, expected, "{mode:?}");
+    }
+    let g = ConvGeometry::new(
+        &[5, 5],
+        &[3, 2],
+        &[1, 1],
+        &[Padding::default(); 2],
+        OutputRounding::Strict,
+        KernelMode::Convolution,
+    )
+    .unwrap();
+    assert_eq!(g.with_dilation(&[1, 0]).unwrap_err(), GeometryError::Zero { what: "dilation", dim: 1 });
+    assert_eq!(g.with_dilation(&[3, 1]).unwrap_err(), GeometryError::FilterTooLarge { dim: 0, filter: 7, padded: 5 });
+    assert_eq!(
+        g.with_dilation(&[2]).unwrap_err(),
+        GeometryError::RankMismatch { what: "dilation", expected: 2, got: 1 }
+    );
+    assert_eq!(g.with_dilation(&[2, 4]).unwrap().output(), &[1, 1]);
 }
 
 #[test]

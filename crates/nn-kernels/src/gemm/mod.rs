@@ -195,6 +195,12 @@ impl<'a, T> MatRef<'a, T> {
         Self { data, ld: stored_cols, trans }
     }
 
+    /// The operand without its first `count` stored rows (a group's block of rows, or
+    /// of columns when transposed).
+    pub fn skip_stored_rows(self, count: usize) -> Self {
+        Self { data: &self.data[count * self.ld..], ..self }
+    }
+
     /// Checks that op(self), `rows × cols`, lies inside the slice; returns its strides.
     fn strides(&self, rows: usize, cols: usize) -> (isize, isize) {
         let (stored_rows, stored_cols) = match self.trans {

@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo run --release --example fashion_mnist -- --help`
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use clap::{Parser, ValueEnum};
 use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
@@ -16,7 +19,7 @@ use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::report::{plot_history, write_history_csv};
 use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -53,8 +56,8 @@ impl Model {
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Trains a network on Fashion-MNIST (T1: --model mlp, T2: --model cnn) and reports \
-                            test accuracy; writes weights, history and a chart."
+    about = "Trains a network on Fashion-MNIST (T1: --model mlp, T2: --model cnn, T3: --model \
+             resnet) and reports test accuracy; writes weights, history and a chart."
 )]
 struct Args {
     /// Directory of the IDX files (default: $FASHION_MNIST_DIR, then
@@ -107,42 +110,8 @@ fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
     })
 }
 
-/// `YYYYMMDDTHHMMSSZ`: the UTC time now, in the basic form of ISO 8601.
-fn utc_timestamp() -> String {
-    let rfc3339 = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    rfc3339.replace(['-', ':'], "")
-}
-
-/// Peak resident memory of this process, from /proc (Linux only).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // The library's messages name the file, the setting or the step at fault.
-            eprintln!("error: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// A directory for the run's files, created and checked writable before training.
-fn prepare_output(out: &Path) -> Result<(), Box<dyn Error>> {
-    let failed = |e: std::io::Error| format!("output directory {}: {e}", out.display());
-    std::fs::create_dir_all(out).map_err(failed)?;
-    tempfile::tempfile_in(out).map_err(failed)?;
-    Ok(())
+    common::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
@@ -179,8 +148,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if epochs == 0 {
         return Err("--epochs 0: nothing to train".into());
     }
-    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(utc_timestamp()));
-    prepare_output(&out)?;
+    let out = args.out.unwrap_or_else(common::timestamped_run_dir);
+    common::prepare_output(&out)?;
 
     let source = fashion_mnist::locate(args.data.as_deref());
     let (mut train, mut test): (ClassificationSet, ClassificationSet) = fashion_mnist::load(&source.dir)?;
@@ -250,7 +219,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             confusion.to_table(Some(&CLASS_NAMES))
         );
     }
-    if let Some(peak) = peak_rss_mib() {
+    if let Some(peak) = common::peak_rss_mib() {
         println!("peak resident memory: {peak:.0} MiB");
     }
 

@@ -247,10 +247,11 @@ unsafe fn tile<const B: usize, const R: usize>(
     }
 }
 
-/// The geometry as a direct correlation, or `None` where this path does not apply.
+/// The geometry as a direct correlation, or `None` where this path does not apply
+/// (other ranks; dilated taps; channel groups).
 fn forward_shape(problem: &ConvProblem) -> Option<Shape> {
     let g = problem.geometry();
-    if g.rank() != 2 {
+    if g.rank() != 2 || !g.is_undilated() || problem.groups() > 1 {
         return None;
     }
     let pad = g.padding();

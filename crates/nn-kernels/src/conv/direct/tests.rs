@@ -151,7 +151,8 @@ fn weight_gradients_of_large_planes_sum_strip_by_strip() {
     }
     // 40 rows of 40 cells × 64 channels: the transposed gradient spans several strips.
     let pad = [Padding { before: 1, after: 2 }, Padding::symmetric(1)];
-    let g = ConvGeometry::new(&[40, 40], &[3, 3], &[1, 2], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap();
+    let g =
+        ConvGeometry::new(&[40, 40], &[3, 3], &[1, 2], &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap();
     let p = ConvProblem::new(g, 8, 64).unwrap();
     let (x, dy) = (data(2 * p.input_image_len(), 9), data(2 * p.output_image_len(), 10));
     let mut dw = vec![0.0f32; p.weight_len()];

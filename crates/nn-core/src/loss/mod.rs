@@ -1,6 +1,10 @@
 use crate::{NnError, Tensor};
 use nn_kernels::Element;
 
+mod segmentation;
+
+pub use segmentation::{SigmoidBinaryCrossEntropy, SoftDice, WeightedSum};
+
 /// How per-pattern losses and their gradients combine over a minibatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reduction {
