@@ -48,6 +48,24 @@ fn convolution_family_errors_are_clear() {
     assert!(conv.unwrap_err().to_string().contains("extent 7"));
 }
 
+#[test]
+fn pooling_over_copied_padding_counts_the_copies() {
+    let x = Tensor::from_vec(&[1, 1, 3], vec![1.0f64, 5.0, 2.0]).unwrap();
+    let pool = |kind, mode| {
+        let mut layer =
+            Pool::new(&[1, 3], PoolSpec::new(kind, &[3]).stride(&[1]).padding(&[1]).padding_mode(mode)).unwrap();
+        let mut y = Tensor::default();
+        layer.forward(&x, &mut y).unwrap();
+        y.data().to_vec()
+    };
+    // Replicate: [1, 1, 5, 2, 2]; the constant is left out of the window.
+    assert_eq!(pool(PoolKind::Average, PaddingMode::Replicate), [7.0 / 3.0, 8.0 / 3.0, 3.0]);
+    assert_eq!(pool(PoolKind::Average, PaddingMode::Constant), [3.0, 8.0 / 3.0, 3.5]);
+    // Reflect: [5, 1, 5, 2, 5]; circular: [2, 1, 5, 2, 1].
+    assert_eq!(pool(PoolKind::Max, PaddingMode::Reflect), [5.0, 5.0, 5.0]);
+    assert_eq!(pool(PoolKind::Average, PaddingMode::Circular), [8.0 / 3.0, 8.0 / 3.0, 8.0 / 3.0]);
+}
+
 /// Random N-d geometry (1–3 dimensions) of a convolution and its transposed twin.
 fn geometry() -> impl Strategy<Value = (Vec<usize>, ConvSpec, usize)> {
     let dims = (1usize..=3)

@@ -139,6 +139,12 @@ fn pooling_and_flatten() {
         PoolSpec::new(PoolKind::Average, &[2, 2]),
         PoolSpec::new(PoolKind::Max, &[3, 2]).stride(&[2, 1]).padding(&[1, 1]),
         PoolSpec::new(PoolKind::Average, &[3, 2]).stride(&[2, 1]).padding(&[1, 1]),
+        // Copies in the padding: reflect everywhere; replicate rows, one constant side.
+        PoolSpec::new(PoolKind::Average, &[3, 3]).padding(&[2, 2]).stride(&[1, 2]).padding_mode(PaddingMode::Reflect),
+        PoolSpec::new(PoolKind::Max, &[3, 2]).stride(&[2, 1]).padding(&[1, 1]).padding_modes(&[
+            SideModes::both(PaddingMode::Replicate),
+            SideModes { before: PaddingMode::Constant, after: PaddingMode::Circular },
+        ]),
     ];
     for spec in specs {
         assert_layer(&mut Pool::new(&[2, 5, 4], spec).unwrap(), 2, 6);

@@ -3,6 +3,7 @@
 //! adds each padded cell's gradient back onto the cell it copied.
 
 use crate::index::{checked_product, Odometer};
+use crate::workspace::{fit, with_scratch};
 use crate::{Element, GeometryError, Padding};
 use rayon::prelude::*;
 
@@ -156,6 +157,28 @@ impl PadPlan {
                 *y = if s == CONSTANT { value } else { x[s] };
             }
         });
+    }
+
+    /// Runs `f` on every plane of `x` padded, in a scratch buffer of this thread that
+    /// later calls reuse (no allocation in steady state).
+    pub fn with_padded<T: Element, R>(&self, x: &[T], value: T, f: impl FnOnce(&[T]) -> R) -> R {
+        with_scratch::<T, 1, _>(|[buffer]| {
+            let padded = fit(buffer, x.len() / self.input_len * self.padded_len());
+            self.pad(x, value, padded);
+            f(padded)
+        })
+    }
+
+    /// Runs `f` to write the gradient of the padded input (a scratch buffer of the
+    /// padded planes of `dx`, which `f` must overwrite), then folds it onto `dx`
+    /// (overwritten) with [`unpad_add`](Self::unpad_add).
+    pub fn unpad_from<T: Element, R>(&self, dx: &mut [T], f: impl FnOnce(&mut [T]) -> R) -> R {
+        with_scratch::<T, 1, _>(|[buffer]| {
+            let padded = fit(buffer, dx.len() / self.input_len * self.padded_len());
+            let result = f(padded);
+            self.unpad_add(padded, dx);
+            result
+        })
     }
 
     /// The adjoint of [`pad`](Self::pad): `dx` (overwritten) gets each padded cell's

@@ -149,8 +149,6 @@ pub struct Conv<T: Element> {
     problem: ConvProblem,
     /// Explicit padding, for padding modes other than the constant.
     pad: Option<PadPlan>,
-    /// The padded input, or its gradient, when `pad` is set.
-    padded: Vec<T>,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     pad_value: T,
@@ -210,7 +208,6 @@ impl<T: Element> Conv<T> {
             output_shape,
             pad_value: T::from_f64(spec.pad_value),
             pad,
-            padded: Vec::new(),
             weight: Param::new("weight", weight),
             bias: if spec.bias {
                 Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?).with_role(ParamRole::Bias))
@@ -260,11 +257,13 @@ impl<T: Element> Layer<T> for Conv<T> {
         let batch = batch_of("conv forward", input, &self.input_shape)?;
         output.set_batch_shape(batch, &self.output_shape)?;
         let bias = self.bias.as_ref().map(|b| b.value.data());
-        let (x, pad_value) = match &self.pad {
-            Some(plan) => (pad_input(plan, input.data(), self.pad_value, &mut self.padded), T::zero()),
-            None => (input.data(), self.pad_value),
-        };
-        conv_forward(&self.problem, batch, x, self.weight.value.data(), bias, pad_value, output.data_mut())?;
+        let (p, w, y) = (&self.problem, self.weight.value.data(), output.data_mut());
+        match &self.pad {
+            Some(plan) => {
+                plan.with_padded(input.data(), self.pad_value, |x| conv_forward(p, batch, x, w, bias, T::zero(), y))?
+            }
+            None => conv_forward(p, batch, input.data(), w, bias, self.pad_value, y)?,
+        }
         Ok(())
     }
 
@@ -280,22 +279,19 @@ impl<T: Element> Layer<T> for Conv<T> {
         if let Some(bias) = &mut self.bias {
             conv_backward_bias(&self.problem, batch, dy, bias.grad.data_mut())?;
         }
-        let (x, pad_value) = match &self.pad {
-            Some(plan) => (pad_input(plan, input.data(), self.pad_value, &mut self.padded), T::zero()),
-            None => (input.data(), self.pad_value),
-        };
-        conv_backward_weight(&self.problem, batch, x, dy, pad_value, self.weight.grad.data_mut())?;
+        let (p, dw) = (&self.problem, self.weight.grad.data_mut());
+        match &self.pad {
+            Some(plan) => plan
+                .with_padded(input.data(), self.pad_value, |x| conv_backward_weight(p, batch, x, dy, T::zero(), dw))?,
+            None => conv_backward_weight(p, batch, input.data(), dy, self.pad_value, dw)?,
+        }
         if let Some(dx) = grad_input {
             dx.set_batch_shape(batch, &self.input_shape)?;
             let w = self.weight.value.data();
             match &self.pad {
-                Some(plan) => {
-                    // ∂ of the padded input, folded back onto the cells the padding copied.
-                    self.padded.resize(batch * self.problem.input_image_len(), T::zero());
-                    conv_backward_input(&self.problem, batch, w, dy, &mut self.padded)?;
-                    plan.unpad_add(&self.padded, dx.data_mut());
-                }
-                None => conv_backward_input(&self.problem, batch, w, dy, dx.data_mut())?,
+                // ∂ of the padded input, folded back onto the cells the padding copied.
+                Some(plan) => plan.unpad_from(dx.data_mut(), |padded| conv_backward_input(p, batch, w, dy, padded))?,
+                None => conv_backward_input(p, batch, w, dy, dx.data_mut())?,
             }
         }
         Ok(())
@@ -308,11 +304,4 @@ impl<T: Element> Layer<T> for Conv<T> {
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
-}
-
-/// `x` padded plane by plane into `buffer` (resized to fit), returned.
-fn pad_input<'a, T: Element>(plan: &PadPlan, x: &[T], value: T, buffer: &'a mut Vec<T>) -> &'a [T] {
-    buffer.resize(x.len() / plan.input_len() * plan.padded_len(), T::zero());
-    plan.pad(x, value, buffer);
-    buffer
 }

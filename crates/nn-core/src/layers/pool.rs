@@ -1,6 +1,7 @@
 use crate::layer::{backward_batch, batch_of};
 use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::conv::{ConvGeometry, KernelMode, OutputRounding, Padding};
+use nn_kernels::pad::{PadPlan, PaddingMode, SideModes};
 use nn_kernels::pool::{avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward};
 use nn_kernels::Element;
 
@@ -27,12 +28,23 @@ pub struct PoolSpec {
     pub padding: Option<Vec<Padding>>,
     /// Strict or truncating output lengths.
     pub rounding: OutputRounding,
+    /// What padded cells hold, per dimension and side (`None`, or `Constant`: nothing;
+    /// they are left out of the window). Reflect, replicate and circular sides hold
+    /// copies of the input, which take part like any cell.
+    pub padding_modes: Option<Vec<SideModes>>,
 }
 
 impl PoolSpec {
     /// Non-overlapping windows of lengths `window`.
     pub fn new(kind: PoolKind, window: &[usize]) -> Self {
-        Self { kind, window: window.to_vec(), stride: None, padding: None, rounding: OutputRounding::Floor }
+        Self {
+            kind,
+            window: window.to_vec(),
+            stride: None,
+            padding: None,
+            rounding: OutputRounding::Floor,
+            padding_modes: None,
+        }
     }
     /// Per-dimension strides.
     pub fn stride(mut self, stride: &[usize]) -> Self {
@@ -49,16 +61,30 @@ impl PoolSpec {
         self.rounding = rounding;
         self
     }
+    /// One padding mode for every dimension and side.
+    pub fn padding_mode(mut self, mode: PaddingMode) -> Self {
+        self.padding_modes = Some(vec![SideModes::both(mode); self.window.len()]);
+        self
+    }
+    /// Padding modes per dimension and side.
+    pub fn padding_modes(mut self, modes: &[SideModes]) -> Self {
+        self.padding_modes = Some(modes.to_vec());
+        self
+    }
 }
 
-/// N-dimensional max or average pooling over each channel plane.
+/// N-dimensional max or average pooling over each channel plane. Padding cells are
+/// left out of the window (max never picks one, the average does not count them),
+/// unless a padding mode fills them with copies of the input.
 ///
 /// # Shapes
 /// input `[batch, C, μ…]`, output `[batch, C, v…]` with `v_i = (μ_i + 2p_i − f_i)/s_i + 1`.
 #[derive(Debug, Clone)]
 pub struct Pool {
     spec: PoolSpec,
+    /// The window over the input, explicitly padded on its non-constant sides by `pad`.
     geometry: ConvGeometry,
+    pad: Option<PadPlan>,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     argmax: Vec<u32>,
@@ -80,12 +106,43 @@ impl Pool {
         let spatial = &input_shape[1..];
         let stride = spec.stride.clone().unwrap_or_else(|| spec.window.clone());
         let padding = spec.padding.clone().unwrap_or_else(|| vec![Padding::default(); spatial.len()]);
-        let geometry =
-            ConvGeometry::new(spatial, &spec.window, &stride, &padding, spec.rounding, KernelMode::CrossCorrelation)?;
+        // Sides padded by copies are padded explicitly; constant sides stay the
+        // window's, left out of it.
+        let modes = spec.padding_modes.as_ref().filter(|m| m.iter().any(|s| *s != SideModes::default()));
+        let (pad, padding) = match modes {
+            Some(modes) => {
+                if modes.len() != padding.len() {
+                    let (expected, got) = (padding.len(), modes.len());
+                    return Err(nn_kernels::GeometryError::RankMismatch { what: "padding modes", expected, got }.into());
+                }
+                let copied = |mode: PaddingMode, p: usize| if mode == PaddingMode::Constant { 0 } else { p };
+                let explicit: Vec<Padding> = padding
+                    .iter()
+                    .zip(modes)
+                    .map(|(p, m)| Padding { before: copied(m.before, p.before), after: copied(m.after, p.after) })
+                    .collect();
+                let window: Vec<Padding> = padding
+                    .iter()
+                    .zip(&explicit)
+                    .map(|(p, e)| Padding { before: p.before - e.before, after: p.after - e.after })
+                    .collect();
+                (Some(PadPlan::new(spatial, &explicit, modes)?), window)
+            }
+            None => (None, padding),
+        };
+        let window_input = pad.as_ref().map_or(spatial, PadPlan::padded);
+        let geometry = ConvGeometry::new(
+            window_input,
+            &spec.window,
+            &stride,
+            &padding,
+            spec.rounding,
+            KernelMode::CrossCorrelation,
+        )?;
         check_pool_geometry(&geometry)?;
         let mut output_shape = vec![input_shape[0]];
         output_shape.extend_from_slice(geometry.output());
-        Ok(Self { spec, geometry, input_shape: input_shape.to_vec(), output_shape, argmax: Vec::new() })
+        Ok(Self { spec, geometry, pad, input_shape: input_shape.to_vec(), output_shape, argmax: Vec::new() })
     }
 }
 
@@ -114,12 +171,17 @@ impl<T: Element> Layer<T> for Pool {
         let batch = batch_of("pool forward", input, &self.input_shape)?;
         output.set_batch_shape(batch, &self.output_shape)?;
         let planes = batch * self.input_shape[0];
-        match self.spec.kind {
+        let (geometry, y, argmax) = (&self.geometry, output.data_mut(), &mut self.argmax);
+        let mut pool = |x: &[T]| match self.spec.kind {
             PoolKind::Max => {
-                self.argmax.resize(output.len(), 0);
-                max_pool_forward(&self.geometry, planes, input.data(), output.data_mut(), &mut self.argmax)?
+                argmax.resize(y.len(), 0);
+                max_pool_forward(geometry, planes, x, y, argmax)
             }
-            PoolKind::Average => avg_pool_forward(&self.geometry, planes, input.data(), output.data_mut())?,
+            PoolKind::Average => avg_pool_forward(geometry, planes, x, y),
+        };
+        match &self.pad {
+            Some(plan) => plan.with_padded(input.data(), T::zero(), pool)?,
+            None => pool(input.data())?,
         }
         Ok(())
     }
@@ -135,14 +197,18 @@ impl<T: Element> Layer<T> for Pool {
         let Some(dx) = grad_input else { return Ok(()) };
         dx.set_batch_shape(batch, &self.input_shape)?;
         let planes = batch * self.input_shape[0];
-        match self.spec.kind {
-            PoolKind::Max => {
-                if self.argmax.len() != grad_output.len() {
-                    return Err(NnError::BackwardBeforeForward);
-                }
-                max_pool_backward(&self.geometry, planes, &self.argmax, grad_output.data(), dx.data_mut())?
-            }
-            PoolKind::Average => avg_pool_backward(&self.geometry, planes, grad_output.data(), dx.data_mut())?,
+        if self.spec.kind == PoolKind::Max && self.argmax.len() != grad_output.len() {
+            return Err(NnError::BackwardBeforeForward);
+        }
+        let (geometry, dy) = (&self.geometry, grad_output.data());
+        let pool = |dx: &mut [T]| match self.spec.kind {
+            PoolKind::Max => max_pool_backward(geometry, planes, &self.argmax, dy, dx),
+            PoolKind::Average => avg_pool_backward(geometry, planes, dy, dx),
+        };
+        match &self.pad {
+            // ∂ of the padded input, folded back onto the cells the padding copied.
+            Some(plan) => plan.unpad_from(dx.data_mut(), pool)?,
+            None => pool(dx.data_mut())?,
         }
         Ok(())
     }

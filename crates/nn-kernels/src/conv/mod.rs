@@ -21,6 +21,9 @@
 //! convolutions with output channels in the vector lanes, reading taps from a padded
 //! copy of the image.
 //!
+//! Depthwise convolutions (one input channel per group), any element type and rank,
+//! accumulate shifted lines of each plane in place (`depthwise`).
+//!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several
 //! small images side by side, or tiles (ranges of output rows) of one large image.
@@ -32,6 +35,7 @@
 //! What depends on the problem alone is worked out once, in [`ConvProblem`]'s plan.
 
 mod columns;
+mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod im2col;
@@ -76,6 +80,10 @@ pub fn conv_forward<T: Element>(
     if let Some(b) = bias {
         check_len("conv forward: bias", problem.out_channels(), b.len())?;
     }
+    if depthwise::applies(problem) {
+        depthwise::forward(problem, x, w, bias, pad_value, y);
+        return Ok(());
+    }
     if let (Some(isa), Some(x), Some(w), Some(y)) = (Avx512::detect(), T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
         let bias = bias.and_then(T::as_f32);
         let writes = implicit::Writes::for_batch(x, y);
@@ -109,6 +117,10 @@ pub fn conv_backward_input<T: Element>(
     problem.check_batch("conv backward input: dy", dy.len(), problem.output_image_len(), batch)?;
     problem.check_batch("conv backward input: dx", dx.len(), problem.input_image_len(), batch)?;
     check_len("conv backward input: w", problem.weight_len(), w.len())?;
+    if depthwise::applies(problem) {
+        depthwise::backward_input(problem, w, dy, dx);
+        return Ok(());
+    }
     if let (Some(isa), Some(w), Some(dy), Some(dx)) = (Avx512::detect(), T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx))
     {
         let writes = implicit::Writes::for_batch(dy, dx);
@@ -143,6 +155,10 @@ pub fn conv_backward_weight<T: Element>(
     problem.check_batch("conv backward weight: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward weight: dw", problem.weight_len(), dw.len())?;
     if batch == 0 {
+        return Ok(());
+    }
+    if depthwise::applies(problem) {
+        depthwise::backward_weight(problem, batch, x, dy, pad_value, dw);
         return Ok(());
     }
     let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
