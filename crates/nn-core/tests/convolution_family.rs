@@ -30,6 +30,14 @@ fn transposed_convolution_output_lengths() {
 }
 
 #[test]
+fn strict_geometry_is_checked_with_the_dilated_extent() {
+    // (7 − 2) / 2 is not whole, (7 − 3) / 2 is: a dilation-2 filter of 2 taps fits exactly.
+    let spec = ConvSpec::new(1, &[2]).stride(&[2]).dilation(&[2]);
+    let conv = Conv::<f32>::new(&[1, 7], &spec, &mut seeded_rng(0)).unwrap();
+    assert_eq!(Layer::<f32>::output_shape(&conv), &[1, 3]);
+}
+
+#[test]
 fn convolution_family_errors_are_clear() {
     let mut rng = seeded_rng(0);
     let refused = |result: Result<ConvTranspose<f32>, NnError>, needle: &str| {

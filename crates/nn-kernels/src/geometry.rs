@@ -81,6 +81,23 @@ impl ConvGeometry {
         Self::build(input, filter, stride, padding, &vec![1; input.len()], rounding, mode)
     }
 
+    /// A geometry whose filter taps are spaced `dilation[i]` cells apart, validated as
+    /// dilated (a strict length that only the dilated extent divides is accepted).
+    ///
+    /// # Errors
+    /// As for [`ConvGeometry::with_dilation`].
+    pub fn dilated(
+        input: &[usize],
+        filter: &[usize],
+        stride: &[usize],
+        padding: &[Padding],
+        dilation: &[usize],
+        rounding: OutputRounding,
+        mode: KernelMode,
+    ) -> Result<Self, GeometryError> {
+        Self::build(input, filter, stride, padding, dilation, rounding, mode)
+    }
+
     /// The same geometry with the filter's taps spaced `dilation[i]` cells apart in
     /// dimension i (1: adjacent), the output lengths recomputed.
     ///

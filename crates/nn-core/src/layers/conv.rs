@@ -189,10 +189,9 @@ impl<T: Element> Conv<T> {
             Some(plan) => (plan.padded(), vec![Padding::default(); rank]),
             None => (spatial, padding),
         };
-        let mut geometry = ConvGeometry::new(conv_input, &spec.filter, &stride, &padding, spec.rounding, spec.mode)?;
-        if let Some(dilation) = &spec.dilation {
-            geometry = geometry.with_dilation(dilation)?;
-        }
+        let dilation = spec.dilation.clone().unwrap_or_else(|| vec![1; rank]);
+        let geometry =
+            ConvGeometry::dilated(conv_input, &spec.filter, &stride, &padding, &dilation, spec.rounding, spec.mode)?;
         let problem = ConvProblem::grouped(geometry, in_channels, spec.out_channels, spec.groups)?;
         let mut weight_shape = vec![spec.out_channels, in_channels / spec.groups];
         weight_shape.extend_from_slice(&spec.filter);

@@ -82,8 +82,15 @@ impl<T: Element> ConvTranspose<T> {
         }
         // The convolution from this layer's output back to its input; Floor drops the
         // output padding's cells, which it never reads.
-        let geometry = ConvGeometry::new(&output, &spec.filter, &stride, &padding, OutputRounding::Floor, spec.mode)?
-            .with_dilation(&dilation)?;
+        let geometry = ConvGeometry::dilated(
+            &output,
+            &spec.filter,
+            &stride,
+            &padding,
+            &dilation,
+            OutputRounding::Floor,
+            spec.mode,
+        )?;
         debug_assert_eq!(geometry.output(), spatial, "the adjoint maps back to the input");
         let problem = ConvProblem::grouped(geometry, spec.out_channels, in_channels, spec.groups)?;
         let mut weight_shape = vec![in_channels, spec.out_channels / spec.groups];
