@@ -78,24 +78,7 @@ impl ConvGeometry {
         rounding: OutputRounding,
         mode: KernelMode,
     ) -> Result<Self, GeometryError> {
-        Self::build(input, filter, stride, padding, &vec![1; input.len()], rounding, mode)
-    }
-
-    /// A geometry whose filter taps are spaced `dilation[i]` cells apart, validated as
-    /// dilated (a strict length that only the dilated extent divides is accepted).
-    ///
-    /// # Errors
-    /// As for [`ConvGeometry::with_dilation`].
-    pub fn dilated(
-        input: &[usize],
-        filter: &[usize],
-        stride: &[usize],
-        padding: &[Padding],
-        dilation: &[usize],
-        rounding: OutputRounding,
-        mode: KernelMode,
-    ) -> Result<Self, GeometryError> {
-        Self::build(input, filter, stride, padding, dilation, rounding, mode)
+        Self::dilated(input, filter, stride, padding, &vec![1; input.len()], rounding, mode)
     }
 
     /// The same geometry with the filter's taps spaced `dilation[i]` cells apart in
@@ -105,10 +88,15 @@ impl ConvGeometry {
     /// As for [`ConvGeometry::new`], with the dilated filter extent `d·(f − 1) + 1` in
     /// place of f, and [`GeometryError::Zero`] for a zero dilation.
     pub fn with_dilation(&self, dilation: &[usize]) -> Result<Self, GeometryError> {
-        Self::build(&self.input, &self.filter, &self.stride, &self.padding, dilation, self.rounding, self.mode)
+        Self::dilated(&self.input, &self.filter, &self.stride, &self.padding, dilation, self.rounding, self.mode)
     }
 
-    fn build(
+    /// A geometry whose filter taps are spaced `dilation[i]` cells apart, validated as
+    /// dilated (a strict length that only the dilated extent divides is accepted).
+    ///
+    /// # Errors
+    /// As for [`ConvGeometry::with_dilation`].
+    pub fn dilated(
         input: &[usize],
         filter: &[usize],
         stride: &[usize],

@@ -131,6 +131,30 @@ impl ConvSpec {
     }
 }
 
+impl ConvSpec {
+    /// The weight `[d0, d1, f…]`, drawn with the fans PyTorch counts (fan-in `d1·∏f`,
+    /// fan-out `d0·∏f`: a grouped filter sees `C_in/g` channels), and the bias `[C_out]`,
+    /// zero, when asked.
+    pub(super) fn make_params<T: Element, R: Rng>(
+        &self,
+        d0: usize,
+        d1: usize,
+        rng: &mut R,
+    ) -> Result<(Param<T>, Option<Param<T>>), NnError> {
+        let mut shape = vec![d0, d1];
+        shape.extend_from_slice(&self.filter);
+        let mut weight = Tensor::zeros(&shape)?;
+        let filter_len: usize = self.filter.iter().product();
+        self.init.fill(d1 * filter_len, d0 * filter_len, rng, weight.data_mut())?;
+        let bias = if self.bias {
+            Some(Param::new("bias", Tensor::zeros(&[self.out_channels])?).with_role(ParamRole::Bias))
+        } else {
+            None
+        };
+        Ok((Param::new("weight", weight), bias))
+    }
+}
+
 /// An N-dimensional convolution layer (SPEC §3) with batch and channels:
 /// `y[n, o, β] = Σ_c Σ_α x′[n, c, γ] · w[o, c, α] + b[o]`, where
 /// `γ_i = s_i·β_i + d_i·(f_i − 1 − α_i) − p_i` (or `s_i·β_i − p_i + d_i·α_i` in
@@ -193,13 +217,7 @@ impl<T: Element> Conv<T> {
         let geometry =
             ConvGeometry::dilated(conv_input, &spec.filter, &stride, &padding, &dilation, spec.rounding, spec.mode)?;
         let problem = ConvProblem::grouped(geometry, in_channels, spec.out_channels, spec.groups)?;
-        let mut weight_shape = vec![spec.out_channels, in_channels / spec.groups];
-        weight_shape.extend_from_slice(&spec.filter);
-        let mut weight = Tensor::zeros(&weight_shape)?;
-        let filter_len = problem.geometry().filter_len();
-        // Fans as PyTorch counts them: a grouped filter sees C_in/g channels.
-        let fan_in = in_channels / spec.groups * filter_len;
-        spec.init.fill(fan_in, spec.out_channels * filter_len, rng, weight.data_mut())?;
+        let (weight, bias) = spec.make_params(spec.out_channels, in_channels / spec.groups, rng)?;
         let mut output_shape = vec![spec.out_channels];
         output_shape.extend_from_slice(problem.geometry().output());
         Ok(Self {
@@ -207,12 +225,8 @@ impl<T: Element> Conv<T> {
             output_shape,
             pad_value: T::from_f64(spec.pad_value),
             pad,
-            weight: Param::new("weight", weight),
-            bias: if spec.bias {
-                Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?).with_role(ParamRole::Bias))
-            } else {
-                None
-            },
+            weight,
+            bias,
             problem,
         })
     }

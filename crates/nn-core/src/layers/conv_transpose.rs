@@ -1,6 +1,6 @@
 use super::ConvSpec;
 use crate::layer::{backward_batch, batch_of};
-use crate::{BackwardReads, Layer, NnError, Param, ParamRole, Tensor};
+use crate::{BackwardReads, Layer, NnError, Param, Tensor};
 use nn_kernels::conv::{
     conv_backward_weight, conv_forward, conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry,
     ConvProblem, OutputRounding, Padding,
@@ -93,30 +93,11 @@ impl<T: Element> ConvTranspose<T> {
         )?;
         debug_assert_eq!(geometry.output(), spatial, "the adjoint maps back to the input");
         let problem = ConvProblem::grouped(geometry, spec.out_channels, in_channels, spec.groups)?;
-        let mut weight_shape = vec![in_channels, spec.out_channels / spec.groups];
-        weight_shape.extend_from_slice(&spec.filter);
-        let mut weight = Tensor::zeros(&weight_shape)?;
-        let filter_len = problem.geometry().filter_len();
-        // Fans as PyTorch counts them for its transposed layers: dimension 1 of the weight.
-        spec.init.fill(
-            spec.out_channels / spec.groups * filter_len,
-            in_channels * filter_len,
-            rng,
-            weight.data_mut(),
-        )?;
+        // The adjoint convolution's weight, `[C_in, C_out/g, f…]`.
+        let (weight, bias) = spec.make_params(in_channels, spec.out_channels / spec.groups, rng)?;
         let mut output_shape = vec![spec.out_channels];
         output_shape.extend_from_slice(&output);
-        Ok(Self {
-            input_shape: input_shape.to_vec(),
-            output_shape,
-            weight: Param::new("weight", weight),
-            bias: if spec.bias {
-                Some(Param::new("bias", Tensor::zeros(&[spec.out_channels])?).with_role(ParamRole::Bias))
-            } else {
-                None
-            },
-            problem,
-        })
+        Ok(Self { input_shape: input_shape.to_vec(), output_shape, weight, bias, problem })
     }
 
     /// The convolution this layer is the adjoint of (its input is this layer's output).

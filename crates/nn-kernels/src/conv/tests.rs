@@ -27,7 +27,7 @@ fn implicit_input(p: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32], writes
     Avx512::detect().is_some_and(|isa| implicit::backward_input(isa, p.implicit_plan(), p, w, dy, dx, writes))
 }
 
-fn data(len: usize, seed: u64) -> Vec<f64> {
+pub(super) fn data(len: usize, seed: u64) -> Vec<f64> {
     (0..len).map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0).collect()
 }
 
@@ -36,11 +36,11 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[derive(Debug, Clone)]
-struct Case {
-    problem: ConvProblem,
-    batch: usize,
-    pad_value: f64,
-    bias: bool,
+pub(super) struct Case {
+    pub(super) problem: ConvProblem,
+    pub(super) batch: usize,
+    pub(super) pad_value: f64,
+    pub(super) bias: bool,
 }
 
 /// Random geometry over 1–4 spatial dimensions, each dimension with its own length,
@@ -389,12 +389,12 @@ fn implicit_case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn narrow(values: &[f64]) -> Vec<f32> {
+pub(super) fn narrow(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&v| v as f32).collect()
 }
 
 /// f32 results against f64 ones: each is a sum of `terms` products of values in [−1, 1].
-fn assert_close(what: &str, got: &[f32], want: &[f64], terms: usize) -> Result<(), TestCaseError> {
+pub(super) fn assert_close(what: &str, got: &[f32], want: &[f64], terms: usize) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let tolerance = 4e-7 * (terms as f64 + 1.0) * (1.0 + w.abs());

@@ -4,25 +4,10 @@
 
 use super::super::columns::{backward_input_by_columns, backward_weight_by_columns};
 use super::super::reference::conv_forward_reference;
+use super::super::tests::{assert_close, data, narrow, Case};
 use super::super::*;
 use crate::simd::Avx2Fma;
 use proptest::prelude::*;
-
-fn data(len: usize, seed: u64) -> Vec<f64> {
-    (0..len).map(|i| (((i as u64 + 1) * 2654435761 + seed * 40503) % 2000) as f64 / 1000.0 - 1.0).collect()
-}
-
-fn narrow(values: &[f64]) -> Vec<f32> {
-    values.iter().map(|&v| v as f32).collect()
-}
-
-#[derive(Debug, Clone)]
-struct Case {
-    problem: ConvProblem,
-    batch: usize,
-    pad_value: f64,
-    bias: bool,
-}
 
 fn case() -> impl Strategy<Value = Case> {
     // Stride 1 most often: the input gradient takes the direct path only there.
@@ -45,16 +30,6 @@ fn case() -> impl Strategy<Value = Case> {
             let geometry = ConvGeometry::new(&[a.0, b.0], &[a.1, b.1], &[a.2, b.2], &padding, rounding, mode).ok()?;
             Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
         })
-}
-
-/// Each cell is a sum of `terms` products of values in [−1, 1], rounded in f32.
-fn assert_close(what: &str, got: &[f32], want: &[f64], terms: usize) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tolerance = 4e-7 * (terms as f64 + 1.0) * (1.0 + w.abs());
-        prop_assert!((g as f64 - w).abs() <= tolerance, "{} cell {}: {} vs {}", what, i, g, w);
-    }
-    Ok(())
 }
 
 proptest! {
