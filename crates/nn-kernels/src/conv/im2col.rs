@@ -135,7 +135,7 @@ fn copy_line<T: Copy>(dst: &mut [T], src: &[T]) {
 /// starting at offset `first` of the channel plane (step: the last stride), and the
 /// other cells read padding. `first` is `None` for a line wholly in the padding.
 #[inline(always)]
-pub(super) fn for_each_line(
+fn for_each_line(
     geom: &ConvGeometry,
     table: &LineTable,
     channels: usize,

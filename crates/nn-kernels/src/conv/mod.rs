@@ -22,7 +22,8 @@
 //! copy of the image.
 //!
 //! Depthwise convolutions (one input channel per group), any element type and rank,
-//! accumulate shifted lines of each plane in place (`depthwise`).
+//! copy each plane once with its padding and sum a row's taps in registers
+//! (`depthwise`; in AVX2 intrinsics for f32 at stride 1 along rows).
 //!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several

@@ -580,10 +580,12 @@ fn required_fast_paths_are_taken() {
 }
 
 /// The depthwise path in f32 (its AVX2 build where the CPU has it) against the column
-/// path, in two and three dimensions, at strides 1 and 2, with a channel multiplier.
+/// path, in two and three dimensions, at strides 1 and 2, with a channel multiplier;
+/// rows long enough for every step width of the AVX2 build, and for its single cells.
 #[test]
 fn f32_depthwise_matches_the_column_path() {
-    for (input, stride) in [(vec![9usize, 11], 1usize), (vec![10, 7], 2), (vec![5, 6, 7], 1), (vec![6, 5, 8], 2)] {
+    let cases = [(vec![9usize, 11], 1usize), (vec![10, 7], 2), (vec![5, 6, 7], 1), (vec![6, 5, 8], 2)];
+    for (input, stride) in cases.into_iter().chain([(vec![3, 70], 1), (vec![2, 50], 1), (vec![2, 43], 1)]) {
         let rank = input.len();
         let pad = vec![Padding { before: 1, after: 2 }; rank];
         let g = ConvGeometry::new(
