@@ -48,6 +48,12 @@ pub enum TrainError {
         /// The batch's sample indices in the dataset, when the trainer knows them.
         samples: Vec<usize>,
     },
+    /// Another process of a distributed run failed, or the processes disagree.
+    #[error("distributed training: {details}")]
+    Distributed {
+        /// What happened, and where.
+        details: String,
+    },
     /// Writing a report file failed.
     #[error("{path}: {source}")]
     Io {

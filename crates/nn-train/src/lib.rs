@@ -26,6 +26,7 @@
 #[cfg(feature = "checkpoint")]
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 mod error;
 mod eval;
 pub mod models;

@@ -13,6 +13,10 @@ pub enum Reduction {
     Sum,
     /// `E = (1/P) Σ_p L_p`: the batch mean; gradients are scaled by 1/P too.
     Mean,
+    /// `E = (1/n) Σ_p L_p` for a batch that is part of `n` patterns: each part of a
+    /// minibatch split across processes is scaled by the whole minibatch's size, so
+    /// that the parts' sums add up to [`Mean`](Self::Mean) of the whole.
+    MeanOf(usize),
 }
 
 impl Reduction {
@@ -20,6 +24,7 @@ impl Reduction {
         match self {
             Reduction::Sum => 1.0,
             Reduction::Mean => 1.0 / batch as f64,
+            Reduction::MeanOf(patterns) => 1.0 / patterns as f64,
         }
     }
 }

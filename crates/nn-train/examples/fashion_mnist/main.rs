@@ -5,6 +5,10 @@
 //! update, normalised inputs and crop-and-flip augmentation.
 //!
 //! Run: `cargo run --release --example fashion_mnist -- --help`
+//!
+//! On several processes (data-parallel, MPI): `cargo build --release -p nn-train
+//! --features mpi --examples`, then `mpirun -np 2 target/release/examples/fashion_mnist
+//! --distributed`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,14 +18,16 @@ use nn_core::prelude::*;
 use nn_train::checkpoint::save_weights;
 use nn_train::data::fashion_mnist::{self, CLASS_NAMES};
 use nn_train::data::{Augmentation, ClassificationSet, Normalization};
+use nn_train::distributed::{Collective, SingleProcess};
 use nn_train::optim::Sgd;
 use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::report::{plot_history, write_history_csv};
-use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
+use nn_train::{evaluate, NoProgress, Observer, ProgressBars, TrainConfig, Trainer};
+use std::cell::Cell;
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Model {
@@ -85,6 +91,49 @@ struct Args {
     /// Where to write weights, history and plot (default: runs/<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Train data-parallel on every process of the MPI job this runs in (start it with
+    /// mpirun; needs a build with the `mpi` feature). Each process takes its share of
+    /// every minibatch; process 0 prints and writes the files.
+    #[arg(long)]
+    distributed: bool,
+}
+
+/// A [`Collective`] that adds up the time its sums take (waiting for the slowest
+/// process included), for the report.
+struct TimedSums<'a> {
+    inner: &'a dyn Collective,
+    spent: Cell<Duration>,
+}
+
+impl<'a> TimedSums<'a> {
+    fn new(inner: &'a dyn Collective) -> Self {
+        Self { inner, spent: Cell::new(Duration::ZERO) }
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let result = f();
+        self.spent.set(self.spent.get() + started.elapsed());
+        result
+    }
+}
+
+impl Collective for TimedSums<'_> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn sum_f32(&self, values: &mut [f32]) {
+        self.timed(|| self.inner.sum_f32(values));
+    }
+    fn sum_f64(&self, values: &mut [f64]) {
+        self.timed(|| self.inner.sum_f64(values));
+    }
+    fn min_max(&self, value: u64) -> (u64, u64) {
+        self.timed(|| self.inner.min_max(value))
+    }
 }
 
 fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
@@ -111,13 +160,46 @@ fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
 }
 
 fn main() -> ExitCode {
-    common::exit_code(run(Args::parse()))
+    let args = Args::parse();
+    if !args.distributed {
+        return common::exit_code(run(args, &SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let Some(world) = nn_train::distributed::MpiWorld::init() else {
+            return common::exit_code(Err("MPI was initialised before".into()));
+        };
+        // An error on one process ends the whole job, naming the process; the others
+        // would otherwise wait for it forever.
+        if let Err(error) = run(args, &world) {
+            let mut message = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message += &format!(": {cause}");
+                source = cause.source();
+            }
+            world.abort(&message);
+        }
+        ExitCode::SUCCESS
+    }
+    #[cfg(not(feature = "mpi"))]
+    common::exit_code(Err("--distributed: this build has no MPI; build it with \
+                           `cargo build --release -p nn-train --features mpi --examples`"
+        .into()))
 }
 
-fn run(args: Args) -> Result<(), Box<dyn Error>> {
+fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
+    let (rank, size) = (processes.rank(), processes.size());
+    let lead = rank == 0;
     // The main thread is one of the pool's workers: the trainer's steps then start
-    // their parallel loops in place instead of handing each step to the pool.
-    let threads = args.threads.unwrap_or(0);
+    // their parallel loops in place instead of handing each step to the pool. Several
+    // processes on one machine share its cores.
+    let local = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|v| v.parse::<usize>().ok());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.filter(|&t| t > 0).unwrap_or_else(|| match local {
+        Some(local) if args.distributed => (cores / local.max(1)).max(1),
+        _ => 0,
+    });
     rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()?;
     let recipe = args.model.recipe();
     let (epochs, lr, batch) =
@@ -149,7 +231,9 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         return Err("--epochs 0: nothing to train".into());
     }
     let out = args.out.unwrap_or_else(common::timestamped_run_dir);
-    common::prepare_output(&out)?;
+    if lead {
+        common::prepare_output(&out)?;
+    }
 
     let source = fashion_mnist::locate(args.data.as_deref());
     let (mut train, mut test): (ClassificationSet, ClassificationSet) = fashion_mnist::load(&source.dir)?;
@@ -165,6 +249,21 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             test = test.with_normalization(normalization)?;
         }
         Model::Cnn => {}
+    }
+    if !lead {
+        let timed = TimedSums::new(processes);
+        let mut net = build(args.model, args.seed)?;
+        let mut trainer = Trainer::new(config);
+        trainer.fit_on(
+            &mut *net,
+            &mut optimizer,
+            &SoftmaxCrossEntropy,
+            &train,
+            Some(&test),
+            &mut NoProgress,
+            &timed,
+        )?;
+        return Ok(());
     }
     println!(
         "data: {} ({}): {} training, {} test images",
@@ -182,16 +281,27 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         net.num_params(),
         rayon::current_num_threads()
     );
+    if args.distributed {
+        println!("distributed: {size} processes, each {} images of every batch of {batch}", batch.div_ceil(size));
+    }
     let started = Instant::now();
-    let report = Trainer::new(config).fit(
+    let timed = TimedSums::new(processes);
+    let mut bars = ProgressBars::new();
+    let observer: &mut dyn Observer = &mut bars;
+    let report = Trainer::new(config).fit_on(
         &mut *net,
         &mut optimizer,
         &SoftmaxCrossEntropy,
         &train,
         Some(&test),
-        &mut ProgressBars::new(),
+        observer,
+        &timed,
     )?;
     let wall = started.elapsed().as_secs_f64();
+    if args.distributed {
+        let per_step = timed.spent.get().as_secs_f64() / report.iteration.max(1) as f64;
+        println!("all-reduce (waiting for the slowest process included): {:.2} ms per update", 1e3 * per_step);
+    }
 
     println!("\nstopped: {:?} after {} iterations, {wall:.1} s", report.reason, report.iteration);
     println!(

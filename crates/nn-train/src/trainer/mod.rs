@@ -4,16 +4,23 @@
 
 mod config;
 mod records;
+mod step;
 
 pub use config::{EarlyStopping, Monitor, NonFinitePolicy, TrainConfig};
 pub use records::{
     BatchProgress, EpochProgress, EpochStats, NoProgress, Observer, StopReason, TrainReport, TrainerState,
 };
+use step::count_correct;
+pub(crate) use step::non_finite;
+pub use step::train_step;
 
 #[cfg(feature = "checkpoint")]
 use crate::checkpoint;
 use crate::data::{Dataset, TargetBatch};
-use crate::eval::{argmax_rows, evaluate};
+use crate::distributed::{
+    agree_at_epoch_end, distributed_step, share, Collective, DistributedStep, LocalBatch, SingleProcess, StepBuffers,
+};
+use crate::eval::evaluate;
 use crate::optim::{check_domain, Optimizer};
 use crate::TrainError;
 use nn_core::{seeded_rng, Element, Loss, Network, Reduction, Tensor};
@@ -122,6 +129,42 @@ impl Trainer {
         O: Optimizer<T>,
         D::Targets: AsRef<L::Target>,
     {
+        self.fit_on(net, optimizer, loss, train, validation, observer, &SingleProcess)
+    }
+
+    /// [`fit`](Self::fit) on every process of `collective` at once, data-parallel (see
+    /// [`distributed`](crate::distributed)): each process trains on its share of every
+    /// minibatch, and the gradient sums are added across processes before the update.
+    /// Every process must call this with the same network, data, configuration and
+    /// seed. Only process 0 reports to `observer` and writes checkpoints; the stopping
+    /// rules fire on every process at the same update. On one process this is `fit`.
+    ///
+    /// # Errors
+    /// As for [`fit`](Self::fit), and [`TrainError::Distributed`] when another process
+    /// failed or the processes' weights differ at an epoch's end.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_on<T, N, D, L, O>(
+        &mut self,
+        net: &mut N,
+        optimizer: &mut O,
+        loss: &L,
+        train: &D,
+        validation: Option<&D>,
+        observer: &mut dyn Observer,
+        collective: &dyn Collective,
+    ) -> Result<TrainReport, TrainError>
+    where
+        T: Element,
+        N: Network<T> + ?Sized,
+        D: Dataset<T>,
+        L: Loss<T>,
+        O: Optimizer<T>,
+        D::Targets: AsRef<L::Target>,
+    {
+        let (rank, processes) = (collective.rank(), collective.size());
+        let mut silent = NoProgress;
+        let observer: &mut dyn Observer = if rank == 0 { observer } else { &mut silent };
+        let mut buffers = StepBuffers::default();
         self.check_config(net, optimizer, train, validation.is_some())?;
         if validation.is_some_and(|v| v.is_empty()) {
             return Err(TrainError::Config { what: "validation data", details: "has no samples".into() });
@@ -165,14 +208,45 @@ impl Trainer {
             let progress = self.state.epoch_progress.take().unwrap_or_default();
             let (mut error, mut correct, mut seen, mut skipped) =
                 (progress.error_sum, progress.correct, progress.samples, progress.skipped);
+            let mut stop_requested = false;
             for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(progress.batches) {
-                train.fill_training_batch(epoch, chunk, &mut inputs, &mut targets)?;
+                let local = &chunk[share(chunk.len(), rank, processes)];
+                if !local.is_empty() {
+                    train.fill_training_batch(epoch, local, &mut inputs, &mut targets)?;
+                }
                 if config.schedule.per_iteration() {
                     let total = total_updates.unwrap_or(u64::MAX);
                     optimizer.set_learning_rate(config.schedule.rate_at_update(base_lr, self.state.iteration, total));
                 }
                 let step_started = Instant::now();
-                let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
+                let step = if processes == 1 {
+                    let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
+                    step.map(|loss| DistributedStep {
+                        loss,
+                        correct: count_correct(&targets, net.output()),
+                        stop: false,
+                    })
+                } else {
+                    let local = (!local.is_empty()).then(|| LocalBatch {
+                        inputs: &inputs,
+                        targets: targets.as_ref(),
+                        labels: targets.labels(),
+                    });
+                    let time_up = config.max_time.is_some_and(|limit| started.elapsed() >= limit);
+                    let (reduction, patterns) = (config.reduction, chunk.len());
+                    distributed_step(
+                        net,
+                        optimizer,
+                        loss,
+                        local,
+                        reduction,
+                        patterns,
+                        collective,
+                        time_up,
+                        &mut grad,
+                        &mut buffers,
+                    )
+                };
                 compute += step_started.elapsed();
                 let batch_loss = match step {
                     Err(TrainError::NonFinite { what, .. }) => {
@@ -189,15 +263,15 @@ impl Trainer {
                     }
                     other => Some(other?),
                 };
-                if let Some(batch_loss) = batch_loss {
-                    if let (Some(labels), Some(outputs)) = (targets.labels(), net.output()) {
-                        correct += labels.iter().zip(argmax_rows(outputs)).filter(|(&t, p)| t == *p).count();
-                    }
+                if let Some(DistributedStep { loss: batch_loss, correct: batch_correct, stop }) = batch_loss {
+                    correct += batch_correct;
+                    stop_requested = stop;
                     self.state.iteration += 1;
                     seen += chunk.len();
                     error += match config.reduction {
                         Reduction::Sum => batch_loss,
                         Reduction::Mean => batch_loss * chunk.len() as f64,
+                        Reduction::MeanOf(patterns) => batch_loss * patterns as f64,
                     };
                 }
                 let accuracy = targets.labels().map(|_| correct as f64 / seen.max(1) as f64);
@@ -237,6 +311,9 @@ impl Trainer {
                     skipped,
                 });
                 let (mut epoch_cap, mut early) = (None, None);
+                if epoch_done && processes > 1 {
+                    agree_at_epoch_end(net, collective, epoch, &mut buffers)?;
+                }
                 if epoch_done {
                     self.state.epoch += 1;
                     self.state.last_error = Some(error);
@@ -246,13 +323,13 @@ impl Trainer {
                     early = self.update_early_stopping(&stats);
                     epoch_cap = config.max_epochs.filter(|&limit| self.state.epoch >= limit);
                     #[cfg(feature = "checkpoint")]
-                    if let Some(path) = &config.checkpoint {
+                    if let Some(path) = config.checkpoint.as_ref().filter(|_| rank == 0) {
                         checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
                     }
                 }
                 #[cfg(feature = "checkpoint")]
                 if let (Some(path), Some(every)) = (&config.checkpoint, config.checkpoint_every) {
-                    if !epoch_done && self.state.iteration.is_multiple_of(every.max(1)) {
+                    if rank == 0 && !epoch_done && self.state.iteration.is_multiple_of(every.max(1)) {
                         checkpoint::save_checkpoint(path, net, optimizer, &self.state)?;
                     }
                 }
@@ -270,7 +347,9 @@ impl Trainer {
                     .or(epoch_cap.map(|limit| StopReason::EpochCap { limit }))
                     .or(early)
                     .or_else(|| {
-                        let limit = config.max_time.filter(|&limit| started.elapsed() >= limit)?;
+                        // Several processes stop on process 0's clock, read in the step.
+                        let up = |limit| if processes == 1 { started.elapsed() >= limit } else { stop_requested };
+                        let limit = config.max_time.filter(|&limit| up(limit))?;
                         Some(StopReason::WallTime { limit })
                     });
                 if epoch_done || stop.is_some() {
@@ -311,60 +390,4 @@ impl Trainer {
     fn report(&self, reason: StopReason, history: Vec<EpochStats>) -> TrainReport {
         TrainReport { reason, iteration: self.state.iteration, epoch: self.state.epoch, history }
     }
-}
-
-/// One minibatch of Steps 2–4: forward, loss and its gradient, backward (gradients
-/// zeroed first, then summed over the batch), and one optimizer update. Returns the
-/// batch loss as reduced by `reduction`; `grad` is a reusable buffer. A loss or a
-/// gradient that is not finite stops the step before the update.
-///
-/// The step runs on a worker of the current rayon pool: the calling thread when it is
-/// one, else a worker it waits for (so thread-local state of the caller is not seen).
-///
-/// # Errors
-/// [`TrainError::NonFinite`] when the loss or a gradient holds a NaN or an infinity
-/// (the parameters and the optimizer are then unchanged); [`TrainError`] when a tensor
-/// does not fit the network or the loss, or the optimizer fails.
-pub fn train_step<T, N, L, O>(
-    net: &mut N,
-    optimizer: &mut O,
-    loss: &L,
-    inputs: &Tensor<T>,
-    targets: &L::Target,
-    reduction: Reduction,
-    grad: &mut Tensor<T>,
-) -> Result<f64, TrainError>
-where
-    T: Element,
-    N: Network<T> + ?Sized,
-    L: Loss<T>,
-    O: Optimizer<T> + ?Sized,
-{
-    // The step runs on a worker of the current rayon pool (in place when called from
-    // one), so that each kernel's parallel loop starts among its workers instead of
-    // being handed over from a thread outside the pool and back: T1 makes some twenty
-    // such calls a step, and the hand-overs halved its speed on one thread.
-    rayon::scope(|_| {
-        let outputs = net.forward(inputs)?;
-        let batch_loss = loss.loss_and_grad(outputs, targets, reduction, grad)?;
-        if !batch_loss.is_finite() {
-            let layer = net.non_finite_output().map_or(String::new(), |at| format!(" (first non-finite output: {at})"));
-            return Err(non_finite(format!("loss {batch_loss}{layer}")));
-        }
-        net.zero_grad();
-        net.backward(grad)?;
-        // One pass over the gradients, before the update can spread a NaN into the
-        // weights and the optimizer's state.
-        if !net.grads_are_finite() {
-            let name = net.first_non_finite_grad().unwrap_or_default();
-            return Err(non_finite(format!("gradient of {name}")));
-        }
-        optimizer.step(&mut net.params_mut())?;
-        Ok(batch_loss)
-    })
-}
-
-/// [`TrainError::NonFinite`] without the trainer's context.
-fn non_finite(what: String) -> TrainError {
-    TrainError::NonFinite { what, epoch: None, iteration: None, samples: Vec::new() }
 }

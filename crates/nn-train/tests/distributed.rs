@@ -1,0 +1,251 @@
+//! Data-parallel training on MPI (feature `mpi`). `cargo test -p nn-train --features
+//! mpi --test distributed` runs this file's `main`, which starts itself under
+//! `mpirun` with 2 and with 3 processes (needs OpenMPI's `mpirun` on the PATH):
+//!
+//! - equivalence: 100 updates of T1 and T2 on the shipped subset, in f32 and f64,
+//!   batch 64 (64 over 3 processes: 22, 21, 21), mean reduction, against the same
+//!   training in one process: every parameter tensor within 1e-5 (f32) or 1e-12 (f64)
+//!   of the single-process one, relative to its largest entry. T2 in f32 may exceed
+//!   that: its max-pooling turns the ulp that reassociated sums move into different
+//!   choices (the difference jumps between updates 50 and 100); it must then stay
+//!   within twice what one process's run gives from weights one ulp apart. Every
+//!   process holds the same bits; the same run twice gives the same bits;
+//! - the error threshold, computed over all processes' patterns, stops every process
+//!   at the update where one process stops;
+//! - a fault: one process given a missing data directory ends the whole job, non-zero
+//!   and within seconds, naming the process and the cause.
+
+use nn_core::prelude::*;
+use nn_train::data::{fashion_mnist, ClassificationSet, Dataset};
+use nn_train::distributed::{weights_checksum, Collective, MpiWorld, SingleProcess};
+use nn_train::optim::Sgd;
+use nn_train::{NoProgress, StopReason, TrainConfig, Trainer};
+use std::env;
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STEPS: u64 = 100;
+
+fn main() {
+    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| env::var_os(v).is_some());
+    if under_mpi {
+        worker();
+    } else {
+        launch();
+    }
+}
+
+/// This test binary under `mpirun` with `processes` processes, one worker thread each.
+fn mpirun(processes: usize, mode: &str) -> Command {
+    let mut command = Command::new("mpirun");
+    command.args(["--allow-run-as-root", "--oversubscribe", "-np", &processes.to_string()]);
+    command.arg(env::current_exe().expect("the test binary's path")).arg(mode);
+    command.env("RAYON_NUM_THREADS", "1");
+    command
+}
+
+fn launch() {
+    for processes in [2, 3] {
+        let started = Instant::now();
+        let status = mpirun(processes, "equivalence").status().expect("mpirun runs (apt-get install openmpi-bin)");
+        assert!(status.success(), "equivalence on {processes} processes: {status}");
+        println!("equivalence on {processes} processes: ok ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+
+    let started = Instant::now();
+    let mut child = mpirun(2, "fault").stderr(Stdio::piped()).spawn().expect("mpirun runs");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for mpirun") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("a failing process did not end the job within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("piped").read_to_string(&mut stderr).ok();
+    assert!(!status.success(), "the job with a failing process exited with {status}");
+    assert!(
+        stderr.contains("error on process 1 of 2") && stderr.contains("no-such-dir"),
+        "the job's message names neither the process nor the cause:\n{stderr}"
+    );
+    println!("fault: the job ended in {:.1} s, {status}", started.elapsed().as_secs_f64());
+}
+
+fn worker() {
+    let world = MpiWorld::init().expect("MPI initialises once");
+    let mode = env::args().nth(1).unwrap_or_default();
+    // A failed check on one process would leave the others waiting: end the job.
+    let outcome = catch_unwind(AssertUnwindSafe(|| match mode.as_str() {
+        "equivalence" => equivalence(&world),
+        "fault" => fault(&world),
+        other => panic!("unknown mode {other:?}"),
+    }));
+    if let Err(panic) = outcome {
+        let message = panic.downcast_ref::<String>().cloned().or(panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        world.abort(&message.unwrap_or_default());
+    }
+}
+
+/// T1: dense 784→256, ReLU, dense 256→128, ReLU, dense 128→10.
+fn t1<T: Element>(seed: u64) -> Sequential<T> {
+    Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build().unwrap()
+}
+
+/// T2: conv 1→32 5×5, ReLU, pool, conv 32→64 5×5, ReLU, pool, dense 3136→128, ReLU, dense 128→10.
+fn t2<T: Element>(seed: u64) -> Sequential<T> {
+    Sequential::builder(&[1, 28, 28], seed)
+        .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
+        .relu()
+        .max_pool(&[2, 2])
+        .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+        .relu()
+        .max_pool(&[2, 2])
+        .flatten()
+        .dense(128)
+        .relu()
+        .dense(10)
+        .build()
+        .unwrap()
+}
+
+fn recipe() -> TrainConfig {
+    TrainConfig { batch_size: 64, seed: 5, reduction: Reduction::Mean, ..TrainConfig::default() }
+}
+
+/// Trains `net` with SGD (momentum 0.9; η: T1's 0.05 for a flat input, T2's 0.01 for
+/// images), on all processes of `collective`.
+fn train<T: Element>(
+    net: &mut Sequential<T>,
+    data: &ClassificationSet,
+    config: TrainConfig,
+    collective: &dyn Collective,
+) -> nn_train::TrainReport {
+    let lr = if net.input_shape().len() == 1 { 0.05 } else { 0.01 };
+    let mut sgd = Sgd::new(lr).momentum(0.9);
+    let mut trainer = Trainer::new(config);
+    trainer.fit_on(net, &mut sgd, &SoftmaxCrossEntropy, data, None, &mut NoProgress, collective).unwrap()
+}
+
+/// The largest, over parameter tensors, of max |a − b| / max |b|.
+fn relative_difference<T: Element>(a: &Sequential<T>, b: &Sequential<T>) -> f64 {
+    let mut worst = 0.0f64;
+    for (a, b) in a.params().iter().zip(b.params()) {
+        let scale = b.value.data().iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs())).max(f64::MIN_POSITIVE);
+        let diff =
+            a.value.data().iter().zip(b.value.data()).fold(0.0f64, |m, (x, y)| m.max((x.as_f64() - y.as_f64()).abs()));
+        worst = worst.max(diff / scale);
+    }
+    worst
+}
+
+/// The next representable value away from zero's side above (`next_up`), for f32 and f64.
+trait NextUp {
+    fn next_up_ulp(self) -> Self;
+}
+
+impl<T: Element> NextUp for T {
+    fn next_up_ulp(self) -> Self {
+        match T::as_f32(std::slice::from_ref(&self)) {
+            Some(&[v]) => T::from_f64(f64::from(v.next_up())),
+            _ => T::from_f64(self.as_f64().next_up()),
+        }
+    }
+}
+
+fn same_on_all(world: &MpiWorld, value: u64, what: &str) {
+    let (low, high) = world.min_max(value);
+    assert_eq!(low, high, "{what} differs across processes");
+}
+
+fn matches_one_process<T: Element>(
+    world: &MpiWorld,
+    name: &str,
+    data: &ClassificationSet,
+    build: fn(u64) -> Sequential<T>,
+    bound: f64,
+) {
+    let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
+    let mut net = build(7);
+    let report = train(&mut net, data, config.clone(), world);
+    assert_eq!(report.iteration, STEPS, "{name}");
+    same_on_all(world, weights_checksum(&net), &format!("{name}: the weights"));
+    if world.rank() == 0 {
+        let mut alone = build(7);
+        train(&mut alone, data, config.clone(), &SingleProcess);
+        let difference = relative_difference(&net, &alone);
+        println!("{name} on {} processes, {} updates: {difference:.2e} from one process", world.size(), STEPS);
+        if difference > bound {
+            // Reassociating the gradient sums perturbs the weights by an ulp or so; a
+            // network whose max-pooling picks among near-equal cells can turn that into
+            // a different choice, and a larger difference. Compare with the same
+            // training in one process from weights one ulp apart.
+            let mut nudged = build(7);
+            for param in nudged.params_mut() {
+                param.value.data_mut().iter_mut().for_each(|v| *v = T::from_f64(v.as_f64()).next_up_ulp());
+            }
+            train(&mut nudged, data, config, &SingleProcess);
+            let sensitivity = relative_difference(&nudged, &alone);
+            println!("  one process from weights one ulp apart: {sensitivity:.2e}");
+            assert!(
+                difference <= 2.0 * sensitivity,
+                "{name}: {difference:e} from one process's weights (bound {bound:e}; one ulp of start gives {sensitivity:e})"
+            );
+        }
+    }
+    world.barrier();
+}
+
+fn equivalence(world: &MpiWorld) {
+    let (images, _) = fashion_mnist::load(&fashion_mnist::embedded_subset_dir()).unwrap();
+    let flat = images.clone().with_sample_shape(&[784]).unwrap();
+    assert!(Dataset::<f32>::len(&images) >= STEPS as usize, "the subset holds a few epochs of batches");
+
+    matches_one_process::<f32>(world, "T1 f32", &flat, t1, 1e-5);
+    matches_one_process::<f64>(world, "T1 f64", &flat, t1, 1e-12);
+    matches_one_process::<f64>(world, "T2 f64", &images, t2, 1e-12);
+    matches_one_process::<f32>(world, "T2 f32", &images, t2, 1e-5);
+
+    // The same processes and seed: the same bits, twice.
+    let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
+    let (mut first, mut second) = (t1::<f32>(3), t1::<f32>(3));
+    train(&mut first, &flat, config.clone(), world);
+    train(&mut second, &flat, config, world);
+    assert_eq!(weights_checksum(&first), weights_checksum(&second), "two runs differ");
+
+    // The error threshold is decided on E over every process's patterns: set it
+    // between the first and second epochs' E of one process, and every process stops
+    // after the second epoch, as one process does.
+    let epochs = TrainConfig { max_epochs: Some(3), ..recipe() };
+    let mut threshold = [0.0];
+    if world.rank() == 0 {
+        let report = train(&mut t1::<f64>(9), &flat, epochs.clone(), &SingleProcess);
+        let errors: Vec<f64> = report.history.iter().map(|e| e.error_sum).collect();
+        threshold[0] = 0.5 * (errors[0] + errors[1]);
+    }
+    world.sum_f64(&mut threshold);
+    let stopping = TrainConfig { error_threshold: Some(threshold[0]), ..epochs };
+    let report = train(&mut t1::<f64>(9), &flat, stopping, world);
+    assert!(matches!(report.reason, StopReason::ErrorThreshold { .. }), "{:?}", report.reason);
+    let per_epoch = Dataset::<f64>::len(&flat).div_ceil(64) as u64;
+    assert_eq!(report.iteration, 2 * per_epoch, "stopped at update {}", report.iteration);
+    same_on_all(world, report.iteration, "the stopping update");
+}
+
+fn fault(world: &MpiWorld) {
+    let dir = if world.rank() == 1 {
+        std::path::PathBuf::from("/no-such-dir/fashion-mnist")
+    } else {
+        fashion_mnist::embedded_subset_dir()
+    };
+    let (images, _) = match fashion_mnist::load(&dir) {
+        Ok(sets) => sets,
+        Err(error) => world.abort(&format!("loading {}: {error}", dir.display())),
+    };
+    // The other process waits here, in the training's first sum, until the abort.
+    train(&mut t1::<f32>(1), &images.with_sample_shape(&[784]).unwrap(), recipe(), world);
+}
