@@ -19,7 +19,7 @@ mod step;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiWorld;
-pub(crate) use step::{agree_at_epoch_end, distributed_step, DistributedStep, LocalBatch, StepBuffers};
+pub(crate) use step::{agree_at_epoch_end, distributed_step, LocalBatch, StepBuffers, StepOutcome};
 
 use nn_core::{Element, Network};
 use std::ops::Range;
@@ -68,8 +68,13 @@ impl Collective for SingleProcess {
 
 /// The positions of a global minibatch of `len` patterns that process `rank` of
 /// `size` trains on: consecutive runs, the first `len % size` processes taking one
-/// pattern more (64 over 3: 22, 21, 21). A process may get none when `len < size`.
+/// pattern more (64 over 3: 22, 21, 21). A process may get none when `len < size`,
+/// and gets none when `rank ≥ size` (a size of 0 counts as 1).
 pub fn share(len: usize, rank: usize, size: usize) -> Range<usize> {
+    let size = size.max(1);
+    if rank >= size {
+        return len..len;
+    }
     let (base, extra) = (len / size, len % size);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
@@ -127,6 +132,7 @@ mod tests {
             }
             let lens: Vec<usize> = shares.iter().map(|r| r.len()).collect();
             prop_assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            prop_assert!(share(len, size, size).is_empty());
         }
     }
 }

@@ -9,9 +9,9 @@ use crate::trainer::non_finite;
 use crate::TrainError;
 use nn_core::{Element, Loss, Network, Reduction, Tensor};
 
-/// What a distributed step reports: the same on every process.
+/// What a training step reports (a distributed step: the same on every process).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct DistributedStep {
+pub(crate) struct StepOutcome {
     /// The whole minibatch's loss, reduced as asked.
     pub loss: f64,
     /// Patterns of the whole minibatch classified correctly (0 without labels).
@@ -66,7 +66,7 @@ pub(crate) fn distributed_step<T, N, L, O>(
     stop: bool,
     grad: &mut Tensor<T>,
     buffers: &mut StepBuffers<T>,
-) -> Result<DistributedStep, TrainError>
+) -> Result<StepOutcome, TrainError>
 where
     T: Element,
     N: Network<T> + ?Sized,
@@ -127,7 +127,7 @@ where
         return Err(non_finite(format!("gradient of {name} (summed over processes)")));
     }
     optimizer.step(&mut net.params_mut())?;
-    Ok(DistributedStep { loss: batch_loss, correct: figures[CORRECT] as usize, stop: figures[STOP] > 0.0 })
+    Ok(StepOutcome { loss: batch_loss, correct: figures[CORRECT] as usize, stop: figures[STOP] > 0.0 })
 }
 
 /// Forward, loss and backward over this process's patterns; the loss as reduced and

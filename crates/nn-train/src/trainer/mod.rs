@@ -18,7 +18,7 @@ pub use step::train_step;
 use crate::checkpoint;
 use crate::data::{Dataset, TargetBatch};
 use crate::distributed::{
-    agree_at_epoch_end, distributed_step, share, Collective, DistributedStep, LocalBatch, SingleProcess, StepBuffers,
+    agree_at_epoch_end, distributed_step, share, Collective, LocalBatch, SingleProcess, StepBuffers, StepOutcome,
 };
 use crate::eval::evaluate;
 use crate::optim::{check_domain, Optimizer};
@@ -221,11 +221,7 @@ impl Trainer {
                 let step_started = Instant::now();
                 let step = if processes == 1 {
                     let step = train_step(net, optimizer, loss, &inputs, targets.as_ref(), config.reduction, &mut grad);
-                    step.map(|loss| DistributedStep {
-                        loss,
-                        correct: count_correct(&targets, net.output()),
-                        stop: false,
-                    })
+                    step.map(|loss| StepOutcome { loss, correct: count_correct(&targets, net.output()), stop: false })
                 } else {
                     let local = (!local.is_empty()).then(|| LocalBatch {
                         inputs: &inputs,
@@ -263,7 +259,7 @@ impl Trainer {
                     }
                     other => Some(other?),
                 };
-                if let Some(DistributedStep { loss: batch_loss, correct: batch_correct, stop }) = batch_loss {
+                if let Some(StepOutcome { loss: batch_loss, correct: batch_correct, stop }) = batch_loss {
                     correct += batch_correct;
                     stop_requested = stop;
                     self.state.iteration += 1;
