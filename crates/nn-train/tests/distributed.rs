@@ -12,12 +12,16 @@
 //!   process holds the same bits; the same run twice gives the same bits;
 //! - the error threshold, computed over all processes' patterns, stops every process
 //!   at the update where one process stops;
+//! - batch normalisation's running statistics, gathered per process, are the same on
+//!   every process after an epoch;
+//! - a checkpoint written by 2 processes resumes on 3 and continues as one process
+//!   resumed from it does (f64, within 1e-12);
 //! - a fault: one process given a missing data directory ends the whole job, non-zero
 //!   and within seconds, naming the process and the cause.
 
 use nn_core::prelude::*;
 use nn_train::data::{fashion_mnist, ClassificationSet, Dataset};
-use nn_train::distributed::{weights_checksum, Collective, MpiWorld, SingleProcess};
+use nn_train::distributed::{network_checksum, Collective, MpiWorld, SingleProcess};
 use nn_train::optim::Sgd;
 use nn_train::{NoProgress, StopReason, TrainConfig, Trainer};
 use std::env;
@@ -54,6 +58,15 @@ fn launch() {
         println!("equivalence on {processes} processes: ok ({:.1} s)", started.elapsed().as_secs_f64());
     }
 
+    let dir = env::temp_dir().join(format!("nn-distributed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    for (processes, mode) in [(2, "checkpoint-write"), (3, "checkpoint-resume")] {
+        let status = mpirun(processes, mode).arg(&dir).status().expect("mpirun runs");
+        assert!(status.success(), "{mode} on {processes} processes: {status}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    println!("a checkpoint of 2 processes resumed on 3: ok");
+
     let started = Instant::now();
     let mut child = mpirun(2, "fault").stderr(Stdio::piped()).spawn().expect("mpirun runs");
     let status = loop {
@@ -82,6 +95,8 @@ fn worker() {
     // A failed check on one process would leave the others waiting: end the job.
     let outcome = catch_unwind(AssertUnwindSafe(|| match mode.as_str() {
         "equivalence" => equivalence(&world),
+        "checkpoint-write" => checkpoint_write(&world, &checkpoint_dir()),
+        "checkpoint-resume" => checkpoint_resume(&world, &checkpoint_dir()),
         "fault" => fault(&world),
         other => panic!("unknown mode {other:?}"),
     }));
@@ -173,7 +188,7 @@ fn matches_one_process<T: Element>(
     let mut net = build(7);
     let report = train(&mut net, data, config.clone(), world);
     assert_eq!(report.iteration, STEPS, "{name}");
-    same_on_all(world, weights_checksum(&net), &format!("{name}: the weights"));
+    same_on_all(world, network_checksum(&net), &format!("{name}: the weights"));
     if world.rank() == 0 {
         let mut alone = build(7);
         train(&mut alone, data, config.clone(), &SingleProcess);
@@ -215,7 +230,7 @@ fn equivalence(world: &MpiWorld) {
     let (mut first, mut second) = (t1::<f32>(3), t1::<f32>(3));
     train(&mut first, &flat, config.clone(), world);
     train(&mut second, &flat, config, world);
-    assert_eq!(weights_checksum(&first), weights_checksum(&second), "two runs differ");
+    assert_eq!(network_checksum(&first), network_checksum(&second), "two runs differ");
 
     // The error threshold is decided on E over every process's patterns: set it
     // between the first and second epochs' E of one process, and every process stops
@@ -234,6 +249,68 @@ fn equivalence(world: &MpiWorld) {
     let per_epoch = Dataset::<f64>::len(&flat).div_ceil(64) as u64;
     assert_eq!(report.iteration, 2 * per_epoch, "stopped at update {}", report.iteration);
     same_on_all(world, report.iteration, "the stopping update");
+
+    // Batch normalisation: each process's running statistics come from its own shares;
+    // after an epoch they are the processes' mean, the same bits everywhere.
+    let mut bn = Sequential::<f32>::builder(&[1, 28, 28], 4)
+        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).rounding(OutputRounding::Floor))
+        .batch_norm()
+        .relu()
+        .global_avg_pool()
+        .flatten()
+        .dense(10)
+        .build()
+        .unwrap();
+    let before: Vec<Vec<f32>> = bn.named_buffers().iter().map(|(_, b)| b.data().to_vec()).collect();
+    train(&mut bn, &images, TrainConfig { max_epochs: Some(1), ..recipe() }, world);
+    let after: Vec<Vec<f32>> = bn.named_buffers().iter().map(|(_, b)| b.data().to_vec()).collect();
+    assert!(!after.is_empty() && before != after, "the running statistics moved");
+    same_on_all(world, network_checksum(&bn), "the weights and running statistics");
+}
+
+fn checkpoint_dir() -> std::path::PathBuf {
+    env::args().nth(2).expect("the checkpoint directory").into()
+}
+
+/// T1 in f64 on the flat subset.
+fn flat_subset() -> ClassificationSet {
+    let (images, _) = fashion_mnist::load(&fashion_mnist::embedded_subset_dir()).unwrap();
+    images.with_sample_shape(&[784]).unwrap()
+}
+
+/// 70 updates, a checkpoint every 30: the file holds update 60, mid-epoch.
+fn checkpoint_write(world: &MpiWorld, dir: &std::path::Path) {
+    let config = TrainConfig {
+        max_iterations: Some(70),
+        checkpoint: Some(dir.join("run.safetensors")),
+        checkpoint_every: Some(30),
+        ..recipe()
+    };
+    train(&mut t1::<f64>(11), &flat_subset(), config, world);
+}
+
+/// From update 60 to 100 on these processes, and on one process alone.
+fn checkpoint_resume(world: &MpiWorld, dir: &std::path::Path) {
+    let (data, path) = (flat_subset(), dir.join("run.safetensors"));
+    let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
+    let resume = |net: &mut Sequential<f64>, collective: &dyn Collective| {
+        let mut sgd = Sgd::new(0.05).momentum(0.9);
+        let mut trainer = Trainer::resume(config.clone(), &path, net, &mut sgd).unwrap();
+        assert_eq!(trainer.state().iteration, 60, "the checkpoint's update");
+        trainer.fit_on(net, &mut sgd, &SoftmaxCrossEntropy, &data, None, &mut NoProgress, collective).unwrap()
+    };
+    let mut net = t1::<f64>(0);
+    let report = resume(&mut net, world);
+    assert_eq!(report.iteration, STEPS);
+    same_on_all(world, network_checksum(&net), "the resumed weights");
+    if world.rank() == 0 {
+        let mut alone = t1::<f64>(0);
+        resume(&mut alone, &SingleProcess);
+        let difference = relative_difference(&net, &alone);
+        println!("resumed on {} processes, updates 60 to {STEPS}: {difference:.2e} from one process", world.size());
+        assert!(difference <= 1e-12, "{difference:e} from one process resumed from the same checkpoint");
+    }
+    world.barrier();
 }
 
 fn fault(world: &MpiWorld) {

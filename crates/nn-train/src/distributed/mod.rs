@@ -80,13 +80,16 @@ pub fn share(len: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// A checksum of every parameter's bits, in the network's order: equal on two
-/// processes exactly when (barring a collision) their weights are bit-identical.
-pub fn weights_checksum<T: Element, N: Network<T> + ?Sized>(net: &N) -> u64 {
+/// A checksum of the bits of every parameter and buffer (batch normalisation's running
+/// statistics), in the network's order: equal on two processes exactly when (barring a
+/// collision) their networks are bit-identical.
+pub fn network_checksum<T: Element, N: Network<T> + ?Sized>(net: &N) -> u64 {
     // FNV-1a over the f64 bit patterns: cheap, order-sensitive, no dependency.
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for param in net.params() {
-        for &v in param.value.data() {
+    let buffers = net.named_buffers();
+    let tensors = net.params().into_iter().map(|p| &p.value).chain(buffers.iter().map(|(_, b)| *b));
+    for tensor in tensors {
+        for &v in tensor.data() {
             for byte in v.as_f64().to_bits().to_le_bytes() {
                 hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
             }

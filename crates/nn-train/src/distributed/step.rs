@@ -153,7 +153,8 @@ where
 
 /// At an epoch's end on several processes: the buffers (batch normalisation's running
 /// statistics, which each process gathered from its own shares) replaced by their
-/// mean over processes, then a check that every process holds the same weights.
+/// mean over processes, then a check that every process holds the same weights and
+/// buffers.
 ///
 /// # Errors
 /// [`TrainError::Distributed`] naming the epoch when the weights' checksums differ.
@@ -168,7 +169,7 @@ pub(crate) fn agree_at_epoch_end<T: Element, N: Network<T> + ?Sized>(
         sum_elements(collective, buffer.data_mut(), &mut buffers.wide);
         buffer.data_mut().iter_mut().for_each(|v| *v *= inverse);
     }
-    let (low, high) = collective.min_max(super::weights_checksum(net));
+    let (low, high) = collective.min_max(super::network_checksum(net));
     if low != high {
         let details =
             format!("the processes' weights differ after epoch {epoch} (checksums {low:#018x} to {high:#018x})");
