@@ -9,7 +9,7 @@ use crate::Element;
 /// One plane's walk. A "row" is a line along the last dimension; the other
 /// dimensions index rows.
 pub(super) struct Walk {
-    /// Lengths of the padded plane, and its row-major strides.
+    /// Cells of the padded plane.
     padded_len: usize,
     /// Padding before index 0, per dimension.
     before: Vec<usize>,
