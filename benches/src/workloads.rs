@@ -353,19 +353,8 @@ impl TrainCase {
     /// The chain of T1 or T2 (He-uniform weights, zero biases); `None` for T3, a graph.
     pub fn sequential(self) -> Option<Sequential<f32>> {
         let built = match self {
-            TrainCase::T1 => Sequential::builder(&[784], 1).dense(256).relu().dense(128).relu().dense(10).build(),
-            TrainCase::T2 => Sequential::builder(&[1, 28, 28], 1)
-                .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
-                .relu()
-                .max_pool(&[2, 2])
-                .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
-                .relu()
-                .max_pool(&[2, 2])
-                .flatten()
-                .dense(128)
-                .relu()
-                .dense(10)
-                .build(),
+            TrainCase::T1 => nn_train::models::mlp(1),
+            TrainCase::T2 => nn_train::models::cnn(1),
             TrainCase::T3 => return None,
         };
         Some(built.expect("benchmark networks are valid"))

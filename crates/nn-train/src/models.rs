@@ -4,6 +4,36 @@
 use nn_core::prelude::*;
 use nn_core::NodeId;
 
+/// T1 of shared/BENCHMARKS.md: dense 784→256, ReLU, dense 256→128, ReLU, dense
+/// 128→10, for flat 784-pixel inputs.
+///
+/// # Errors
+/// None in practice (the shapes are fixed); [`NnError`] as the builder reports it.
+pub fn mlp<T: Element>(seed: u64) -> Result<Sequential<T>, NnError> {
+    Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()
+}
+
+/// T2 of shared/BENCHMARKS.md: conv 1→32 5×5 pad 2, ReLU, max-pool 2×2, conv 32→64 5×5
+/// pad 2, ReLU, max-pool 2×2, flatten, dense 3136→128, ReLU, dense 128→10, for
+/// `[1, 28, 28]` images.
+///
+/// # Errors
+/// As for [`mlp`].
+pub fn cnn<T: Element>(seed: u64) -> Result<Sequential<T>, NnError> {
+    Sequential::builder(&[1, 28, 28], seed)
+        .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
+        .relu()
+        .max_pool(&[2, 2])
+        .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+        .relu()
+        .max_pool(&[2, 2])
+        .flatten()
+        .dense(128)
+        .relu()
+        .dense(10)
+        .build()
+}
+
 /// A convolution without bias, He-normal over the fan-out, rounding strided outputs
 /// down and orienting the filter as PyTorch does (cross-correlation): the ResNet
 /// papers' convention.

@@ -106,26 +106,14 @@ fn worker() {
     }
 }
 
-/// T1: dense 784→256, ReLU, dense 256→128, ReLU, dense 128→10.
+/// T1 (`models::mlp`).
 fn t1<T: Element>(seed: u64) -> Sequential<T> {
-    Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build().unwrap()
+    nn_train::models::mlp(seed).unwrap()
 }
 
-/// T2: conv 1→32 5×5, ReLU, pool, conv 32→64 5×5, ReLU, pool, dense 3136→128, ReLU, dense 128→10.
+/// T2 (`models::cnn`).
 fn t2<T: Element>(seed: u64) -> Sequential<T> {
-    Sequential::builder(&[1, 28, 28], seed)
-        .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
-        .relu()
-        .max_pool(&[2, 2])
-        .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
-        .relu()
-        .max_pool(&[2, 2])
-        .flatten()
-        .dense(128)
-        .relu()
-        .dense(10)
-        .build()
-        .unwrap()
+    nn_train::models::cnn(seed).unwrap()
 }
 
 fn recipe() -> TrainConfig {
@@ -158,7 +146,7 @@ fn relative_difference<T: Element>(a: &Sequential<T>, b: &Sequential<T>) -> f64 
     worst
 }
 
-/// The next representable value away from zero's side above (`next_up`), for f32 and f64.
+/// The next representable value above (`next_up`), in the element's own precision.
 trait NextUp {
     fn next_up_ulp(self) -> Self;
 }
@@ -201,7 +189,7 @@ fn matches_one_process<T: Element>(
             // training in one process from weights one ulp apart.
             let mut nudged = build(7);
             for param in nudged.params_mut() {
-                param.value.data_mut().iter_mut().for_each(|v| *v = T::from_f64(v.as_f64()).next_up_ulp());
+                param.value.data_mut().iter_mut().for_each(|v| *v = v.next_up_ulp());
             }
             train(&mut nudged, data, config, &SingleProcess);
             let sensitivity = relative_difference(&nudged, &alone);

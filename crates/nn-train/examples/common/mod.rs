@@ -34,13 +34,19 @@ pub fn exit_code(result: Result<(), Box<dyn Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            eprintln!("error: {}", error_chain(&*error, "\n  caused by: "));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error's message followed by its causes, each after `separator`.
+pub fn error_chain(error: &dyn Error, separator: &str) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message += &format!("{separator}{cause}");
+        source = cause.source();
+    }
+    message
 }

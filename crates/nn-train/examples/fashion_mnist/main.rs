@@ -22,7 +22,7 @@ use nn_train::distributed::{Collective, SingleProcess};
 use nn_train::optim::Sgd;
 use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::report::{plot_history, write_history_csv};
-use nn_train::{evaluate, NoProgress, Observer, ProgressBars, TrainConfig, Trainer};
+use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
 use std::cell::Cell;
 use std::error::Error;
 use std::path::PathBuf;
@@ -138,24 +138,9 @@ impl Collective for TimedSums<'_> {
 
 fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
     Ok(match model {
-        Model::Mlp => {
-            Box::new(Sequential::builder(&[784], seed).dense(256).relu().dense(128).relu().dense(10).build()?)
-        }
+        Model::Mlp => Box::new(nn_train::models::mlp::<f32>(seed)?),
+        Model::Cnn => Box::new(nn_train::models::cnn::<f32>(seed)?),
         Model::Resnet => Box::new(nn_train::models::resnet20::<f32>(seed)?),
-        Model::Cnn => Box::new(
-            Sequential::builder(&[1, 28, 28], seed)
-                .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
-                .relu()
-                .max_pool(&[2, 2])
-                .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
-                .relu()
-                .max_pool(&[2, 2])
-                .flatten()
-                .dense(128)
-                .relu()
-                .dense(10)
-                .build()?,
-        ),
     })
 }
 
@@ -172,13 +157,7 @@ fn main() -> ExitCode {
         // An error on one process ends the whole job, naming the process; the others
         // would otherwise wait for it forever.
         if let Err(error) = run(args, &world) {
-            let mut message = error.to_string();
-            let mut source = error.source();
-            while let Some(cause) = source {
-                message += &format!(": {cause}");
-                source = cause.source();
-            }
-            world.abort(&message);
+            world.abort(&common::error_chain(&*error, ": "));
         }
         ExitCode::SUCCESS
     }
@@ -250,53 +229,43 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
         }
         Model::Cnn => {}
     }
-    if !lead {
-        let timed = TimedSums::new(processes);
-        let mut net = build(args.model, args.seed)?;
-        let mut trainer = Trainer::new(config);
-        trainer.fit_on(
-            &mut *net,
-            &mut optimizer,
-            &SoftmaxCrossEntropy,
-            &train,
-            Some(&test),
-            &mut NoProgress,
-            &timed,
-        )?;
-        return Ok(());
+    if lead {
+        println!(
+            "data: {} ({}): {} training, {} test images",
+            source.dir.display(),
+            source.origin,
+            nn_train::data::Dataset::<f32>::len(&train),
+            nn_train::data::Dataset::<f32>::len(&test)
+        );
     }
-    println!(
-        "data: {} ({}): {} training, {} test images",
-        source.dir.display(),
-        source.origin,
-        nn_train::data::Dataset::<f32>::len(&train),
-        nn_train::data::Dataset::<f32>::len(&test)
-    );
-
     let mut net = build(args.model, args.seed)?;
-    let sgd = if resnet { "SGD (Nesterov, weight decay 5e-4, cosine per update)" } else { "SGD" };
-    println!(
-        "model: {:?}, {} parameters; {epochs} epochs, batch {batch}, {sgd} lr {lr} momentum 0.9, {} threads",
-        args.model,
-        net.num_params(),
-        rayon::current_num_threads()
-    );
-    if args.distributed {
-        println!("distributed: {size} processes, each {} images of every batch of {batch}", batch.div_ceil(size));
+    if lead {
+        let sgd = if resnet { "SGD (Nesterov, weight decay 5e-4, cosine per update)" } else { "SGD" };
+        println!(
+            "model: {:?}, {} parameters; {epochs} epochs, batch {batch}, {sgd} lr {lr} momentum 0.9, {} threads",
+            args.model,
+            net.num_params(),
+            rayon::current_num_threads()
+        );
+    }
+    if lead && args.distributed {
+        println!("distributed: {size} processes, up to {} images of every batch of {batch} each", batch.div_ceil(size));
     }
     let started = Instant::now();
     let timed = TimedSums::new(processes);
-    let mut bars = ProgressBars::new();
-    let observer: &mut dyn Observer = &mut bars;
+    // The trainer reports to the bars on process 0 only.
     let report = Trainer::new(config).fit_on(
         &mut *net,
         &mut optimizer,
         &SoftmaxCrossEntropy,
         &train,
         Some(&test),
-        observer,
+        &mut ProgressBars::new(),
         &timed,
     )?;
+    if !lead {
+        return Ok(());
+    }
     let wall = started.elapsed().as_secs_f64();
     if args.distributed {
         let per_step = timed.spent.get().as_secs_f64() / report.iteration.max(1) as f64;
