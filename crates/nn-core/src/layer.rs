@@ -124,6 +124,12 @@ pub trait Layer<T: Element>: Send + Sync {
         Vec::new()
     }
 
+    /// Moves past `patterns` patterns as a forward pass over them would, for layers
+    /// that draw random numbers per pattern (dropout): a process that runs only its
+    /// share of a minibatch skips the patterns before and after it, and draws what one
+    /// process running the whole minibatch would. Other layers ignore it.
+    fn skip_patterns(&mut self, _patterns: usize) {}
+
     /// Switches between training (the default) and evaluation, for layers that behave
     /// differently (batch statistics against running estimates). The trainer and
     /// `evaluate` set the mode themselves.

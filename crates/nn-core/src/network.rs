@@ -238,6 +238,13 @@ impl<T: Element> Sequential<T> {
         }
     }
 
+    /// [`Layer::skip_patterns`] on every layer.
+    pub fn skip_patterns(&mut self, patterns: usize) {
+        for layer in &mut self.layers {
+            layer.skip_patterns(patterns);
+        }
+    }
+
     /// True in training mode (the default), false in evaluation mode.
     pub fn is_training(&self) -> bool {
         self.training

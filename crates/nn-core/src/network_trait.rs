@@ -46,6 +46,10 @@ pub trait Network<T: Element>: Send {
     /// True in training mode.
     fn is_training(&self) -> bool;
 
+    /// Moves every layer that draws per pattern past `patterns` patterns
+    /// ([`Layer::skip_patterns`](crate::Layer::skip_patterns)).
+    fn skip_patterns(&mut self, patterns: usize);
+
     /// Where the last forward pass first went non-finite (a layer or node), if it did.
     fn non_finite_output(&self) -> Option<String>;
 
@@ -107,6 +111,9 @@ impl<T: Element> Network<T> for Sequential<T> {
     fn is_training(&self) -> bool {
         Sequential::is_training(self)
     }
+    fn skip_patterns(&mut self, patterns: usize) {
+        Sequential::skip_patterns(self, patterns)
+    }
     fn non_finite_output(&self) -> Option<String> {
         let index = self.first_non_finite_output()?;
         Some(format!("layer {index}, {}", self.layers()[index].kind()))
@@ -146,6 +153,9 @@ impl<T: Element> Network<T> for Graph<T> {
     }
     fn is_training(&self) -> bool {
         Graph::is_training(self)
+    }
+    fn skip_patterns(&mut self, patterns: usize) {
+        Graph::skip_patterns(self, patterns)
     }
     fn non_finite_output(&self) -> Option<String> {
         self.first_non_finite_output().map(|node| format!("node {node}"))

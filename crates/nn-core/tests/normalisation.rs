@@ -168,3 +168,40 @@ fn dropout_scales_the_kept_elements_and_is_seeded() {
     assert_eq!(a.forward(&x).unwrap(), &x);
     assert!(Sequential::<f64>::builder(&[3], 1).dropout(1.0).build().is_err());
 }
+
+// A minibatch split into shares: each part, run after skipping the patterns before it
+// and followed by a skip of those after it, gets the whole run's masks, and every part
+// ends on the whole run's generator state (also a part of no patterns).
+#[test]
+fn dropout_shares_draw_the_whole_batchs_masks() {
+    let x = Tensor::from_vec(&[7, 5], (0..35).map(|i| 1.0 + i as f32).collect()).unwrap();
+    let build = || Sequential::<f32>::builder(&[5], 11).dropout(0.5).build().unwrap();
+    let state = |net: &Sequential<f32>| net.named_buffers()[0].1.data().to_vec();
+    let mut whole = build();
+    whole.forward(&x).unwrap();
+    let expected = whole.forward(&x).unwrap().clone();
+    let splits: [&[usize]; 4] = [&[0, 7], &[0, 3, 7], &[0, 2, 2, 5, 7], &[0, 0, 1, 7]];
+    for bounds in splits {
+        let parts: Vec<_> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+        let mut joined = Vec::new();
+        for part in &parts {
+            let mut net = build();
+            net.forward(&x).unwrap();
+            net.skip_patterns(part.start);
+            if !part.is_empty() {
+                let rows = x.data()[5 * part.start..5 * part.end].to_vec();
+                let y = net.forward(&Tensor::from_vec(&[part.len(), 5], rows).unwrap()).unwrap();
+                joined.extend_from_slice(y.data());
+            }
+            net.skip_patterns(7 - part.end);
+            assert_eq!(state(&net), state(&whole), "generator after part {part:?} of {parts:?}");
+        }
+        assert_eq!(joined, expected.data(), "masks of parts {parts:?}");
+    }
+    // Evaluation draws nothing, and skips nothing.
+    let mut evaluating = build();
+    evaluating.set_training(false);
+    let before = state(&evaluating);
+    evaluating.skip_patterns(3);
+    assert_eq!(state(&evaluating), before);
+}

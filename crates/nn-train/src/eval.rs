@@ -1,6 +1,8 @@
 use crate::data::{Dataset, TargetBatch};
+use crate::distributed::{share, Collective, SingleProcess};
 use crate::TrainError;
 use nn_core::{Element, Loss, Network, Reduction, Tensor};
+use std::ops::Range;
 
 /// A confusion matrix: `counts[actual][predicted]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +85,34 @@ where
     L: Loss<T>,
     D::Targets: AsRef<L::Target>,
 {
+    evaluate_on(net, loss, data, batch_size, &SingleProcess)
+}
+
+/// [`evaluate`] on every process of `collective` at once: each process runs its
+/// [`share`] of the samples (consecutive runs, in order), and the summed loss, the
+/// sample count and the confusion matrix are added across processes, so that every
+/// process returns the same evaluation. The counts equal one process's; the loss sum
+/// is the same sum associated per process (equal to rounding).
+///
+/// Every process must call this with the same data. A process whose batch fails still
+/// joins the sums, then every process returns an error, so that none waits forever.
+///
+/// # Errors
+/// As for [`evaluate`], and [`TrainError::Distributed`] when another process failed.
+pub fn evaluate_on<T, N, D, L>(
+    net: &mut N,
+    loss: &L,
+    data: &D,
+    batch_size: usize,
+    collective: &dyn Collective,
+) -> Result<Evaluation, TrainError>
+where
+    T: Element,
+    N: Network<T> + ?Sized,
+    D: Dataset<T>,
+    L: Loss<T>,
+    D::Targets: AsRef<L::Target>,
+{
     if batch_size == 0 {
         return Err(TrainError::Config { what: "batch size", details: "must be positive".into() });
     }
@@ -92,12 +122,62 @@ where
     // Evaluation mode (running statistics), and the caller's mode back afterwards.
     let was_training = net.is_training();
     net.set_training(false);
-    let result = evaluate_batches(net, loss, data, batch_size);
+    let local = evaluate_batches(net, loss, data, share(data.len(), collective.rank(), collective.size()), batch_size);
     net.set_training(was_training);
-    result
+    if collective.size() == 1 {
+        return local;
+    }
+    reduce_evaluation(local, collective)
 }
 
-fn evaluate_batches<T, N, D, L>(net: &mut N, loss: &L, data: &D, batch_size: usize) -> Result<Evaluation, TrainError>
+/// Adds every process's evaluation of its share: the class count first (a process
+/// with no samples knows none), then loss, samples, failures and the confusion counts
+/// (exact in f64 below 2⁵³).
+fn reduce_evaluation(
+    local: Result<Evaluation, TrainError>,
+    collective: &dyn Collective,
+) -> Result<Evaluation, TrainError> {
+    let classes = local.as_ref().ok().and_then(|e| e.confusion.as_ref()).map_or(0, |c| c.counts.len());
+    let (_, classes) = collective.min_max(classes as u64);
+    let classes = classes as usize;
+    let mut sums = vec![0.0; 3 + classes * classes];
+    match &local {
+        Ok(evaluation) => {
+            (sums[0], sums[1]) = (evaluation.error_sum, evaluation.samples as f64);
+            let cells = evaluation.confusion.iter().flat_map(|c| c.counts.iter().flatten());
+            sums[3..].iter_mut().zip(cells).for_each(|(sum, &count)| *sum = count as f64);
+        }
+        Err(_) => sums[2] = 1.0,
+    }
+    collective.sum_f64(&mut sums);
+    local?;
+    if sums[2] > 0.0 {
+        let details = format!("{} other process(es) failed in the evaluation", sums[2]);
+        return Err(TrainError::Distributed { details });
+    }
+    let (error_sum, samples) = (sums[0], sums[1] as usize);
+    let confusion = (classes > 0).then(|| {
+        let counts = sums[3..].chunks(classes).map(|row| row.iter().map(|&c| c as u64).collect()).collect();
+        ConfusionMatrix { counts }
+    });
+    Ok(Evaluation {
+        samples,
+        error_sum,
+        mean_loss: error_sum / samples.max(1) as f64,
+        accuracy: confusion.as_ref().map(ConfusionMatrix::accuracy),
+        confusion,
+    })
+}
+
+/// Runs the samples at `positions` of `data` in batches; an empty range gives an
+/// empty evaluation.
+fn evaluate_batches<T, N, D, L>(
+    net: &mut N,
+    loss: &L,
+    data: &D,
+    positions: Range<usize>,
+    batch_size: usize,
+) -> Result<Evaluation, TrainError>
 where
     T: Element,
     N: Network<T> + ?Sized,
@@ -105,11 +185,12 @@ where
     L: Loss<T>,
     D::Targets: AsRef<L::Target>,
 {
+    let samples = positions.len();
     let (error_sum, confusion) = rayon::scope(|_| {
         let (mut inputs, mut targets, mut grad) = (Tensor::default(), D::Targets::default(), Tensor::default());
         let mut error_sum = 0.0;
         let mut confusion: Option<ConfusionMatrix> = None;
-        let indices: Vec<usize> = (0..data.len()).collect();
+        let indices: Vec<usize> = positions.collect();
         for chunk in indices.chunks(batch_size) {
             data.fill_batch(chunk, &mut inputs, &mut targets)?;
             let outputs = net.forward(&inputs)?;
@@ -125,9 +206,9 @@ where
         Ok::<_, TrainError>((error_sum, confusion))
     })?;
     Ok(Evaluation {
-        samples: data.len(),
+        samples,
         error_sum,
-        mean_loss: error_sum / data.len().max(1) as f64,
+        mean_loss: error_sum / samples.max(1) as f64,
         accuracy: confusion.as_ref().map(ConfusionMatrix::accuracy),
         confusion,
     })

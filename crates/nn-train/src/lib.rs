@@ -39,7 +39,7 @@ pub mod report;
 mod trainer;
 
 pub use error::TrainError;
-pub use eval::{evaluate, ConfusionMatrix, DiceCounts, Evaluation};
+pub use eval::{evaluate, evaluate_on, ConfusionMatrix, DiceCounts, Evaluation};
 #[cfg(feature = "progress")]
 pub use progress::ProgressBars;
 pub use trainer::{

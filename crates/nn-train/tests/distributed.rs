@@ -9,11 +9,15 @@
 //!   that: its max-pooling turns the ulp that reassociated sums move into different
 //!   choices (the difference jumps between updates 50 and 100); it must then stay
 //!   within twice what one process's run gives from weights one ulp apart. Every
-//!   process holds the same bits; the same run twice gives the same bits;
+//!   process holds the same bits; the same run twice gives the same bits; T1 with
+//!   dropout (f64) too: each process draws its share's part of one process's masks;
 //! - the error threshold, computed over all processes' patterns, stops every process
 //!   at the update where one process stops;
 //! - batch normalisation's running statistics, gathered per process, are the same on
 //!   every process after an epoch;
+//! - an evaluation split across the processes gives every process one process's
+//!   counts and confusion matrix, and its loss sum to rounding (also with fewer
+//!   samples than processes);
 //! - a checkpoint written by 2 processes resumes on 3 and continues as one process
 //!   resumed from it does (f64, within 1e-12);
 //! - a fault: one process given a missing data directory ends the whole job, non-zero
@@ -23,7 +27,7 @@ use nn_core::prelude::*;
 use nn_train::data::{fashion_mnist, ClassificationSet, Dataset};
 use nn_train::distributed::{network_checksum, Collective, MpiWorld, SingleProcess};
 use nn_train::optim::Sgd;
-use nn_train::{NoProgress, StopReason, TrainConfig, Trainer};
+use nn_train::{evaluate, evaluate_on, NoProgress, StopReason, TrainConfig, Trainer};
 use std::env;
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -109,6 +113,12 @@ fn worker() {
 /// T1 (`models::mlp`).
 fn t1<T: Element>(seed: u64) -> Sequential<T> {
     nn_train::models::mlp(seed).unwrap()
+}
+
+/// T1 with dropout (p = 0.3) after each hidden layer.
+fn t1_dropout<T: Element>(seed: u64) -> Sequential<T> {
+    let builder = Sequential::builder(&[784], seed).dense(256).relu().dropout(0.3);
+    builder.dense(128).relu().dropout(0.3).dense(10).build().unwrap()
 }
 
 /// T2 (`models::cnn`).
@@ -212,6 +222,9 @@ fn equivalence(world: &MpiWorld) {
     matches_one_process::<f64>(world, "T1 f64", &flat, t1, 1e-12);
     matches_one_process::<f64>(world, "T2 f64", &images, t2, 1e-12);
     matches_one_process::<f32>(world, "T2 f32", &images, t2, 1e-5);
+    // Each process draws its share's part of the masks one process draws for the
+    // whole batch; the epoch ends between (the generators' states must agree).
+    matches_one_process::<f64>(world, "T1 + dropout f64", &flat, t1_dropout, 1e-12);
 
     // The same processes and seed: the same bits, twice.
     let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
@@ -254,6 +267,28 @@ fn equivalence(world: &MpiWorld) {
     let after: Vec<Vec<f32>> = bn.named_buffers().iter().map(|(_, b)| b.data().to_vec()).collect();
     assert!(!after.is_empty() && before != after, "the running statistics moved");
     same_on_all(world, network_checksum(&bn), "the weights and running statistics");
+
+    evaluation(world, &images, t2::<f64>(13));
+}
+
+/// An evaluation split across processes against one process's, on a briefly trained
+/// T2 (f64): 250 samples in batches of 32, and 2 samples (fewer than 3 processes).
+fn evaluation(world: &MpiWorld, images: &ClassificationSet, mut net: Sequential<f64>) {
+    train(&mut net, images, TrainConfig { max_iterations: Some(20), ..recipe() }, world);
+    let (few, some) = (images.clone().split_off(2), images.clone().split_off(250));
+    for (data, what) in [(&some, "250 samples"), (&few, "2 samples")] {
+        let split = evaluate_on(&mut net, &SoftmaxCrossEntropy, data, 32, world).unwrap();
+        let alone = evaluate(&mut net, &SoftmaxCrossEntropy, data, 32).unwrap();
+        assert_eq!(split.samples, alone.samples, "{what}");
+        assert_eq!(split.confusion, alone.confusion, "{what}");
+        let difference = (split.error_sum - alone.error_sum).abs() / alone.error_sum;
+        assert!(difference <= 1e-12, "{what}: loss sums {} and {} differ", split.error_sum, alone.error_sum);
+        same_on_all(world, split.error_sum.to_bits(), &format!("{what}: the loss sum"));
+    }
+    assert!(net.is_training(), "the network's mode is restored");
+    if world.rank() == 0 {
+        println!("an evaluation split over {} processes: the counts of one process", world.size());
+    }
 }
 
 fn checkpoint_dir() -> std::path::PathBuf {

@@ -342,6 +342,15 @@ impl<T: Element> Graph<T> {
         }
     }
 
+    /// [`Layer::skip_patterns`](crate::Layer::skip_patterns) on every layer.
+    pub fn skip_patterns(&mut self, patterns: usize) {
+        for node in &mut self.nodes {
+            if let Op::Layer(l) = &mut node.op {
+                l.skip_patterns(patterns);
+            }
+        }
+    }
+
     /// True in training mode (the default).
     pub fn is_training(&self) -> bool {
         self.training

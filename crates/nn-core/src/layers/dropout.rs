@@ -26,6 +26,10 @@ pub struct Dropout<T: Element> {
 /// u16 pieces of the seed (4) and of the word position (8).
 const STATE_LEN: usize = 12;
 
+/// The generator's 32-bit words one mask draw (`gen::<f64>`, from a u64) consumes;
+/// the tests of `skip_patterns` check it against the forward pass.
+const WORDS_PER_DRAW: u128 = 2;
+
 impl<T: Element> Dropout<T> {
     /// Dropout of probability `p` on samples shaped `input_shape`, its generator
     /// seeded from `rng`.
@@ -106,6 +110,18 @@ impl<T: Element> Layer<T> for Dropout<T> {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn skip_patterns(&mut self, patterns: usize) {
+        if !self.training || self.p == 0.0 || patterns == 0 {
+            return;
+        }
+        // A state that fails to load is reported by the next forward pass.
+        if self.load_rng().is_ok() {
+            let draws = patterns as u128 * self.shape.iter().product::<usize>() as u128;
+            self.rng.set_word_pos(self.rng.get_word_pos() + draws * WORDS_PER_DRAW);
+            self.save_rng();
+        }
     }
 
     fn backward_reads(&self) -> BackwardReads {

@@ -22,7 +22,7 @@ use nn_train::distributed::{Collective, SingleProcess};
 use nn_train::optim::Sgd;
 use nn_train::optim::{LrSchedule, Optimizer};
 use nn_train::report::{plot_history, write_history_csv};
-use nn_train::{evaluate, ProgressBars, TrainConfig, Trainer};
+use nn_train::{evaluate_on, ProgressBars, TrainConfig, Trainer};
 use std::cell::Cell;
 use std::error::Error;
 use std::path::PathBuf;
@@ -263,12 +263,15 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
         &mut ProgressBars::new(),
         &timed,
     )?;
+    let wall = started.elapsed().as_secs_f64();
+    let sums_spent = timed.spent.get();
+    // Every process evaluates its share of the test set; all receive the same counts.
+    let eval = evaluate_on(&mut *net, &SoftmaxCrossEntropy, &test, batch, processes)?;
     if !lead {
         return Ok(());
     }
-    let wall = started.elapsed().as_secs_f64();
     if args.distributed {
-        let per_step = timed.spent.get().as_secs_f64() / report.iteration.max(1) as f64;
+        let per_step = sums_spent.as_secs_f64() / report.iteration.max(1) as f64;
         println!("all-reduce (waiting for the slowest process included): {:.2} ms per update", 1e3 * per_step);
     }
 
@@ -290,7 +293,6 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
             s.seconds
         );
     }
-    let eval = evaluate(&mut *net, &SoftmaxCrossEntropy, &test, batch)?;
     println!("\ntest accuracy: {:.2}% ({} images)", 100.0 * eval.accuracy.unwrap_or(0.0), eval.samples);
     if let Some(confusion) = &eval.confusion {
         println!(

@@ -2,7 +2,7 @@
 //! this process's share, the gradient sums and the batch's figures added across
 //! processes, then the same update everywhere.
 
-use super::{sum_elements, Collective};
+use super::{share, sum_elements, Collective};
 use crate::eval::argmax_rows;
 use crate::optim::Optimizer;
 use crate::trainer::non_finite;
@@ -42,9 +42,9 @@ const CORRECT: usize = 1;
 const STOP: usize = 2;
 const FAILED: usize = 3;
 
-/// A training step over this process's share of a minibatch of `patterns` patterns.
-/// `local` is `None` when the share is empty; `stop` is process 0's request to end
-/// after this step (ignored elsewhere).
+/// A training step over this process's [`share`] of a minibatch of `patterns`
+/// patterns. `local` is `None` when the share is empty; `stop` is process 0's request
+/// to end after this step (ignored elsewhere).
 ///
 /// Every process reaches the same collective calls whatever happens locally: a
 /// process whose forward or loss fails still takes part, and then every process
@@ -80,10 +80,14 @@ where
     // The local pass runs on a worker of the pool, as `train_step` does; the collective
     // calls stay on the calling thread, the one that initialised MPI.
     let mut figures = [0.0; 4];
+    // Layers that draw per pattern draw this share's part of the whole batch's draws.
+    let mine = share(patterns, collective.rank(), collective.size());
     let local_error = rayon::scope(|_| {
         net.zero_grad();
-        let batch = local?;
-        match local_pass(net, loss, batch, reduction, grad) {
+        net.skip_patterns(mine.start);
+        let outcome = local.map(|batch| local_pass(net, loss, batch, reduction, grad));
+        net.skip_patterns(patterns - mine.end);
+        match outcome? {
             Ok((batch_loss, correct)) => {
                 (figures[LOSS], figures[CORRECT]) = (batch_loss, correct as f64);
                 None
@@ -164,10 +168,12 @@ pub(crate) fn agree_at_epoch_end<T: Element, N: Network<T> + ?Sized>(
     epoch: usize,
     buffers: &mut StepBuffers<T>,
 ) -> Result<(), TrainError> {
-    let inverse = T::from_f64(1.0 / collective.size() as f64);
+    // A division, not a product with 1/P: buffers that already agree (dropout's
+    // generator state, the same on every process) come back exactly.
+    let size = T::from_f64(collective.size() as f64);
     for (_, buffer) in net.named_buffers_mut() {
         sum_elements(collective, buffer.data_mut(), &mut buffers.wide);
-        buffer.data_mut().iter_mut().for_each(|v| *v *= inverse);
+        buffer.data_mut().iter_mut().for_each(|v| *v /= size);
     }
     let (low, high) = collective.min_max(super::network_checksum(net));
     if low != high {

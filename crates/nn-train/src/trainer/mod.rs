@@ -20,7 +20,7 @@ use crate::data::{Dataset, TargetBatch};
 use crate::distributed::{
     agree_at_epoch_end, distributed_step, share, Collective, LocalBatch, SingleProcess, StepBuffers, StepOutcome,
 };
-use crate::eval::evaluate;
+use crate::eval::evaluate_on;
 use crate::optim::{check_domain, Optimizer};
 use crate::TrainError;
 use nn_core::{seeded_rng, Element, Loss, Network, Reduction, Tensor};
@@ -314,7 +314,7 @@ impl Trainer {
                     self.state.epoch += 1;
                     self.state.last_error = Some(error);
                     if let Some(val) = validation {
-                        stats.validation = Some(evaluate(net, loss, val, config.eval_batch_size)?);
+                        stats.validation = Some(evaluate_on(net, loss, val, config.eval_batch_size, collective)?);
                     }
                     early = self.update_early_stopping(&stats);
                     epoch_cap = config.max_epochs.filter(|&limit| self.state.epoch >= limit);
