@@ -47,7 +47,7 @@ pub fn measure(budget: Budget, mut f: impl FnMut()) -> Timing {
 }
 
 /// Times `contestants` workloads against each other: `f(i)` runs workload i. Each is
-/// warmed up once, then they take turns, a block of at least [`TURN`] each per
+/// warmed up once, then they take turns, a block of at least `TURN` (20 ms) each per
 /// round (one call, for a call longer than that), so that a drift of the machine
 /// (clock, a neighbour's load) falls on all of them alike; a sample is the mean call
 /// of a block. Run one after another, an identical call measured faster when it came
