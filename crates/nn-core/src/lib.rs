@@ -53,6 +53,7 @@ pub mod layers;
 mod loss;
 mod network;
 mod network_trait;
+pub mod shared_statistics;
 mod storage;
 mod tensor;
 

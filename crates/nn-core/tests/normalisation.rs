@@ -4,6 +4,7 @@
 
 use nn_core::gradcheck::{check_layer, check_network, GradCheckOptions};
 use nn_core::prelude::*;
+use nn_core::shared_statistics::{with_shared_statistics, StatisticsSum};
 use rand::Rng;
 
 const TOLERANCE: f64 = 1e-6;
@@ -100,6 +101,95 @@ fn batch_norm_is_bit_identical_on_any_thread_count() {
         })
     };
     assert_eq!(run(1), run(3));
+}
+
+/// Processes played by threads: each passes its sums and receives the totals, added
+/// in rank order.
+struct Exchange {
+    barrier: std::sync::Barrier,
+    slots: std::sync::Mutex<Vec<Vec<f64>>>,
+}
+
+struct Process<'a>(&'a Exchange, usize);
+
+/// What one batch normalisation pass gives: output, ∂x, ∂γ and ∂β, running estimates.
+struct Pass {
+    output: Vec<f64>,
+    input_grad: Vec<f64>,
+    param_grads: Vec<f64>,
+    running: Vec<f64>,
+}
+
+impl StatisticsSum for Process<'_> {
+    fn sum(&self, values: &mut [f64]) {
+        let Process(exchange, rank) = self;
+        exchange.slots.lock().unwrap()[*rank] = values.to_vec();
+        exchange.barrier.wait();
+        let slots = exchange.slots.lock().unwrap();
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = slots.iter().map(|slot| slot[i]).sum();
+        }
+        drop(slots);
+        exchange.barrier.wait();
+    }
+}
+
+// A batch split over processes whose statistics are shared: each share's output and
+// input gradient are the whole batch's rows, the shares' parameter gradients add up
+// to the whole batch's, and every share's running estimates are the whole batch's.
+#[test]
+fn batch_norm_with_shared_statistics_matches_the_whole_batch() {
+    let shape = [3, 4, 5];
+    let (x, g) = (random_tensor(&batch_of(&shape, 7), 21), random_tensor(&batch_of(&shape, 7), 22));
+    let layer = with_affine(BatchNorm::new(&shape).unwrap(), 23);
+    let run = |mut bn: BatchNorm<f64>, x: &Tensor<f64>, g: &Tensor<f64>| {
+        let (mut y, mut dx) = (Tensor::default(), Tensor::default());
+        bn.forward(x, &mut y).unwrap();
+        bn.backward(x, &y, g, Some(&mut dx)).unwrap();
+        let (mean, var) = bn.running_stats();
+        Pass {
+            output: y.data().to_vec(),
+            input_grad: dx.data().to_vec(),
+            param_grads: bn.params().iter().flat_map(|p| p.grad.data().to_vec()).collect(),
+            running: [mean.data(), var.data()].concat(),
+        }
+    };
+    let whole = run(layer.clone(), &x, &g);
+    let sample = 60;
+    let rows = |t: &Tensor<f64>, r: std::ops::Range<usize>| {
+        Tensor::from_vec(&batch_of(&shape, r.len()), t.data()[r.start * sample..r.end * sample].to_vec()).unwrap()
+    };
+    let parts = [0..3, 3..5, 5..7];
+    let exchange = Exchange { barrier: std::sync::Barrier::new(3), slots: std::sync::Mutex::new(vec![Vec::new(); 3]) };
+    let shares: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(rank, part)| {
+                let (x, g, layer, exchange) =
+                    (rows(&x, part.clone()), rows(&g, part.clone()), layer.clone(), &exchange);
+                scope.spawn(move || with_shared_statistics(&Process(exchange, rank), || run(layer, &x, &g)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{what}[{i}]: {a} against {b}");
+        }
+    };
+    let joined = |pick: fn(&Pass) -> &Vec<f64>| -> Vec<f64> { shares.iter().flat_map(|s| pick(s).clone()).collect() };
+    close(&joined(|s| &s.output), &whole.output, "output");
+    close(&joined(|s| &s.input_grad), &whole.input_grad, "input gradient");
+    let grads: Vec<f64> = (0..whole.param_grads.len()).map(|i| shares.iter().map(|s| s.param_grads[i]).sum()).collect();
+    close(&grads, &whole.param_grads, "parameter gradients");
+    for share in &shares {
+        close(&share.running, &whole.running, "running estimates");
+    }
+    // Without the shared sums, a share normalises with its own statistics.
+    let alone = run(layer, &rows(&x, 0..3), &rows(&g, 0..3));
+    assert!(alone.output.iter().zip(&whole.output).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
 #[test]

@@ -11,6 +11,9 @@
 //!   within twice what one process's run gives from weights one ulp apart. Every
 //!   process holds the same bits; the same run twice gives the same bits; T1 with
 //!   dropout (f64) too: each process draws its share's part of one process's masks;
+//!   and a network with batch normalisation whose statistics are shared across the
+//!   processes (f64, within 1e-12, running estimates included); shared statistics
+//!   refuse a minibatch with fewer patterns than processes;
 //! - the error threshold, computed over all processes' patterns, stops every process
 //!   at the update where one process stops;
 //! - batch normalisation's running statistics, gathered per process, are the same on
@@ -121,6 +124,21 @@ fn t1_dropout<T: Element>(seed: u64) -> Sequential<T> {
     builder.dense(128).relu().dropout(0.3).dense(10).build().unwrap()
 }
 
+/// A small network with batch normalisation, for `[1, 28, 28]` images. Its convolution
+/// has no bias: batch normalisation cancels it, so its gradient would be rounding
+/// noise, and two runs' noise are not comparable.
+fn small_bn<T: Element>(seed: u64) -> Sequential<T> {
+    Sequential::builder(&[1, 28, 28], seed)
+        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).rounding(OutputRounding::Floor).bias(false))
+        .batch_norm()
+        .relu()
+        .global_avg_pool()
+        .flatten()
+        .dense(10)
+        .build()
+        .unwrap()
+}
+
 /// T2 (`models::cnn`).
 fn t2<T: Element>(seed: u64) -> Sequential<T> {
     nn_train::models::cnn(seed).unwrap()
@@ -144,13 +162,17 @@ fn train<T: Element>(
     trainer.fit_on(net, &mut sgd, &SoftmaxCrossEntropy, data, None, &mut NoProgress, collective).unwrap()
 }
 
-/// The largest, over parameter tensors, of max |a − b| / max |b|.
+/// The largest, over parameter and buffer tensors, of max |a − b| / max |b|.
 fn relative_difference<T: Element>(a: &Sequential<T>, b: &Sequential<T>) -> f64 {
+    let tensors = |net: &Sequential<T>| -> Vec<Vec<f64>> {
+        let params = net.params().into_iter().map(|p| &p.value);
+        let buffers = net.named_buffers().into_iter().map(|(_, b)| b);
+        params.chain(buffers).map(|t| t.data().iter().map(|v| v.as_f64()).collect()).collect()
+    };
     let mut worst = 0.0f64;
-    for (a, b) in a.params().iter().zip(b.params()) {
-        let scale = b.value.data().iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs())).max(f64::MIN_POSITIVE);
-        let diff =
-            a.value.data().iter().zip(b.value.data()).fold(0.0f64, |m, (x, y)| m.max((x.as_f64() - y.as_f64()).abs()));
+    for (a, b) in tensors(a).iter().zip(tensors(b)) {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+        let diff = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
         worst = worst.max(diff / scale);
     }
     worst
@@ -183,6 +205,17 @@ fn matches_one_process<T: Element>(
     bound: f64,
 ) {
     let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
+    matches_one_process_with(world, name, data, build, bound, config);
+}
+
+fn matches_one_process_with<T: Element>(
+    world: &MpiWorld,
+    name: &str,
+    data: &ClassificationSet,
+    build: fn(u64) -> Sequential<T>,
+    bound: f64,
+    config: TrainConfig,
+) {
     let mut net = build(7);
     let report = train(&mut net, data, config.clone(), world);
     assert_eq!(report.iteration, STEPS, "{name}");
@@ -225,6 +258,14 @@ fn equivalence(world: &MpiWorld) {
     // Each process draws its share's part of the masks one process draws for the
     // whole batch; the epoch ends between (the generators' states must agree).
     matches_one_process::<f64>(world, "T1 + dropout f64", &flat, t1_dropout, 1e-12);
+    // Synchronised batch statistics: the whole minibatch's, as on one process.
+    let shared = TrainConfig { max_iterations: Some(STEPS), sync_batch_statistics: true, ..recipe() };
+    matches_one_process_with::<f64>(world, "BN, shared statistics, f64", &images, small_bn, 1e-12, shared);
+    let tiny = images.clone().split_off(65);
+    let refused = Trainer::new(TrainConfig { max_epochs: Some(1), sync_batch_statistics: true, ..recipe() })
+        .fit_on(&mut small_bn::<f64>(1), &mut Sgd::new(0.01), &SoftmaxCrossEntropy, &tiny, None, &mut NoProgress, world)
+        .unwrap_err();
+    assert!(refused.to_string().contains("leave one of 1"), "{refused}");
 
     // The same processes and seed: the same bits, twice.
     let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
@@ -253,15 +294,7 @@ fn equivalence(world: &MpiWorld) {
 
     // Batch normalisation: each process's running statistics come from its own shares;
     // after an epoch they are the processes' mean, the same bits everywhere.
-    let mut bn = Sequential::<f32>::builder(&[1, 28, 28], 4)
-        .conv(ConvSpec::new(4, &[3, 3]).stride(&[2, 2]).rounding(OutputRounding::Floor))
-        .batch_norm()
-        .relu()
-        .global_avg_pool()
-        .flatten()
-        .dense(10)
-        .build()
-        .unwrap();
+    let mut bn = small_bn::<f32>(4);
     let before: Vec<Vec<f32>> = bn.named_buffers().iter().map(|(_, b)| b.data().to_vec()).collect();
     train(&mut bn, &images, TrainConfig { max_epochs: Some(1), ..recipe() }, world);
     let after: Vec<Vec<f32>> = bn.named_buffers().iter().map(|(_, b)| b.data().to_vec()).collect();

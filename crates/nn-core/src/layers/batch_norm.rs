@@ -1,4 +1,5 @@
 use crate::layer::{backward_batch, batch_of};
+use crate::shared_statistics::add_across_processes;
 use crate::{BackwardReads, Layer, NnError, Param, ParamRole, Tensor};
 use nn_kernels::{normalization, Element};
 use rayon::prelude::*;
@@ -11,6 +12,10 @@ use rayon::prelude::*;
 /// the biased variance), and the running estimates move towards them by `momentum`
 /// (the running variance takes the unbiased one); in evaluation the running estimates
 /// are used. PyTorch's defaults: momentum 0.1, ε = 1e-5, γ = 1, β = 0.
+///
+/// Inside [`with_shared_statistics`](crate::shared_statistics::with_shared_statistics)
+/// the batch is every process's share of a minibatch: the sums behind μ, σ² and the
+/// backward pass's means are added across processes (synchronised batch norm).
 #[derive(Debug, Clone)]
 pub struct BatchNorm<T: Element> {
     shape: Vec<usize>,
@@ -24,6 +29,9 @@ pub struct BatchNorm<T: Element> {
     /// Per channel, the mean and 1/√(σ² + ε) the last forward pass normalised with.
     mean: Vec<f64>,
     inv_std: Vec<f64>,
+    /// Cells per channel the last training forward pass's statistics covered (over
+    /// all processes when they are shared).
+    count: f64,
 }
 
 impl<T: Element> BatchNorm<T> {
@@ -68,6 +76,7 @@ impl<T: Element> BatchNorm<T> {
             training: true,
             mean: vec![0.0; channels],
             inv_std: vec![1.0; channels],
+            count: 1.0,
         })
     }
 
@@ -117,20 +126,25 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         let batch = batch_of("batch norm forward", input, &self.shape)?;
         output.set_batch_shape(batch, &self.shape)?;
         let (channels, plane) = (self.channels(), self.plane());
-        let count = (batch * plane) as f64;
         if self.training {
-            // Each channel's sums in one order, whatever the thread count.
-            let stats: Vec<(f64, f64)> = (0..channels)
+            // Each channel's sums in one order, whatever the thread count; Σx with the
+            // cell count, then Σ(x − μ)², each added across processes when shared.
+            let runs = |c| channel_runs(input.data(), channels, plane, c);
+            let mut sums: Vec<f64> =
+                (0..channels).into_par_iter().map(|c| runs(c).map(normalization::sum).sum::<f64>()).collect();
+            sums.push((batch * plane) as f64);
+            add_across_processes(&mut sums);
+            let count = sums[channels];
+            let means: Vec<f64> = sums[..channels].iter().map(|sum| sum / count).collect();
+            let mut squares: Vec<f64> = (0..channels)
                 .into_par_iter()
-                .map(|c| {
-                    let runs = || channel_runs(input.data(), channels, plane, c);
-                    let mean = runs().map(normalization::sum).sum::<f64>() / count;
-                    let var = runs().map(|run| normalization::sum_squared_deviation(run, mean)).sum::<f64>() / count;
-                    (mean, var)
-                })
+                .map(|c| runs(c).map(|run| normalization::sum_squared_deviation(run, means[c])).sum::<f64>())
                 .collect();
+            add_across_processes(&mut squares);
+            self.count = count;
             let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
-            for (c, &(mean, var)) in stats.iter().enumerate() {
+            for (c, (&mean, &square)) in means.iter().zip(&squares).enumerate() {
+                let var = square / count;
                 self.mean[c] = mean;
                 self.inv_std[c] = 1.0 / (var + self.eps).sqrt();
                 let m = self.momentum;
@@ -169,7 +183,6 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
     ) -> Result<(), NnError> {
         let batch = backward_batch(self, input, output, grad_output)?;
         let (channels, plane) = (self.channels(), self.plane());
-        let count = (batch * plane) as f64;
         let (mean, inv_std) = (&self.mean, &self.inv_std);
         // Per channel: Σ g and Σ g·x̂ = Σ g·(x − mean) / √(σ² + ε).
         let sums: Vec<(f64, f64)> = (0..channels)
@@ -190,8 +203,15 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         }
         let Some(dx) = grad_input else { return Ok(()) };
         dx.set_batch_shape(batch, &self.shape)?;
-        let gamma = self.gamma.value.data();
         let training = self.training;
+        // The parameters take this share's sums (the gradient sums add them across
+        // processes); ∂x takes the means over the whole minibatch.
+        let mut means: Vec<f64> = sums.iter().flat_map(|&(sg, sgx)| [sg, sgx]).collect();
+        if training {
+            add_across_processes(&mut means);
+        }
+        means.iter_mut().for_each(|m| *m /= self.count);
+        let gamma = self.gamma.value.data();
         let sample = channels * plane;
         let (g_all, x_all) = (grad_output.data(), input.data());
         dx.data_mut().par_chunks_mut(sample).enumerate().for_each(|(n, dx)| {
@@ -199,7 +219,7 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
                 let at = n * sample + c * plane;
                 let (g, x) = (&g_all[at..at + plane], &x_all[at..at + plane]);
                 let scale = gamma[c].as_f64() * inv_std[c];
-                let (mean_g, mean_gx) = if training { (sums[c].0 / count, sums[c].1 / count) } else { (0.0, 0.0) };
+                let (mean_g, mean_gx) = if training { (means[2 * c], means[2 * c + 1]) } else { (0.0, 0.0) };
                 // scale·(g − mean_g − x̂·mean_gx) with x̂ = (x − mean)·inv_std.
                 let constants = [scale, mean_g, scale * inv_std[c] * mean_gx, mean[c], 0.0].map(T::from_f64);
                 normalization::centred_difference(g, x, constants, dx);

@@ -96,6 +96,10 @@ struct Args {
     /// every minibatch; process 0 prints and writes the files.
     #[arg(long)]
     distributed: bool,
+    /// With --distributed: batch normalisation's training statistics over the whole
+    /// minibatch, every process's share (synchronised), instead of each share's.
+    #[arg(long)]
+    sync_bn: bool,
 }
 
 /// A [`Collective`] that adds up the time its sums take (waiting for the slowest
@@ -192,6 +196,7 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
         // Evaluating in training-sized batches keeps the activation buffers at their
         // training size (peak memory).
         eval_batch_size: batch,
+        sync_batch_statistics: args.sync_bn,
         schedule: if resnet { LrSchedule::CosineUpdates { warmup: 0, min_lr: 0.0 } } else { LrSchedule::Constant },
         ..TrainConfig::default()
     };
@@ -249,7 +254,11 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
         );
     }
     if lead && args.distributed {
-        println!("distributed: {size} processes, up to {} images of every batch of {batch} each", batch.div_ceil(size));
+        let statistics = if args.sync_bn { "synchronised" } else { "per process" };
+        println!(
+            "distributed: {size} processes, up to {} images of every batch of {batch} each; batch statistics {statistics}",
+            batch.div_ceil(size)
+        );
     }
     let started = Instant::now();
     let timed = TimedSums::new(processes);

@@ -19,7 +19,9 @@ mod step;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiWorld;
-pub(crate) use step::{agree_at_epoch_end, distributed_step, LocalBatch, StepBuffers, StepOutcome};
+pub(crate) use step::{
+    agree_at_epoch_end, check_shares, distributed_step, LocalBatch, StepBuffers, StepOptions, StepOutcome,
+};
 
 use nn_core::{Element, Network};
 use std::ops::Range;

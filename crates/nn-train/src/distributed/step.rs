@@ -7,6 +7,7 @@ use crate::eval::argmax_rows;
 use crate::optim::Optimizer;
 use crate::trainer::non_finite;
 use crate::TrainError;
+use nn_core::shared_statistics::{with_shared_statistics, StatisticsSum};
 use nn_core::{Element, Loss, Network, Reduction, Tensor};
 
 /// What a training step reports (a distributed step: the same on every process).
@@ -36,6 +37,46 @@ pub(crate) struct StepBuffers<T> {
     wide: Vec<f64>,
 }
 
+/// How a distributed step runs, beyond its data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepOptions {
+    /// Process 0's request to end after this step (ignored elsewhere).
+    pub stop: bool,
+    /// Batch normalisation's statistics over the whole minibatch (see
+    /// [`TrainConfig::sync_batch_statistics`](crate::TrainConfig::sync_batch_statistics)).
+    pub shared_statistics: bool,
+}
+
+/// Adds batch normalisation's sums across the processes.
+struct CollectiveStatistics<'a>(&'a dyn Collective);
+
+impl StatisticsSum for CollectiveStatistics<'_> {
+    fn sum(&self, values: &mut [f64]) {
+        self.0.sum_f64(values);
+    }
+}
+
+/// Checks that every minibatch of an epoch over `len` patterns gives each of the
+/// `processes` at least one pattern, as shared statistics need: a process without
+/// one would not reach batch normalisation's sums, and the others would wait for it.
+///
+/// # Errors
+/// [`TrainError::Config`] naming the smallest minibatch.
+pub(crate) fn check_shares(len: usize, batch_size: usize, processes: usize) -> Result<(), TrainError> {
+    let smallest = match len % batch_size {
+        0 => batch_size,
+        rest => rest,
+    };
+    if smallest >= processes {
+        return Ok(());
+    }
+    let details = format!(
+        "{processes} processes need at least {processes} patterns in every minibatch; {len} patterns in batches \
+         of {batch_size} leave one of {smallest}"
+    );
+    Err(TrainError::Config { what: "synchronised batch statistics", details })
+}
+
 /// The figures summed across processes after the gradients.
 const LOSS: usize = 0;
 const CORRECT: usize = 1;
@@ -43,8 +84,7 @@ const STOP: usize = 2;
 const FAILED: usize = 3;
 
 /// A training step over this process's [`share`] of a minibatch of `patterns`
-/// patterns. `local` is `None` when the share is empty; `stop` is process 0's request
-/// to end after this step (ignored elsewhere).
+/// patterns. `local` is `None` when the share is empty.
 ///
 /// Every process reaches the same collective calls whatever happens locally: a
 /// process whose forward or loss fails still takes part, and then every process
@@ -63,7 +103,7 @@ pub(crate) fn distributed_step<T, N, L, O>(
     reduction: Reduction,
     patterns: usize,
     collective: &dyn Collective,
-    stop: bool,
+    options: StepOptions,
     grad: &mut Tensor<T>,
     buffers: &mut StepBuffers<T>,
 ) -> Result<StepOutcome, TrainError>
@@ -77,12 +117,10 @@ where
         Reduction::Mean => Reduction::MeanOf(patterns),
         other => other,
     };
-    // The local pass runs on a worker of the pool, as `train_step` does; the collective
-    // calls stay on the calling thread, the one that initialised MPI.
     let mut figures = [0.0; 4];
     // Layers that draw per pattern draw this share's part of the whole batch's draws.
     let mine = share(patterns, collective.rank(), collective.size());
-    let local_error = rayon::scope(|_| {
+    let local_work = || {
         net.zero_grad();
         net.skip_patterns(mine.start);
         let outcome = local.map(|batch| local_pass(net, loss, batch, reduction, grad));
@@ -98,8 +136,16 @@ where
                 Some(error)
             }
         }
-    });
-    figures[STOP] = f64::from(u8::from(stop && collective.rank() == 0));
+    };
+    // The local pass runs on a worker of the pool, as `train_step` does, and the
+    // collective calls on the calling thread, the one that initialised MPI; shared
+    // statistics call the collective from inside the pass, so it runs here then.
+    let local_error = if options.shared_statistics {
+        with_shared_statistics(&CollectiveStatistics(collective), local_work)
+    } else {
+        rayon::scope(|_| local_work())
+    };
+    figures[STOP] = f64::from(u8::from(options.stop && collective.rank() == 0));
 
     let StepBuffers { flat, wide } = buffers;
     flat.clear();
@@ -182,4 +228,19 @@ pub(crate) fn agree_at_epoch_end<T: Element, N: Network<T> + ?Sized>(
         return Err(TrainError::Distributed { details });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_statistics_need_a_pattern_per_process_in_every_minibatch() {
+        assert!(check_shares(60_000, 64, 3).is_ok(), "the last batch holds 32");
+        assert!(check_shares(128, 64, 64).is_ok());
+        let error = check_shares(65, 64, 2).unwrap_err().to_string();
+        assert!(error.contains("leave one of 1"), "{error}");
+        assert!(check_shares(5, 64, 8).is_err(), "one batch of 5 over 8 processes");
+        assert!(check_shares(64, 2, 3).is_err(), "batches of 2 over 3 processes");
+    }
 }

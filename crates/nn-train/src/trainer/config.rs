@@ -76,6 +76,12 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// What to do when a step goes non-finite.
     pub non_finite: NonFinitePolicy,
+    /// On several processes ([`Trainer::fit_on`](super::Trainer::fit_on)): batch
+    /// normalisation computes its training statistics over the whole minibatch, every
+    /// process's share, instead of over each share (synchronised batch norm; see
+    /// [`nn_core::shared_statistics`]). Every minibatch must then give every process a
+    /// pattern. No effect on one process.
+    pub sync_batch_statistics: bool,
 }
 
 impl TrainConfig {
@@ -133,6 +139,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             eval_batch_size: 64,
             non_finite: NonFinitePolicy::Stop,
+            sync_batch_statistics: false,
         }
     }
 }

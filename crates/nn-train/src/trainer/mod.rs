@@ -18,7 +18,8 @@ pub use step::train_step;
 use crate::checkpoint;
 use crate::data::{Dataset, TargetBatch};
 use crate::distributed::{
-    agree_at_epoch_end, distributed_step, share, Collective, LocalBatch, SingleProcess, StepBuffers, StepOutcome,
+    agree_at_epoch_end, check_shares, distributed_step, share, Collective, LocalBatch, SingleProcess, StepBuffers,
+    StepOptions, StepOutcome,
 };
 use crate::eval::evaluate_on;
 use crate::optim::{check_domain, Optimizer};
@@ -166,6 +167,10 @@ impl Trainer {
         let observer: &mut dyn Observer = if rank == 0 { observer } else { &mut silent };
         let mut buffers = StepBuffers::default();
         self.check_config(net, optimizer, train, validation.is_some())?;
+        let shared_statistics = self.config.sync_batch_statistics && processes > 1;
+        if shared_statistics {
+            check_shares(train.len(), self.config.batch_size, processes)?;
+        }
         if validation.is_some_and(|v| v.is_empty()) {
             return Err(TrainError::Config { what: "validation data", details: "has no samples".into() });
         }
@@ -238,7 +243,7 @@ impl Trainer {
                         reduction,
                         patterns,
                         collective,
-                        time_up,
+                        StepOptions { stop: time_up, shared_statistics },
                         &mut grad,
                         &mut buffers,
                     )
