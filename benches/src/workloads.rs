@@ -3,8 +3,8 @@
 
 use nn_core::prelude::*;
 use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, conv_transpose_backward_bias,
-    conv_transpose_forward, ConvGeometry, ConvProblem,
+    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, conv_transpose_backward,
+    conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry, ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_train::data::{Augmentation, ClassificationSet, Dataset, Normalization};
@@ -277,12 +277,18 @@ impl ConvRun {
         }
     }
 
-    /// Forward, then the gradients of bias, weight and input.
+    /// Forward, then the gradients of bias, weight and input (a transposed layer's
+    /// weight and input gradients in one call, as the layer runs them).
     pub fn forward_backward(&mut self) {
         self.forward();
         self.bias_gradient();
-        self.weight_gradient();
-        self.input_gradient();
+        if self.transposed {
+            let (p, n, x, dy) = (&self.problem, self.batch, self.x.data(), self.dy.data());
+            conv_transpose_backward(p, n, dy, x, &self.w, Some(self.dx.data_mut()), &mut self.dw).expect("valid");
+        } else {
+            self.weight_gradient();
+            self.input_gradient();
+        }
     }
 
     /// ∂b += Σ ∂y.

@@ -2,8 +2,8 @@ use super::ConvSpec;
 use crate::layer::{backward_batch, batch_of};
 use crate::{BackwardReads, Layer, NnError, Param, Tensor};
 use nn_kernels::conv::{
-    conv_backward_weight, conv_forward, conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry,
-    ConvProblem, OutputRounding, Padding,
+    conv_transpose_backward, conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry, ConvProblem,
+    OutputRounding, Padding,
 };
 use nn_kernels::Element;
 use rand::Rng;
@@ -143,14 +143,18 @@ impl<T: Element> Layer<T> for ConvTranspose<T> {
     ) -> Result<(), NnError> {
         let batch = backward_batch(self, input, output, grad_output)?;
         let dz = grad_output.data();
-        conv_backward_weight(&self.problem, batch, dz, input.data(), T::zero(), self.weight.grad.data_mut())?;
         if let Some(bias) = &mut self.bias {
             conv_transpose_backward_bias(&self.problem, batch, dz, bias.grad.data_mut())?;
         }
-        if let Some(dx) = grad_input {
-            dx.set_batch_shape(batch, &self.input_shape)?;
-            conv_forward(&self.problem, batch, dz, self.weight.value.data(), None, T::zero(), dx.data_mut())?;
-        }
+        let dx = match grad_input {
+            Some(dx) => {
+                dx.set_batch_shape(batch, &self.input_shape)?;
+                Some(dx.data_mut())
+            }
+            None => None,
+        };
+        let (w, dw) = (self.weight.value.data(), self.weight.grad.data_mut());
+        conv_transpose_backward(&self.problem, batch, dz, input.data(), w, dx, dw)?;
         Ok(())
     }
 

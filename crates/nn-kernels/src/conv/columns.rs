@@ -2,7 +2,7 @@
 //! cut into blocks whose column matrix fits the cache (see [`ConvProblem::blocking`]).
 
 use super::im2col::{self, Placement};
-use super::problem::{Blocking, ConvProblem};
+use super::problem::{Block, Blocking, ConvProblem};
 use crate::gemm::{gemm_ld, MatRef, Transpose};
 use crate::workspace::{fit, with_scratch};
 use crate::{Element, KernelError};
@@ -39,38 +39,16 @@ pub(super) fn forward_by_columns<T: Element>(
     pad_value: T,
     y: &mut [T],
 ) {
-    let out_len = problem.output_image_len();
-    let (plane, rows, c_out) = (problem.geometry().output_len(), problem.group_rows(), problem.out_channels());
-    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
+    let (out_len, plane, c_out) = (problem.output_image_len(), problem.geometry().output_len(), problem.out_channels());
     let blocking = problem.blocking::<T>();
-    let w = MatRef::new(w, Transpose::No, rows);
+    let w = MatRef::new(w, Transpose::No, problem.group_rows());
     y.par_chunks_mut(blocking.images * out_len).enumerate().for_each(|(task, y_task)| {
         with_scratch::<T, 2, _>(|[col, product]| {
             let first = task * blocking.images;
             for block in problem.blocks(blocking, first..first + y_task.len() / out_len) {
                 let cols = problem.block_columns(x, &block, pad_value, col);
-                let width = block.width(problem.geometry());
-                let cols = MatRef::new(cols, Transpose::No, width);
-                // Group g: its outputs' rows of W times its inputs' rows of the columns.
-                let w_g = |g: usize| w.skip_stored_rows(g * group_out);
-                let cols_g = |g: usize| cols.skip_stored_rows(g * rows);
-                if block.images == 1 {
-                    // Straight into the image's planes, at the tile's columns.
-                    let offset = block.lines.start * problem.geometry().output()[problem.geometry().rank() - 1];
-                    let y_n = &mut y_task[(block.first_image - first) * out_len..][..out_len];
-                    for g in 0..groups {
-                        let y_g = &mut y_n[offset + g * group_out * plane..];
-                        gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), y_g, plane);
-                    }
-                } else {
-                    let product = fit(product, c_out * width);
-                    for g in 0..groups {
-                        let p_g = &mut product[g * group_out * width..];
-                        gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), p_g, width);
-                    }
-                    let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
-                    scatter_channels(product, c_out, plane, images);
-                }
+                let images = &mut y_task[(block.first_image - first) * out_len..][..block.images * out_len];
+                multiply_block(problem, &block, w, cols, product, images);
             }
             if let Some(b) = bias {
                 for (i, y_plane) in y_task.chunks_mut(plane).enumerate() {
@@ -79,6 +57,40 @@ pub(super) fn forward_by_columns<T: Element>(
             }
         })
     });
+}
+
+/// `W · cols` for one block, written into its `images` of the output (the whole
+/// images of the block, `[images, C_out, plane]`): a one-image block straight into the
+/// image's planes at the tile's columns, a block of several through `product`.
+fn multiply_block<T: Element>(
+    problem: &ConvProblem,
+    block: &Block,
+    w: MatRef<'_, T>,
+    cols: &[T],
+    product: &mut Vec<T>,
+    images: &mut [T],
+) {
+    let (plane, rows, c_out) = (problem.geometry().output_len(), problem.group_rows(), problem.out_channels());
+    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
+    let width = block.width(problem.geometry());
+    let cols = MatRef::new(cols, Transpose::No, width);
+    // Group g: its outputs' rows of W times its inputs' rows of the columns.
+    let w_g = |g: usize| w.skip_stored_rows(g * group_out);
+    let cols_g = |g: usize| cols.skip_stored_rows(g * rows);
+    if block.images == 1 {
+        let offset = block.lines.start * problem.geometry().output()[problem.geometry().rank() - 1];
+        for g in 0..groups {
+            let y_g = &mut images[offset + g * group_out * plane..];
+            gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), y_g, plane);
+        }
+    } else {
+        let product = fit(product, c_out * width);
+        for g in 0..groups {
+            let p_g = &mut product[g * group_out * width..];
+            gemm_ld(group_out, width, rows, T::one(), w_g(g), cols_g(g), T::zero(), p_g, width);
+        }
+        scatter_channels(product, c_out, plane, images);
+    }
 }
 
 /// The input gradient through GEMMs into column matrices and col2im (any element type
@@ -164,6 +176,56 @@ pub(super) fn backward_weight_by_columns<T: Element>(
                         let (dy_g, cols_g) = (dy_mat.skip_stored_rows(g * group_out), cols.skip_stored_rows(g * rows));
                         let dw_g = &mut partial[g * group_out * rows..];
                         gemm_ld(group_out, rows, width, T::one(), dy_g, cols_g, T::one(), dw_g, rows);
+                    }
+                }
+            });
+            partial
+        })
+        .collect();
+    for partial in &partials {
+        crate::elementwise::add_assign(dw, partial)?;
+    }
+    Ok(())
+}
+
+/// A transposed convolution's two gradients in one walk: `y = conv(x, w)` (no bias,
+/// padding value 0) and `dw += Σ_n g_n · col(x_n)ᵀ`, each block's column matrix of x
+/// built once and used by both products while it is in cache. `dw` is summed over
+/// chunks of `per_chunk` images in order, as [`backward_weight_by_columns`] sums it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_and_weight_by_columns<T: Element>(
+    problem: &ConvProblem,
+    per_chunk: usize,
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    y: &mut [T],
+    dw: &mut [T],
+) -> Result<(), KernelError> {
+    let (out_len, rows, c_out) = (problem.output_image_len(), problem.group_rows(), problem.out_channels());
+    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
+    let blocking = problem.blocking::<T>();
+    let blocking = Blocking { images: blocking.images.min(per_chunk), ..blocking };
+    let w = MatRef::new(w, Transpose::No, rows);
+    let partials: Vec<Vec<T>> = y
+        .par_chunks_mut(per_chunk * out_len)
+        .enumerate()
+        .map(|(chunk, y_chunk)| {
+            let mut partial = vec![T::zero(); dw.len()];
+            with_scratch::<T, 3, _>(|[col, product, gathered]| {
+                let first = chunk * per_chunk;
+                for block in problem.blocks(blocking, first..first + y_chunk.len() / out_len) {
+                    let width = block.width(problem.geometry());
+                    let cols = problem.block_columns(x, &block, T::zero(), col);
+                    let images = &mut y_chunk[(block.first_image - first) * out_len..][..block.images * out_len];
+                    multiply_block(problem, &block, w, cols, product, images);
+                    // Group k's block of ∂W: its outputs' g times its inputs' columns.
+                    let (g_mat, cols) =
+                        (problem.block_gradient(g, &block, gathered), MatRef::new(cols, Transpose::Yes, width));
+                    for k in 0..groups {
+                        let (g_k, cols_k) = (g_mat.skip_stored_rows(k * group_out), cols.skip_stored_rows(k * rows));
+                        let dw_k = &mut partial[k * group_out * rows..];
+                        gemm_ld(group_out, rows, width, T::one(), g_k, cols_k, T::one(), dw_k, rows);
                     }
                 }
             });

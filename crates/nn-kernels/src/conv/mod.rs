@@ -45,6 +45,8 @@ mod problem;
 pub mod reference;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transpose_tests;
 
 pub use crate::geometry::{ConvGeometry, KernelMode, OutputRounding, Padding};
 pub use problem::ConvProblem;
@@ -219,6 +221,58 @@ pub fn conv_transpose_forward<T: Element>(
         z.par_chunks_mut(plane).enumerate().for_each(|(i, z)| crate::elementwise::add_scalar(z, b[i % b.len()]));
     }
     Ok(())
+}
+
+/// The derivatives of [`conv_transpose_forward`] but its bias's: `∂x = conv(∂z, w)`
+/// (padding value 0, no bias) when `dx` is given, overwriting it, and
+/// `∂w += conv_w(∂z, x)`, [`conv_backward_weight`] with `∂z` as the input and x as
+/// the output gradient. Where both run on the column path, each block's column matrix
+/// of `∂z` is built once for both products (the same `∂w` bits as the separate call).
+///
+/// # Errors
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose_backward<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    dz: &[T],
+    x: &[T],
+    w: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+) -> Result<(), KernelError> {
+    let Some(dx) = dx else { return conv_backward_weight(problem, batch, dz, x, T::zero(), dw) };
+    if !columns_take_forward_and_weight::<T>(problem) {
+        conv_backward_weight(problem, batch, dz, x, T::zero(), dw)?;
+        return conv_forward(problem, batch, dz, w, None, T::zero(), dx);
+    }
+    problem.check_batch("conv transpose backward: dz", dz.len(), problem.input_image_len(), batch)?;
+    problem.check_batch("conv transpose backward: x", x.len(), problem.output_image_len(), batch)?;
+    problem.check_batch("conv transpose backward: dx", dx.len(), problem.output_image_len(), batch)?;
+    check_len("conv transpose backward: w", problem.weight_len(), w.len())?;
+    check_len("conv transpose backward: dw", problem.weight_len(), dw.len())?;
+    if batch == 0 {
+        return Ok(());
+    }
+    let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
+    columns::forward_and_weight_by_columns(problem, per_chunk, dz, w, x, dx, dw)
+}
+
+/// Whether [`conv_forward`] and [`conv_backward_weight`] both take the column path
+/// for `problem` and element type `T` on this CPU.
+fn columns_take_forward_and_weight<T: Element>(problem: &ConvProblem) -> bool {
+    let f32_elements = T::as_f32(&[T::zero()]).is_some();
+    if depthwise::applies(problem) {
+        return false;
+    }
+    if f32_elements && Avx512::detect().is_some() && problem.implicit_plan().has_forward_or_weight() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if f32_elements && direct::takes(problem) {
+        return false;
+    }
+    true
 }
 
 /// The bias gradient of [`conv_transpose_forward`]: `∂b[c] += Σ_n Σ_γ ∂z[n, c, γ]`.

@@ -46,7 +46,7 @@ pub(super) struct Case {
 /// Random geometry over 1–4 spatial dimensions, each dimension with its own length,
 /// filter, stride, (asymmetric) padding and dilation (1 half the time); both rounding
 /// modes and kernel modes; channel groups (one half the time).
-fn case() -> impl Strategy<Value = Case> {
+pub(super) fn case() -> impl Strategy<Value = Case> {
     let dilation = prop_oneof![Just(1usize), 1usize..4];
     let dims = (1usize..=4).prop_flat_map(move |rank| {
         prop::collection::vec((1usize..7, 1usize..4, 1usize..4, 0usize..3, 0usize..3, dilation.clone()), rank)

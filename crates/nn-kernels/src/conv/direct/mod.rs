@@ -249,6 +249,12 @@ unsafe fn tile<const B: usize, const R: usize>(
 
 /// The geometry as a direct correlation, or `None` where this path does not apply
 /// (other ranks; dilated taps; channel groups).
+/// Whether the forward pass and the weight gradient of `problem` run here (both
+/// take the same shapes), on this CPU.
+pub(in crate::conv) fn takes(problem: &ConvProblem) -> bool {
+    Avx2Fma::detect().is_some() && forward_shape(problem).is_some_and(|shape| shape.worthwhile())
+}
+
 fn forward_shape(problem: &ConvProblem) -> Option<Shape> {
     let g = problem.geometry();
     if g.rank() != 2 || !g.is_undilated() || problem.groups() > 1 {
@@ -292,6 +298,7 @@ pub(super) fn forward(
     if !shape.worthwhile() {
         return false;
     }
+    debug_assert!(takes(problem));
     let packed = shape.pack(|o, c, a, b| oriented(problem, w, o, c, a, b));
     shape.run(isa, x, &packed, bias, pad, y);
     true

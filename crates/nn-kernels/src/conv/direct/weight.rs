@@ -32,6 +32,7 @@ pub(in crate::conv) fn backward_weight(
     if !shape.worthwhile() {
         return false;
     }
+    debug_assert!(super::takes(problem));
     let channels = shape.blocks() * LANES;
     let taps = shape.in_channels * shape.taps();
     let (x_len, dy_len) = (shape.in_channels * shape.source[0] * shape.source[1], shape.out_len());

@@ -110,6 +110,13 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Whether the forward pass or the weight gradient has a product here.
+    pub(in crate::conv) fn has_forward_or_weight(&self) -> bool {
+        self.forward.is_some() || self.weight.is_some()
+    }
+}
+
 /// The forward product's tap offsets, for tests of the weight kernel's strips.
 #[cfg(test)]
 pub(super) fn forward_offsets(problem: &ConvProblem) -> Vec<usize> {
