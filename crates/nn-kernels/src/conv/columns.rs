@@ -158,31 +158,52 @@ pub(super) fn backward_weight_by_columns<T: Element>(
     pad_value: T,
     dw: &mut [T],
 ) -> Result<(), KernelError> {
-    let (rows, c_out) = (problem.group_rows(), problem.out_channels());
-    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
-    let blocking = problem.blocking::<T>();
-    let blocking = Blocking { images: blocking.images.min(per_chunk), ..blocking };
+    let blocking = weight_blocking::<T>(problem, per_chunk);
     let partials: Vec<Vec<T>> = (0..batch.div_ceil(per_chunk))
         .into_par_iter()
         .map(|chunk| {
             let mut partial = vec![T::zero(); dw.len()];
             with_scratch::<T, 2, _>(|[col, gathered]| {
                 for block in problem.blocks(blocking, chunk * per_chunk..((chunk + 1) * per_chunk).min(batch)) {
-                    let width = block.width(problem.geometry());
-                    let cols = MatRef::new(problem.block_columns(x, &block, pad_value, col), Transpose::Yes, width);
+                    let cols = problem.block_columns(x, &block, pad_value, col);
                     let dy_mat = problem.block_gradient(dy, &block, gathered);
-                    // Group g's block of ∂W: its outputs' ∂y times its inputs' columns.
-                    for g in 0..groups {
-                        let (dy_g, cols_g) = (dy_mat.skip_stored_rows(g * group_out), cols.skip_stored_rows(g * rows));
-                        let dw_g = &mut partial[g * group_out * rows..];
-                        gemm_ld(group_out, rows, width, T::one(), dy_g, cols_g, T::one(), dw_g, rows);
-                    }
+                    add_block_weight_gradient(problem, &block, dy_mat, cols, &mut partial);
                 }
             });
             partial
         })
         .collect();
-    for partial in &partials {
+    add_in_order(dw, &partials)
+}
+
+/// The column walk's blocks for a weight gradient summed over chunks of `per_chunk`
+/// images: no block spans two chunks.
+fn weight_blocking<T: Element>(problem: &ConvProblem, per_chunk: usize) -> Blocking {
+    let blocking = problem.blocking::<T>();
+    Blocking { images: blocking.images.min(per_chunk), ..blocking }
+}
+
+/// Adds one block's `∂y · colsᵀ` into `dw`, group by group: each group's block of
+/// ∂W is its outputs' ∂y times its inputs' columns.
+fn add_block_weight_gradient<T: Element>(
+    problem: &ConvProblem,
+    block: &Block,
+    dy: MatRef<'_, T>,
+    cols: &[T],
+    dw: &mut [T],
+) {
+    let (rows, group_out) = (problem.group_rows(), problem.out_channels() / problem.groups());
+    let width = block.width(problem.geometry());
+    let cols = MatRef::new(cols, Transpose::Yes, width);
+    for g in 0..problem.groups() {
+        let (dy_g, cols_g) = (dy.skip_stored_rows(g * group_out), cols.skip_stored_rows(g * rows));
+        gemm_ld(group_out, rows, width, T::one(), dy_g, cols_g, T::one(), &mut dw[g * group_out * rows..], rows);
+    }
+}
+
+/// `dw += Σ partials`, in the partials' order (the same bits on any thread count).
+fn add_in_order<T: Element>(dw: &mut [T], partials: &[Vec<T>]) -> Result<(), KernelError> {
+    for partial in partials {
         crate::elementwise::add_assign(dw, partial)?;
     }
     Ok(())
@@ -202,11 +223,9 @@ pub(super) fn forward_and_weight_by_columns<T: Element>(
     y: &mut [T],
     dw: &mut [T],
 ) -> Result<(), KernelError> {
-    let (out_len, rows, c_out) = (problem.output_image_len(), problem.group_rows(), problem.out_channels());
-    let (groups, group_out) = (problem.groups(), c_out / problem.groups());
-    let blocking = problem.blocking::<T>();
-    let blocking = Blocking { images: blocking.images.min(per_chunk), ..blocking };
-    let w = MatRef::new(w, Transpose::No, rows);
+    let out_len = problem.output_image_len();
+    let blocking = weight_blocking::<T>(problem, per_chunk);
+    let w = MatRef::new(w, Transpose::No, problem.group_rows());
     let partials: Vec<Vec<T>> = y
         .par_chunks_mut(per_chunk * out_len)
         .enumerate()
@@ -215,25 +234,15 @@ pub(super) fn forward_and_weight_by_columns<T: Element>(
             with_scratch::<T, 3, _>(|[col, product, gathered]| {
                 let first = chunk * per_chunk;
                 for block in problem.blocks(blocking, first..first + y_chunk.len() / out_len) {
-                    let width = block.width(problem.geometry());
                     let cols = problem.block_columns(x, &block, T::zero(), col);
                     let images = &mut y_chunk[(block.first_image - first) * out_len..][..block.images * out_len];
                     multiply_block(problem, &block, w, cols, product, images);
-                    // Group k's block of ∂W: its outputs' g times its inputs' columns.
-                    let (g_mat, cols) =
-                        (problem.block_gradient(g, &block, gathered), MatRef::new(cols, Transpose::Yes, width));
-                    for k in 0..groups {
-                        let (g_k, cols_k) = (g_mat.skip_stored_rows(k * group_out), cols.skip_stored_rows(k * rows));
-                        let dw_k = &mut partial[k * group_out * rows..];
-                        gemm_ld(group_out, rows, width, T::one(), g_k, cols_k, T::one(), dw_k, rows);
-                    }
+                    let g_mat = problem.block_gradient(g, &block, gathered);
+                    add_block_weight_gradient(problem, &block, g_mat, cols, &mut partial);
                 }
             });
             partial
         })
         .collect();
-    for partial in &partials {
-        crate::elementwise::add_assign(dw, partial)?;
-    }
-    Ok(())
+    add_in_order(dw, &partials)
 }
