@@ -197,18 +197,8 @@ fn same_on_all(world: &MpiWorld, value: u64, what: &str) {
     assert_eq!(low, high, "{what} differs across processes");
 }
 
+/// `config` (which must stop after `STEPS` updates) on these processes against one.
 fn matches_one_process<T: Element>(
-    world: &MpiWorld,
-    name: &str,
-    data: &ClassificationSet,
-    build: fn(u64) -> Sequential<T>,
-    bound: f64,
-) {
-    let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
-    matches_one_process_with(world, name, data, build, bound, config);
-}
-
-fn matches_one_process_with<T: Element>(
     world: &MpiWorld,
     name: &str,
     data: &ClassificationSet,
@@ -251,16 +241,17 @@ fn equivalence(world: &MpiWorld) {
     let flat = images.clone().with_sample_shape(&[784]).unwrap();
     assert!(Dataset::<f32>::len(&images) >= STEPS as usize, "the subset holds a few epochs of batches");
 
-    matches_one_process::<f32>(world, "T1 f32", &flat, t1, 1e-5);
-    matches_one_process::<f64>(world, "T1 f64", &flat, t1, 1e-12);
-    matches_one_process::<f64>(world, "T2 f64", &images, t2, 1e-12);
-    matches_one_process::<f32>(world, "T2 f32", &images, t2, 1e-5);
+    let steps = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
+    matches_one_process::<f32>(world, "T1 f32", &flat, t1, 1e-5, steps.clone());
+    matches_one_process::<f64>(world, "T1 f64", &flat, t1, 1e-12, steps.clone());
+    matches_one_process::<f64>(world, "T2 f64", &images, t2, 1e-12, steps.clone());
+    matches_one_process::<f32>(world, "T2 f32", &images, t2, 1e-5, steps.clone());
     // Each process draws its share's part of the masks one process draws for the
     // whole batch; the epoch ends between (the generators' states must agree).
-    matches_one_process::<f64>(world, "T1 + dropout f64", &flat, t1_dropout, 1e-12);
+    matches_one_process::<f64>(world, "T1 + dropout f64", &flat, t1_dropout, 1e-12, steps.clone());
     // Synchronised batch statistics: the whole minibatch's, as on one process.
-    let shared = TrainConfig { max_iterations: Some(STEPS), sync_batch_statistics: true, ..recipe() };
-    matches_one_process_with::<f64>(world, "BN, shared statistics, f64", &images, small_bn, 1e-12, shared);
+    let shared = TrainConfig { sync_batch_statistics: true, ..steps.clone() };
+    matches_one_process::<f64>(world, "BN, shared statistics, f64", &images, small_bn, 1e-12, shared);
     let tiny = images.clone().split_off(65);
     let refused = Trainer::new(TrainConfig { max_epochs: Some(1), sync_batch_statistics: true, ..recipe() })
         .fit_on(&mut small_bn::<f64>(1), &mut Sgd::new(0.01), &SoftmaxCrossEntropy, &tiny, None, &mut NoProgress, world)
@@ -268,10 +259,9 @@ fn equivalence(world: &MpiWorld) {
     assert!(refused.to_string().contains("leave one of 1"), "{refused}");
 
     // The same processes and seed: the same bits, twice.
-    let config = TrainConfig { max_iterations: Some(STEPS), ..recipe() };
     let (mut first, mut second) = (t1::<f32>(3), t1::<f32>(3));
-    train(&mut first, &flat, config.clone(), world);
-    train(&mut second, &flat, config, world);
+    train(&mut first, &flat, steps.clone(), world);
+    train(&mut second, &flat, steps, world);
     assert_eq!(network_checksum(&first), network_checksum(&second), "two runs differ");
 
     // The error threshold is decided on E over every process's patterns: set it

@@ -207,7 +207,7 @@ where
 /// buffers.
 ///
 /// # Errors
-/// [`TrainError::Distributed`] naming the epoch when the weights' checksums differ.
+/// [`TrainError::Distributed`] naming the epoch when the checksums differ.
 pub(crate) fn agree_at_epoch_end<T: Element, N: Network<T> + ?Sized>(
     net: &mut N,
     collective: &dyn Collective,
@@ -223,8 +223,9 @@ pub(crate) fn agree_at_epoch_end<T: Element, N: Network<T> + ?Sized>(
     }
     let (low, high) = collective.min_max(super::network_checksum(net));
     if low != high {
-        let details =
-            format!("the processes' weights differ after epoch {epoch} (checksums {low:#018x} to {high:#018x})");
+        let details = format!(
+            "the processes' weights or buffers differ after epoch {epoch} (checksums {low:#018x} to {high:#018x})"
+        );
         return Err(TrainError::Distributed { details });
     }
     Ok(())

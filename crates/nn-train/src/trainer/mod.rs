@@ -142,7 +142,7 @@ impl Trainer {
     ///
     /// # Errors
     /// As for [`fit`](Self::fit), and [`TrainError::Distributed`] when another process
-    /// failed or the processes' weights differ at an epoch's end.
+    /// failed or the processes' weights or buffers differ at an epoch's end.
     #[allow(clippy::too_many_arguments)]
     pub fn fit_on<T, N, D, L, O>(
         &mut self,
