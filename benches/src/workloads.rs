@@ -3,8 +3,8 @@
 
 use nn_core::prelude::*;
 use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, conv_transpose_backward,
-    conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry, ConvProblem,
+    conv_backward, conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward,
+    conv_transpose_backward, conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry, ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_train::data::{Augmentation, ClassificationSet, Dataset, Normalization};
@@ -277,17 +277,22 @@ impl ConvRun {
         }
     }
 
-    /// Forward, then the gradients of bias, weight and input (a transposed layer's
-    /// weight and input gradients in one call, as the layer runs them).
+    /// Forward, then [`backward`](Self::backward).
     pub fn forward_backward(&mut self) {
         self.forward();
-        self.bias_gradient();
+        self.backward();
+    }
+
+    /// The gradients of bias, weight and input as the layer takes them: one call for
+    /// all three (a transposed layer's bias, then its weight and input gradients in one
+    /// call).
+    pub fn backward(&mut self) {
+        let (p, n, x, dy, dx) = (&self.problem, self.batch, self.x.data(), self.dy.data(), self.dx.data_mut());
         if self.transposed {
-            let (p, n, x, dy) = (&self.problem, self.batch, self.x.data(), self.dy.data());
-            conv_transpose_backward(p, n, dy, x, &self.w, Some(self.dx.data_mut()), &mut self.dw).expect("valid");
+            conv_transpose_backward_bias(p, n, dy, &mut self.db).expect("valid");
+            conv_transpose_backward(p, n, dy, x, &self.w, Some(dx), &mut self.dw).expect("valid");
         } else {
-            self.weight_gradient();
-            self.input_gradient();
+            conv_backward(p, n, x, &self.w, dy, 0.0, Some(dx), &mut self.dw, Some(&mut self.db)).expect("valid");
         }
     }
 

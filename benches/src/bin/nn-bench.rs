@@ -177,6 +177,7 @@ fn pass_times(case: &nn_benches::workloads::ConvCase) {
         ("bias gradient", ConvRun::bias_gradient, false),
         ("weight gradient", ConvRun::weight_gradient, true),
         ("input gradient", ConvRun::input_gradient, true),
+        ("all three gradients, one call", ConvRun::backward, false),
     ];
     for (name, pass, counted) in passes {
         let t = measure(budget, || pass(&mut run));

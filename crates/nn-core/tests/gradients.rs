@@ -96,6 +96,22 @@ fn conv_in_one_to_four_dimensions() {
     }
 }
 
+/// Depthwise layers on one thread, where the backward pass takes all three gradients in
+/// one walk over each channel's planes (it needs an input channel for every two
+/// threads), with a constant padding value and with reflection.
+#[test]
+fn depthwise_conv_in_one_walk() {
+    let cases: Vec<(Vec<usize>, ConvSpec)> = vec![
+        (vec![2, 5, 9], ConvSpec::new(4, &[3, 3]).groups(2).padding(&[1, 1]).pad_value(0.5)),
+        (vec![3, 4, 10], ConvSpec::new(3, &[3, 5]).groups(3).padding(&[1, 2]).padding_mode(PaddingMode::Reflect)),
+    ];
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (i, (shape, spec)) in cases.into_iter().enumerate() {
+        let mut layer = Conv::<f64>::new(&shape, &spec, &mut seeded_rng(i as u64)).unwrap();
+        one_thread.install(|| assert_layer(&mut layer, 2, 30 + i as u64));
+    }
+}
+
 #[test]
 fn transposed_conv_in_one_to_three_dimensions() {
     let cases: Vec<(Vec<usize>, ConvSpec)> = vec![

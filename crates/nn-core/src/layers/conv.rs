@@ -1,9 +1,6 @@
 use crate::layer::{backward_batch, batch_of};
 use crate::{BackwardReads, Init, Layer, NnError, Param, ParamRole, Tensor};
-use nn_kernels::conv::{
-    conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward, ConvGeometry, ConvProblem, KernelMode,
-    OutputRounding, Padding,
-};
+use nn_kernels::conv::{conv_backward, conv_forward, ConvGeometry, ConvProblem, KernelMode, OutputRounding, Padding};
 use nn_kernels::pad::{PadPlan, PaddingMode, SideModes};
 use nn_kernels::Element;
 use rand::Rng;
@@ -288,24 +285,23 @@ impl<T: Element> Layer<T> for Conv<T> {
         grad_input: Option<&mut Tensor<T>>,
     ) -> Result<(), NnError> {
         let batch = backward_batch(self, input, output, grad_output)?;
-        let dy = grad_output.data();
-        if let Some(bias) = &mut self.bias {
-            conv_backward_bias(&self.problem, batch, dy, bias.grad.data_mut())?;
-        }
-        let (p, dw) = (&self.problem, self.weight.grad.data_mut());
-        match &self.pad {
-            Some(plan) => plan
-                .with_padded(input.data(), self.pad_value, |x| conv_backward_weight(p, batch, x, dy, T::zero(), dw))?,
-            None => conv_backward_weight(p, batch, input.data(), dy, self.pad_value, dw)?,
-        }
-        if let Some(dx) = grad_input {
-            dx.set_batch_shape(batch, &self.input_shape)?;
-            let w = self.weight.value.data();
-            match &self.pad {
-                // ∂ of the padded input, folded back onto the cells the padding copied.
-                Some(plan) => plan.unpad_from(dx.data_mut(), |padded| conv_backward_input(p, batch, w, dy, padded))?,
-                None => conv_backward_input(p, batch, w, dy, dx.data_mut())?,
+        let dx = match grad_input {
+            Some(dx) => {
+                dx.set_batch_shape(batch, &self.input_shape)?;
+                Some(dx.data_mut())
             }
+            None => None,
+        };
+        let (p, dy) = (&self.problem, grad_output.data());
+        let (w, dw) = (self.weight.value.data(), self.weight.grad.data_mut());
+        let db = self.bias.as_mut().map(|bias| bias.grad.data_mut());
+        match &self.pad {
+            // ∂ of the padded input, folded back onto the cells the padding copied.
+            Some(plan) => plan.with_padded(input.data(), self.pad_value, |x| match dx {
+                Some(dx) => plan.unpad_from(dx, |dxp| conv_backward(p, batch, x, w, dy, T::zero(), Some(dxp), dw, db)),
+                None => conv_backward(p, batch, x, w, dy, T::zero(), None, dw, db),
+            })?,
+            None => conv_backward(p, batch, input.data(), w, dy, self.pad_value, dx, dw, db)?,
         }
         Ok(())
     }

@@ -35,8 +35,12 @@
 //! over a fixed partition of the batch, so results do not depend on the thread count.
 //! What depends on the problem alone is worked out once, in [`ConvProblem`]'s plan.
 
+#[cfg(test)]
+mod backward_tests;
 mod columns;
 mod depthwise;
+#[cfg(test)]
+mod depthwise_tests;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod im2col;
@@ -194,6 +198,53 @@ pub fn conv_backward_bias<T: Element>(
     problem.check_batch("conv backward bias: dy", dy.len(), problem.output_image_len(), batch)?;
     check_len("conv backward bias: db", problem.out_channels(), db.len())?;
     add_channel_sums(dy, problem.geometry().output_len(), db);
+    Ok(())
+}
+
+/// All of a convolution's derivatives in one call: [`conv_backward_bias`] when `db` is
+/// given, [`conv_backward_weight`], and [`conv_backward_input`] (overwriting `dx`) when
+/// `dx` is given; the same bits as the separate calls. A depthwise problem with an
+/// input channel for every two threads takes all three in one walk over each
+/// channel's planes, reading x and ∂y from memory once.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] naming the buffer whose length does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward<T: Element>(
+    problem: &ConvProblem,
+    batch: usize,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    pad_value: T,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) -> Result<(), KernelError> {
+    // Fewer channels than that would leave threads idle that the separate passes,
+    // parallel over images too, keep busy.
+    let one_walk = depthwise::applies(problem) && problem.in_channels() >= 2 * rayon::current_num_threads();
+    if !one_walk || batch == 0 {
+        if let Some(db) = db {
+            conv_backward_bias(problem, batch, dy, db)?;
+        }
+        conv_backward_weight(problem, batch, x, dy, pad_value, dw)?;
+        return match dx {
+            Some(dx) => conv_backward_input(problem, batch, w, dy, dx),
+            None => Ok(()),
+        };
+    }
+    problem.check_batch("conv backward: x", x.len(), problem.input_image_len(), batch)?;
+    problem.check_batch("conv backward: dy", dy.len(), problem.output_image_len(), batch)?;
+    check_len("conv backward: w", problem.weight_len(), w.len())?;
+    check_len("conv backward: dw", problem.weight_len(), dw.len())?;
+    if let Some(dx) = &dx {
+        problem.check_batch("conv backward: dx", dx.len(), problem.input_image_len(), batch)?;
+    }
+    if let Some(db) = &db {
+        check_len("conv backward: db", problem.out_channels(), db.len())?;
+    }
+    depthwise::backward(problem, batch, x, w, dy, pad_value, dx, dw, db);
     Ok(())
 }
 

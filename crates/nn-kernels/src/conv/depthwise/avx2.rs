@@ -1,10 +1,11 @@
 //! The depthwise kernels for f32 at stride 1 along rows, in AVX2 and FMA intrinsics:
 //! their accumulators must stay in registers across a step's taps, which the generic
-//! builds leave to LLVM, and it spills them.
+//! builds leave to LLVM, and it spills them. The taps along a row are a compile-time
+//! count (filters up to [`MAX_ROW_TAPS`] wide), so that a step is straight-line code.
 //!
-//! Every load and store goes through [`load`] and [`store`], which take an eight-cell
-//! slice of a checked range: the only unchecked fact is the CPU's, proven by the
-//! [`Avx2Fma`] token.
+//! Loads and stores are unchecked: each plane's entry point asserts, once, that the
+//! furthest cell any step reads or writes lies inside its slice (see the SAFETY notes);
+//! the CPU features are proven by the [`Avx2Fma`] token.
 
 use super::walk::{Gather, Walk};
 use crate::simd::Avx2Fma;
@@ -12,59 +13,87 @@ use std::arch::x86_64::*;
 
 const LANES: usize = 8;
 /// Vectors of output cells a forward or input-gradient step keeps in registers.
-const VECTORS: usize = 4;
+const VECTORS: usize = 8;
+/// Widest filter rows the kernels unroll; wider ones take the generic build.
+pub(super) const MAX_ROW_TAPS: usize = 7;
+/// Accumulators of the weight gradient's block (filter rows × taps of a row).
+const WEIGHT_ACCUMULATORS: usize = 12;
 
-/// Cells `at..at + 8` of `x`.
-#[inline(always)]
-unsafe fn load(x: &[f32], at: usize) -> __m256 {
-    // SAFETY: the slice holds the eight cells read; AVX is the caller's to prove.
-    unsafe { _mm256_loadu_ps(x[at..at + LANES].as_ptr()) }
+/// Whether these kernels take filter rows of `walk`'s width.
+pub(super) fn takes(walk: &Walk) -> bool {
+    (1..=MAX_ROW_TAPS).contains(&walk.offsets.len())
 }
 
-/// Writes `v` to cells `at..at + 8` of `y`.
-#[inline(always)]
-unsafe fn store(v: __m256, y: &mut [f32], at: usize) {
-    // SAFETY: as for `load`.
-    unsafe { _mm256_storeu_ps(y[at..at + LANES].as_mut_ptr(), v) }
+/// Runs `$body::<K>` with the filter row's width as the constant `K`.
+macro_rules! with_row_taps {
+    ($walk:expr, $body:ident ( $($arg:expr),* )) => {
+        match $walk.offsets.len() {
+            1 => $body::<1>($($arg),*),
+            2 => $body::<2>($($arg),*),
+            3 => $body::<3>($($arg),*),
+            4 => $body::<4>($($arg),*),
+            5 => $body::<5>($($arg),*),
+            6 => $body::<6>($($arg),*),
+            7 => $body::<7>($($arg),*),
+            _ => unreachable!("`takes` admits filter rows of 1 to 7 taps"),
+        }
+    };
 }
 
 /// Cuts a row of `len` cells into steps of `VECTORS` vectors, then one of fewer;
 /// returns the cells those cover (the rest are single cells).
 macro_rules! by_steps {
-    ($len:expr, $step:ident ( $($arg:expr),* )) => {{
+    ($len:expr, $step:ident :: < $k:ident > ( $($arg:expr),* )) => {{
         let len = $len;
         let mut j = 0;
         while j + VECTORS * LANES <= len {
-            $step::<VECTORS>($($arg,)* j);
+            $step::<VECTORS, $k>($($arg,)* j);
             j += VECTORS * LANES;
         }
         match (len - j) / LANES {
-            3 => $step::<3>($($arg,)* j),
-            2 => $step::<2>($($arg,)* j),
-            1 => $step::<1>($($arg,)* j),
+            7 => $step::<7, $k>($($arg,)* j),
+            6 => $step::<6, $k>($($arg,)* j),
+            5 => $step::<5, $k>($($arg,)* j),
+            4 => $step::<4, $k>($($arg,)* j),
+            3 => $step::<3, $k>($($arg,)* j),
+            2 => $step::<2, $k>($($arg,)* j),
+            1 => $step::<1, $k>($($arg,)* j),
             _ => {}
         }
         j + (len - j) / LANES * LANES
     }};
 }
 
+/// The last cell plus one that a step reads from the padded plane: the last output
+/// row's start, plus the furthest filter row and tap, plus the row's length.
+fn padded_reach(walk: &Walk) -> usize {
+    let last_row = walk.out_rows.last().copied().unwrap_or(0);
+    let furthest_tap_row = walk.tap_rows.iter().map(|&(row, _)| row).max().unwrap_or(0);
+    last_row + furthest_tap_row + walk.offsets.iter().copied().max().unwrap_or(0) + walk.out_row
+}
+
 /// The forward pass of one plane: see `super::forward_plane`.
 pub(super) fn forward_plane(_isa: Avx2Fma, walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
-    // SAFETY: the token proves AVX2 and FMA.
-    unsafe { forward_plane_avx2(walk, w, xp, bias, y) }
+    assert!(takes(walk) && walk.stride == 1, "depthwise AVX2 kernels: filter rows of 1–7 taps, stride 1");
+    assert!(padded_reach(walk) <= xp.len() && walk.out_rows.len() * walk.out_row <= y.len(), "plane sizes");
+    assert!(walk.tap_rows.iter().all(|&(_, first)| first + walk.offsets.len() <= w.len()), "filter size");
+    // SAFETY: the token proves AVX2 and FMA; the assertions above bound every load
+    // and store of the steps (a step's cells end within its row).
+    unsafe { with_row_taps!(walk, forward_plane_avx2(walk, w, xp, bias, y)) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_plane_avx2(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
+unsafe fn forward_plane_avx2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
+    let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
     for (&start, y) in walk.out_rows.iter().zip(y.chunks_exact_mut(walk.out_row)) {
-        let xp = &xp[start..];
-        // SAFETY: AVX2 and FMA, as this function's own.
-        let done = unsafe { by_steps!(y.len(), forward_cells(walk, w, xp, bias, y)) };
+        let (x, out) = (xp[start..].as_ptr(), y.as_mut_ptr());
+        // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+        let done = unsafe { by_steps!(y.len(), forward_cells::<K>(walk, w, &offsets, x, bias, out)) };
         for j in done..y.len() {
             let mut sum = bias;
             for &(row, first_weight) in &walk.tap_rows {
                 for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
-                    sum = weight.mul_add(xp[row + j + offset], sum);
+                    sum = weight.mul_add(xp[start + row + j + offset], sum);
                 }
             }
             y[j] = sum;
@@ -72,38 +101,60 @@ unsafe fn forward_plane_avx2(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &
     }
 }
 
+/// Output cells `j..j + 8V` of a row whose taps start at `x`.
 #[inline(always)]
-unsafe fn forward_cells<const V: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32], j: usize) {
-    // SAFETY: AVX2 and FMA are the caller's to prove; reads and writes are checked.
+unsafe fn forward_cells<const V: usize, const K: usize>(
+    walk: &Walk,
+    w: &[f32],
+    offsets: &[usize; K],
+    x: *const f32,
+    bias: f32,
+    y: *mut f32,
+    j: usize,
+) {
+    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds of x and y.
     unsafe {
         let mut acc = [_mm256_set1_ps(bias); V];
         for &(row, first_weight) in &walk.tap_rows {
-            let x = &xp[row + j..];
-            for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
-                let weight = _mm256_set1_ps(weight);
+            let x = x.add(row + j);
+            let w = w.as_ptr().add(first_weight);
+            for (k, &offset) in offsets.iter().enumerate() {
+                let weight = _mm256_broadcast_ss(&*w.add(k));
                 for (v, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(weight, load(x, offset + v * LANES), *acc);
+                    *acc = _mm256_fmadd_ps(weight, _mm256_loadu_ps(x.add(offset + v * LANES)), *acc);
                 }
             }
         }
         for (v, &acc) in acc.iter().enumerate() {
-            store(acc, y, j + v * LANES);
+            _mm256_storeu_ps(y.add(j + v * LANES), acc);
         }
     }
 }
 
 /// The input gradient of one plane, gathered: see `super::gather_plane`.
 pub(super) fn gather_plane(_isa: Avx2Fma, walk: &Walk, gather: &Gather, w: &[f32], dyp: &[f32], dx: &mut [f32]) {
-    // SAFETY: the token proves AVX2 and FMA.
-    unsafe { gather_plane_avx2(walk, gather, w, dyp, dx) }
+    assert!(takes(walk) && walk.stride == 1, "depthwise AVX2 kernels: filter rows of 1–7 taps, stride 1");
+    let planes = dyp.len() / gather.plane_len();
+    let (furthest_row, furthest_weight) = gather.furthest_link();
+    assert!(
+        furthest_row + gather.shift + walk.in_row <= gather.plane_len() && dx.len().is_multiple_of(walk.in_row),
+        "sizes"
+    );
+    assert!(furthest_weight + walk.offsets.len() <= w.len() / planes, "filter size");
+    // SAFETY: the token proves AVX2 and FMA. Reads are at most `furthest_row + shift
+    // + in_row − 1` into a channel's copy (asserted above) and at least `out_row`, as
+    // the margin is the largest tap offset; stores end within their row.
+    unsafe { with_row_taps!(walk, gather_plane_avx2(walk, gather, w, dyp, dx)) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gather_plane_avx2(walk: &Walk, gather: &Gather, w: &[f32], dyp: &[f32], dx: &mut [f32]) {
+unsafe fn gather_plane_avx2<const K: usize>(walk: &Walk, gather: &Gather, w: &[f32], dyp: &[f32], dx: &mut [f32]) {
     let taps = w.len() / (dyp.len() / gather.plane_len());
+    let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
     for (row, dx) in dx.chunks_exact_mut(walk.in_row).enumerate() {
-        // SAFETY: AVX2 and FMA, as this function's own.
-        let done = unsafe { by_steps!(dx.len(), gather_cells(walk, gather, row, taps, w, dyp, dx)) };
+        let out = dx.as_mut_ptr();
+        // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+        let done = unsafe { by_steps!(dx.len(), gather_cells::<K>(gather, row, taps, &offsets, w, dyp, out)) };
         for (c, dx) in dx.iter_mut().enumerate().skip(done) {
             let mut sum = 0.0f32;
             for (w, dyp) in w.chunks_exact(taps).zip(dyp.chunks_exact(gather.plane_len())) {
@@ -119,96 +170,114 @@ unsafe fn gather_plane_avx2(walk: &Walk, gather: &Gather, w: &[f32], dyp: &[f32]
     }
 }
 
+/// Input cells `c..c + 8V` of input row `row`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn gather_cells<const V: usize>(
-    walk: &Walk,
+unsafe fn gather_cells<const V: usize, const K: usize>(
     gather: &Gather,
     row: usize,
     taps: usize,
+    offsets: &[usize; K],
     w: &[f32],
     dyp: &[f32],
-    dx: &mut [f32],
+    dx: *mut f32,
     c: usize,
 ) {
-    // SAFETY: AVX2 and FMA are the caller's to prove; reads and writes are checked.
+    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds of dyp and dx.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); V];
         for (w, dyp) in w.chunks_exact(taps).zip(dyp.chunks_exact(gather.plane_len())) {
             for &(out_row, first_weight) in gather.links(row) {
-                // The margin is the largest offset: every read below starts in bounds.
-                let g = &dyp[out_row + gather.shift + c - gather.margin()..];
-                for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
-                    let (weight, at) = (_mm256_set1_ps(weight), gather.margin() - offset);
+                let g = dyp.as_ptr().add(out_row + gather.shift + c);
+                let w = w.as_ptr().add(first_weight);
+                for (k, &offset) in offsets.iter().enumerate() {
+                    let weight = _mm256_broadcast_ss(&*w.add(k));
+                    let g = g.sub(offset);
                     for (v, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(weight, load(g, at + v * LANES), *acc);
+                        *acc = _mm256_fmadd_ps(weight, _mm256_loadu_ps(g.add(v * LANES)), *acc);
                     }
                 }
             }
         }
         for (v, &acc) in acc.iter().enumerate() {
-            store(acc, dx, c + v * LANES);
+            _mm256_storeu_ps(dx.add(c + v * LANES), acc);
         }
     }
 }
 
 /// The weight gradient of one plane: see `super::weight_plane`.
 pub(super) fn weight_plane(_isa: Avx2Fma, walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
-    // SAFETY: the token proves AVX2 and FMA.
-    unsafe { weight_plane_avx2(walk, xp, dy, dw) }
+    assert!(takes(walk) && walk.stride == 1, "depthwise AVX2 kernels: filter rows of 1–7 taps, stride 1");
+    assert!(padded_reach(walk) <= xp.len() && walk.out_rows.len() * walk.out_row <= dy.len(), "plane sizes");
+    // SAFETY: the token proves AVX2 and FMA; the assertion above bounds every load.
+    unsafe { with_row_taps!(walk, weight_plane_avx2(walk, xp, dy, dw)) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weight_plane_avx2(walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
-    for &(row, first_weight) in &walk.tap_rows {
-        let dw = &mut dw[first_weight..][..walk.offsets.len()];
-        let xp = &xp[row..];
-        let mut k = 0;
-        // SAFETY: AVX2 and FMA, as this function's own.
-        unsafe {
-            while k < dw.len() {
-                k += match dw.len() - k {
-                    1 => weight_taps::<1>(walk, xp, dy, k, dw),
-                    2 => weight_taps::<2>(walk, xp, dy, k, dw),
-                    3 => weight_taps::<3>(walk, xp, dy, k, dw),
-                    _ => weight_taps::<4>(walk, xp, dy, k, dw),
-                };
-            }
+unsafe fn weight_plane_avx2<const K: usize>(walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
+    // Filter rows in blocks: enough accumulators to hide the multiply-add's latency.
+    let mut rows = walk.tap_rows.as_slice();
+    // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+    unsafe {
+        while !rows.is_empty() {
+            let taken = match rows.len().min(WEIGHT_ACCUMULATORS / K).clamp(1, 4) {
+                1 => weight_block::<K, 1>(walk, rows, xp, dy, dw),
+                2 => weight_block::<K, 2>(walk, rows, xp, dy, dw),
+                3 => weight_block::<K, 3>(walk, rows, xp, dy, dw),
+                _ => weight_block::<K, 4>(walk, rows, xp, dy, dw),
+            };
+            rows = &rows[taken..];
         }
     }
 }
 
-/// Adds to `dw[k..k + K]` `Σ_rows Σ_j ∂y·x′`: one load of ∂y serves K taps, and the
-/// sums stay in registers over the whole plane.
+/// Adds to the weights of the first R filter rows in `rows` `Σ_rows Σ_j ∂y·x′`: one
+/// load of ∂y serves R·K taps, and the sums stay in registers over the whole plane;
+/// returns R.
 #[inline(always)]
-unsafe fn weight_taps<const K: usize>(walk: &Walk, xp: &[f32], dy: &[f32], k: usize, dw: &mut [f32]) -> usize {
-    let offsets: [usize; K] = std::array::from_fn(|i| walk.offsets[k + i]);
-    let mut rest = [0.0f32; K];
-    // SAFETY: AVX2 and FMA are the caller's to prove; reads are checked.
+unsafe fn weight_block<const K: usize, const R: usize>(
+    walk: &Walk,
+    rows: &[(usize, usize)],
+    xp: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) -> usize {
+    let tap_rows: [(usize, usize); R] = std::array::from_fn(|r| rows[r]);
+    let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
+    let mut rest = [[0.0f32; K]; R];
+    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds of xp; ∂y's
+    // loads end within their row.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); K];
+        let mut acc = [[_mm256_setzero_ps(); K]; R];
         for (&start, dy) in walk.out_rows.iter().zip(dy.chunks_exact(walk.out_row)) {
-            let x = &xp[start..];
             let whole = dy.len() / LANES * LANES;
             for j in (0..whole).step_by(LANES) {
-                let g = load(dy, j);
-                for i in 0..K {
-                    acc[i] = _mm256_fmadd_ps(g, load(x, offsets[i] + j), acc[i]);
+                let g = _mm256_loadu_ps(dy.as_ptr().add(j));
+                for (acc, &(row, _)) in acc.iter_mut().zip(&tap_rows) {
+                    let x = xp.as_ptr().add(start + row + j);
+                    for k in 0..K {
+                        acc[k] = _mm256_fmadd_ps(g, _mm256_loadu_ps(x.add(offsets[k])), acc[k]);
+                    }
                 }
             }
             for (j, &g) in dy.iter().enumerate().skip(whole) {
-                for i in 0..K {
-                    rest[i] = g.mul_add(x[offsets[i] + j], rest[i]);
+                for (rest, &(row, _)) in rest.iter_mut().zip(&tap_rows) {
+                    for k in 0..K {
+                        rest[k] = g.mul_add(xp[start + row + offsets[k] + j], rest[k]);
+                    }
                 }
             }
         }
         let mut lanes = [0.0f32; LANES];
-        for i in 0..K {
-            store(acc[i], &mut lanes, 0);
-            dw[k + i] += (((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-                + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])))
-                + rest[i];
+        for ((acc, rest), &(_, first_weight)) in acc.iter().zip(&rest).zip(&tap_rows) {
+            for k in 0..K {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]);
+                dw[first_weight + k] += (((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+                    + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])))
+                    + rest[k];
+            }
         }
     }
-    K
+    R
 }
+

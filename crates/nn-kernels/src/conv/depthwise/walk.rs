@@ -113,6 +113,7 @@ pub(super) struct Gather {
     /// Added to an input cell's index along the row to find, less the tap's offset, its
     /// output cell in the padded copy.
     pub(super) shift: usize,
+    furthest: (usize, usize),
 }
 
 impl Gather {
@@ -143,7 +144,8 @@ impl Gather {
             input.advance();
         }
         let plane_len = walk.out_rows.len() * row_len;
-        Self { margin, row_len, plane_len, starts, entries, shift: margin + walk.before[last] }
+        let furthest = entries.iter().fold((0, 0), |(row, weight), &(r, w)| (row.max(r), weight.max(w)));
+        Self { margin, row_len, plane_len, starts, entries, shift: margin + walk.before[last], furthest }
     }
 
     /// Zeros before each copied row: the largest tap offset.
@@ -165,6 +167,12 @@ impl Gather {
             dyp[self.margin..self.margin + out_row].copy_from_slice(row);
             dyp[self.margin + out_row..].fill(T::zero());
         }
+    }
+
+    /// The furthest output row's start in a copied plane, and the furthest filter
+    /// row's first weight, over every link.
+    pub(super) fn furthest_link(&self) -> (usize, usize) {
+        self.furthest
     }
 
     /// The links of input row `row`.
