@@ -5,6 +5,8 @@
 //! counted in an average. Every window must hold at least one input cell, which
 //! [`check_pool_geometry`] ensures.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(test)]
 mod tests;
 
@@ -184,13 +186,25 @@ pub fn max_pool_forward<T: Element>(
 /// so that a NaN input reaches the loss instead of vanishing.
 #[inline(always)]
 fn supersedes<T: Element>(v: T, best: T) -> bool {
-    v > best || (v.is_nan() && !best.is_nan())
+    (v > best) | (v.is_nan() & !best.is_nan())
 }
 
 /// One output row of max pooling whose windows are the pairs `2b, 2b + 1` of the
 /// input rows at `rows`: the same first-maximum rule as the general loop, with the
 /// bounds checked once per row instead of once per cell.
 fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (&[top, bottom], Some(isa), Some(x), Some(y)) =
+        (rows, crate::simd::Avx2Fma::detect(), T::as_f32(x_p), T::as_f32_mut(y_row))
+    {
+        let done = avx2::max_of_2x2(isa, x, top, bottom, y, arg_row);
+        return max_of_pairs_from(done, x_p, rows, y_row, arg_row);
+    }
+    max_of_pairs_from(0, x_p, rows, y_row, arg_row);
+}
+
+/// [`max_of_pairs`] from window `first` of the row on.
+fn max_of_pairs_from<T: Element>(first: usize, x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row: &mut [u32]) {
     let width = y_row.len();
     let row = |base: usize| x_p[base..base + 2 * width].chunks_exact(2);
     let update = |best: &mut T, arg: &mut usize, v: T, at: usize| {
@@ -200,7 +214,7 @@ fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row:
     };
     if let &[top, bottom] = rows {
         for (b, (((y, slot), upper), lower)) in
-            y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(top)).zip(row(bottom)).enumerate()
+            y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(top)).zip(row(bottom)).enumerate().skip(first)
         {
             let (mut best, mut arg) = (upper[0], top + 2 * b);
             update(&mut best, &mut arg, upper[1], top + 2 * b + 1);
@@ -211,9 +225,9 @@ fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row:
         }
         return;
     }
-    for (b, ((y, slot), first)) in y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(rows[0])).enumerate() {
-        let (mut best, mut arg) = (first[0], rows[0] + 2 * b);
-        update(&mut best, &mut arg, first[1], rows[0] + 2 * b + 1);
+    for (b, ((y, slot), pair)) in y_row.iter_mut().zip(arg_row.iter_mut()).zip(row(rows[0])).enumerate().skip(first) {
+        let (mut best, mut arg) = (pair[0], rows[0] + 2 * b);
+        update(&mut best, &mut arg, pair[1], rows[0] + 2 * b + 1);
         for &base in &rows[1..] {
             let pair = &x_p[base + 2 * b..base + 2 * b + 2];
             update(&mut best, &mut arg, pair[0], base + 2 * b);

@@ -2,9 +2,9 @@ use super::*;
 use crate::geometry::{KernelMode, OutputRounding, Padding};
 use proptest::prelude::*;
 
-/// Max, first position of the max (in row-major window order) and mean of each
-/// window, computed from the definition with an odometer over the window (padding
-/// cells skipped).
+/// Max, first position of the max (in row-major window order; the first NaN wins
+/// over any number) and mean of each window, computed from the definition with an
+/// odometer over the window (padding cells skipped).
 fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<u32>, Vec<f64>) {
     let (mut maxes, mut args, mut means) = (Vec::new(), Vec::new(), Vec::new());
     let mut betas = Odometer::new(geom.output());
@@ -17,7 +17,7 @@ fn reference(geom: &ConvGeometry, x: &[f64]) -> (Vec<f64>, Vec<u32>, Vec<f64>) {
                 .collect();
             if gamma.iter().zip(geom.input()).all(|(&g, &m)| g >= 0 && g < m as isize) {
                 let idx = gamma.iter().zip(geom.input()).fold(0, |acc, (&g, &m)| acc * m + g as usize);
-                if x[idx] > best {
+                if x[idx] > best || (x[idx].is_nan() && !best.is_nan()) {
                     (best, arg) = (x[idx], idx as u32);
                 }
                 total += x[idx];
@@ -205,6 +205,54 @@ fn max_pooling_propagates_nan() {
                 }
                 o += 1;
                 odometer.advance();
+            }
+        }
+    }
+}
+
+/// Paired geometries (2×2 at stride 2 among them) with rows long enough for the AVX2
+/// build's eight windows at a time and its scalar rest.
+fn long_paired_geometry() -> impl Strategy<Value = ConvGeometry> {
+    (1usize..6, 2usize..60, 1usize..4).prop_filter_map("window must fit", |(rows, last, window)| {
+        let g = ConvGeometry::new(
+            &[rows, last],
+            &[window.min(rows), 2],
+            &[2, 2],
+            &[Padding::default(); 2],
+            OutputRounding::Floor,
+            KernelMode::CrossCorrelation,
+        )
+        .ok()?;
+        check_pool_geometry(&g).ok()?;
+        Some(g)
+    })
+}
+
+proptest! {
+    // f32 (its AVX2 build where the CPU has it) against the f64 reference, on data
+    // with ties and NaNs: the same maxima, the same winners.
+    #[test]
+    fn f32_paired_max_pooling_matches_reference(
+        geom in long_paired_geometry(),
+        planes in 1usize..3,
+        seed in 0u64..1000,
+        nans in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let len = planes * geom.input_len();
+        let mut x: Vec<f64> = (0..len).map(|i| ((i as u64 * 7919 + seed * 104729) % 5) as f64 - 2.0).collect();
+        for at in &nans {
+            x[at.index(len)] = f64::NAN;
+        }
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let out = planes * geom.output_len();
+        let (mut y, mut arg) = (vec![0.0f32; out], vec![0u32; out]);
+        max_pool_forward(&geom, planes, &x32, &mut y, &mut arg).unwrap();
+        for p in 0..planes {
+            let (maxes, args, _) = reference(&geom, &x[p * geom.input_len()..(p + 1) * geom.input_len()]);
+            for (o, (&want, &want_arg)) in maxes.iter().zip(&args).enumerate() {
+                let (got, got_arg) = (y[p * geom.output_len() + o], arg[p * geom.output_len() + o]);
+                prop_assert!(got.is_nan() == want.is_nan() && (want.is_nan() || got as f64 == want), "max {}: {} vs {}", o, got, want);
+                prop_assert_eq!(got_arg, want_arg, "argmax {}", o);
             }
         }
     }

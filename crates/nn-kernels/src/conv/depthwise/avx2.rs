@@ -280,4 +280,3 @@ unsafe fn weight_block<const K: usize, const R: usize>(
     }
     R
 }
-

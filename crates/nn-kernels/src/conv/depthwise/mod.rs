@@ -2,8 +2,9 @@
 //! number of dimensions. Each plane is copied once into scratch with its padding, so
 //! that every tap reads in bounds; then a few dozen output cells of a row at a time sum
 //! all their taps in registers and are written once. Work is split by planes (forward,
-//! input gradient) and by output channels (weight gradient: each channel sums its
-//! images in order), so results do not depend on the thread count.
+//! input gradient), by output channels (weight gradient: each channel sums its images
+//! in order) or by input channels (all gradients in one walk), so results do not
+//! depend on the thread count.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
