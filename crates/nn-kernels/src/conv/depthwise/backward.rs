@@ -6,7 +6,7 @@
 use super::walk::{Gather, Walk};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, fast};
-use super::{load, Steps, VECTORS};
+use super::{load, Sizes, Steps, VECTORS};
 use crate::conv::ConvProblem;
 use crate::simd::avx2_dispatch;
 use crate::workspace::{fit, with_scratch};
@@ -17,10 +17,7 @@ use rayon::prelude::*;
 /// gathers its taps in registers; otherwise the taps are scattered into a padded
 /// gradient plane whose interior is then kept (padded cells are constants).
 pub(in crate::conv) fn backward_input<T: Element>(problem: &ConvProblem, w: &[T], dy: &[T], dx: &mut [T]) {
-    let (c_in, c_out) = (problem.in_channels(), problem.out_channels());
-    let (in_plane, out_plane, taps) =
-        (problem.geometry().input_len(), problem.geometry().output_len(), problem.geometry().filter_len());
-    let multiplier = c_out / c_in;
+    let Sizes { c_in, c_out, multiplier, in_plane, out_plane, taps } = Sizes::of(problem);
     let walk = Walk::new(problem.geometry());
     let gather = (walk.stride == 1).then(|| Gather::new(&walk, problem.geometry()));
     dx.par_chunks_mut(in_plane).enumerate().for_each(|(plane, dx)| {
@@ -154,10 +151,7 @@ pub(in crate::conv) fn backward_weight<T: Element>(
     pad: T,
     dw: &mut [T],
 ) {
-    let (c_in, c_out) = (problem.in_channels(), problem.out_channels());
-    let (in_plane, out_plane, taps) =
-        (problem.geometry().input_len(), problem.geometry().output_len(), problem.geometry().filter_len());
-    let multiplier = c_out / c_in;
+    let Sizes { c_in, c_out, multiplier, in_plane, out_plane, taps } = Sizes::of(problem);
     let walk = Walk::new(problem.geometry());
     dw.par_chunks_mut(taps).enumerate().for_each(|(o, dw)| {
         let c = o / multiplier;
@@ -198,10 +192,7 @@ pub(in crate::conv) fn backward<T: Element>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
-    let (c_in, c_out) = (problem.in_channels(), problem.out_channels());
-    let (in_plane, out_plane, taps) =
-        (problem.geometry().input_len(), problem.geometry().output_len(), problem.geometry().filter_len());
-    let multiplier = c_out / c_in;
+    let Sizes { c_in, c_out, multiplier, in_plane, out_plane, taps } = Sizes::of(problem);
     let walk = Walk::new(problem.geometry());
     let gather = (walk.stride == 1).then(|| Gather::new(&walk, problem.geometry()));
     // Each input channel's planes of ∂x, its images in order, and its output channels' ∂b.

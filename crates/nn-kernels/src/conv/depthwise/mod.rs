@@ -24,6 +24,25 @@ use walk::Walk;
 /// room left for the operands.
 const VECTORS: usize = 4;
 
+/// A depthwise problem's channels (each input channel has `multiplier` output
+/// channels) and the cells of its input plane, output plane and filter.
+struct Sizes {
+    c_in: usize,
+    c_out: usize,
+    multiplier: usize,
+    in_plane: usize,
+    out_plane: usize,
+    taps: usize,
+}
+
+impl Sizes {
+    fn of(problem: &ConvProblem) -> Self {
+        let (c_in, c_out, g) = (problem.in_channels(), problem.out_channels(), problem.geometry());
+        let multiplier = c_out / c_in;
+        Self { c_in, c_out, multiplier, in_plane: g.input_len(), out_plane: g.output_len(), taps: g.filter_len() }
+    }
+}
+
 /// Whether `problem` is depthwise (more than one group, one input channel per group).
 pub(super) fn applies(problem: &ConvProblem) -> bool {
     problem.groups() > 1 && problem.groups() == problem.in_channels()
@@ -38,13 +57,11 @@ fn fast(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
 
 /// `y = conv(x, w) + b`, plane by plane.
 pub(super) fn forward<T: Element>(problem: &ConvProblem, x: &[T], w: &[T], bias: Option<&[T]>, pad: T, y: &mut [T]) {
-    let (c_in, c_out) = (problem.in_channels(), problem.out_channels());
-    let (in_plane, out_plane, taps) =
-        (problem.geometry().input_len(), problem.geometry().output_len(), problem.geometry().filter_len());
+    let Sizes { c_in, c_out, multiplier, in_plane, out_plane, taps } = Sizes::of(problem);
     let walk = Walk::new(problem.geometry());
     y.par_chunks_mut(out_plane).enumerate().for_each(|(plane, y)| {
         let (n, o) = (plane / c_out, plane % c_out);
-        let c = o / (c_out / c_in);
+        let c = o / multiplier;
         let x = &x[(n * c_in + c) * in_plane..][..in_plane];
         let (w, bias) = (&w[o * taps..][..taps], bias.map_or(T::zero(), |b| b[o]));
         with_scratch::<T, 1, _>(|[xp]| {
