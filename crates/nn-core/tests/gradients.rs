@@ -97,8 +97,8 @@ fn conv_in_one_to_four_dimensions() {
 }
 
 /// Depthwise layers on one thread, where the backward pass takes all three gradients in
-/// one walk over each channel's planes (it needs an input channel for every two
-/// threads), with a constant padding value and with reflection.
+/// one walk over each channel's planes (it needs at least two input channels per
+/// thread), with a constant padding value and with reflection.
 #[test]
 fn depthwise_conv_in_one_walk() {
     let cases: Vec<(Vec<usize>, ConvSpec)> = vec![

@@ -203,8 +203,8 @@ pub fn conv_backward_bias<T: Element>(
 
 /// All of a convolution's derivatives in one call: [`conv_backward_bias`] when `db` is
 /// given, [`conv_backward_weight`], and [`conv_backward_input`] (overwriting `dx`) when
-/// `dx` is given; the same bits as the separate calls. A depthwise problem with an
-/// input channel for every two threads takes all three in one walk over each
+/// `dx` is given; the same bits as the separate calls. A depthwise problem with at
+/// least two input channels per thread takes all three in one walk over each
 /// channel's planes, reading x and ∂y from memory once.
 ///
 /// # Errors
