@@ -65,21 +65,96 @@ macro_rules! by_steps {
 }
 
 /// The last cell plus one that a step reads from the padded plane: the last output
-/// row's start, plus the furthest filter row and tap, plus the row's length.
+/// row's start, plus the furthest filter row and tap, plus the row's length times the
+/// stride (at stride 2 a step reads the odd cell after its last even one).
 fn padded_reach(walk: &Walk) -> usize {
     let last_row = walk.out_rows.last().copied().unwrap_or(0);
     let furthest_tap_row = walk.tap_rows.iter().map(|&(row, _)| row).max().unwrap_or(0);
-    last_row + furthest_tap_row + walk.offsets.iter().copied().max().unwrap_or(0) + walk.out_row
+    last_row + furthest_tap_row + walk.offsets.iter().copied().max().unwrap_or(0) + walk.stride * walk.out_row
 }
 
-/// The forward pass of one plane: see `super::forward_plane`.
+/// Whether the forward kernels take `walk`: stride 1 or 2 along rows.
+pub(super) fn takes_forward(walk: &Walk) -> bool {
+    takes(walk) && (walk.stride == 1 || walk.stride == 2)
+}
+
+/// The forward pass of one plane: see `super::forward_plane`. At stride 2, `xp` needs
+/// one cell past the padded plane, whose value is read and discarded.
 pub(super) fn forward_plane(_isa: Avx2Fma, walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
-    assert!(takes(walk) && walk.stride == 1, "depthwise AVX2 kernels: filter rows of 1–7 taps, stride 1");
+    assert!(takes_forward(walk), "depthwise AVX2 forward: filter rows of 1–7 taps, stride 1 or 2");
     assert!(padded_reach(walk) <= xp.len() && walk.out_rows.len() * walk.out_row <= y.len(), "plane sizes");
     assert!(walk.tap_rows.iter().all(|&(_, first)| first + walk.offsets.len() <= w.len()), "filter size");
     // SAFETY: the token proves AVX2 and FMA; the assertions above bound every load
     // and store of the steps (a step's cells end within its row).
-    unsafe { with_row_taps!(walk, forward_plane_avx2(walk, w, xp, bias, y)) }
+    unsafe {
+        if walk.stride == 2 {
+            with_row_taps!(walk, forward_plane_stride_2(walk, w, xp, bias, y))
+        } else {
+            with_row_taps!(walk, forward_plane_avx2(walk, w, xp, bias, y))
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_plane_stride_2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
+    let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
+    for (&start, y) in walk.out_rows.iter().zip(y.chunks_exact_mut(walk.out_row)) {
+        let (x, out) = (xp[start..].as_ptr(), y.as_mut_ptr());
+        // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+        let done = unsafe { by_steps!(y.len(), forward_cells_stride_2::<K>(walk, w, &offsets, x, bias, out)) };
+        for j in done..y.len() {
+            let mut sum = bias;
+            for &(row, first_weight) in &walk.tap_rows {
+                for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
+                    sum = weight.mul_add(xp[start + row + 2 * j + offset], sum);
+                }
+            }
+            y[j] = sum;
+        }
+    }
+}
+
+/// Output cells `j..j + 8V` at stride 2 of a row whose taps start at `x`: each tap's
+/// cells are the even ones of 16 loaded from `2j` on.
+#[inline(always)]
+unsafe fn forward_cells_stride_2<const V: usize, const K: usize>(
+    walk: &Walk,
+    w: &[f32],
+    offsets: &[usize; K],
+    x: *const f32,
+    bias: f32,
+    y: *mut f32,
+    j: usize,
+) {
+    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds of x and y.
+    unsafe {
+        let mut acc = [_mm256_set1_ps(bias); V];
+        for &(row, first_weight) in &walk.tap_rows {
+            let x = x.add(row + 2 * j);
+            let w = w.as_ptr().add(first_weight);
+            for (k, &offset) in offsets.iter().enumerate() {
+                let weight = _mm256_broadcast_ss(&*w.add(k));
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(weight, evens(x.add(offset + 2 * v * LANES)), *acc);
+                }
+            }
+        }
+        for (v, &acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(y.add(j + v * LANES), acc);
+        }
+    }
+}
+
+/// Cells `0, 2, …, 14` from `x`.
+#[inline(always)]
+unsafe fn evens(x: *const f32) -> __m256 {
+    // SAFETY: AVX2 is the caller's to prove, as are the 16 cells read.
+    unsafe {
+        let (a, b) = (_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(LANES)));
+        // a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs in order: a0 a2 a4 a6 b0 b2 b4 b6.
+        let pairs = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(pairs)))
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -55,6 +55,12 @@ fn fast(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
     (walk.stride == 1 && avx2::takes(walk)).then(crate::simd::Avx2Fma::detect).flatten()
 }
 
+/// The intrinsics build of the forward pass, which also takes stride 2 along rows.
+#[cfg(target_arch = "x86_64")]
+fn fast_forward(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
+    avx2::takes_forward(walk).then(crate::simd::Avx2Fma::detect).flatten()
+}
+
 /// `y = conv(x, w) + b`, plane by plane.
 pub(super) fn forward<T: Element>(problem: &ConvProblem, x: &[T], w: &[T], bias: Option<&[T]>, pad: T, y: &mut [T]) {
     let Sizes { c_in, c_out, multiplier, in_plane, out_plane, taps } = Sizes::of(problem);
@@ -65,11 +71,12 @@ pub(super) fn forward<T: Element>(problem: &ConvProblem, x: &[T], w: &[T], bias:
         let x = &x[(n * c_in + c) * in_plane..][..in_plane];
         let (w, bias) = (&w[o * taps..][..taps], bias.map_or(T::zero(), |b| b[o]));
         with_scratch::<T, 1, _>(|[xp]| {
-            let xp = fit(xp, walk.padded_len());
+            // One cell of slack, which the AVX2 build at stride 2 reads and discards.
+            let xp = fit(xp, walk.padded_len() + 1);
             walk.pad(x, pad, xp);
             #[cfg(target_arch = "x86_64")]
             if let (Some(isa), Some(w), Some(xp), Some(y)) =
-                (fast(&walk), T::as_f32(w), T::as_f32(xp), T::as_f32_mut(y))
+                (fast_forward(&walk), T::as_f32(w), T::as_f32(xp), T::as_f32_mut(y))
             {
                 return avx2::forward_plane(isa, &walk, w, xp, bias.as_f64() as f32, y);
             }
