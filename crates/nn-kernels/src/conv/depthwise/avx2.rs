@@ -73,15 +73,16 @@ fn padded_reach(walk: &Walk) -> usize {
     last_row + furthest_tap_row + walk.offsets.iter().copied().max().unwrap_or(0) + walk.stride * walk.out_row
 }
 
-/// Whether the forward kernels take `walk`: stride 1 or 2 along rows.
-pub(super) fn takes_forward(walk: &Walk) -> bool {
+/// Whether the forward and weight-gradient kernels take `walk`: stride 1 or 2 along
+/// rows.
+pub(super) fn takes_strided(walk: &Walk) -> bool {
     takes(walk) && (walk.stride == 1 || walk.stride == 2)
 }
 
 /// The forward pass of one plane: see `super::forward_plane`. At stride 2, `xp` needs
 /// one cell past the padded plane, whose value is read and discarded.
 pub(super) fn forward_plane(_isa: Avx2Fma, walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
-    assert!(takes_forward(walk), "depthwise AVX2 forward: filter rows of 1–7 taps, stride 1 or 2");
+    assert!(takes_strided(walk), "depthwise AVX2 forward: filter rows of 1–7 taps, stride 1 or 2");
     assert!(padded_reach(walk) <= xp.len() && walk.out_rows.len() * walk.out_row <= y.len(), "plane sizes");
     assert!(walk.tap_rows.iter().all(|&(_, first)| first + walk.offsets.len() <= w.len()), "filter size");
     // SAFETY: the token proves AVX2 and FMA; the assertions above bound every load
@@ -280,37 +281,57 @@ unsafe fn gather_cells<const V: usize, const K: usize>(
     }
 }
 
-/// The weight gradient of one plane: see `super::weight_plane`.
+/// The weight gradient of one plane: see `super::weight_plane`. At stride 2, `xp`
+/// needs one cell past the padded plane, as for the forward pass.
 pub(super) fn weight_plane(_isa: Avx2Fma, walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
-    assert!(takes(walk) && walk.stride == 1, "depthwise AVX2 kernels: filter rows of 1–7 taps, stride 1");
+    assert!(takes_strided(walk), "depthwise AVX2 weight gradient: filter rows of 1–7 taps, stride 1 or 2");
     assert!(padded_reach(walk) <= xp.len() && walk.out_rows.len() * walk.out_row <= dy.len(), "plane sizes");
     // SAFETY: the token proves AVX2 and FMA; the assertion above bounds every load.
-    unsafe { with_row_taps!(walk, weight_plane_avx2(walk, xp, dy, dw)) }
+    unsafe {
+        if walk.stride == 2 {
+            with_row_taps!(walk, weight_plane_stride_2(walk, xp, dy, dw))
+        } else {
+            with_row_taps!(walk, weight_plane_avx2(walk, xp, dy, dw))
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_plane_avx2<const K: usize>(walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
-    // Filter rows in blocks: enough accumulators to hide the multiply-add's latency.
-    let mut rows = walk.tap_rows.as_slice();
     // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+    unsafe { weight_rows::<K, 1>(walk, xp, dy, dw) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_plane_stride_2<const K: usize>(walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
+    // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+    unsafe { weight_rows::<K, 2>(walk, xp, dy, dw) }
+}
+
+/// Every filter row's weight gradient at stride S, in blocks of rows: enough
+/// accumulators to hide the multiply-add's latency.
+#[inline(always)]
+unsafe fn weight_rows<const K: usize, const S: usize>(walk: &Walk, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let mut rows = walk.tap_rows.as_slice();
+    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds.
     unsafe {
         while !rows.is_empty() {
             let taken = match rows.len().min(WEIGHT_ACCUMULATORS / K).clamp(1, 4) {
-                1 => weight_block::<K, 1>(walk, rows, xp, dy, dw),
-                2 => weight_block::<K, 2>(walk, rows, xp, dy, dw),
-                3 => weight_block::<K, 3>(walk, rows, xp, dy, dw),
-                _ => weight_block::<K, 4>(walk, rows, xp, dy, dw),
+                1 => weight_block::<K, 1, S>(walk, rows, xp, dy, dw),
+                2 => weight_block::<K, 2, S>(walk, rows, xp, dy, dw),
+                3 => weight_block::<K, 3, S>(walk, rows, xp, dy, dw),
+                _ => weight_block::<K, 4, S>(walk, rows, xp, dy, dw),
             };
             rows = &rows[taken..];
         }
     }
 }
 
-/// Adds to the weights of the first R filter rows in `rows` `Σ_rows Σ_j ∂y·x′`: one
-/// load of ∂y serves R·K taps, and the sums stay in registers over the whole plane;
-/// returns R.
+/// Adds to the weights of the first R filter rows in `rows` `Σ_rows Σ_j ∂y·x′` at
+/// stride S (1 or 2): one load of ∂y serves R·K taps, and the sums stay in registers
+/// over the whole plane; returns R.
 #[inline(always)]
-unsafe fn weight_block<const K: usize, const R: usize>(
+unsafe fn weight_block<const K: usize, const R: usize, const S: usize>(
     walk: &Walk,
     rows: &[(usize, usize)],
     xp: &[f32],
@@ -329,16 +350,17 @@ unsafe fn weight_block<const K: usize, const R: usize>(
             for j in (0..whole).step_by(LANES) {
                 let g = _mm256_loadu_ps(dy.as_ptr().add(j));
                 for (acc, &(row, _)) in acc.iter_mut().zip(&tap_rows) {
-                    let x = xp.as_ptr().add(start + row + j);
+                    let x = xp.as_ptr().add(start + row + S * j);
                     for k in 0..K {
-                        acc[k] = _mm256_fmadd_ps(g, _mm256_loadu_ps(x.add(offsets[k])), acc[k]);
+                        let cells = if S == 1 { _mm256_loadu_ps(x.add(offsets[k])) } else { evens(x.add(offsets[k])) };
+                        acc[k] = _mm256_fmadd_ps(g, cells, acc[k]);
                     }
                 }
             }
             for (j, &g) in dy.iter().enumerate().skip(whole) {
                 for (rest, &(row, _)) in rest.iter_mut().zip(&tap_rows) {
                     for k in 0..K {
-                        rest[k] = g.mul_add(xp[start + row + offsets[k] + j], rest[k]);
+                        rest[k] = g.mul_add(xp[start + row + offsets[k] + S * j], rest[k]);
                     }
                 }
             }

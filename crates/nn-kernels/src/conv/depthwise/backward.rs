@@ -5,7 +5,7 @@
 
 use super::walk::{Gather, Walk};
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, fast};
+use super::{avx2, fast, fast_strided};
 use super::{load, Sizes, Steps, VECTORS};
 use crate::conv::ConvProblem;
 use crate::simd::avx2_dispatch;
@@ -156,7 +156,8 @@ pub(in crate::conv) fn backward_weight<T: Element>(
     dw.par_chunks_mut(taps).enumerate().for_each(|(o, dw)| {
         let c = o / multiplier;
         with_scratch::<T, 1, _>(|[xp]| {
-            let xp = fit(xp, walk.padded_len());
+            // One cell of slack, which the AVX2 weight gradient at stride 2 reads and discards.
+            let xp = fit(xp, walk.padded_len() + 1);
             for n in 0..batch {
                 walk.pad(&x[(n * c_in + c) * in_plane..][..in_plane], pad, xp);
                 add_weight_plane(&walk, xp, &dy[(n * c_out + o) * out_plane..][..out_plane], dw);
@@ -166,10 +167,12 @@ pub(in crate::conv) fn backward_weight<T: Element>(
 }
 
 /// Adds one image's part of one output channel's weight gradient to `dw`, from its
-/// padded input plane `xp` and its gradient plane `dy`.
+/// padded input plane `xp` (with one cell of slack) and its gradient plane `dy`.
 fn add_weight_plane<T: Element>(walk: &Walk, xp: &[T], dy: &[T], dw: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(isa), Some(xp), Some(dy), Some(dw)) = (fast(walk), T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(dw)) {
+    if let (Some(isa), Some(xp), Some(dy), Some(dw)) =
+        (fast_strided(walk), T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(dw))
+    {
         return avx2::weight_plane(isa, walk, xp, dy, dw);
     }
     weight_plane(walk, xp, dy, dw);
@@ -209,7 +212,8 @@ pub(in crate::conv) fn backward<T: Element>(
         let w = &w[c * multiplier * taps..][..multiplier * taps];
         let mut dx_planes = dx_planes.into_iter();
         with_scratch::<T, 2, _>(|[xp, scratch]| {
-            let xp = fit(xp, walk.padded_len());
+            // One cell of slack, which the AVX2 weight gradient at stride 2 reads and discards.
+            let xp = fit(xp, walk.padded_len() + 1);
             for n in 0..batch {
                 let dy = &dy[(n * c_out + c * multiplier) * out_plane..][..multiplier * out_plane];
                 walk.pad(&x[(n * c_in + c) * in_plane..][..in_plane], pad, xp);

@@ -55,10 +55,11 @@ fn fast(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
     (walk.stride == 1 && avx2::takes(walk)).then(crate::simd::Avx2Fma::detect).flatten()
 }
 
-/// The intrinsics build of the forward pass, which also takes stride 2 along rows.
+/// The intrinsics build of the forward pass and the weight gradient, which also take
+/// stride 2 along rows (given one cell of slack after the padded plane).
 #[cfg(target_arch = "x86_64")]
-fn fast_forward(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
-    avx2::takes_forward(walk).then(crate::simd::Avx2Fma::detect).flatten()
+fn fast_strided(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
+    avx2::takes_strided(walk).then(crate::simd::Avx2Fma::detect).flatten()
 }
 
 /// `y = conv(x, w) + b`, plane by plane.
@@ -76,7 +77,7 @@ pub(super) fn forward<T: Element>(problem: &ConvProblem, x: &[T], w: &[T], bias:
             walk.pad(x, pad, xp);
             #[cfg(target_arch = "x86_64")]
             if let (Some(isa), Some(w), Some(xp), Some(y)) =
-                (fast_forward(&walk), T::as_f32(w), T::as_f32(xp), T::as_f32_mut(y))
+                (fast_strided(&walk), T::as_f32(w), T::as_f32(xp), T::as_f32_mut(y))
             {
                 return avx2::forward_plane(isa, &walk, w, xp, bias.as_f64() as f32, y);
             }
