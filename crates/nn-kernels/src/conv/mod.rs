@@ -23,7 +23,8 @@
 //!
 //! Depthwise convolutions (one input channel per group), any element type and rank,
 //! copy each plane once with its padding and sum a row's taps in registers
-//! (`depthwise`; in AVX2 intrinsics for f32 at stride 1 along rows).
+//! (`depthwise`; in AVX2 intrinsics for f32 at stride 1 along rows, and for the
+//! forward pass and the weight gradient at stride 2).
 //!
 //! Everything else (f64, other CPUs, the remaining geometries) goes through column
 //! matrices. Work is cut into blocks whose column matrix fits the cache: several

@@ -1,4 +1,5 @@
-//! The depthwise kernels for f32 at stride 1 along rows, in AVX2 and FMA intrinsics:
+//! The depthwise kernels for f32 at stride 1 along rows (the forward pass and the
+//! weight gradient at stride 2 too), in AVX2 and FMA intrinsics:
 //! their accumulators must stay in registers across a step's taps, which the generic
 //! builds leave to LLVM, and it spills them. The taps along a row are a compile-time
 //! count (filters up to [`MAX_ROW_TAPS`] wide), so that a step is straight-line code.

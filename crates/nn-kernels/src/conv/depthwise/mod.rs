@@ -48,8 +48,8 @@ pub(super) fn applies(problem: &ConvProblem) -> bool {
     problem.groups() > 1 && problem.groups() == problem.in_channels()
 }
 
-/// The intrinsics build, for f32 at stride 1 along rows with filter rows it unrolls,
-/// where the CPU has AVX2 and FMA.
+/// The intrinsics build of the input gradient, for f32 at stride 1 along rows with
+/// filter rows it unrolls, where the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 fn fast(walk: &Walk) -> Option<crate::simd::Avx2Fma> {
     (walk.stride == 1 && avx2::takes(walk)).then(crate::simd::Avx2Fma::detect).flatten()
