@@ -44,21 +44,21 @@ macro_rules! with_row_taps {
 /// Cuts a row of `len` cells into steps of `VECTORS` vectors, then one of fewer;
 /// returns the cells those cover (the rest are single cells).
 macro_rules! by_steps {
-    ($len:expr, $step:ident :: < $k:ident > ( $($arg:expr),* )) => {{
+    ($len:expr, $step:ident :: < $($g:ident),+ > ( $($arg:expr),* )) => {{
         let len = $len;
         let mut j = 0;
         while j + VECTORS * LANES <= len {
-            $step::<VECTORS, $k>($($arg,)* j);
+            $step::<VECTORS, $($g),+>($($arg,)* j);
             j += VECTORS * LANES;
         }
         match (len - j) / LANES {
-            7 => $step::<7, $k>($($arg,)* j),
-            6 => $step::<6, $k>($($arg,)* j),
-            5 => $step::<5, $k>($($arg,)* j),
-            4 => $step::<4, $k>($($arg,)* j),
-            3 => $step::<3, $k>($($arg,)* j),
-            2 => $step::<2, $k>($($arg,)* j),
-            1 => $step::<1, $k>($($arg,)* j),
+            7 => $step::<7, $($g),+>($($arg,)* j),
+            6 => $step::<6, $($g),+>($($arg,)* j),
+            5 => $step::<5, $($g),+>($($arg,)* j),
+            4 => $step::<4, $($g),+>($($arg,)* j),
+            3 => $step::<3, $($g),+>($($arg,)* j),
+            2 => $step::<2, $($g),+>($($arg,)* j),
+            1 => $step::<1, $($g),+>($($arg,)* j),
             _ => {}
         }
         j + (len - j) / LANES * LANES
@@ -97,56 +97,6 @@ pub(super) fn forward_plane(_isa: Avx2Fma, walk: &Walk, w: &[f32], xp: &[f32], b
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_plane_stride_2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
-    let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
-    for (&start, y) in walk.out_rows.iter().zip(y.chunks_exact_mut(walk.out_row)) {
-        let (x, out) = (xp[start..].as_ptr(), y.as_mut_ptr());
-        // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
-        let done = unsafe { by_steps!(y.len(), forward_cells_stride_2::<K>(walk, w, &offsets, x, bias, out)) };
-        for j in done..y.len() {
-            let mut sum = bias;
-            for &(row, first_weight) in &walk.tap_rows {
-                for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
-                    sum = weight.mul_add(xp[start + row + 2 * j + offset], sum);
-                }
-            }
-            y[j] = sum;
-        }
-    }
-}
-
-/// Output cells `j..j + 8V` at stride 2 of a row whose taps start at `x`: each tap's
-/// cells are the even ones of 16 loaded from `2j` on.
-#[inline(always)]
-unsafe fn forward_cells_stride_2<const V: usize, const K: usize>(
-    walk: &Walk,
-    w: &[f32],
-    offsets: &[usize; K],
-    x: *const f32,
-    bias: f32,
-    y: *mut f32,
-    j: usize,
-) {
-    // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds of x and y.
-    unsafe {
-        let mut acc = [_mm256_set1_ps(bias); V];
-        for &(row, first_weight) in &walk.tap_rows {
-            let x = x.add(row + 2 * j);
-            let w = w.as_ptr().add(first_weight);
-            for (k, &offset) in offsets.iter().enumerate() {
-                let weight = _mm256_broadcast_ss(&*w.add(k));
-                for (v, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(weight, evens(x.add(offset + 2 * v * LANES)), *acc);
-                }
-            }
-        }
-        for (v, &acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(y.add(j + v * LANES), acc);
-        }
-    }
-}
-
 /// Cells `0, 2, …, 14` from `x`.
 #[inline(always)]
 unsafe fn evens(x: *const f32) -> __m256 {
@@ -161,16 +111,29 @@ unsafe fn evens(x: *const f32) -> __m256 {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_plane_avx2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
+    // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+    unsafe { forward_rows::<K, 1>(walk, w, xp, bias, y) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_plane_stride_2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
+    // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
+    unsafe { forward_rows::<K, 2>(walk, w, xp, bias, y) }
+}
+
+/// Every output row of the plane, at stride S (1 or 2) along rows.
+#[inline(always)]
+unsafe fn forward_rows<const K: usize, const S: usize>(walk: &Walk, w: &[f32], xp: &[f32], bias: f32, y: &mut [f32]) {
     let offsets: [usize; K] = std::array::from_fn(|k| walk.offsets[k]);
     for (&start, y) in walk.out_rows.iter().zip(y.chunks_exact_mut(walk.out_row)) {
         let (x, out) = (xp[start..].as_ptr(), y.as_mut_ptr());
-        // SAFETY: AVX2 and FMA, as this function's own; bounds as asserted by the caller.
-        let done = unsafe { by_steps!(y.len(), forward_cells::<K>(walk, w, &offsets, x, bias, out)) };
+        // SAFETY: AVX2 and FMA are the caller's to prove, as are the bounds.
+        let done = unsafe { by_steps!(y.len(), forward_cells::<K, S>(walk, w, &offsets, x, bias, out)) };
         for j in done..y.len() {
             let mut sum = bias;
             for &(row, first_weight) in &walk.tap_rows {
                 for (&offset, &weight) in walk.offsets.iter().zip(&w[first_weight..]) {
-                    sum = weight.mul_add(xp[start + row + j + offset], sum);
+                    sum = weight.mul_add(xp[start + row + S * j + offset], sum);
                 }
             }
             y[j] = sum;
@@ -178,9 +141,9 @@ unsafe fn forward_plane_avx2<const K: usize>(walk: &Walk, w: &[f32], xp: &[f32],
     }
 }
 
-/// Output cells `j..j + 8V` of a row whose taps start at `x`.
+/// Output cells `j..j + 8V` at stride S of a row whose taps start at `x`.
 #[inline(always)]
-unsafe fn forward_cells<const V: usize, const K: usize>(
+unsafe fn forward_cells<const V: usize, const K: usize, const S: usize>(
     walk: &Walk,
     w: &[f32],
     offsets: &[usize; K],
@@ -193,17 +156,30 @@ unsafe fn forward_cells<const V: usize, const K: usize>(
     unsafe {
         let mut acc = [_mm256_set1_ps(bias); V];
         for &(row, first_weight) in &walk.tap_rows {
-            let x = x.add(row + j);
+            let x = x.add(row + S * j);
             let w = w.as_ptr().add(first_weight);
             for (k, &offset) in offsets.iter().enumerate() {
                 let weight = _mm256_broadcast_ss(&*w.add(k));
                 for (v, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(weight, _mm256_loadu_ps(x.add(offset + v * LANES)), *acc);
+                    *acc = _mm256_fmadd_ps(weight, cells::<S>(x.add(offset + S * v * LANES)), *acc);
                 }
             }
         }
         for (v, &acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(y.add(j + v * LANES), acc);
+        }
+    }
+}
+
+/// Eight cells S apart from `x`: as they lie at stride 1, the even ones of sixteen at 2.
+#[inline(always)]
+unsafe fn cells<const S: usize>(x: *const f32) -> __m256 {
+    // SAFETY: AVX2 is the caller's to prove, as are the 8·S cells read.
+    unsafe {
+        if S == 1 {
+            _mm256_loadu_ps(x)
+        } else {
+            evens(x)
         }
     }
 }
@@ -353,8 +329,7 @@ unsafe fn weight_block<const K: usize, const R: usize, const S: usize>(
                 for (acc, &(row, _)) in acc.iter_mut().zip(&tap_rows) {
                     let x = xp.as_ptr().add(start + row + S * j);
                     for k in 0..K {
-                        let cells = if S == 1 { _mm256_loadu_ps(x.add(offsets[k])) } else { evens(x.add(offsets[k])) };
-                        acc[k] = _mm256_fmadd_ps(g, cells, acc[k]);
+                        acc[k] = _mm256_fmadd_ps(g, cells::<S>(x.add(offsets[k])), acc[k]);
                     }
                 }
             }
