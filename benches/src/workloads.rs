@@ -4,7 +4,8 @@
 use nn_core::prelude::*;
 use nn_kernels::conv::{
     conv_backward, conv_backward_bias, conv_backward_input, conv_backward_weight, conv_forward,
-    conv_transpose_backward, conv_transpose_backward_bias, conv_transpose_forward, ConvGeometry, ConvProblem,
+    conv_transpose_backward, conv_transpose_backward_bias, conv_transpose_forward, ConvAlgorithm, ConvGeometry,
+    ConvProblem,
 };
 use nn_kernels::gemm::{gemm, Transpose};
 use nn_train::data::{Augmentation, ClassificationSet, Dataset, Normalization};
@@ -153,6 +154,8 @@ pub struct ConvCase {
     /// A transposed convolution: the adjoint of the convolution from its output
     /// shape back to its input shape.
     pub transposed: bool,
+    /// How the sums are computed.
+    pub algorithm: ConvAlgorithm,
 }
 
 impl ConvCase {
@@ -168,7 +171,19 @@ impl ConvCase {
         stride: usize,
         padding: usize,
     ) -> Self {
-        Self { id, batch, c_in, input, c_out, filter, stride, padding, groups: 1, transposed: false }
+        Self {
+            id,
+            batch,
+            c_in,
+            input,
+            c_out,
+            filter,
+            stride,
+            padding,
+            groups: 1,
+            transposed: false,
+            algorithm: ConvAlgorithm::Exact,
+        }
     }
 }
 
@@ -185,6 +200,20 @@ pub const CONVS: [ConvCase; 10] = [
     ConvCase { groups: 128, ..ConvCase::plain("C9", 32, 128, &[56, 56], 128, &[3, 3], 1, 1) },
     ConvCase { transposed: true, ..ConvCase::plain("C10", 4, 32, &[16, 16, 16], 16, &[2, 2, 2], 2, 0) },
 ];
+
+/// The 3×3 and 5×5 rows at stride 1 with Winograd minimal filtering (`C3W` is C3's
+/// workload), for setting against the exact rows.
+pub const WINOGRAD_CONVS: [ConvCase; 4] = [
+    ConvCase { id: "C3W", algorithm: ConvAlgorithm::Winograd, ..CONVS[2] },
+    ConvCase { id: "C4W", algorithm: ConvAlgorithm::Winograd, ..CONVS[3] },
+    ConvCase { id: "C7W", algorithm: ConvAlgorithm::Winograd, ..CONVS[6] },
+    ConvCase { id: "C8W", algorithm: ConvAlgorithm::Winograd, ..CONVS[7] },
+];
+
+/// Every convolution row: C1–C10, then the Winograd rows.
+pub fn conv_cases() -> impl Iterator<Item = &'static ConvCase> {
+    CONVS.iter().chain(WINOGRAD_CONVS.iter())
+}
 
 impl ConvCase {
     /// The validated problem (floor geometry: C5's stride 2 over 56 + 2 − 3 is not
@@ -206,7 +235,9 @@ impl ConvCase {
             KernelMode::Convolution,
         )
         .expect("benchmark geometry is valid");
-        ConvProblem::grouped(geometry, c_in, c_out, self.groups).expect("benchmark sizes are valid")
+        ConvProblem::grouped(geometry, c_in, c_out, self.groups)
+            .expect("benchmark sizes are valid")
+            .with_algorithm(self.algorithm)
     }
 
     /// 2·N·C_out·(C_in/g)·∏f·∏v of the convolution (the adjoint's, when transposed).

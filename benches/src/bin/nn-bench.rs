@@ -9,7 +9,7 @@
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
-use nn_benches::workloads::{ConvRun, GemmRun, TrainCase, TrainRun, CONVS, GEMMS};
+use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, GEMMS};
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
@@ -204,7 +204,7 @@ fn main() {
             let mut step: Box<dyn FnMut() + Send> = if let Some(c) = GEMMS.iter().find(|c| c.id == id) {
                 let mut run = GemmRun::new(*c);
                 Box::new(move || run.ours())
-            } else if let Some(c) = CONVS.iter().find(|c| names(id, c.id)) {
+            } else if let Some(c) = conv_cases().find(|c| c.id == id.strip_suffix("-fwd").unwrap_or(id)) {
                 let mut run = ConvRun::new(c);
                 if id.ends_with("-fwd") {
                     Box::new(move || run.forward())
@@ -226,7 +226,7 @@ fn main() {
             });
         }
         Some("passes") => {
-            let case = CONVS.iter().find(|c| Some(c.id) == args.get(1).map(String::as_str));
+            let case = conv_cases().find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
                 eprintln!("usage: nn-bench passes C1..C10 [THREADS]");
                 std::process::exit(2);
@@ -288,7 +288,7 @@ fn main() {
                     eprintln!("{} threads={threads} done", case.id);
                 }
             }
-            for case in CONVS.iter().filter(|c| selected(c.id)) {
+            for case in conv_cases().filter(|c| selected(c.id)) {
                 for &threads in &thread_counts {
                     let mut run = ConvRun::new(case);
                     let mut equivalent = GemmRun::new(run.equivalent_gemm());

@@ -66,7 +66,7 @@ pub use loss::{
 };
 pub use network::{Sequential, SequentialBuilder};
 pub use network_trait::Network;
-pub use nn_kernels::conv::{KernelMode, OutputRounding, Padding};
+pub use nn_kernels::conv::{ConvAlgorithm, KernelMode, OutputRounding, Padding};
 pub use nn_kernels::elementwise::Activation;
 pub use nn_kernels::pad::{PaddingMode, SideModes};
 pub use nn_kernels::Element;
@@ -79,8 +79,8 @@ pub mod prelude {
         LayerNorm, Pool, PoolKind, PoolSpec, Upsample,
     };
     pub use crate::{
-        seeded_rng, Activation, Element, Graph, GraphBuilder, Init, KernelMode, Layer, Loss, MeanSquaredError, Network,
-        NnError, OutputRounding, Padding, PaddingMode, Param, ParamRole, Reduction, Sequential, SideModes,
-        SigmoidBinaryCrossEntropy, SoftDice, SoftmaxCrossEntropy, Tensor, WeightedSum,
+        seeded_rng, Activation, ConvAlgorithm, Element, Graph, GraphBuilder, Init, KernelMode, Layer, Loss,
+        MeanSquaredError, Network, NnError, OutputRounding, Padding, PaddingMode, Param, ParamRole, Reduction,
+        Sequential, SideModes, SigmoidBinaryCrossEntropy, SoftDice, SoftmaxCrossEntropy, Tensor, WeightedSum,
     };
 }

@@ -112,6 +112,21 @@ fn depthwise_conv_in_one_walk() {
     }
 }
 
+/// Winograd minimal filtering, opted into per layer: 3×3 and 5×5, padding beyond the
+/// filter's reach, a non-zero padding value, both kernel modes.
+#[test]
+fn conv_by_winograd() {
+    let cases: Vec<(Vec<usize>, ConvSpec)> = vec![
+        (vec![3, 7, 9], ConvSpec::new(4, &[3, 3]).padding(&[1, 3]).pad_value(0.5)),
+        (vec![2, 6, 5], ConvSpec::new(3, &[5, 5]).padding(&[2, 2]).mode(KernelMode::CrossCorrelation)),
+    ];
+    for (i, (shape, spec)) in cases.into_iter().enumerate() {
+        let mut layer =
+            Conv::<f64>::new(&shape, &spec.algorithm(ConvAlgorithm::Winograd), &mut seeded_rng(i as u64)).unwrap();
+        assert_layer(&mut layer, 2, 40 + i as u64);
+    }
+}
+
 #[test]
 fn transposed_conv_in_one_to_three_dimensions() {
     let cases: Vec<(Vec<usize>, ConvSpec)> = vec![

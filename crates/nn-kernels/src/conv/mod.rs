@@ -52,9 +52,12 @@ pub mod reference;
 mod tests;
 #[cfg(test)]
 mod transpose_tests;
+mod winograd;
+#[cfg(test)]
+mod winograd_tests;
 
 pub use crate::geometry::{ConvGeometry, KernelMode, OutputRounding, Padding};
-pub use problem::ConvProblem;
+pub use problem::{ConvAlgorithm, ConvProblem};
 
 use crate::error::check_len;
 use crate::simd::Avx512;
@@ -92,6 +95,10 @@ pub fn conv_forward<T: Element>(
         depthwise::forward(problem, x, w, bias, pad_value, y);
         return Ok(());
     }
+    if let Some(r) = winograd::filter_size(problem) {
+        winograd::forward(problem, r, x, w, bias, pad_value, y);
+        return Ok(());
+    }
     if let (Some(isa), Some(x), Some(w), Some(y)) = (Avx512::detect(), T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
         let bias = bias.and_then(T::as_f32);
         let writes = implicit::Writes::for_batch(x, y);
@@ -127,6 +134,10 @@ pub fn conv_backward_input<T: Element>(
     check_len("conv backward input: w", problem.weight_len(), w.len())?;
     if depthwise::applies(problem) {
         depthwise::backward_input(problem, w, dy, dx);
+        return Ok(());
+    }
+    if let Some(r) = winograd::filter_size(problem) {
+        winograd::backward_input(problem, r, w, dy, dx);
         return Ok(());
     }
     if let (Some(isa), Some(w), Some(dy), Some(dx)) = (Avx512::detect(), T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx))
@@ -170,6 +181,10 @@ pub fn conv_backward_weight<T: Element>(
         return Ok(());
     }
     let per_chunk = batch.div_ceil(WEIGHT_GRADIENT_CHUNKS.min(batch));
+    if let Some(r) = winograd::filter_size(problem) {
+        winograd::backward_weight(problem, r, batch, per_chunk, x, dy, pad_value, dw);
+        return Ok(());
+    }
     if let (Some(isa), Some(x), Some(dy), Some(dw)) = (Avx512::detect(), T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dw))
     {
         let pad_value = pad_value.as_f64() as f32;
@@ -314,7 +329,7 @@ pub fn conv_transpose_backward<T: Element>(
 /// for `problem` and element type `T` on this CPU.
 fn columns_take_forward_and_weight<T: Element>(problem: &ConvProblem) -> bool {
     let f32_elements = T::as_f32(&[T::zero()]).is_some();
-    if depthwise::applies(problem) {
+    if depthwise::applies(problem) || winograd::filter_size(problem).is_some() {
         return false;
     }
     if f32_elements && Avx512::detect().is_some() && problem.implicit_plan().has_forward_or_weight() {

@@ -1,0 +1,145 @@
+//! Tiles in and out of the lanes for f32 on AVX2: eight channels' rows of a tile are
+//! read as eight vectors and transposed, so that each channel sits in one lane (a
+//! load and a share of 24 shuffles per row, where lane-by-lane gathering takes a load
+//! and an insert per cell), and the transformed outputs are transposed back to rows.
+
+use super::tiles::{lane_channels, load, store};
+use super::transform::{sandwich, Block, Sizes, ALPHA, INPUT, LANES};
+use super::{packed, Correlation};
+use crate::simd::Avx2Fma;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Cells past a tile row's six that its vector load reads: the padded planes keep
+/// this slack after their end.
+pub(super) const SLACK: usize = LANES - ALPHA;
+
+/// [`super::tiles::inputs`] for f32, the same arithmetic as the portable version.
+pub(super) fn inputs(isa: Avx2Fma, job: &Correlation, padded: &[f32], tiles: Range<usize>, v: &mut [f32]) {
+    let _ = isa;
+    // SAFETY: the token proves AVX2 and FMA; every load is of a checked slice.
+    unsafe { inputs_avx2(job, padded, tiles, v) }
+}
+
+/// [`super::tiles::outputs`] for f32, the same arithmetic as the portable version.
+pub(super) fn outputs(
+    isa: Avx2Fma,
+    job: &Correlation,
+    products: &[f32],
+    tiles: Range<usize>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let _ = isa;
+    // SAFETY: the token proves AVX2 and FMA; every store is to a checked slice.
+    unsafe {
+        match job.r {
+            3 => outputs_avx2::<3>(job, products, tiles, bias, y),
+            _ => outputs_avx2::<5>(job, products, tiles, bias, y),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn inputs_avx2(job: &Correlation, padded: &[f32], tiles: Range<usize>, v: &mut [f32]) {
+    let [ph, pw] = job.padded();
+    let (plane, ci) = (ph * pw, job.src_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        let origin = image * job.padded_image_len() + row * pw + col;
+        for pack in 0..packed(ci) / LANES {
+            let channels = lane_channels(pack, ci);
+            let mut d: Block<f32> = [[[0.0; LANES]; ALPHA]; ALPHA];
+            for (k, d) in d.iter_mut().enumerate() {
+                let mut rows = [_mm256_setzero_ps(); LANES];
+                for (row, c) in rows.iter_mut().zip(channels) {
+                    let cells = &padded[origin + c * plane + k * pw..][..LANES];
+                    *row = _mm256_loadu_ps(cells.as_ptr());
+                }
+                for (d, column) in d.iter_mut().zip(transpose(rows)) {
+                    _mm256_storeu_ps(d.as_mut_ptr(), column);
+                }
+            }
+            store(&sandwich(&INPUT, ALPHA, ALPHA, |k, l| d[k][l]), ALPHA, packed(ci), i, pack, v);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn outputs_avx2<const R: usize>(
+    job: &Correlation,
+    products: &[f32],
+    tiles: Range<usize>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let m = Sizes::<R>::M;
+    let [oh, ow] = job.output;
+    let (plane, co) = (oh * ow, job.dst_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        let (rows, cols) = (m.min(oh - row), m.min(ow - col));
+        for pack in 0..packed(co) / LANES {
+            let out = sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, |k, l| load(products, packed(co), i, pack, k, l));
+            let lanes = LANES.min(co - pack * LANES);
+            let mut shifts = [0.0; LANES];
+            if let Some(bias) = bias {
+                shifts[..lanes].copy_from_slice(&bias[pack * LANES..][..lanes]);
+            }
+            for (a, out) in out.iter().enumerate().take(rows) {
+                let mut columns = [_mm256_setzero_ps(); LANES];
+                for (column, values) in columns.iter_mut().zip(out).take(m) {
+                    *column = _mm256_loadu_ps(values.as_ptr());
+                }
+                // Row a of channel `lane`'s tile, in the first m lanes.
+                let per_channel = transpose(columns);
+                for (lane, cells) in per_channel.into_iter().enumerate().take(lanes) {
+                    let cells = _mm256_add_ps(cells, _mm256_set1_ps(shifts[lane]));
+                    let at = image * job.dst_image_len() + (pack * LANES + lane) * plane + (row + a) * ow + col;
+                    let dst = &mut y[at..at + cols];
+                    match (cols, m) {
+                        (4, 4) => _mm_storeu_ps(dst.as_mut_ptr(), _mm256_castps256_ps128(cells)),
+                        (2, 2) => _mm_storel_pd(dst.as_mut_ptr().cast(), _mm_castps_pd(_mm256_castps256_ps128(cells))),
+                        _ => {
+                            let mut values = [0.0; LANES];
+                            _mm256_storeu_ps(values.as_mut_ptr(), cells);
+                            dst.copy_from_slice(&values[..cols]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 8×8 transpose: lane j of result i is lane i of row j.
+#[target_feature(enable = "avx2,fma")]
+fn transpose(r: [__m256; LANES]) -> [__m256; LANES] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // Columns 0 and 4, 1 and 5, 2 and 6, 3 and 7 of rows 0–3, then of rows 4–7.
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}

@@ -1,0 +1,345 @@
+//! Winograd minimal filtering (`ConvAlgorithm::Winograd`, chosen explicitly): 2-D
+//! convolutions at stride 1 with 3×3 or 5×5 filters, in tiles of 6×6 input cells,
+//! F(4×4, 3×3) or F(2×2, 5×5).
+//!
+//! Each tile of the (padded) source and each filter is transformed to 36 values
+//! (`transform`, with eight channels of a tile in the lanes: `tiles`); the 36 channel
+//! sums then become 36 GEMMs of `[tiles, C_in]` by `[C_in, C_out]`, and each tile's
+//! 36 products transform back to its m×m outputs. A tile's values for all 36 points
+//! and channels lie together, so the transforms walk memory in order:
+//! 36 multiply-adds per 16 outputs and input channel instead of 144 (3×3), or per 4
+//! instead of 100 (5×5). The transforms' rounding makes results differ from the exact
+//! sum by a few units of the last place times the transforms' growth: a choice the
+//! caller makes.
+//!
+//! The input gradient is the same correlation of the output gradient with the filter
+//! rotated by 180° and the channel roles swapped; the weight gradient is the dual
+//! F(r, m), sharing the input transform, summed in the 36 transformed values over a
+//! fixed partition of the batch before one transform back.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod tiles;
+mod transform;
+
+use super::ConvProblem;
+use crate::gemm::{gemm_ld, MatRef, Transpose};
+use crate::geometry::KernelMode;
+use crate::workspace::{fit, with_scratch};
+use crate::Element;
+use rayon::prelude::*;
+use tiles::PAD_SLACK;
+use transform::{ALPHA, INPUT_SCALE, LANES};
+
+/// Transformed values per tile.
+const POINTS: usize = ALPHA * ALPHA;
+
+/// Channels of a tile's transformed values as stored: whole packs of [`LANES`].
+fn packed(channels: usize) -> usize {
+    channels.next_multiple_of(LANES)
+}
+
+/// Bytes of transformed tiles (input and output side together) one block may fill:
+/// the GEMMs of a block then read their operands from the L2 cache or close to it.
+const BLOCK_BUDGET_BYTES: usize = 2 << 20;
+
+/// Tiles per block at most: beyond this the GEMMs gain nothing from width.
+const MAX_BLOCK_TILES: usize = 256;
+
+/// The filter size r when the problem asked for Winograd and its geometry suits it:
+/// two dimensions, stride 1, undilated, one channel group, an r×r filter with r 3 or 5.
+pub(super) fn filter_size(problem: &ConvProblem) -> Option<usize> {
+    let g = problem.geometry();
+    let r = g.filter()[0];
+    let suits = g.rank() == 2
+        && g.stride() == [1, 1]
+        && g.is_undilated()
+        && problem.groups() == 1
+        && g.filter() == [r, r]
+        && (r == 3 || r == 5);
+    (problem.winograd_requested() && suits).then_some(r)
+}
+
+/// One correlation over a batch, `dst[n, o, i, j] = bias[o] + Σ_c Σ_a Σ_b
+/// src′[n, c, i + a, j + b] · filter[o, c, a, b]`, where `src′[q, u]` is the source at
+/// `(q + offset₀, u + offset₁)` and `fill` outside it.
+#[derive(Debug, Clone, Copy)]
+struct Correlation {
+    src_channels: usize,
+    dst_channels: usize,
+    source: [usize; 2],
+    output: [usize; 2],
+    offset: [isize; 2],
+    r: usize,
+}
+
+impl Correlation {
+    /// The forward pass of `problem`: x to y.
+    fn forward(problem: &ConvProblem, r: usize) -> Self {
+        let g = problem.geometry();
+        let offset = |d: usize| -(g.padding()[d].before as isize);
+        Self {
+            src_channels: problem.in_channels(),
+            dst_channels: problem.out_channels(),
+            source: [g.input()[0], g.input()[1]],
+            output: [g.output()[0], g.output()[1]],
+            offset: [offset(0), offset(1)],
+            r,
+        }
+    }
+
+    /// The input gradient of `problem`: ∂y to ∂x, each ∂x cell reading the ∂y cells
+    /// its input reached, `i − p + r − 1 − a′` for the rotated tap a′.
+    fn input_gradient(problem: &ConvProblem, r: usize) -> Self {
+        let g = problem.geometry();
+        let offset = |d: usize| g.padding()[d].before as isize - (r as isize - 1);
+        Self {
+            src_channels: problem.out_channels(),
+            dst_channels: problem.in_channels(),
+            source: [g.output()[0], g.output()[1]],
+            output: [g.input()[0], g.input()[1]],
+            offset: [offset(0), offset(1)],
+            r,
+        }
+    }
+
+    fn m(&self) -> usize {
+        ALPHA + 1 - self.r
+    }
+    fn tiles(&self) -> [usize; 2] {
+        [self.output[0].div_ceil(self.m()), self.output[1].div_ceil(self.m())]
+    }
+    fn tiles_per_image(&self) -> usize {
+        self.tiles()[0] * self.tiles()[1]
+    }
+    /// The source plane as the tiles read it: every tile's 6×6 cells inside.
+    fn padded(&self) -> [usize; 2] {
+        let [th, tw] = self.tiles();
+        [th * self.m() + self.r - 1, tw * self.m() + self.r - 1]
+    }
+    fn padded_image_len(&self) -> usize {
+        self.src_channels * self.padded()[0] * self.padded()[1]
+    }
+    fn src_image_len(&self) -> usize {
+        self.src_channels * self.source[0] * self.source[1]
+    }
+    fn dst_image_len(&self) -> usize {
+        self.dst_channels * self.output[0] * self.output[1]
+    }
+
+    /// Tiles per block, and images per task: whole images, enough for a block when
+    /// one image has fewer tiles.
+    fn blocking<T>(&self) -> (usize, usize) {
+        let per_tile = POINTS * (packed(self.src_channels) + packed(self.dst_channels)) * size_of::<T>();
+        let block = (BLOCK_BUDGET_BYTES / per_tile).clamp(1, MAX_BLOCK_TILES);
+        (block, (block / self.tiles_per_image()).max(1))
+    }
+
+    /// The padded copies of `[src_channels, source…]` images.
+    fn pad<T: Element>(&self, images: &[T], fill: T, dst: &mut [T]) {
+        let [ph, pw] = self.padded();
+        let [h, w] = self.source;
+        // Padded column u holds source column u + offset₁ where that is in range:
+        // columns [first, end).
+        let first = (-self.offset[1]).max(0);
+        let end = (pw as isize).min(w as isize - self.offset[1]);
+        let cols = (end - first).max(0) as usize;
+        let (first, start) = (first as usize, (first + self.offset[1]).max(0) as usize);
+        for (plane, src) in dst.chunks_exact_mut(ph * pw).zip(images.chunks_exact(h * w)) {
+            plane.fill(fill);
+            for (q, row) in plane.chunks_exact_mut(pw).enumerate() {
+                let s = q as isize + self.offset[0];
+                if (0..h as isize).contains(&s) && cols > 0 {
+                    let s = s as usize * w + start;
+                    row[first..first + cols].copy_from_slice(&src[s..s + cols]);
+                }
+            }
+        }
+    }
+
+    /// Runs the correlation over a batch with the transformed filter `u`
+    /// (`[36, dst_channels, src_channels]`).
+    fn run<T: Element>(&self, src: &[T], u: &[T], bias: Option<&[T]>, fill: T, dst: &mut [T]) {
+        let (block, images) = self.blocking::<T>();
+        let (src_len, dst_len) = (self.src_image_len(), self.dst_image_len());
+        let (ci, co) = (self.src_channels, self.dst_channels);
+        let (ci_packed, co_packed) = (packed(ci), packed(co));
+        dst.par_chunks_mut(images * dst_len).zip(src.par_chunks(images * src_len)).for_each(|(y, x)| {
+            with_scratch::<T, 3, _>(|[padded, v, products]| {
+                let count = y.len() / dst_len;
+                let padded = fit(padded, count * self.padded_image_len() + PAD_SLACK);
+                for (p, x) in padded.chunks_exact_mut(self.padded_image_len()).zip(x.chunks_exact(src_len)) {
+                    self.pad(x, fill, p);
+                }
+                let tiles = count * self.tiles_per_image();
+                for start in (0..tiles).step_by(block) {
+                    let range = start..(start + block).min(tiles);
+                    let width = range.len();
+                    let v = fit(v, width * POINTS * ci_packed);
+                    let products = fit(products, width * POINTS * co_packed);
+                    tiles::inputs(self, padded, range.clone(), v);
+                    // Per point: products[t, ξ, o] = Σ_c v[t, ξ, c] · u[ξ, o, c].
+                    for (point, u) in u.chunks_exact(co * ci).enumerate() {
+                        let v = MatRef::new(&v[point * ci_packed..], Transpose::No, POINTS * ci_packed);
+                        let u = MatRef::new(u, Transpose::Yes, ci);
+                        let p = &mut products[point * co_packed..];
+                        gemm_ld(width, co, ci, T::one(), v, u, T::zero(), p, POINTS * co_packed);
+                    }
+                    tiles::outputs(self, products, range, bias, y);
+                }
+            })
+        });
+    }
+
+    /// Where tile `t` of a task's images starts: its image, and its first output row
+    /// and column.
+    fn tile_origin(&self, t: usize) -> (usize, usize, usize) {
+        let per_image = self.tiles_per_image();
+        let [_, tw] = self.tiles();
+        let (image, within) = (t / per_image, t % per_image);
+        (image, within / tw * self.m(), within % tw * self.m())
+    }
+}
+
+/// The 36 transformed filters `E_r·w_eff[o, c]·E_rᵀ`, each point divided by the
+/// input transform's scales, as `[36, outer, inner]`, where
+/// `filter(o, c, a, b)` gives the correlation's tap.
+fn transform_filters<T: Element>(
+    r: usize,
+    outer: usize,
+    inner: usize,
+    filter: impl Fn(usize, usize, usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let e = transform::evaluation(r);
+    let mut u = vec![T::zero(); POINTS * outer * inner];
+    for o in 0..outer {
+        for c in 0..inner {
+            let mut half = [[0.0; ALPHA]; ALPHA];
+            for (i, half) in half.iter_mut().enumerate() {
+                for (b, h) in half.iter_mut().enumerate().take(r) {
+                    *h = (0..r).map(|a| e[i][a] * filter(o, c, a, b).as_f64()).sum();
+                }
+            }
+            for i in 0..ALPHA {
+                for j in 0..ALPHA {
+                    let value: f64 = (0..r).map(|b| half[i][b] * e[j][b]).sum();
+                    let value = value / (INPUT_SCALE[i] * INPUT_SCALE[j]);
+                    u[((i * ALPHA + j) * outer + o) * inner + c] = T::from_f64(value);
+                }
+            }
+        }
+    }
+    u
+}
+
+/// The filter tap the correlation reads at (a, b): the stored tap, or the flipped
+/// one for the source's convolution.
+fn correlation_tap(mode: KernelMode, r: usize, a: usize, b: usize) -> usize {
+    match mode {
+        KernelMode::CrossCorrelation => a * r + b,
+        KernelMode::Convolution => (r - 1 - a) * r + (r - 1 - b),
+    }
+}
+
+/// Forward pass, as [`super::conv_forward`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward<T: Element>(
+    problem: &ConvProblem,
+    r: usize,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    pad_value: T,
+    y: &mut [T],
+) {
+    let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
+    let u = transform_filters(r, co, ci, |o, c, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)]);
+    Correlation::forward(problem, r).run(x, &u, bias, pad_value, y);
+}
+
+/// Input gradient, as [`super::conv_backward_input`].
+pub(super) fn backward_input<T: Element>(problem: &ConvProblem, r: usize, w: &[T], dy: &[T], dx: &mut [T]) {
+    let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
+    let u = transform_filters(r, ci, co, |c, o, a, b| {
+        w[(o * ci + c) * r * r + correlation_tap(mode, r, r - 1 - a, r - 1 - b)]
+    });
+    Correlation::input_gradient(problem, r).run(dy, &u, None, T::zero(), dx);
+}
+
+/// Weight gradient, as [`super::conv_backward_weight`]: chunks of `per_chunk` images
+/// each sum their tiles' transformed products, the chunk sums are added in order, and
+/// the total transforms back once.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_weight<T: Element>(
+    problem: &ConvProblem,
+    r: usize,
+    batch: usize,
+    per_chunk: usize,
+    x: &[T],
+    dy: &[T],
+    pad_value: T,
+    dw: &mut [T],
+) {
+    let job = Correlation::forward(problem, r);
+    let (ci, co) = (job.src_channels, job.dst_channels);
+    let (ci_packed, co_packed) = (packed(ci), packed(co));
+    let (block, images) = job.blocking::<T>();
+    let (x_len, dy_len) = (job.src_image_len(), job.dst_image_len());
+    let chunks = batch.div_ceil(per_chunk);
+    let partial: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|chunk| {
+            let chunk = chunk * per_chunk..((chunk + 1) * per_chunk).min(batch);
+            let mut sums = vec![T::zero(); POINTS * co * ci];
+            with_scratch::<T, 3, _>(|[padded, v, gradients]| {
+                // Groups of images as in the forward pass, so that small planes still
+                // make wide products; the sums run over the chunk's tiles in order.
+                for first in chunk.clone().step_by(images) {
+                    let group = first..(first + images).min(chunk.end);
+                    let padded = fit(padded, group.len() * job.padded_image_len() + PAD_SLACK);
+                    for (p, n) in padded.chunks_exact_mut(job.padded_image_len()).zip(group.clone()) {
+                        job.pad(&x[n * x_len..][..x_len], pad_value, p);
+                    }
+                    let dy = &dy[group.start * dy_len..group.end * dy_len];
+                    let tiles = group.len() * job.tiles_per_image();
+                    for start in (0..tiles).step_by(block) {
+                        let range = start..(start + block).min(tiles);
+                        let width = range.len();
+                        let v = fit(v, width * POINTS * ci_packed);
+                        let gradients = fit(gradients, width * POINTS * co_packed);
+                        tiles::inputs(&job, padded, range.clone(), v);
+                        tiles::gradients(&job, dy, range, gradients);
+                        // Per point: sums[ξ, o, c] += Σ_t gradients[t, ξ, o] · v[t, ξ, c].
+                        for (point, sums) in sums.chunks_exact_mut(co * ci).enumerate() {
+                            let g = MatRef::new(&gradients[point * co_packed..], Transpose::Yes, POINTS * co_packed);
+                            let v = MatRef::new(&v[point * ci_packed..], Transpose::No, POINTS * ci_packed);
+                            gemm_ld(co, ci, width, T::one(), g, v, T::one(), sums, ci);
+                        }
+                    }
+                }
+            });
+            sums
+        })
+        .collect();
+    let mut total = partial.into_iter().reduce(|mut a, b| {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        a
+    });
+    let Some(total) = total.as_mut() else { return };
+    let e = transform::evaluation(r);
+    let mode = problem.geometry().mode();
+    for o in 0..co {
+        for c in 0..ci {
+            let point = |i: usize, j: usize| {
+                total[((i * ALPHA + j) * co + o) * ci + c].as_f64() / (INPUT_SCALE[i] * INPUT_SCALE[j])
+            };
+            for a in 0..r {
+                let half: Vec<f64> = (0..ALPHA).map(|j| (0..ALPHA).map(|i| e[i][a] * point(i, j)).sum()).collect();
+                for b in 0..r {
+                    let value: f64 = (0..ALPHA).map(|j| half[j] * e[j][b]).sum();
+                    dw[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(value);
+                }
+            }
+        }
+    }
+}

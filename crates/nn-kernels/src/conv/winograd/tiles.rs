@@ -1,0 +1,174 @@
+//! The tile transforms over a block of tiles, eight channels of one tile in the
+//! lanes. Transformed values are stored `[tile, 36, channels]`, channels rounded up
+//! to whole packs, so that one tile's values lie together.
+
+use super::transform::{sandwich, Block, Pack, Sizes, ALPHA, INPUT, LANES};
+use super::{packed, Correlation, POINTS};
+use crate::simd::avx2_dispatch;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::Avx2Fma;
+use crate::Element;
+use std::ops::Range;
+
+/// Cells after the padded images that a tile row's vector load may read.
+#[cfg(target_arch = "x86_64")]
+pub(super) const PAD_SLACK: usize = super::avx2::SLACK;
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) const PAD_SLACK: usize = 0;
+
+/// `Cᵀ·d·C` of every tile in `tiles` and source channel, into `v`. `padded` holds the
+/// task's padded images and [`PAD_SLACK`] cells more. Lanes past the last channel
+/// repeat an earlier one; the products never read them.
+pub(super) fn inputs<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>, v: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(isa), Some(padded), Some(v)) = (Avx2Fma::detect(), T::as_f32(padded), T::as_f32_mut(v)) {
+        return super::avx2::inputs(isa, job, padded, tiles, v);
+    }
+    inputs_portable(job, padded, tiles, v);
+}
+
+/// `E_mᵀ·M·E_m` of every tile in `tiles` and output channel, plus the bias, into the
+/// task's images `y`; cells past the output's edge are dropped.
+pub(super) fn outputs<T: Element>(
+    job: &Correlation,
+    products: &[T],
+    tiles: Range<usize>,
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(isa), Some(products), Some(y)) = (Avx2Fma::detect(), T::as_f32(products), T::as_f32_mut(y)) {
+        return super::avx2::outputs(isa, job, products, tiles, bias.and_then(T::as_f32), y);
+    }
+    outputs_portable(job, products, tiles, bias, y);
+}
+
+avx2_dispatch!(fn inputs_portable<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>, v: &mut [T]) => inputs_body);
+avx2_dispatch!(fn outputs_portable<T: Element>(job: &Correlation, products: &[T], tiles: Range<usize>, bias: Option<&[T]>, y: &mut [T]) => outputs_body);
+avx2_dispatch!(
+    /// `E_m·∂y·E_mᵀ` of every tile in `tiles` of the task's output gradients `dy` and
+    /// output channel, into `g`; cells past the edge, and lanes past the last
+    /// channel, count zero.
+    pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) => gradients_body
+);
+
+/// Writes the first `n`×`n` packs of `values` as tile `tile`'s values of channel
+/// pack `pack` in `[tile, 36, channels]` storage.
+#[inline(always)]
+pub(super) fn store<T: Element>(values: &Block<T>, n: usize, channels: usize, tile: usize, pack: usize, out: &mut [T]) {
+    let base = tile * POINTS * channels + pack * LANES;
+    for (i, row) in values.iter().enumerate().take(n) {
+        for (j, values) in row.iter().enumerate().take(n) {
+            let at = base + (i * ALPHA + j) * channels;
+            out[at..at + LANES].copy_from_slice(values);
+        }
+    }
+}
+
+/// Tile `tile`'s value at point (k, l) of channel pack `pack` in `[tile, 36,
+/// channels]` storage.
+#[inline(always)]
+pub(super) fn load<T: Element>(values: &[T], channels: usize, tile: usize, pack: usize, k: usize, l: usize) -> Pack<T> {
+    let at = (tile * POINTS + k * ALPHA + l) * channels + pack * LANES;
+    let mut lanes = [T::zero(); LANES];
+    lanes.copy_from_slice(&values[at..at + LANES]);
+    lanes
+}
+
+/// The channel of each lane of pack `pack`: past the last, the pack's first.
+#[inline(always)]
+pub(super) fn lane_channels(pack: usize, channels: usize) -> [usize; LANES] {
+    std::array::from_fn(|lane| if pack * LANES + lane < channels { pack * LANES + lane } else { pack * LANES })
+}
+
+#[inline(always)]
+fn inputs_body<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>, v: &mut [T]) {
+    let [ph, pw] = job.padded();
+    let (plane, ci) = (ph * pw, job.src_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        let origin = image * job.padded_image_len() + row * pw + col;
+        for pack in 0..packed(ci) / LANES {
+            let mut d = [[[T::zero(); LANES]; ALPHA]; ALPHA];
+            for (lane, c) in lane_channels(pack, ci).into_iter().enumerate() {
+                let tile = &padded[origin + c * plane..];
+                for (k, d) in d.iter_mut().enumerate() {
+                    for (d, &x) in d.iter_mut().zip(&tile[k * pw..][..ALPHA]) {
+                        d[lane] = x;
+                    }
+                }
+            }
+            store(&sandwich(&INPUT, ALPHA, ALPHA, |k, l| d[k][l]), ALPHA, packed(ci), i, pack, v);
+        }
+    }
+}
+
+#[inline(always)]
+fn outputs_body<T: Element>(job: &Correlation, products: &[T], tiles: Range<usize>, bias: Option<&[T]>, y: &mut [T]) {
+    match job.r {
+        3 => outputs_for::<T, 3>(job, products, tiles, bias, y),
+        _ => outputs_for::<T, 5>(job, products, tiles, bias, y),
+    }
+}
+
+#[inline(always)]
+fn outputs_for<T: Element, const R: usize>(
+    job: &Correlation,
+    products: &[T],
+    tiles: Range<usize>,
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    let m = Sizes::<R>::M;
+    let [oh, ow] = job.output;
+    let (plane, co) = (oh * ow, job.dst_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        for pack in 0..packed(co) / LANES {
+            let out = sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, |k, l| load(products, packed(co), i, pack, k, l));
+            for lane in 0..LANES.min(co - pack * LANES) {
+                let o = pack * LANES + lane;
+                let shift = bias.map_or(T::zero(), |b| b[o]);
+                let dst = &mut y[image * job.dst_image_len() + o * plane..][..plane];
+                for (a, out) in out.iter().enumerate().take(m.min(oh - row)) {
+                    let dst = &mut dst[(row + a) * ow + col..];
+                    for (b, out) in out.iter().enumerate().take(m.min(ow - col)) {
+                        dst[b] = out[lane] + shift;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn gradients_body<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
+    match job.r {
+        3 => gradients_for::<T, 3>(job, dy, tiles, g),
+        _ => gradients_for::<T, 5>(job, dy, tiles, g),
+    }
+}
+
+#[inline(always)]
+fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
+    let m = Sizes::<R>::M;
+    let [oh, ow] = job.output;
+    let (plane, co) = (oh * ow, job.dst_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        let dy = &dy[image * job.dst_image_len()..][..job.dst_image_len()];
+        for pack in 0..packed(co) / LANES {
+            let mut d = [[[T::zero(); LANES]; ALPHA]; ALPHA];
+            for lane in 0..LANES.min(co - pack * LANES) {
+                let dy = &dy[(pack * LANES + lane) * plane..][..plane];
+                for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
+                    let src = &dy[(row + a) * ow + col..];
+                    for (b, d) in d.iter_mut().enumerate().take(m.min(ow - col)) {
+                        d[lane] = src[b];
+                    }
+                }
+            }
+            store(&sandwich(&Sizes::<R>::TILE, ALPHA, m, |a, b| d[a][b]), ALPHA, packed(co), i, pack, g);
+        }
+    }
+}
