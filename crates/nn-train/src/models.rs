@@ -20,11 +20,21 @@ pub fn mlp<T: Element>(seed: u64) -> Result<Sequential<T>, NnError> {
 /// # Errors
 /// As for [`mlp`].
 pub fn cnn<T: Element>(seed: u64) -> Result<Sequential<T>, NnError> {
+    cnn_with(seed, ConvAlgorithm::Exact)
+}
+
+/// [`cnn`] with its second convolution (32→64 channels) computed by `algorithm`
+/// ([`ConvAlgorithm::Winograd`]: F(2×2, 5×5)). The first, with one input channel,
+/// stays exact: its tile transforms would cost more than the products they save.
+///
+/// # Errors
+/// As for [`mlp`].
+pub fn cnn_with<T: Element>(seed: u64, algorithm: ConvAlgorithm) -> Result<Sequential<T>, NnError> {
     Sequential::builder(&[1, 28, 28], seed)
         .conv(ConvSpec::new(32, &[5, 5]).padding(&[2, 2]))
         .relu()
         .max_pool(&[2, 2])
-        .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]))
+        .conv(ConvSpec::new(64, &[5, 5]).padding(&[2, 2]).algorithm(algorithm))
         .relu()
         .max_pool(&[2, 2])
         .flatten()

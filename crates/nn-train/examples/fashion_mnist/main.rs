@@ -96,6 +96,11 @@ struct Args {
     /// every minibatch; process 0 prints and writes the files.
     #[arg(long)]
     distributed: bool,
+    /// Compute T2's second convolution by Winograd minimal filtering: fewer
+    /// multiplications, results that differ from the exact sums by the transforms'
+    /// rounding.
+    #[arg(long)]
+    winograd: bool,
     /// With --distributed: batch normalisation's training statistics over the whole
     /// minibatch, every process's share (synchronised), instead of each share's.
     #[arg(long)]
@@ -140,10 +145,11 @@ impl Collective for TimedSums<'_> {
     }
 }
 
-fn build(model: Model, seed: u64) -> Result<Box<dyn Network<f32>>, NnError> {
+fn build(model: Model, seed: u64, winograd: bool) -> Result<Box<dyn Network<f32>>, NnError> {
+    let algorithm = if winograd { ConvAlgorithm::Winograd } else { ConvAlgorithm::Exact };
     Ok(match model {
         Model::Mlp => Box::new(nn_train::models::mlp::<f32>(seed)?),
-        Model::Cnn => Box::new(nn_train::models::cnn::<f32>(seed)?),
+        Model::Cnn => Box::new(nn_train::models::cnn_with::<f32>(seed, algorithm)?),
         Model::Resnet => Box::new(nn_train::models::resnet20::<f32>(seed)?),
     })
 }
@@ -243,7 +249,7 @@ fn run(args: Args, processes: &dyn Collective) -> Result<(), Box<dyn Error>> {
             nn_train::data::Dataset::<f32>::len(&test)
         );
     }
-    let mut net = build(args.model, args.seed)?;
+    let mut net = build(args.model, args.seed, args.winograd)?;
     if lead {
         let sgd = if resnet { "SGD (Nesterov, weight decay 5e-4, cosine per update)" } else { "SGD" };
         println!(

@@ -40,6 +40,18 @@ pub(super) fn outputs(
     }
 }
 
+/// [`super::tiles::gradients`] for f32, the same arithmetic as the portable version.
+pub(super) fn gradients(isa: Avx2Fma, job: &Correlation, dy: &[f32], tiles: Range<usize>, g: &mut [f32]) {
+    let _ = isa;
+    // SAFETY: the token proves AVX2 and FMA; every load is of a checked slice.
+    unsafe {
+        match job.r {
+            3 => gradients_avx2::<3>(job, dy, tiles, g),
+            _ => gradients_avx2::<5>(job, dy, tiles, g),
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma")]
 unsafe fn inputs_avx2(job: &Correlation, padded: &[f32], tiles: Range<usize>, v: &mut [f32]) {
     let [ph, pw] = job.padded();
@@ -108,6 +120,49 @@ unsafe fn outputs_avx2<const R: usize>(
                     }
                 }
             }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: Range<usize>, g: &mut [f32]) {
+    let m = Sizes::<R>::M;
+    let [oh, ow] = job.output;
+    let (plane, co) = (oh * ow, job.dst_channels);
+    for (i, t) in tiles.enumerate() {
+        let (image, row, col) = job.tile_origin(t);
+        let origin = image * job.dst_image_len() + row * ow + col;
+        // A tile inside the plane whose last row's vector load stays inside `dy` takes
+        // the transpose; edge tiles, whose cells past the edge count zero, the portable
+        // gather.
+        let inside = row + m <= oh && col + m <= ow;
+        for pack in 0..packed(co) / LANES {
+            let lanes = LANES.min(co - pack * LANES);
+            let last = origin + (pack * LANES + lanes - 1) * plane + (m - 1) * ow + LANES;
+            let mut d: Block<f32> = [[[0.0; LANES]; ALPHA]; ALPHA];
+            if inside && last <= dy.len() {
+                for (a, d) in d.iter_mut().enumerate().take(m) {
+                    let mut rows = [_mm256_setzero_ps(); LANES];
+                    for (lane, row) in rows.iter_mut().enumerate().take(lanes) {
+                        let cells = &dy[origin + (pack * LANES + lane) * plane + a * ow..][..LANES];
+                        *row = _mm256_loadu_ps(cells.as_ptr());
+                    }
+                    for (d, column) in d.iter_mut().zip(transpose(rows)).take(m) {
+                        _mm256_storeu_ps(d.as_mut_ptr(), column);
+                    }
+                }
+            } else {
+                for lane in 0..lanes {
+                    let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
+                    for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
+                        let src = &dy[(row + a) * ow + col..];
+                        for (b, d) in d.iter_mut().enumerate().take(m.min(ow - col)) {
+                            d[lane] = src[b];
+                        }
+                    }
+                }
+            }
+            store(&sandwich(&Sizes::<R>::TILE, ALPHA, m, |a, b| d[a][b]), ALPHA, packed(co), i, pack, g);
         }
     }
 }

@@ -45,12 +45,18 @@ pub(super) fn outputs<T: Element>(
 
 avx2_dispatch!(fn inputs_portable<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>, v: &mut [T]) => inputs_body);
 avx2_dispatch!(fn outputs_portable<T: Element>(job: &Correlation, products: &[T], tiles: Range<usize>, bias: Option<&[T]>, y: &mut [T]) => outputs_body);
-avx2_dispatch!(
-    /// `E_m·∂y·E_mᵀ` of every tile in `tiles` of the task's output gradients `dy` and
-    /// output channel, into `g`; cells past the edge, and lanes past the last
-    /// channel, count zero.
-    pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) => gradients_body
-);
+avx2_dispatch!(fn gradients_portable<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) => gradients_body);
+
+/// `E_m·∂y·E_mᵀ` of every tile in `tiles` of the task's output gradients `dy` and
+/// output channel, into `g`; cells past the edge, and lanes past the last channel,
+/// count zero.
+pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(isa), Some(dy), Some(g)) = (Avx2Fma::detect(), T::as_f32(dy), T::as_f32_mut(g)) {
+        return super::avx2::gradients(isa, job, dy, tiles, g);
+    }
+    gradients_portable(job, dy, tiles, g);
+}
 
 /// Writes the first `n`×`n` packs of `values` as tile `tile`'s values of channel
 /// pack `pack` in `[tile, 36, channels]` storage.
