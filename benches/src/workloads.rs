@@ -377,27 +377,49 @@ pub enum TrainCase {
     T2,
     /// The ResNet-20-style graph with batch normalisation and augmentation.
     T3,
+    /// T2 with its second convolution by Winograd minimal filtering.
+    T2W,
+    /// T3 with stages 2 and 3 by Winograd minimal filtering.
+    T3W,
 }
 
 impl TrainCase {
-    /// All three.
-    pub const ALL: [TrainCase; 3] = [TrainCase::T1, TrainCase::T2, TrainCase::T3];
+    /// All of them: T1–T3, then the Winograd variants.
+    pub const ALL: [TrainCase; 5] = [TrainCase::T1, TrainCase::T2, TrainCase::T3, TrainCase::T2W, TrainCase::T3W];
 
-    /// "T1", "T2" or "T3".
+    /// "T1", "T2", "T3", "T2W" or "T3W".
     pub fn id(self) -> &'static str {
         match self {
             TrainCase::T1 => "T1",
             TrainCase::T2 => "T2",
             TrainCase::T3 => "T3",
+            TrainCase::T2W => "T2W",
+            TrainCase::T3W => "T3W",
+        }
+    }
+
+    /// The workload of BENCHMARKS.md a variant computes: T2 for T2W, T3 for T3W.
+    fn recipe(self) -> TrainCase {
+        match self {
+            TrainCase::T2W => TrainCase::T2,
+            TrainCase::T3W => TrainCase::T3,
+            other => other,
+        }
+    }
+
+    fn algorithm(self) -> ConvAlgorithm {
+        match self {
+            TrainCase::T2W | TrainCase::T3W => ConvAlgorithm::Winograd,
+            _ => ConvAlgorithm::Exact,
         }
     }
 
     /// The chain of T1 or T2 (He-uniform weights, zero biases); `None` for T3, a graph.
     pub fn sequential(self) -> Option<Sequential<f32>> {
-        let built = match self {
+        let built = match self.recipe() {
             TrainCase::T1 => nn_train::models::mlp(1),
-            TrainCase::T2 => nn_train::models::cnn(1),
-            TrainCase::T3 => return None,
+            TrainCase::T2 => nn_train::models::cnn_with(1, self.algorithm()),
+            _ => return None,
         };
         Some(built.expect("benchmark networks are valid"))
     }
@@ -406,7 +428,7 @@ impl TrainCase {
     pub fn network(self) -> Box<dyn Network<f32>> {
         match self.sequential() {
             Some(chain) => Box::new(chain),
-            None => Box::new(nn_train::models::resnet20::<f32>(1).expect("T3 is valid")),
+            None => Box::new(nn_train::models::resnet20_with::<f32>(1, self.algorithm()).expect("T3 is valid")),
         }
     }
 
@@ -414,14 +436,16 @@ impl TrainCase {
     pub fn optimizer(self) -> Sgd<f32> {
         match self {
             TrainCase::T1 => Sgd::new(0.05).momentum(0.9),
-            TrainCase::T2 => Sgd::new(0.01).momentum(0.9),
-            TrainCase::T3 => Sgd::new(0.1).momentum(0.9).nesterov(true).weight_decay(5e-4).decay_weights_only(true),
+            TrainCase::T2 | TrainCase::T2W => Sgd::new(0.01).momentum(0.9),
+            TrainCase::T3 | TrainCase::T3W => {
+                Sgd::new(0.1).momentum(0.9).nesterov(true).weight_decay(5e-4).decay_weights_only(true)
+            }
         }
     }
 
     /// Patterns per step.
     pub fn batch(self) -> usize {
-        if self == TrainCase::T3 {
+        if self.recipe() == TrainCase::T3 {
             128
         } else {
             64
@@ -437,8 +461,8 @@ impl TrainCase {
         let data = ClassificationSet::new(pixels, labels, &[1, 28, 28], 10).expect("consistent synthetic data");
         let prepared = match self {
             TrainCase::T1 => data.with_sample_shape(&[784]),
-            TrainCase::T2 => Ok(data),
-            TrainCase::T3 => data
+            TrainCase::T2 | TrainCase::T2W => Ok(data),
+            TrainCase::T3 | TrainCase::T3W => data
                 .with_normalization(Normalization { mean: vec![0.2860], std: vec![0.3530] })
                 .and_then(|d| d.with_augmentation(Augmentation { crop_padding: 2, horizontal_flip: true, seed: 2 })),
         };

@@ -51,6 +51,17 @@ fn pytorch_medians(dir: &Path) -> Result<Vec<(String, usize, f64)>, String> {
     Ok(out)
 }
 
+/// The PyTorch row one of ours is set against: a Winograd variant (`C3W-fwd`,
+/// `T3W-step`) against its workload's (`C3-fwd`), PyTorch choosing its own algorithm.
+fn pytorch_id(id: &str) -> String {
+    let (workload, pass) = id.split_once('-').map_or((id, None), |(w, p)| (w, Some(p)));
+    let workload = workload.strip_suffix('W').unwrap_or(workload);
+    match pass {
+        Some(pass) => format!("{workload}-{pass}"),
+        None => workload.to_string(),
+    }
+}
+
 /// Prints the side-by-side table; rows are the workloads both sides ran.
 pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
     let theirs = pytorch_medians(pytorch_dir)?;
@@ -58,7 +69,8 @@ pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
         .records
         .iter()
         .filter_map(|r| {
-            let (_, _, s) = theirs.iter().rev().find(|(id, t, _)| *id == r.id && *t == r.threads)?;
+            let wanted = pytorch_id(&r.id);
+            let (_, _, s) = theirs.iter().rev().find(|(id, t, _)| *id == wanted && *t == r.threads)?;
             Some(Row { id: r.id.clone(), threads: r.threads, ours_s: r.median_s, theirs_s: *s })
         })
         .collect();
@@ -79,4 +91,17 @@ pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
     }
     println!("(ratio > 1: ours is faster; both sides' medians, from files of one sitting)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pytorch_id;
+
+    #[test]
+    fn winograd_rows_meet_their_workloads() {
+        assert_eq!(pytorch_id("C3W-fwd"), "C3-fwd");
+        assert_eq!(pytorch_id("T3W-step"), "T3-step");
+        assert_eq!(pytorch_id("C10-fwdbwd"), "C10-fwdbwd");
+        assert_eq!(pytorch_id("G3"), "G3");
+    }
 }

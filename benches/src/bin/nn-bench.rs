@@ -4,7 +4,7 @@
 //! - `nn-bench run [--quick] [--filter ID]…`: every workload with 1 and all threads.
 //! - `nn-bench instructions NAME`: one instruction-count workload (under callgrind).
 //! - `nn-bench list-instructions`: their names.
-//! - `nn-bench layers T1|T2|T3 [THREADS]`: forward and backward time of each layer.
+//! - `nn-bench layers T1|T2|T3|T2W|T3W [THREADS]`: forward and backward time of each layer.
 //! - `nn-bench passes C1…C10 [THREADS]`: time of each pass of a convolution workload.
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
@@ -13,7 +13,7 @@ use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, G
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
-const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3 [THREADS] \
+const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3|T2W|T3W [THREADS] \
                      | passes C1..C10 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
@@ -211,7 +211,7 @@ fn main() {
                 } else {
                     Box::new(move || run.forward_backward())
                 }
-            } else if let Some(c) = TrainCase::ALL.into_iter().find(|c| names(id, c.id())) {
+            } else if let Some(c) = TrainCase::ALL.into_iter().find(|c| c.id() == id) {
                 let mut run = TrainRun::new(c);
                 Box::new(move || run.step())
             } else {
@@ -239,7 +239,7 @@ fn main() {
             // node of T3 (batch 128).
             let case = TrainCase::ALL.into_iter().find(|c| Some(c.id()) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench layers T1|T2|T3 [THREADS]");
+                eprintln!("usage: nn-bench layers T1|T2|T3|T2W|T3W [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);

@@ -47,9 +47,10 @@ pub fn cnn_with<T: Element>(seed: u64, algorithm: ConvAlgorithm) -> Result<Seque
 /// A convolution without bias, He-normal over the fan-out, rounding strided outputs
 /// down and orienting the filter as PyTorch does (cross-correlation): the ResNet
 /// papers' convention.
-fn resnet_conv(channels: usize, filter: usize, stride: usize) -> ConvSpec {
+fn resnet_conv(channels: usize, filter: usize, stride: usize, algorithm: ConvAlgorithm) -> ConvSpec {
     let pad = filter / 2;
     ConvSpec::new(channels, &[filter, filter])
+        .algorithm(algorithm)
         .stride(&[stride, stride])
         .padding(&[pad, pad])
         .bias(false)
@@ -62,13 +63,25 @@ fn resnet_conv(channels: usize, filter: usize, stride: usize) -> ConvSpec {
 /// (the input itself, or a strided 1×1 convolution and BN where the shape changes),
 /// then ReLU.
 pub fn basic_block<T: Element>(g: &mut GraphBuilder<T>, x: NodeId, channels: usize, stride: usize) -> NodeId {
-    let h = g.conv("conv1", x, resnet_conv(channels, 3, stride));
+    basic_block_with(g, x, channels, stride, ConvAlgorithm::Exact)
+}
+
+/// [`basic_block`] with its 3×3 convolutions computed by `algorithm` (where it
+/// suits their geometry: Winograd takes the stride-1 ones).
+pub fn basic_block_with<T: Element>(
+    g: &mut GraphBuilder<T>,
+    x: NodeId,
+    channels: usize,
+    stride: usize,
+    algorithm: ConvAlgorithm,
+) -> NodeId {
+    let h = g.conv("conv1", x, resnet_conv(channels, 3, stride, algorithm));
     let h = g.batch_norm("bn1", h);
     let h = g.relu("relu1", h);
-    let h = g.conv("conv2", h, resnet_conv(channels, 3, 1));
+    let h = g.conv("conv2", h, resnet_conv(channels, 3, 1, algorithm));
     let h = g.batch_norm("bn2", h);
     let shortcut = if stride != 1 || g.shape(x)[0] != channels {
-        let s = g.conv("shortcut", x, resnet_conv(channels, 1, stride));
+        let s = g.conv("shortcut", x, resnet_conv(channels, 1, stride, ConvAlgorithm::Exact));
         g.batch_norm("shortcut_bn", s)
     } else {
         x
@@ -93,15 +106,36 @@ pub fn resnet<T: Element>(
     width: usize,
     seed: u64,
 ) -> Result<Graph<T>, NnError> {
+    resnet_with(input, classes, blocks, width, seed, ConvAlgorithm::Exact)
+}
+
+/// [`resnet`] with the 3×3 convolutions of its second and third stages (2·`width`
+/// and 4·`width` channels) computed by `algorithm`. The stem and the first stage
+/// stay exact: at T3's 16 channels the Winograd transforms cost more than the
+/// products they save (`nn-bench passes C8W`).
+///
+/// # Errors
+/// As for [`resnet`].
+pub fn resnet_with<T: Element>(
+    input: &[usize],
+    classes: usize,
+    blocks: usize,
+    width: usize,
+    seed: u64,
+    algorithm: ConvAlgorithm,
+) -> Result<Graph<T>, NnError> {
     let mut g = GraphBuilder::new(input, seed);
     let x = g.input();
-    let stem = g.conv("stem.conv", x, resnet_conv(width, 3, 1));
+    let stem = g.conv("stem.conv", x, resnet_conv(width, 3, 1, ConvAlgorithm::Exact));
     let stem = g.batch_norm("stem.bn", stem);
     let mut h = g.relu("stem.relu", stem);
     for (stage, channels) in [width, 2 * width, 4 * width].into_iter().enumerate() {
         for block in 0..blocks {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            h = g.scope(&format!("stage{}.block{block}", stage + 1), |g| basic_block(g, h, channels, stride));
+            let algorithm = if stage > 0 { algorithm } else { ConvAlgorithm::Exact };
+            h = g.scope(&format!("stage{}.block{block}", stage + 1), |g| {
+                basic_block_with(g, h, channels, stride, algorithm)
+            });
         }
     }
     let pooled = g.global_avg_pool("pool", h);
@@ -116,6 +150,14 @@ pub fn resnet<T: Element>(
 /// None in practice; the signature is [`resnet`]'s.
 pub fn resnet20<T: Element>(seed: u64) -> Result<Graph<T>, NnError> {
     resnet(&[1, 28, 28], 10, 3, 16, seed)
+}
+
+/// [`resnet20`] with stages 2 and 3 computed by `algorithm` ([`resnet_with`]).
+///
+/// # Errors
+/// As for [`resnet`].
+pub fn resnet20_with<T: Element>(seed: u64, algorithm: ConvAlgorithm) -> Result<Graph<T>, NnError> {
+    resnet_with(&[1, 28, 28], 10, 3, 16, seed, algorithm)
 }
 
 /// A 3×…×3 convolution (padding 1, any number of dimensions) → group norm → ReLU.

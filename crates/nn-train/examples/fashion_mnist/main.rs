@@ -96,9 +96,9 @@ struct Args {
     /// every minibatch; process 0 prints and writes the files.
     #[arg(long)]
     distributed: bool,
-    /// Compute T2's second convolution by Winograd minimal filtering: fewer
-    /// multiplications, results that differ from the exact sums by the transforms'
-    /// rounding.
+    /// Compute T2's second convolution, or T3's 3×3 stride-1 convolutions of stages 2
+    /// and 3, by Winograd minimal filtering: fewer multiplications, results that
+    /// differ from the exact sums by the transforms' rounding.
     #[arg(long)]
     winograd: bool,
     /// With --distributed: batch normalisation's training statistics over the whole
@@ -150,7 +150,7 @@ fn build(model: Model, seed: u64, winograd: bool) -> Result<Box<dyn Network<f32>
     Ok(match model {
         Model::Mlp => Box::new(nn_train::models::mlp::<f32>(seed)?),
         Model::Cnn => Box::new(nn_train::models::cnn_with::<f32>(seed, algorithm)?),
-        Model::Resnet => Box::new(nn_train::models::resnet20::<f32>(seed)?),
+        Model::Resnet => Box::new(nn_train::models::resnet20_with::<f32>(seed, algorithm)?),
     })
 }
 

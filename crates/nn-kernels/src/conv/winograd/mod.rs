@@ -211,22 +211,33 @@ fn transform_filters<T: Element>(
     filter: impl Fn(usize, usize, usize, usize) -> T + Sync,
 ) -> Vec<T> {
     let e = transform::evaluation(r);
+    // One task per outer channel, its 36 × inner values then put in place.
+    let rows: Vec<Vec<T>> = (0..outer)
+        .into_par_iter()
+        .map(|o| {
+            let mut row = vec![T::zero(); POINTS * inner];
+            for c in 0..inner {
+                let mut half = [[0.0; ALPHA]; ALPHA];
+                for (i, half) in half.iter_mut().enumerate() {
+                    for (b, h) in half.iter_mut().enumerate().take(r) {
+                        *h = (0..r).map(|a| e[i][a] * filter(o, c, a, b).as_f64()).sum();
+                    }
+                }
+                for i in 0..ALPHA {
+                    for j in 0..ALPHA {
+                        let value: f64 = (0..r).map(|b| half[i][b] * e[j][b]).sum();
+                        let value = value / (INPUT_SCALE[i] * INPUT_SCALE[j]);
+                        row[(i * ALPHA + j) * inner + c] = T::from_f64(value);
+                    }
+                }
+            }
+            row
+        })
+        .collect();
     let mut u = vec![T::zero(); POINTS * outer * inner];
-    for o in 0..outer {
-        for c in 0..inner {
-            let mut half = [[0.0; ALPHA]; ALPHA];
-            for (i, half) in half.iter_mut().enumerate() {
-                for (b, h) in half.iter_mut().enumerate().take(r) {
-                    *h = (0..r).map(|a| e[i][a] * filter(o, c, a, b).as_f64()).sum();
-                }
-            }
-            for i in 0..ALPHA {
-                for j in 0..ALPHA {
-                    let value: f64 = (0..r).map(|b| half[i][b] * e[j][b]).sum();
-                    let value = value / (INPUT_SCALE[i] * INPUT_SCALE[j]);
-                    u[((i * ALPHA + j) * outer + o) * inner + c] = T::from_f64(value);
-                }
-            }
+    for (o, row) in rows.iter().enumerate() {
+        for (point, values) in row.chunks_exact(inner).enumerate() {
+            u[(point * outer + o) * inner..][..inner].copy_from_slice(values);
         }
     }
     u
@@ -328,7 +339,7 @@ pub(super) fn backward_weight<T: Element>(
     let Some(total) = total.as_mut() else { return };
     let e = transform::evaluation(r);
     let mode = problem.geometry().mode();
-    for o in 0..co {
+    dw.par_chunks_mut(ci * r * r).enumerate().for_each(|(o, dw)| {
         for c in 0..ci {
             let point = |i: usize, j: usize| {
                 total[((i * ALPHA + j) * co + o) * ci + c].as_f64() / (INPUT_SCALE[i] * INPUT_SCALE[j])
@@ -337,9 +348,9 @@ pub(super) fn backward_weight<T: Element>(
                 let half: Vec<f64> = (0..ALPHA).map(|j| (0..ALPHA).map(|i| e[i][a] * point(i, j)).sum()).collect();
                 for b in 0..r {
                     let value: f64 = (0..ALPHA).map(|j| half[j] * e[j][b]).sum();
-                    dw[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(value);
+                    dw[c * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(value);
                 }
             }
         }
-    }
+    });
 }
