@@ -379,7 +379,7 @@ pub enum TrainCase {
     T3,
     /// T2 with its second convolution by Winograd minimal filtering.
     T2W,
-    /// T3 with stages 2 and 3 by Winograd minimal filtering.
+    /// T3 with its stages' stride-1 convolutions by Winograd minimal filtering.
     T3W,
 }
 

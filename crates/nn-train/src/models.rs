@@ -109,10 +109,9 @@ pub fn resnet<T: Element>(
     resnet_with(input, classes, blocks, width, seed, ConvAlgorithm::Exact)
 }
 
-/// [`resnet`] with the 3×3 convolutions of its second and third stages (2·`width`
-/// and 4·`width` channels) computed by `algorithm`. The stem and the first stage
-/// stay exact: at T3's 16 channels the Winograd transforms cost more than the
-/// products they save (`nn-bench passes C8W`).
+/// [`resnet`] with the 3×3 convolutions of its stages computed by `algorithm`
+/// (Winograd takes the stride-1 ones). The stem, with the image's few channels,
+/// stays exact: its tile transforms would cost more than the products they save.
 ///
 /// # Errors
 /// As for [`resnet`].
@@ -132,7 +131,6 @@ pub fn resnet_with<T: Element>(
     for (stage, channels) in [width, 2 * width, 4 * width].into_iter().enumerate() {
         for block in 0..blocks {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            let algorithm = if stage > 0 { algorithm } else { ConvAlgorithm::Exact };
             h = g.scope(&format!("stage{}.block{block}", stage + 1), |g| {
                 basic_block_with(g, h, channels, stride, algorithm)
             });
@@ -152,7 +150,7 @@ pub fn resnet20<T: Element>(seed: u64) -> Result<Graph<T>, NnError> {
     resnet(&[1, 28, 28], 10, 3, 16, seed)
 }
 
-/// [`resnet20`] with stages 2 and 3 computed by `algorithm` ([`resnet_with`]).
+/// [`resnet20`] with its stages' convolutions computed by `algorithm` ([`resnet_with`]).
 ///
 /// # Errors
 /// As for [`resnet`].

@@ -96,8 +96,8 @@ struct Args {
     /// every minibatch; process 0 prints and writes the files.
     #[arg(long)]
     distributed: bool,
-    /// Compute T2's second convolution, or T3's 3×3 stride-1 convolutions of stages 2
-    /// and 3, by Winograd minimal filtering: fewer multiplications, results that
+    /// Compute T2's second convolution, or T3's 3×3 stride-1 convolutions (all but the
+    /// stem), by Winograd minimal filtering: fewer multiplications, results that
     /// differ from the exact sums by the transforms' rounding.
     #[arg(long)]
     winograd: bool,

@@ -3,8 +3,8 @@
 //! load and a share of 24 shuffles per row, where lane-by-lane gathering takes a load
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
-use super::tiles::{lane_channels, load, store};
-use super::transform::{sandwich, Block, Sizes, ALPHA, INPUT, LANES};
+use super::tiles::{lane_channels, load_row, put};
+use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES, MAX_M};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
@@ -61,18 +61,16 @@ unsafe fn inputs_avx2(job: &Correlation, padded: &[f32], tiles: Range<usize>, v:
         let origin = image * job.padded_image_len() + row * pw + col;
         for pack in 0..packed(ci) / LANES {
             let channels = lane_channels(pack, ci);
-            let mut d: Block<f32> = [[[0.0; LANES]; ALPHA]; ALPHA];
-            for (k, d) in d.iter_mut().enumerate() {
+            // Row k of the eight channels' tiles, a channel per lane.
+            let tile_row = |k: usize| {
                 let mut rows = [_mm256_setzero_ps(); LANES];
                 for (row, c) in rows.iter_mut().zip(channels) {
                     let cells = &padded[origin + c * plane + k * pw..][..LANES];
                     *row = _mm256_loadu_ps(cells.as_ptr());
                 }
-                for (d, column) in d.iter_mut().zip(transpose(rows)) {
-                    _mm256_storeu_ps(d.as_mut_ptr(), column);
-                }
-            }
-            store(&sandwich(&INPUT, ALPHA, ALPHA, |k, l| d[k][l]), ALPHA, packed(ci), i, pack, v);
+                columns(transpose(rows))
+            };
+            sandwich(&INPUT, ALPHA, ALPHA, tile_row, |a, b, x| put(v, packed(ci), i, pack, a, b, x));
         }
     }
 }
@@ -92,7 +90,9 @@ unsafe fn outputs_avx2<const R: usize>(
         let (image, row, col) = job.tile_origin(t);
         let (rows, cols) = (m.min(oh - row), m.min(ow - col));
         for pack in 0..packed(co) / LANES {
-            let out = sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, |k, l| load(products, packed(co), i, pack, k, l));
+            let mut out = [[[0.0; LANES]; MAX_M]; MAX_M];
+            let tile_rows = |k| load_row(products, packed(co), i, pack, k);
+            sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, tile_rows, |a, b, x| out[a][b] = x);
             let lanes = LANES.min(co - pack * LANES);
             let mut shifts = [0.0; LANES];
             if let Some(bias) = bias {
@@ -139,19 +139,19 @@ unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: R
         for pack in 0..packed(co) / LANES {
             let lanes = LANES.min(co - pack * LANES);
             let last = origin + (pack * LANES + lanes - 1) * plane + (m - 1) * ow + LANES;
-            let mut d: Block<f32> = [[[0.0; LANES]; ALPHA]; ALPHA];
+            let emit = |a, b, x| put(g, packed(co), i, pack, a, b, x);
             if inside && last <= dy.len() {
-                for (a, d) in d.iter_mut().enumerate().take(m) {
+                let tile_row = |a: usize| {
                     let mut rows = [_mm256_setzero_ps(); LANES];
                     for (lane, row) in rows.iter_mut().enumerate().take(lanes) {
                         let cells = &dy[origin + (pack * LANES + lane) * plane + a * ow..][..LANES];
                         *row = _mm256_loadu_ps(cells.as_ptr());
                     }
-                    for (d, column) in d.iter_mut().zip(transpose(rows)).take(m) {
-                        _mm256_storeu_ps(d.as_mut_ptr(), column);
-                    }
-                }
+                    columns(transpose(rows))
+                };
+                sandwich(&Sizes::<R>::TILE, ALPHA, m, tile_row, emit);
             } else {
+                let mut d = [[[0.0; LANES]; ALPHA]; MAX_M];
                 for lane in 0..lanes {
                     let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
                     for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
@@ -161,10 +161,21 @@ unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: R
                         }
                     }
                 }
+                sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], emit);
             }
-            store(&sandwich(&Sizes::<R>::TILE, ALPHA, m, |a, b| d[a][b]), ALPHA, packed(co), i, pack, g);
         }
     }
+}
+
+/// The first six vectors as packs.
+#[target_feature(enable = "avx2,fma")]
+fn columns(vectors: [__m256; LANES]) -> [Pack<f32>; ALPHA] {
+    let mut packs = [[0.0; LANES]; ALPHA];
+    for (pack, v) in packs.iter_mut().zip(vectors) {
+        // SAFETY: `pack` holds LANES floats.
+        unsafe { _mm256_storeu_ps(pack.as_mut_ptr(), v) };
+    }
+    packs
 }
 
 /// The 8×8 transpose: lane j of result i is lane i of row j.

@@ -217,18 +217,16 @@ fn transform_filters<T: Element>(
         .map(|o| {
             let mut row = vec![T::zero(); POINTS * inner];
             for c in 0..inner {
-                let mut half = [[0.0; ALPHA]; ALPHA];
-                for (i, half) in half.iter_mut().enumerate() {
-                    for (b, h) in half.iter_mut().enumerate().take(r) {
-                        *h = (0..r).map(|a| e[i][a] * filter(o, c, a, b).as_f64()).sum();
+                let mut taps = [[0.0; ALPHA]; ALPHA];
+                for (a, taps) in taps.iter_mut().enumerate().take(r) {
+                    for (b, tap) in taps.iter_mut().enumerate().take(r) {
+                        *tap = filter(o, c, a, b).as_f64();
                     }
                 }
-                for i in 0..ALPHA {
-                    for j in 0..ALPHA {
-                        let value: f64 = (0..r).map(|b| half[i][b] * e[j][b]).sum();
-                        let value = value / (INPUT_SCALE[i] * INPUT_SCALE[j]);
-                        row[(i * ALPHA + j) * inner + c] = T::from_f64(value);
-                    }
+                let expanded = expand(&e, r, &taps);
+                for (point, value) in expanded.iter().flatten().enumerate() {
+                    let (i, j) = (point / ALPHA, point % ALPHA);
+                    row[point * inner + c] = T::from_f64(value / (INPUT_SCALE[i] * INPUT_SCALE[j]));
                 }
             }
             row
@@ -241,6 +239,50 @@ fn transform_filters<T: Element>(
         }
     }
     u
+}
+
+/// `E·g·Eᵀ` in f64 for an `n×n` block g and the `6×n` matrix E.
+#[allow(clippy::needless_range_loop)] // matrix indices, as in the formula
+fn expand(e: &transform::Matrix, n: usize, g: &[[f64; ALPHA]; ALPHA]) -> [[f64; ALPHA]; ALPHA] {
+    let mut half = [[0.0; ALPHA]; ALPHA];
+    for i in 0..ALPHA {
+        for a in 0..n {
+            for b in 0..n {
+                half[i][b] += e[i][a] * g[a][b];
+            }
+        }
+    }
+    let mut out = [[0.0; ALPHA]; ALPHA];
+    for i in 0..ALPHA {
+        for j in 0..ALPHA {
+            for b in 0..n {
+                out[i][j] += half[i][b] * e[j][b];
+            }
+        }
+    }
+    out
+}
+
+/// `Eᵀ·x·E` in f64 for a 6×6 block x and the `6×n` matrix E: the `n×n` result.
+#[allow(clippy::needless_range_loop)] // matrix indices, as in the formula
+fn contract(e: &transform::Matrix, n: usize, x: &[[f64; ALPHA]; ALPHA]) -> [[f64; ALPHA]; ALPHA] {
+    let mut half = [[0.0; ALPHA]; ALPHA];
+    for a in 0..n {
+        for i in 0..ALPHA {
+            for j in 0..ALPHA {
+                half[a][j] += e[i][a] * x[i][j];
+            }
+        }
+    }
+    let mut out = [[0.0; ALPHA]; ALPHA];
+    for a in 0..n {
+        for b in 0..n {
+            for j in 0..ALPHA {
+                out[a][b] += half[a][j] * e[j][b];
+            }
+        }
+    }
+    out
 }
 
 /// The filter tap the correlation reads at (a, b): the stored tap, or the flipped
@@ -297,11 +339,14 @@ pub(super) fn backward_weight<T: Element>(
     let (block, images) = job.blocking::<T>();
     let (x_len, dy_len) = (job.src_image_len(), job.dst_image_len());
     let chunks = batch.div_ceil(per_chunk);
-    let partial: Vec<Vec<T>> = (0..chunks)
-        .into_par_iter()
-        .map(|chunk| {
+    let len = POINTS * co * ci;
+    // The chunks' sums in one scratch buffer kept between calls: fresh ones would be
+    // fresh pages, faulted in on every call.
+    with_scratch::<T, 1, _>(|[partials]| {
+        let partials = fit(partials, chunks * len);
+        partials.par_chunks_mut(len).enumerate().for_each(|(chunk, sums)| {
             let chunk = chunk * per_chunk..((chunk + 1) * per_chunk).min(batch);
-            let mut sums = vec![T::zero(); POINTS * co * ci];
+            sums.fill(T::zero());
             with_scratch::<T, 3, _>(|[padded, v, gradients]| {
                 // Groups of images as in the forward pass, so that small planes still
                 // make wide products; the sums run over the chunk's tiles in order.
@@ -329,26 +374,33 @@ pub(super) fn backward_weight<T: Element>(
                     }
                 }
             });
-            sums
-        })
-        .collect();
-    let mut total = partial.into_iter().reduce(|mut a, b| {
-        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-        a
+        });
+        let (total, rest) = partials.split_at_mut(len);
+        for part in rest.chunks_exact(len) {
+            total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
+        }
+        transform_back(problem, r, total, dw);
     });
-    let Some(total) = total.as_mut() else { return };
+}
+
+/// `∂w += E_rᵀ·M·E_r` of the weight gradient's summed transformed values `total`
+/// (`[36, C_out, C_in]`), unscaled, in f64, the taps flipped back for the source's
+/// convolution.
+fn transform_back<T: Element>(problem: &ConvProblem, r: usize, total: &[T], dw: &mut [T]) {
+    let (ci, co) = (problem.in_channels(), problem.out_channels());
     let e = transform::evaluation(r);
     let mode = problem.geometry().mode();
     dw.par_chunks_mut(ci * r * r).enumerate().for_each(|(o, dw)| {
         for c in 0..ci {
-            let point = |i: usize, j: usize| {
-                total[((i * ALPHA + j) * co + o) * ci + c].as_f64() / (INPUT_SCALE[i] * INPUT_SCALE[j])
-            };
-            for a in 0..r {
-                let half: Vec<f64> = (0..ALPHA).map(|j| (0..ALPHA).map(|i| e[i][a] * point(i, j)).sum()).collect();
-                for b in 0..r {
-                    let value: f64 = (0..ALPHA).map(|j| half[j] * e[j][b]).sum();
-                    dw[c * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(value);
+            let mut x = [[0.0; ALPHA]; ALPHA];
+            for (point, x) in x.iter_mut().flatten().enumerate() {
+                let (i, j) = (point / ALPHA, point % ALPHA);
+                *x = total[(point * co + o) * ci + c].as_f64() / (INPUT_SCALE[i] * INPUT_SCALE[j]);
+            }
+            let g = contract(&e, r, &x);
+            for (a, g) in g.iter().enumerate().take(r) {
+                for (b, &g) in g.iter().enumerate().take(r) {
+                    dw[c * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(g);
                 }
             }
         }

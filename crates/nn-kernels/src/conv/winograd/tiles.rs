@@ -2,7 +2,7 @@
 //! lanes. Transformed values are stored `[tile, 36, channels]`, channels rounded up
 //! to whole packs, so that one tile's values lie together.
 
-use super::transform::{sandwich, Block, Pack, Sizes, ALPHA, INPUT, LANES};
+use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES, MAX_M};
 use super::{packed, Correlation, POINTS};
 use crate::simd::avx2_dispatch;
 #[cfg(target_arch = "x86_64")]
@@ -58,27 +58,38 @@ pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<us
     gradients_portable(job, dy, tiles, g);
 }
 
-/// Writes the first `n`×`n` packs of `values` as tile `tile`'s values of channel
-/// pack `pack` in `[tile, 36, channels]` storage.
+/// Writes `values` as tile `tile`'s value at point (i, j) of channel pack `pack` in
+/// `[tile, 36, channels]` storage.
 #[inline(always)]
-pub(super) fn store<T: Element>(values: &Block<T>, n: usize, channels: usize, tile: usize, pack: usize, out: &mut [T]) {
-    let base = tile * POINTS * channels + pack * LANES;
-    for (i, row) in values.iter().enumerate().take(n) {
-        for (j, values) in row.iter().enumerate().take(n) {
-            let at = base + (i * ALPHA + j) * channels;
-            out[at..at + LANES].copy_from_slice(values);
-        }
-    }
+pub(super) fn put<T: Element>(
+    out: &mut [T],
+    channels: usize,
+    tile: usize,
+    pack: usize,
+    i: usize,
+    j: usize,
+    values: Pack<T>,
+) {
+    let at = (tile * POINTS + i * ALPHA + j) * channels + pack * LANES;
+    out[at..at + LANES].copy_from_slice(&values);
 }
 
-/// Tile `tile`'s value at point (k, l) of channel pack `pack` in `[tile, 36,
+/// Tile `tile`'s values at points (k, 0..6) of channel pack `pack` in `[tile, 36,
 /// channels]` storage.
 #[inline(always)]
-pub(super) fn load<T: Element>(values: &[T], channels: usize, tile: usize, pack: usize, k: usize, l: usize) -> Pack<T> {
-    let at = (tile * POINTS + k * ALPHA + l) * channels + pack * LANES;
-    let mut lanes = [T::zero(); LANES];
-    lanes.copy_from_slice(&values[at..at + LANES]);
-    lanes
+pub(super) fn load_row<T: Element>(
+    values: &[T],
+    channels: usize,
+    tile: usize,
+    pack: usize,
+    k: usize,
+) -> [Pack<T>; ALPHA] {
+    std::array::from_fn(|l| {
+        let at = (tile * POINTS + k * ALPHA + l) * channels + pack * LANES;
+        let mut lanes = [T::zero(); LANES];
+        lanes.copy_from_slice(&values[at..at + LANES]);
+        lanes
+    })
 }
 
 /// The channel of each lane of pack `pack`: past the last, the pack's first.
@@ -104,7 +115,7 @@ fn inputs_body<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>,
                     }
                 }
             }
-            store(&sandwich(&INPUT, ALPHA, ALPHA, |k, l| d[k][l]), ALPHA, packed(ci), i, pack, v);
+            sandwich(&INPUT, ALPHA, ALPHA, |k| d[k], |a, b, x| put(v, packed(ci), i, pack, a, b, x));
         }
     }
 }
@@ -131,7 +142,9 @@ fn outputs_for<T: Element, const R: usize>(
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
         for pack in 0..packed(co) / LANES {
-            let out = sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, |k, l| load(products, packed(co), i, pack, k, l));
+            let mut out = [[[T::zero(); LANES]; MAX_M]; MAX_M];
+            let tile_rows = |k| load_row(products, packed(co), i, pack, k);
+            sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, tile_rows, |a, b, x| out[a][b] = x);
             for lane in 0..LANES.min(co - pack * LANES) {
                 let o = pack * LANES + lane;
                 let shift = bias.map_or(T::zero(), |b| b[o]);
@@ -164,7 +177,7 @@ fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles:
         let (image, row, col) = job.tile_origin(t);
         let dy = &dy[image * job.dst_image_len()..][..job.dst_image_len()];
         for pack in 0..packed(co) / LANES {
-            let mut d = [[[T::zero(); LANES]; ALPHA]; ALPHA];
+            let mut d = [[[T::zero(); LANES]; ALPHA]; MAX_M];
             for lane in 0..LANES.min(co - pack * LANES) {
                 let dy = &dy[(pack * LANES + lane) * plane..][..plane];
                 for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
@@ -174,7 +187,7 @@ fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles:
                     }
                 }
             }
-            store(&sandwich(&Sizes::<R>::TILE, ALPHA, m, |a, b| d[a][b]), ALPHA, packed(co), i, pack, g);
+            sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], |a, b, x| put(g, packed(co), i, pack, a, b, x));
         }
     }
 }

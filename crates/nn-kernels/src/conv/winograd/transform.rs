@@ -10,6 +10,8 @@
 //! the same tile with m output gradients: `∂g = E_rᵀ·((E_m·∂y) ⊙ (Cᵀ·d))`. In two
 //! dimensions each side is applied along rows and columns.
 
+use std::mem::MaybeUninit;
+
 /// Cells of a tile along each dimension.
 pub(super) const ALPHA: usize = 6;
 
@@ -23,6 +25,9 @@ pub(super) type Matrix = [[f64; ALPHA]; ALPHA];
 
 /// Tiles transformed side by side, one per lane.
 pub(super) const LANES: usize = 8;
+
+/// Outputs per tile along a dimension at most (3×3 filters: F(4, 3)).
+pub(super) const MAX_M: usize = 4;
 
 /// One value of [`LANES`] tiles.
 pub(super) type Pack<T> = [T; LANES];
@@ -184,68 +189,67 @@ macro_rules! unroll6 {
     }};
 }
 
-/// A 6×6 block of packs, row by row.
-pub(super) type Block<T> = [[Pack<T>; ALPHA]; ALPHA];
-
-/// `out = L·x·Lᵀ` for a `q×q` block x, given as `x(k, l)`, and the `p×q` matrix L
-/// (the first p rows and q columns of `left`); inlined with a constant `left`, p and
-/// q, it is a fixed sequence of additions and multiplications by the nonzero
-/// coefficients.
+/// `out = L·x·Lᵀ` for a `q×q` block x and the `p×q` matrix L (the first p rows and q
+/// columns of `left`): x's rows come from `row(k)` (q packs), and each `out[i][j]`
+/// goes to `emit(i, j, value)` as soon as it is summed. Rows are transformed first,
+/// then columns, so that few values are live at once. Inlined with a constant
+/// `left`, p and q, it is a fixed sequence of additions and multiplications by the
+/// nonzero coefficients.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // indices into two blocks and a matrix at once
+#[allow(clippy::needless_range_loop)] // indices into a block and a matrix at once
 pub(super) fn sandwich<T: crate::Element>(
     left: &Matrix,
     p: usize,
     q: usize,
-    x: impl Fn(usize, usize) -> Pack<T>,
-) -> Block<T> {
-    let zero = [T::zero(); LANES];
-    let mut half = [[zero; ALPHA]; ALPHA];
-    unroll6!(i => {
-        if i < p {
-            unroll6!(k => {
-                if k < q && left[i][k] != 0.0 {
-                    for l in 0..q {
-                        half[i][l] = multiply_add(half[i][l], left[i][k], x(k, l));
-                    }
-                }
-            });
-        }
-    });
-    let mut out = [[zero; ALPHA]; ALPHA];
-    for i in 0..p {
+    row: impl Fn(usize) -> [Pack<T>; ALPHA],
+    mut emit: impl FnMut(usize, usize, Pack<T>),
+) {
+    // Left uninitialised (a zeroed block costs a memset per call, a tenth of a
+    // convolution's time): entries (k, j) with k < q and j < p are written by the
+    // first loop before the second reads exactly those.
+    let mut half = [[const { MaybeUninit::<Pack<T>>::uninit() }; ALPHA]; ALPHA];
+    for k in 0..q {
+        let x = row(k);
         unroll6!(j => {
             if j < p {
-                unroll6!(l => {
-                    if l < q && left[j][l] != 0.0 {
-                        out[i][j] = multiply_add(out[i][j], left[j][l], half[i][l]);
-                    }
-                });
+                half[k][j].write(combination(&left[j], q, |l| x[l]));
             }
         });
     }
-    out
+    for j in 0..p {
+        unroll6!(i => {
+            if i < p {
+                // SAFETY: k < q and j < p: written above.
+                emit(i, j, combination(&left[i], q, |k| unsafe { half[k][j].assume_init() }));
+            }
+        });
+    }
 }
 
-/// `acc + c·x` lane by lane, with c = ±1 as an addition or subtraction.
+/// `Σ_k c[k]·x(k)` over the first q coefficients, zero ones skipped, starting from
+/// the first term (±1 as a copy or negation, then additions and subtractions).
 #[inline(always)]
-fn multiply_add<T: crate::Element>(acc: Pack<T>, c: f64, x: Pack<T>) -> Pack<T> {
-    let mut out = acc;
-    if c == 1.0 {
-        for (o, x) in out.iter_mut().zip(x) {
-            *o += x;
+fn combination<T: crate::Element>(c: &[f64; ALPHA], q: usize, x: impl Fn(usize) -> Pack<T>) -> Pack<T> {
+    let mut sum: Option<Pack<T>> = None;
+    unroll6!(k => {
+        if k < q && c[k] != 0.0 {
+            let x = x(k);
+            let mut next = sum.unwrap_or([T::zero(); LANES]);
+            let first = sum.is_none();
+            for (s, x) in next.iter_mut().zip(x) {
+                *s = match (first, c[k]) {
+                    (true, 1.0) => x,
+                    (true, -1.0) => -x,
+                    (true, c) => T::from_f64(c) * x,
+                    (false, 1.0) => *s + x,
+                    (false, -1.0) => *s - x,
+                    (false, c) => *s + T::from_f64(c) * x,
+                };
+            }
+            sum = Some(next);
         }
-    } else if c == -1.0 {
-        for (o, x) in out.iter_mut().zip(x) {
-            *o -= x;
-        }
-    } else {
-        let c = T::from_f64(c);
-        for (o, x) in out.iter_mut().zip(x) {
-            *o += c * x;
-        }
-    }
-    out
+    });
+    sum.unwrap_or([T::zero(); LANES])
 }
 
 /// The evaluation matrices of a tile's m outputs for a filter of r taps.
@@ -253,7 +257,10 @@ pub(super) struct Sizes<const R: usize>;
 
 impl<const R: usize> Sizes<R> {
     /// Outputs per tile along a dimension.
-    pub(super) const M: usize = ALPHA + 1 - R;
+    pub(super) const M: usize = {
+        assert!(ALPHA + 1 - R <= MAX_M, "filters of 3 taps or more");
+        ALPHA + 1 - R
+    };
     /// `E_m`, expanding a tile of output gradients (6×m).
     pub(super) const TILE: Matrix = evaluation(ALPHA + 1 - R);
     /// `E_mᵀ`, contracting a tile of outputs (m×6).
