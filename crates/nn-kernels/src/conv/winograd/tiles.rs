@@ -191,3 +191,45 @@ fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles:
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::conv::{ConvGeometry, ConvProblem, KernelMode, OutputRounding, Padding};
+
+    /// The AVX2 gathers and scatters compute the portable transforms' bits, edge tiles
+    /// and partial channel packs included.
+    #[test]
+    fn avx2_transforms_match_the_portable_ones_bit_for_bit() {
+        let Some(isa) = Avx2Fma::detect() else { return };
+        for (r, size, channels) in [(3, [9, 11], 11), (5, [7, 6], 5), (3, [7, 7], 16)] {
+            let padding = [Padding::symmetric(r / 2); 2];
+            let geometry =
+                ConvGeometry::new(&size, &[r, r], &[1, 1], &padding, OutputRounding::Strict, KernelMode::Convolution)
+                    .unwrap();
+            let job = Correlation::forward(&ConvProblem::new(geometry, channels, channels + 3).unwrap(), r);
+            let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
+            let images = 2;
+            let tiles = 0..images * job.tiles_per_image();
+            let padded: Vec<f32> = (0..images * job.padded_image_len() + PAD_SLACK).map(value).collect();
+            let (ci, co) = (packed(job.src_channels), packed(job.dst_channels));
+            let (mut a, mut b) = (vec![0.0; tiles.len() * POINTS * ci], vec![0.0; tiles.len() * POINTS * ci]);
+            inputs_portable(&job, &padded, tiles.clone(), &mut a);
+            super::super::avx2::inputs(isa, &job, &padded, tiles.clone(), &mut b);
+            assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "inputs, r = {r}");
+
+            let products: Vec<f32> = (0..tiles.len() * POINTS * co).map(value).collect();
+            let bias: Vec<f32> = (0..job.dst_channels).map(|o| value(o + 5)).collect();
+            let (mut a, mut b) = (vec![0.0; images * job.dst_image_len()], vec![0.0; images * job.dst_image_len()]);
+            outputs_portable(&job, &products, tiles.clone(), Some(&bias), &mut a);
+            super::super::avx2::outputs(isa, &job, &products, tiles.clone(), Some(&bias), &mut b);
+            assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "outputs, r = {r}");
+
+            let dy: Vec<f32> = (0..images * job.dst_image_len()).map(value).collect();
+            let (mut a, mut b) = (vec![0.0; tiles.len() * POINTS * co], vec![0.0; tiles.len() * POINTS * co]);
+            gradients_portable(&job, &dy, tiles.clone(), &mut a);
+            super::super::avx2::gradients(isa, &job, &dy, tiles, &mut b);
+            assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients, r = {r}");
+        }
+    }
+}
