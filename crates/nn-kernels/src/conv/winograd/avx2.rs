@@ -3,7 +3,7 @@
 //! load and a share of 24 shuffles per row, where lane-by-lane gathering takes a load
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
-use super::tiles::{lane_channels, load_row, put};
+use super::tiles::{lane_channels, put, tile_outputs};
 use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES, MAX_M};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
@@ -90,9 +90,7 @@ unsafe fn outputs_avx2<const R: usize>(
         let (image, row, col) = job.tile_origin(t);
         let (rows, cols) = (m.min(oh - row), m.min(ow - col));
         for pack in 0..packed(co) / LANES {
-            let mut out = [[[0.0; LANES]; MAX_M]; MAX_M];
-            let tile_rows = |k| load_row(products, packed(co), i, pack, k);
-            sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, tile_rows, |a, b, x| out[a][b] = x);
+            let out = tile_outputs::<f32, R>(products, packed(co), i, pack);
             let lanes = LANES.min(co - pack * LANES);
             let mut shifts = [0.0; LANES];
             if let Some(bias) = bias {

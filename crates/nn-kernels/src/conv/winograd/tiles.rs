@@ -92,6 +92,21 @@ pub(super) fn load_row<T: Element>(
     })
 }
 
+/// Tile `tile`'s m×m outputs of channel pack `pack`, `E_mᵀ·M·E_m` of its products in
+/// `[tile, 36, channels]` storage.
+#[inline(always)]
+pub(super) fn tile_outputs<T: Element, const R: usize>(
+    products: &[T],
+    channels: usize,
+    tile: usize,
+    pack: usize,
+) -> [[Pack<T>; MAX_M]; MAX_M] {
+    let mut out = [[[T::zero(); LANES]; MAX_M]; MAX_M];
+    let rows = |k| load_row(products, channels, tile, pack, k);
+    sandwich(&Sizes::<R>::TILE_BACK, Sizes::<R>::M, ALPHA, rows, |a, b, x| out[a][b] = x);
+    out
+}
+
 /// The channel of each lane of pack `pack`: past the last, the pack's first.
 #[inline(always)]
 pub(super) fn lane_channels(pack: usize, channels: usize) -> [usize; LANES] {
@@ -142,9 +157,7 @@ fn outputs_for<T: Element, const R: usize>(
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
         for pack in 0..packed(co) / LANES {
-            let mut out = [[[T::zero(); LANES]; MAX_M]; MAX_M];
-            let tile_rows = |k| load_row(products, packed(co), i, pack, k);
-            sandwich(&Sizes::<R>::TILE_BACK, m, ALPHA, tile_rows, |a, b, x| out[a][b] = x);
+            let out = tile_outputs::<T, R>(products, packed(co), i, pack);
             for lane in 0..LANES.min(co - pack * LANES) {
                 let o = pack * LANES + lane;
                 let shift = bias.map_or(T::zero(), |b| b[o]);
