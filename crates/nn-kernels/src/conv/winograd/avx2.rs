@@ -3,8 +3,8 @@
 //! load and a share of 24 shuffles per row, where lane-by-lane gathering takes a load
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
-use super::tiles::{lane_channels, put, tile_outputs};
-use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES, MAX_M};
+use super::tiles::{gradient_tile, lane_channels, put, tile_outputs};
+use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
@@ -149,16 +149,7 @@ unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: R
                 };
                 sandwich(&Sizes::<R>::TILE, ALPHA, m, tile_row, emit);
             } else {
-                let mut d = [[[0.0; LANES]; ALPHA]; MAX_M];
-                for lane in 0..lanes {
-                    let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
-                    for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
-                        let src = &dy[(row + a) * ow + col..];
-                        for (b, d) in d.iter_mut().enumerate().take(m.min(ow - col)) {
-                            d[lane] = src[b];
-                        }
-                    }
-                }
+                let d = gradient_tile::<f32, R>(job, dy, t, pack);
                 sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], emit);
             }
         }

@@ -107,6 +107,32 @@ pub(super) fn tile_outputs<T: Element, const R: usize>(
     out
 }
 
+/// Tile `t`'s m×m output gradients of channel pack `pack`, gathered lane by lane;
+/// cells past the edge, and lanes past the last channel, zero.
+#[inline(always)]
+pub(super) fn gradient_tile<T: Element, const R: usize>(
+    job: &Correlation,
+    dy: &[T],
+    t: usize,
+    pack: usize,
+) -> [[Pack<T>; ALPHA]; MAX_M] {
+    let m = Sizes::<R>::M;
+    let [oh, ow] = job.output;
+    let plane = oh * ow;
+    let (image, row, col) = job.tile_origin(t);
+    let mut d = [[[T::zero(); LANES]; ALPHA]; MAX_M];
+    for lane in 0..LANES.min(job.dst_channels - pack * LANES) {
+        let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
+        for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
+            let src = &dy[(row + a) * ow + col..];
+            for (b, d) in d.iter_mut().enumerate().take(m.min(ow - col)) {
+                d[lane] = src[b];
+            }
+        }
+    }
+    d
+}
+
 /// The channel of each lane of pack `pack`: past the last, the pack's first.
 #[inline(always)]
 pub(super) fn lane_channels(pack: usize, channels: usize) -> [usize; LANES] {
@@ -183,23 +209,10 @@ fn gradients_body<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, 
 
 #[inline(always)]
 fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
-    let m = Sizes::<R>::M;
-    let [oh, ow] = job.output;
-    let (plane, co) = (oh * ow, job.dst_channels);
+    let (m, co) = (Sizes::<R>::M, job.dst_channels);
     for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
-        let dy = &dy[image * job.dst_image_len()..][..job.dst_image_len()];
         for pack in 0..packed(co) / LANES {
-            let mut d = [[[T::zero(); LANES]; ALPHA]; MAX_M];
-            for lane in 0..LANES.min(co - pack * LANES) {
-                let dy = &dy[(pack * LANES + lane) * plane..][..plane];
-                for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
-                    let src = &dy[(row + a) * ow + col..];
-                    for (b, d) in d.iter_mut().enumerate().take(m.min(ow - col)) {
-                        d[lane] = src[b];
-                    }
-                }
-            }
+            let d = gradient_tile::<T, R>(job, dy, t, pack);
             sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], |a, b, x| put(g, packed(co), i, pack, a, b, x));
         }
     }
