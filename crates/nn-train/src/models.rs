@@ -24,7 +24,7 @@ pub fn cnn<T: Element>(seed: u64) -> Result<Sequential<T>, NnError> {
 }
 
 /// [`cnn`] with its second convolution (32→64 channels) computed by `algorithm`
-/// ([`ConvAlgorithm::Winograd`]: F(2×2, 5×5)). The first, with one input channel,
+/// ([`ConvAlgorithm::Winograd`]: F(4×4, 5×5)). The first, with one input channel,
 /// stays exact: its tile transforms would cost more than the products they save.
 ///
 /// # Errors

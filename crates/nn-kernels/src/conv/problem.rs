@@ -30,7 +30,8 @@ pub enum ConvAlgorithm {
     Exact,
     /// Winograd minimal filtering where the geometry suits it (two dimensions, stride
     /// 1, undilated, ungrouped, 3×3 or 5×5 filters; elsewhere the exact path runs):
-    /// 2.8 to 4 times fewer multiplications, at the price of the transforms' rounding.
+    /// up to 4 (3×3) or 6.25 (5×5) times fewer multiplications, at the price of the
+    /// transforms' rounding.
     /// f32 results stay within `4e-6·(n + 1)·(1 + |exact|)` of the exact sum of n
     /// terms (tested over random geometry); deterministic, and independent of the
     /// thread count.

@@ -4,21 +4,21 @@
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
 use super::tiles::{gradient_tile, lane_channels, put, tile_outputs};
-use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES};
+use super::transform::{sandwich, Input, Pack, Sizes, LANES, MIN_ALPHA};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Cells past a tile row's six that its vector load reads: the padded planes keep
-/// this slack after their end.
-pub(super) const SLACK: usize = LANES - ALPHA;
+/// Cells past a tile row that its vector load reads (two past the rows of six): the
+/// padded planes keep this slack after their end.
+pub(super) const SLACK: usize = LANES - MIN_ALPHA;
 
 /// [`super::tiles::inputs`] for f32, the same arithmetic as the portable version.
 pub(super) fn inputs(isa: Avx2Fma, job: &Correlation, padded: &[f32], tiles: Range<usize>, v: &mut [f32]) {
     let _ = isa;
     // SAFETY: the token proves AVX2 and FMA; every load is of a checked slice.
-    unsafe { inputs_avx2(job, padded, tiles, v) }
+    unsafe { by_size!(job.r, inputs_avx2(job, padded, tiles, v)) }
 }
 
 /// [`super::tiles::outputs`] for f32, the same arithmetic as the portable version.
@@ -32,28 +32,23 @@ pub(super) fn outputs(
 ) {
     let _ = isa;
     // SAFETY: the token proves AVX2 and FMA; every store is to a checked slice.
-    unsafe {
-        match job.r {
-            3 => outputs_avx2::<3>(job, products, tiles, bias, y),
-            _ => outputs_avx2::<5>(job, products, tiles, bias, y),
-        }
-    }
+    unsafe { by_size!(job.r, outputs_avx2(job, products, tiles, bias, y)) }
 }
 
 /// [`super::tiles::gradients`] for f32, the same arithmetic as the portable version.
 pub(super) fn gradients(isa: Avx2Fma, job: &Correlation, dy: &[f32], tiles: Range<usize>, g: &mut [f32]) {
     let _ = isa;
     // SAFETY: the token proves AVX2 and FMA; every load is of a checked slice.
-    unsafe {
-        match job.r {
-            3 => gradients_avx2::<3>(job, dy, tiles, g),
-            _ => gradients_avx2::<5>(job, dy, tiles, g),
-        }
-    }
+    unsafe { by_size!(job.r, gradients_avx2(job, dy, tiles, g)) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn inputs_avx2(job: &Correlation, padded: &[f32], tiles: Range<usize>, v: &mut [f32]) {
+unsafe fn inputs_avx2<const A: usize, const R: usize>(
+    job: &Correlation,
+    padded: &[f32],
+    tiles: Range<usize>,
+    v: &mut [f32],
+) {
     let [ph, pw] = job.padded();
     let (plane, ci) = (ph * pw, job.src_channels);
     for (i, t) in tiles.enumerate() {
@@ -70,27 +65,28 @@ unsafe fn inputs_avx2(job: &Correlation, padded: &[f32], tiles: Range<usize>, v:
                 }
                 columns(transpose(rows))
             };
-            sandwich(&INPUT, ALPHA, ALPHA, tile_row, |a, b, x| put(v, packed(ci), i, pack, a, b, x));
+            let emit = |a, b, x| put::<f32, A>(v, packed(ci), i, pack, a, b, x);
+            sandwich(&Input::<A>::TRANSFORM, A, A, tile_row, emit);
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn outputs_avx2<const R: usize>(
+unsafe fn outputs_avx2<const A: usize, const R: usize>(
     job: &Correlation,
     products: &[f32],
     tiles: Range<usize>,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let m = Sizes::<R>::M;
+    let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
         let (rows, cols) = (m.min(oh - row), m.min(ow - col));
         for pack in 0..packed(co) / LANES {
-            let out = tile_outputs::<f32, R>(products, packed(co), i, pack);
+            let out = tile_outputs::<f32, A, R>(products, packed(co), i, pack);
             let lanes = LANES.min(co - pack * LANES);
             let mut shifts = [0.0; LANES];
             if let Some(bias) = bias {
@@ -107,9 +103,8 @@ unsafe fn outputs_avx2<const R: usize>(
                     let cells = _mm256_add_ps(cells, _mm256_set1_ps(shifts[lane]));
                     let at = image * job.dst_image_len() + (pack * LANES + lane) * plane + (row + a) * ow + col;
                     let dst = &mut y[at..at + cols];
-                    match (cols, m) {
-                        (4, 4) => _mm_storeu_ps(dst.as_mut_ptr(), _mm256_castps256_ps128(cells)),
-                        (2, 2) => _mm_storel_pd(dst.as_mut_ptr().cast(), _mm_castps_pd(_mm256_castps256_ps128(cells))),
+                    match cols {
+                        4 => _mm_storeu_ps(dst.as_mut_ptr(), _mm256_castps256_ps128(cells)),
                         _ => {
                             let mut values = [0.0; LANES];
                             _mm256_storeu_ps(values.as_mut_ptr(), cells);
@@ -123,8 +118,13 @@ unsafe fn outputs_avx2<const R: usize>(
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: Range<usize>, g: &mut [f32]) {
-    let m = Sizes::<R>::M;
+unsafe fn gradients_avx2<const A: usize, const R: usize>(
+    job: &Correlation,
+    dy: &[f32],
+    tiles: Range<usize>,
+    g: &mut [f32],
+) {
+    let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
     for (i, t) in tiles.enumerate() {
@@ -137,7 +137,7 @@ unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: R
         for pack in 0..packed(co) / LANES {
             let lanes = LANES.min(co - pack * LANES);
             let last = origin + (pack * LANES + lanes - 1) * plane + (m - 1) * ow + LANES;
-            let emit = |a, b, x| put(g, packed(co), i, pack, a, b, x);
+            let emit = |a, b, x| put::<f32, A>(g, packed(co), i, pack, a, b, x);
             if inside && last <= dy.len() {
                 let tile_row = |a: usize| {
                     let mut rows = [_mm256_setzero_ps(); LANES];
@@ -147,19 +147,19 @@ unsafe fn gradients_avx2<const R: usize>(job: &Correlation, dy: &[f32], tiles: R
                     }
                     columns(transpose(rows))
                 };
-                sandwich(&Sizes::<R>::TILE, ALPHA, m, tile_row, emit);
+                sandwich(&Sizes::<A, R>::TILE, A, m, tile_row, emit);
             } else {
-                let d = gradient_tile::<f32, R>(job, dy, t, pack);
-                sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], emit);
+                let d = gradient_tile::<f32, A, R>(job, dy, t, pack);
+                sandwich(&Sizes::<A, R>::TILE, A, m, |a| d[a], emit);
             }
         }
     }
 }
 
-/// The first six vectors as packs.
+/// The first α vectors as packs.
 #[target_feature(enable = "avx2,fma")]
-fn columns(vectors: [__m256; LANES]) -> [Pack<f32>; ALPHA] {
-    let mut packs = [[0.0; LANES]; ALPHA];
+fn columns<const A: usize>(vectors: [__m256; LANES]) -> [Pack<f32>; A] {
+    let mut packs = [[0.0; LANES]; A];
     for (pack, v) in packs.iter_mut().zip(vectors) {
         // SAFETY: `pack` holds LANES floats.
         unsafe { _mm256_storeu_ps(pack.as_mut_ptr(), v) };

@@ -1,21 +1,38 @@
 //! Winograd minimal filtering (`ConvAlgorithm::Winograd`, chosen explicitly): 2-D
-//! convolutions at stride 1 with 3×3 or 5×5 filters, in tiles of 6×6 input cells,
-//! F(4×4, 3×3) or F(2×2, 5×5).
+//! convolutions at stride 1 with 3×3 or 5×5 filters, F(4×4, 3×3) in tiles of 6×6
+//! input cells or F(4×4, 5×5) in tiles of 8×8.
 //!
-//! Each tile of the (padded) source and each filter is transformed to 36 values
-//! (`transform`; eight channels of a tile in the lanes, `tiles`; the filters in f64,
-//! `filters`); the channel sums then become 36 GEMMs of `[tiles, C_in]` by `[C_in,
-//! C_out]`, and each tile's 36 products transform back to its m×m outputs: 36
-//! multiply-adds per 16 outputs and input channel instead of 144 (3×3), or per 4
-//! instead of 100 (5×5). A tile's values for all 36 points and channels lie together,
-//! so the transforms walk memory in order. The transforms' rounding makes results
+//! Each tile of α×α cells of the (padded) source and each filter is transformed to α²
+//! values (`transform`; eight channels of a tile in the lanes, `tiles`; the filters
+//! in f64, `filters`); the channel sums then become α² GEMMs of `[tiles, C_in]` by
+//! `[C_in, C_out]`, and each tile's α² products transform back to its 4×4 outputs: 36
+//! multiply-adds per 16 outputs and input channel instead of 144 (3×3), or 64 instead
+//! of 400 (5×5). A tile's values for all α² points and channels lie together, so the
+//! transforms walk memory in order. The transforms' rounding makes results
 //! differ from the exact sums by a few units of the last place times the transforms'
 //! growth: a choice the caller makes.
 //!
 //! The input gradient is the same correlation of the output gradient with the filter
 //! rotated by 180° and the channel roles swapped; the weight gradient is the dual
-//! F(r, m), sharing the input transform, summed in the 36 transformed values over a
+//! F(r, m), sharing the input transform, summed in the α² transformed values over a
 //! fixed partition of the batch before one transform back.
+
+/// `f::<…, α, r>(args)` for the filter size `r`: tiles of 6 cells for 3 taps, of 8 for
+/// 5, each pair compiled on its own.
+macro_rules! by_size {
+    ($r:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $r {
+            3 => $f::<6, 3>($($arg),*),
+            _ => $f::<8, 5>($($arg),*),
+        }
+    };
+    ($r:expr, $f:ident::<$($g:ty),+>($($arg:expr),* $(,)?)) => {
+        match $r {
+            3 => $f::<$($g,)+ 6, 3>($($arg),*),
+            _ => $f::<$($g,)+ 8, 5>($($arg),*),
+        }
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -30,10 +47,7 @@ use crate::Element;
 use filters::{correlation_tap, transform_back, transform_filters};
 use rayon::prelude::*;
 use tiles::PAD_SLACK;
-use transform::{ALPHA, LANES};
-
-/// Transformed values per tile.
-const POINTS: usize = ALPHA * ALPHA;
+use transform::LANES;
 
 /// Channels of a tile's transformed values as stored: whole packs of [`LANES`].
 fn packed(channels: usize) -> usize {
@@ -105,8 +119,20 @@ impl Correlation {
         }
     }
 
+    /// Cells of a tile along each dimension.
+    fn alpha(&self) -> usize {
+        if self.r == 3 {
+            6
+        } else {
+            8
+        }
+    }
+    /// Transformed values per tile.
+    fn points(&self) -> usize {
+        self.alpha() * self.alpha()
+    }
     fn m(&self) -> usize {
-        ALPHA + 1 - self.r
+        self.alpha() + 1 - self.r
     }
     fn tiles(&self) -> [usize; 2] {
         [self.output[0].div_ceil(self.m()), self.output[1].div_ceil(self.m())]
@@ -114,7 +140,7 @@ impl Correlation {
     fn tiles_per_image(&self) -> usize {
         self.tiles()[0] * self.tiles()[1]
     }
-    /// The source plane as the tiles read it: every tile's 6×6 cells inside.
+    /// The source plane as the tiles read it: every tile's α×α cells inside.
     fn padded(&self) -> [usize; 2] {
         let [th, tw] = self.tiles();
         [th * self.m() + self.r - 1, tw * self.m() + self.r - 1]
@@ -132,7 +158,7 @@ impl Correlation {
     /// Tiles per block, and images per task: whole images, enough for a block when
     /// one image has fewer tiles.
     fn blocking<T>(&self) -> (usize, usize) {
-        let per_tile = POINTS * (packed(self.src_channels) + packed(self.dst_channels)) * size_of::<T>();
+        let per_tile = self.points() * (packed(self.src_channels) + packed(self.dst_channels)) * size_of::<T>();
         let block = (BLOCK_BUDGET_BYTES / per_tile).clamp(1, MAX_BLOCK_TILES);
         (block, (block / self.tiles_per_image()).max(1))
     }
@@ -160,12 +186,13 @@ impl Correlation {
     }
 
     /// Runs the correlation over a batch with the transformed filter `u`
-    /// (`[36, dst_channels, src_channels]`).
+    /// (`[α², dst_channels, src_channels]`).
     fn run<T: Element>(&self, src: &[T], u: &[T], bias: Option<&[T]>, fill: T, dst: &mut [T]) {
         let (block, images) = self.blocking::<T>();
         let (src_len, dst_len) = (self.src_image_len(), self.dst_image_len());
         let (ci, co) = (self.src_channels, self.dst_channels);
         let (ci_packed, co_packed) = (packed(ci), packed(co));
+        let points = self.points();
         dst.par_chunks_mut(images * dst_len).zip(src.par_chunks(images * src_len)).for_each(|(y, x)| {
             with_scratch::<T, 3, _>(|[padded, v, products]| {
                 let count = y.len() / dst_len;
@@ -177,15 +204,15 @@ impl Correlation {
                 for start in (0..tiles).step_by(block) {
                     let range = start..(start + block).min(tiles);
                     let width = range.len();
-                    let v = fit(v, width * POINTS * ci_packed);
-                    let products = fit(products, width * POINTS * co_packed);
+                    let v = fit(v, width * points * ci_packed);
+                    let products = fit(products, width * points * co_packed);
                     tiles::inputs(self, padded, range.clone(), v);
                     // Per point: products[t, ξ, o] = Σ_c v[t, ξ, c] · u[ξ, o, c].
                     for (point, u) in u.chunks_exact(co * ci).enumerate() {
-                        let v = MatRef::new(&v[point * ci_packed..], Transpose::No, POINTS * ci_packed);
+                        let v = MatRef::new(&v[point * ci_packed..], Transpose::No, points * ci_packed);
                         let u = MatRef::new(u, Transpose::Yes, ci);
                         let p = &mut products[point * co_packed..];
-                        gemm_ld(width, co, ci, T::one(), v, u, T::zero(), p, POINTS * co_packed);
+                        gemm_ld(width, co, ci, T::one(), v, u, T::zero(), p, points * co_packed);
                     }
                     tiles::outputs(self, products, range, bias, y);
                 }
@@ -215,16 +242,16 @@ pub(super) fn forward<T: Element>(
     y: &mut [T],
 ) {
     let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
-    let u = transform_filters(r, co, ci, |o, c, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)]);
+    let tap = |o: usize, c: usize, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)];
+    let u = by_size!(r, transform_filters::<T>(co, ci, tap));
     Correlation::forward(problem, r).run(x, &u, bias, pad_value, y);
 }
 
 /// Input gradient, as [`super::conv_backward_input`].
 pub(super) fn backward_input<T: Element>(problem: &ConvProblem, r: usize, w: &[T], dy: &[T], dx: &mut [T]) {
     let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
-    let u = transform_filters(r, ci, co, |c, o, a, b| {
-        w[(o * ci + c) * r * r + correlation_tap(mode, r, r - 1 - a, r - 1 - b)]
-    });
+    let tap = |c: usize, o: usize, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, r - 1 - a, r - 1 - b)];
+    let u = by_size!(r, transform_filters::<T>(ci, co, tap));
     Correlation::input_gradient(problem, r).run(dy, &u, None, T::zero(), dx);
 }
 
@@ -248,7 +275,8 @@ pub(super) fn backward_weight<T: Element>(
     let (block, images) = job.blocking::<T>();
     let (x_len, dy_len) = (job.src_image_len(), job.dst_image_len());
     let chunks = batch.div_ceil(per_chunk);
-    let len = POINTS * co * ci;
+    let points = job.points();
+    let len = points * co * ci;
     // The chunks' sums in one scratch buffer kept between calls: fresh ones would be
     // fresh pages, faulted in on every call.
     with_scratch::<T, 1, _>(|[partials]| {
@@ -270,14 +298,14 @@ pub(super) fn backward_weight<T: Element>(
                     for start in (0..tiles).step_by(block) {
                         let range = start..(start + block).min(tiles);
                         let width = range.len();
-                        let v = fit(v, width * POINTS * ci_packed);
-                        let gradients = fit(gradients, width * POINTS * co_packed);
+                        let v = fit(v, width * points * ci_packed);
+                        let gradients = fit(gradients, width * points * co_packed);
                         tiles::inputs(&job, padded, range.clone(), v);
                         tiles::gradients(&job, dy, range, gradients);
                         // Per point: sums[ξ, o, c] += Σ_t gradients[t, ξ, o] · v[t, ξ, c].
                         for (point, sums) in sums.chunks_exact_mut(co * ci).enumerate() {
-                            let g = MatRef::new(&gradients[point * co_packed..], Transpose::Yes, POINTS * co_packed);
-                            let v = MatRef::new(&v[point * ci_packed..], Transpose::No, POINTS * ci_packed);
+                            let g = MatRef::new(&gradients[point * co_packed..], Transpose::Yes, points * co_packed);
+                            let v = MatRef::new(&v[point * ci_packed..], Transpose::No, points * ci_packed);
                             gemm_ld(co, ci, width, T::one(), g, v, T::one(), sums, ci);
                         }
                     }
@@ -288,6 +316,6 @@ pub(super) fn backward_weight<T: Element>(
         for part in rest.chunks_exact(len) {
             total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
         }
-        transform_back(problem, r, total, dw);
+        by_size!(r, transform_back::<T>(problem, total, dw));
     });
 }

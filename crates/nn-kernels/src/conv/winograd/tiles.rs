@@ -1,9 +1,9 @@
 //! The tile transforms over a block of tiles, eight channels of one tile in the
-//! lanes. Transformed values are stored `[tile, 36, channels]`, channels rounded up
+//! lanes. Transformed values are stored `[tile, α², channels]`, channels rounded up
 //! to whole packs, so that one tile's values lie together.
 
-use super::transform::{sandwich, Pack, Sizes, ALPHA, INPUT, LANES, MAX_M};
-use super::{packed, Correlation, POINTS};
+use super::transform::{sandwich, Input, Pack, Sizes, LANES, MAX_M};
+use super::{packed, Correlation};
 use crate::simd::avx2_dispatch;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::Avx2Fma;
@@ -59,9 +59,9 @@ pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<us
 }
 
 /// Writes `values` as tile `tile`'s value at point (i, j) of channel pack `pack` in
-/// `[tile, 36, channels]` storage.
+/// `[tile, α², channels]` storage.
 #[inline(always)]
-pub(super) fn put<T: Element>(
+pub(super) fn put<T: Element, const A: usize>(
     out: &mut [T],
     channels: usize,
     tile: usize,
@@ -70,22 +70,22 @@ pub(super) fn put<T: Element>(
     j: usize,
     values: Pack<T>,
 ) {
-    let at = (tile * POINTS + i * ALPHA + j) * channels + pack * LANES;
+    let at = (tile * A * A + i * A + j) * channels + pack * LANES;
     out[at..at + LANES].copy_from_slice(&values);
 }
 
-/// Tile `tile`'s values at points (k, 0..6) of channel pack `pack` in `[tile, 36,
+/// Tile `tile`'s values at points (k, 0..α) of channel pack `pack` in `[tile, α²,
 /// channels]` storage.
 #[inline(always)]
-pub(super) fn load_row<T: Element>(
+pub(super) fn load_row<T: Element, const A: usize>(
     values: &[T],
     channels: usize,
     tile: usize,
     pack: usize,
     k: usize,
-) -> [Pack<T>; ALPHA] {
+) -> [Pack<T>; A] {
     std::array::from_fn(|l| {
-        let at = (tile * POINTS + k * ALPHA + l) * channels + pack * LANES;
+        let at = (tile * A * A + k * A + l) * channels + pack * LANES;
         let mut lanes = [T::zero(); LANES];
         lanes.copy_from_slice(&values[at..at + LANES]);
         lanes
@@ -93,9 +93,9 @@ pub(super) fn load_row<T: Element>(
 }
 
 /// Tile `tile`'s m×m outputs of channel pack `pack`, `E_mᵀ·M·E_m` of its products in
-/// `[tile, 36, channels]` storage.
+/// `[tile, α², channels]` storage.
 #[inline(always)]
-pub(super) fn tile_outputs<T: Element, const R: usize>(
+pub(super) fn tile_outputs<T: Element, const A: usize, const R: usize>(
     products: &[T],
     channels: usize,
     tile: usize,
@@ -103,24 +103,24 @@ pub(super) fn tile_outputs<T: Element, const R: usize>(
 ) -> [[Pack<T>; MAX_M]; MAX_M] {
     let mut out = [[[T::zero(); LANES]; MAX_M]; MAX_M];
     let rows = |k| load_row(products, channels, tile, pack, k);
-    sandwich(&Sizes::<R>::TILE_BACK, Sizes::<R>::M, ALPHA, rows, |a, b, x| out[a][b] = x);
+    sandwich(&Sizes::<A, R>::TILE_BACK, Sizes::<A, R>::M, A, rows, |a, b, x| out[a][b] = x);
     out
 }
 
 /// Tile `t`'s m×m output gradients of channel pack `pack`, gathered lane by lane;
 /// cells past the edge, and lanes past the last channel, zero.
 #[inline(always)]
-pub(super) fn gradient_tile<T: Element, const R: usize>(
+pub(super) fn gradient_tile<T: Element, const A: usize, const R: usize>(
     job: &Correlation,
     dy: &[T],
     t: usize,
     pack: usize,
-) -> [[Pack<T>; ALPHA]; MAX_M] {
-    let m = Sizes::<R>::M;
+) -> [[Pack<T>; A]; MAX_M] {
+    let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let plane = oh * ow;
     let (image, row, col) = job.tile_origin(t);
-    let mut d = [[[T::zero(); LANES]; ALPHA]; MAX_M];
+    let mut d = [[[T::zero(); LANES]; A]; MAX_M];
     for lane in 0..LANES.min(job.dst_channels - pack * LANES) {
         let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
         for (a, d) in d.iter_mut().enumerate().take(m.min(oh - row)) {
@@ -141,49 +141,57 @@ pub(super) fn lane_channels(pack: usize, channels: usize) -> [usize; LANES] {
 
 #[inline(always)]
 fn inputs_body<T: Element>(job: &Correlation, padded: &[T], tiles: Range<usize>, v: &mut [T]) {
+    by_size!(job.r, inputs_for::<T>(job, padded, tiles, v))
+}
+
+#[inline(always)]
+fn inputs_for<T: Element, const A: usize, const R: usize>(
+    job: &Correlation,
+    padded: &[T],
+    tiles: Range<usize>,
+    v: &mut [T],
+) {
     let [ph, pw] = job.padded();
     let (plane, ci) = (ph * pw, job.src_channels);
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
         let origin = image * job.padded_image_len() + row * pw + col;
         for pack in 0..packed(ci) / LANES {
-            let mut d = [[[T::zero(); LANES]; ALPHA]; ALPHA];
+            let mut d = [[[T::zero(); LANES]; A]; A];
             for (lane, c) in lane_channels(pack, ci).into_iter().enumerate() {
                 let tile = &padded[origin + c * plane..];
                 for (k, d) in d.iter_mut().enumerate() {
-                    for (d, &x) in d.iter_mut().zip(&tile[k * pw..][..ALPHA]) {
+                    for (d, &x) in d.iter_mut().zip(&tile[k * pw..][..A]) {
                         d[lane] = x;
                     }
                 }
             }
-            sandwich(&INPUT, ALPHA, ALPHA, |k| d[k], |a, b, x| put(v, packed(ci), i, pack, a, b, x));
+            let emit = |a, b, x| put::<T, A>(v, packed(ci), i, pack, a, b, x);
+            sandwich(&Input::<A>::TRANSFORM, A, A, |k| d[k], emit);
         }
     }
 }
 
 #[inline(always)]
 fn outputs_body<T: Element>(job: &Correlation, products: &[T], tiles: Range<usize>, bias: Option<&[T]>, y: &mut [T]) {
-    match job.r {
-        3 => outputs_for::<T, 3>(job, products, tiles, bias, y),
-        _ => outputs_for::<T, 5>(job, products, tiles, bias, y),
-    }
+    by_size!(job.r, outputs_for::<T>(job, products, tiles, bias, y))
 }
 
 #[inline(always)]
-fn outputs_for<T: Element, const R: usize>(
+fn outputs_for<T: Element, const A: usize, const R: usize>(
     job: &Correlation,
     products: &[T],
     tiles: Range<usize>,
     bias: Option<&[T]>,
     y: &mut [T],
 ) {
-    let m = Sizes::<R>::M;
+    let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
         for pack in 0..packed(co) / LANES {
-            let out = tile_outputs::<T, R>(products, packed(co), i, pack);
+            let out = tile_outputs::<T, A, R>(products, packed(co), i, pack);
             for lane in 0..LANES.min(co - pack * LANES) {
                 let o = pack * LANES + lane;
                 let shift = bias.map_or(T::zero(), |b| b[o]);
@@ -201,19 +209,22 @@ fn outputs_for<T: Element, const R: usize>(
 
 #[inline(always)]
 fn gradients_body<T: Element>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
-    match job.r {
-        3 => gradients_for::<T, 3>(job, dy, tiles, g),
-        _ => gradients_for::<T, 5>(job, dy, tiles, g),
-    }
+    by_size!(job.r, gradients_for::<T>(job, dy, tiles, g))
 }
 
 #[inline(always)]
-fn gradients_for<T: Element, const R: usize>(job: &Correlation, dy: &[T], tiles: Range<usize>, g: &mut [T]) {
-    let (m, co) = (Sizes::<R>::M, job.dst_channels);
+fn gradients_for<T: Element, const A: usize, const R: usize>(
+    job: &Correlation,
+    dy: &[T],
+    tiles: Range<usize>,
+    g: &mut [T],
+) {
+    let (m, co) = (Sizes::<A, R>::M, job.dst_channels);
     for (i, t) in tiles.enumerate() {
         for pack in 0..packed(co) / LANES {
-            let d = gradient_tile::<T, R>(job, dy, t, pack);
-            sandwich(&Sizes::<R>::TILE, ALPHA, m, |a| d[a], |a, b, x| put(g, packed(co), i, pack, a, b, x));
+            let d = gradient_tile::<T, A, R>(job, dy, t, pack);
+            let emit = |a, b, x| put::<T, A>(g, packed(co), i, pack, a, b, x);
+            sandwich(&Sizes::<A, R>::TILE, A, m, |a| d[a], emit);
         }
     }
 }
@@ -238,13 +249,13 @@ mod tests {
             let images = 2;
             let tiles = 0..images * job.tiles_per_image();
             let padded: Vec<f32> = (0..images * job.padded_image_len() + PAD_SLACK).map(value).collect();
-            let (ci, co) = (packed(job.src_channels), packed(job.dst_channels));
-            let (mut a, mut b) = (vec![0.0; tiles.len() * POINTS * ci], vec![0.0; tiles.len() * POINTS * ci]);
+            let (ci, co, points) = (packed(job.src_channels), packed(job.dst_channels), job.points());
+            let (mut a, mut b) = (vec![0.0; tiles.len() * points * ci], vec![0.0; tiles.len() * points * ci]);
             inputs_portable(&job, &padded, tiles.clone(), &mut a);
             super::super::avx2::inputs(isa, &job, &padded, tiles.clone(), &mut b);
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "inputs, r = {r}");
 
-            let products: Vec<f32> = (0..tiles.len() * POINTS * co).map(value).collect();
+            let products: Vec<f32> = (0..tiles.len() * points * co).map(value).collect();
             let bias: Vec<f32> = (0..job.dst_channels).map(|o| value(o + 5)).collect();
             let (mut a, mut b) = (vec![0.0; images * job.dst_image_len()], vec![0.0; images * job.dst_image_len()]);
             outputs_portable(&job, &products, tiles.clone(), Some(&bias), &mut a);
@@ -252,7 +263,7 @@ mod tests {
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "outputs, r = {r}");
 
             let dy: Vec<f32> = (0..images * job.dst_image_len()).map(value).collect();
-            let (mut a, mut b) = (vec![0.0; tiles.len() * POINTS * co], vec![0.0; tiles.len() * POINTS * co]);
+            let (mut a, mut b) = (vec![0.0; tiles.len() * points * co], vec![0.0; tiles.len() * points * co]);
             gradients_portable(&job, &dy, tiles.clone(), &mut a);
             super::super::avx2::gradients(isa, &job, &dy, tiles, &mut b);
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients, r = {r}");

@@ -1,5 +1,5 @@
-//! The Cook–Toom matrices of minimal filtering over six points, and the tile
-//! transforms built from them.
+//! The Cook–Toom matrices of minimal filtering over α points, and the tile transforms
+//! built from them.
 //!
 //! A product of polynomials `h = g·u` (g of r coefficients, u of m, h of α = m + r − 1)
 //! is `h = C·((E_r·g) ⊙ (E_m·u))`: both evaluated at α points (∞ standing for the
@@ -9,24 +9,34 @@
 //! of m·r. Swapping the roles of m and r gives the weight gradient, the correlation of
 //! the same tile with m output gradients: `∂g = E_rᵀ·((E_m·∂y) ⊙ (Cᵀ·d))`. In two
 //! dimensions each side is applied along rows and columns.
+//!
+//! Two tile sizes: α = 6 for 3×3 filters, F(4, 3), and α = 8 for 5×5, F(4, 5). Every
+//! function here is generic in α, so that each size compiles to its own fixed sequence
+//! of operations.
 
 use std::mem::MaybeUninit;
 
-/// Cells of a tile along each dimension.
-pub(super) const ALPHA: usize = 6;
+/// The finite evaluation points of a tile of `alpha` cells (the last point is ∞).
+/// Small magnitudes in pairs ±p and p, −1/p keep the transforms' entries within 2⁴,
+/// whose rounding is what the method costs in accuracy.
+const fn point(alpha: usize, j: usize) -> f64 {
+    match alpha {
+        6 => [0.0, 1.0, -1.0, 0.5, -2.0][j],
+        8 => [0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0][j],
+        _ => panic!("tiles of 6 or 8 cells"),
+    }
+}
 
-/// The finite evaluation points; the sixth is ∞. Small magnitudes and the pairs
-/// ±1 and 0.5 / −2 keep the transforms' entries within 2⁴, whose rounding is what
-/// the method costs in accuracy.
-const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 0.5, -2.0];
+/// Cells of the narrowest tile along a dimension.
+pub(super) const MIN_ALPHA: usize = 6;
 
-/// A 6×6 matrix of transform coefficients (unused rows and columns zero).
-pub(super) type Matrix = [[f64; ALPHA]; ALPHA];
+/// An α×α matrix of transform coefficients (unused rows and columns zero).
+pub(super) type Matrix<const A: usize> = [[f64; A]; A];
 
 /// Tiles transformed side by side, one per lane.
 pub(super) const LANES: usize = 8;
 
-/// Outputs per tile along a dimension at most (3×3 filters: F(4, 3)).
+/// Outputs per tile along a dimension at most: F(4, 3) and F(4, 5) both give 4.
 pub(super) const MAX_M: usize = 4;
 
 /// One value of [`LANES`] tiles.
@@ -34,65 +44,80 @@ pub(super) type Pack<T> = [T; LANES];
 
 /// `E_n`: row j holds the powers `p_jᵏ`, k < n, of point j; the row of ∞ picks the
 /// coefficient of degree n − 1.
-pub(super) const fn evaluation(n: usize) -> Matrix {
-    let mut e = [[0.0; ALPHA]; ALPHA];
+pub(super) const fn evaluation<const A: usize>(n: usize) -> Matrix<A> {
+    let mut e = [[0.0; A]; A];
     let mut j = 0;
-    while j < ALPHA - 1 {
+    while j < A - 1 {
         let mut power = 1.0;
         let mut k = 0;
         while k < n {
             e[j][k] = power;
-            power *= POINTS[j];
+            power *= point(A, j);
             k += 1;
         }
         j += 1;
     }
-    e[ALPHA - 1][n - 1] = 1.0;
+    e[A - 1][n - 1] = 1.0;
     e
 }
 
-/// `Cᵀ`, the input transform, each row j scaled by [`INPUT_SCALE`]`[j]` so that its
-/// entries are small integers and halves (exact in f32, ±1 an addition); the filter
-/// side divides by the same scales.
-pub(super) const INPUT: Matrix = scaled_input_transform();
+/// The input side of a tile of α cells.
+pub(super) struct Input<const A: usize>;
 
-/// The scale of each row of [`INPUT`]: the inverse of its smallest nonzero magnitude.
-pub(super) const INPUT_SCALE: [f64; ALPHA] = input_scales();
+impl<const A: usize> Input<A> {
+    /// `Cᵀ`, the input transform, each row j scaled by [`Self::SCALE`]`[j]` so that its
+    /// entries are small multiples of a quarter (exact in f32, ±1 an addition); the
+    /// filter side divides by the same scales.
+    pub(super) const TRANSFORM: Matrix<A> = scaled_input_transform::<A>();
+    /// The scale of each row of [`Self::TRANSFORM`]: the inverse of its smallest
+    /// nonzero magnitude, a multiple of 1/64.
+    pub(super) const SCALE: [f64; A] = input_scales::<A>();
+}
 
-const fn input_scales() -> [f64; ALPHA] {
-    let c = input_transform();
-    let mut scales = [1.0; ALPHA];
+const fn input_scales<const A: usize>() -> [f64; A] {
+    let c = input_transform::<A>();
+    let mut scales = [1.0; A];
     let mut j = 0;
-    while j < ALPHA {
+    while j < A {
         let mut smallest = f64::INFINITY;
         let mut k = 0;
-        while k < ALPHA {
+        while k < A {
             let v = c[j][k].abs();
             if v > 1e-12 && v < smallest {
                 smallest = v;
             }
             k += 1;
         }
-        scales[j] = 1.0 / smallest;
+        scales[j] = snap(1.0 / smallest, 64.0);
         j += 1;
     }
     scales
 }
 
-/// [`input_transform`] with rows scaled, entries snapped to the nearest half where
+/// `v` rounded to the nearest multiple of `1 / parts` when it lies within rounding of
+/// one (the elimination's error, which would otherwise pass to every transformed
+/// value), else `v`.
+const fn snap(v: f64, parts: f64) -> f64 {
+    let units = if v >= 0.0 { (v * parts + 0.5) as i64 } else { -((-v * parts + 0.5) as i64) };
+    let snapped = units as f64 / parts;
+    let off = if snapped > v { snapped - v } else { v - snapped };
+    if off < 1e-9 * (1.0 + if v < 0.0 { -v } else { v }) {
+        snapped
+    } else {
+        v
+    }
+}
+
+/// [`input_transform`] with rows scaled, entries snapped to the nearest quarter where
 /// elimination left them a rounding away.
-const fn scaled_input_transform() -> Matrix {
-    let mut c = input_transform();
-    let scales = input_scales();
+const fn scaled_input_transform<const A: usize>() -> Matrix<A> {
+    let mut c = input_transform::<A>();
+    let scales = input_scales::<A>();
     let mut j = 0;
-    while j < ALPHA {
+    while j < A {
         let mut k = 0;
-        while k < ALPHA {
-            let v = c[j][k] * scales[j];
-            let twice = if v >= 0.0 { (v * 2.0 + 0.5) as i64 } else { -((-v * 2.0 + 0.5) as i64) };
-            let snapped = twice as f64 / 2.0;
-            let off = if snapped > v { snapped - v } else { v - snapped };
-            c[j][k] = if off < 1e-9 { snapped } else { v };
+        while k < A {
+            c[j][k] = snap(c[j][k] * scales[j], 4.0);
             k += 1;
         }
         j += 1;
@@ -102,19 +127,19 @@ const fn scaled_input_transform() -> Matrix {
 
 /// `Cᵀ` unscaled: the transposed inverse of `E_α`, by Gauss–Jordan elimination with
 /// partial pivoting.
-const fn input_transform() -> Matrix {
-    let mut a = evaluation(ALPHA);
-    let mut inv = [[0.0; ALPHA]; ALPHA];
+const fn input_transform<const A: usize>() -> Matrix<A> {
+    let mut a = evaluation::<A>(A);
+    let mut inv = [[0.0; A]; A];
     let mut i = 0;
-    while i < ALPHA {
+    while i < A {
         inv[i][i] = 1.0;
         i += 1;
     }
     let mut col = 0;
-    while col < ALPHA {
+    while col < A {
         let mut pivot = col;
         let mut row = col + 1;
-        while row < ALPHA {
+        while row < A {
             if a[row][col].abs() > a[pivot][col].abs() {
                 pivot = row;
             }
@@ -124,17 +149,17 @@ const fn input_transform() -> Matrix {
         (inv[col], inv[pivot]) = (inv[pivot], inv[col]);
         let scale = a[col][col];
         let mut k = 0;
-        while k < ALPHA {
+        while k < A {
             a[col][k] /= scale;
             inv[col][k] /= scale;
             k += 1;
         }
         let mut row = 0;
-        while row < ALPHA {
+        while row < A {
             let factor = a[row][col];
             if row != col && factor != 0.0 {
                 let mut k = 0;
-                while k < ALPHA {
+                while k < A {
                     a[row][k] -= factor * a[col][k];
                     inv[row][k] -= factor * inv[col][k];
                     k += 1;
@@ -144,48 +169,23 @@ const fn input_transform() -> Matrix {
         }
         col += 1;
     }
-    let mut transposed = [[0.0; ALPHA]; ALPHA];
-    let mut i = 0;
-    while i < ALPHA {
-        let mut j = 0;
-        while j < ALPHA {
-            transposed[i][j] = inv[j][i];
-            j += 1;
-        }
-        i += 1;
-    }
-    transposed
+    transpose(&inv)
 }
 
-/// Runs `$body` with `$i` bound to each of 0..6 in turn, written out, so that
-/// indices into constant matrices are constants: the compiler then drops zero
+/// Runs `$body` with `$i` bound to each of 0..8 below `$n` in turn, written out, so
+/// that indices into constant matrices are constants: the compiler then drops zero
 /// coefficients and turns ±1 into additions, which a loop would leave as branches.
-macro_rules! unroll6 {
-    ($i:ident => $body:block) => {{
-        {
-            let $i = 0usize;
-            $body
-        }
-        {
-            let $i = 1usize;
-            $body
-        }
-        {
-            let $i = 2usize;
-            $body
-        }
-        {
-            let $i = 3usize;
-            $body
-        }
-        {
-            let $i = 4usize;
-            $body
-        }
-        {
-            let $i = 5usize;
-            $body
-        }
+macro_rules! unroll8 {
+    ($i:ident < $n:expr => $body:block) => {{
+        unroll8!(@ $i < $n => $body; 0 1 2 3 4 5 6 7)
+    }};
+    (@ $i:ident < $n:expr => $body:block; $($k:literal)*) => {{
+        $(
+            {
+                let $i = $k;
+                if $i < $n $body
+            }
+        )*
     }};
 }
 
@@ -197,27 +197,26 @@ macro_rules! unroll6 {
 /// nonzero coefficients.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indices into a block and a matrix at once
-pub(super) fn sandwich<T: crate::Element>(
-    left: &Matrix,
+pub(super) fn sandwich<T: crate::Element, const A: usize>(
+    left: &Matrix<A>,
     p: usize,
     q: usize,
-    row: impl Fn(usize) -> [Pack<T>; ALPHA],
+    row: impl Fn(usize) -> [Pack<T>; A],
     mut emit: impl FnMut(usize, usize, Pack<T>),
 ) {
-    // Left uninitialised (a zeroed block costs a memset per call, a tenth of a
-    // convolution's time): entries (k, j) with k < q and j < p are written by the
+    // Left uninitialised (zeroing it would be a memset per call): entries (k, j) with k < q and j < p are written by the
     // first loop before the second reads exactly those.
-    let mut half = [[const { MaybeUninit::<Pack<T>>::uninit() }; ALPHA]; ALPHA];
+    let mut half = [[const { MaybeUninit::<Pack<T>>::uninit() }; A]; A];
     for k in 0..q {
         let x = row(k);
-        unroll6!(j => {
+        unroll8!(j < A => {
             if j < p {
                 half[k][j].write(combination(&left[j], q, |l| x[l]));
             }
         });
     }
     for j in 0..p {
-        unroll6!(i => {
+        unroll8!(i < A => {
             if i < p {
                 // SAFETY: k < q and j < p: written above.
                 emit(i, j, combination(&left[i], q, |k| unsafe { half[k][j].assume_init() }));
@@ -229,9 +228,9 @@ pub(super) fn sandwich<T: crate::Element>(
 /// `Σ_k c[k]·x(k)` over the first q coefficients, zero ones skipped, starting from
 /// the first term (±1 as a copy or negation, then additions and subtractions).
 #[inline(always)]
-fn combination<T: crate::Element>(c: &[f64; ALPHA], q: usize, x: impl Fn(usize) -> Pack<T>) -> Pack<T> {
+fn combination<T: crate::Element, const A: usize>(c: &[f64; A], q: usize, x: impl Fn(usize) -> Pack<T>) -> Pack<T> {
     let mut sum: Option<Pack<T>> = None;
-    unroll6!(k => {
+    unroll8!(k < A => {
         if k < q && c[k] != 0.0 {
             let x = x(k);
             let mut next = sum.unwrap_or([T::zero(); LANES]);
@@ -252,28 +251,29 @@ fn combination<T: crate::Element>(c: &[f64; ALPHA], q: usize, x: impl Fn(usize) 
     sum.unwrap_or([T::zero(); LANES])
 }
 
-/// The evaluation matrices of a tile's m outputs for a filter of r taps.
-pub(super) struct Sizes<const R: usize>;
+/// The evaluation matrices of a tile of α cells giving m outputs for a filter of r
+/// taps.
+pub(super) struct Sizes<const A: usize, const R: usize>;
 
-impl<const R: usize> Sizes<R> {
+impl<const A: usize, const R: usize> Sizes<A, R> {
     /// Outputs per tile along a dimension.
     pub(super) const M: usize = {
-        assert!(ALPHA + 1 - R <= MAX_M, "filters of 3 taps or more");
-        ALPHA + 1 - R
+        assert!(A + 1 - R <= MAX_M, "at most four outputs a tile");
+        A + 1 - R
     };
-    /// `E_m`, expanding a tile of output gradients (6×m).
-    pub(super) const TILE: Matrix = evaluation(ALPHA + 1 - R);
-    /// `E_mᵀ`, contracting a tile of outputs (m×6).
-    pub(super) const TILE_BACK: Matrix = transpose(&evaluation(ALPHA + 1 - R));
+    /// `E_m`, expanding a tile of output gradients (α×m).
+    pub(super) const TILE: Matrix<A> = evaluation::<A>(A + 1 - R);
+    /// `E_mᵀ`, contracting a tile of outputs (m×α).
+    pub(super) const TILE_BACK: Matrix<A> = transpose(&evaluation::<A>(A + 1 - R));
 }
 
-/// The transpose of a 6×6 matrix.
-const fn transpose(m: &Matrix) -> Matrix {
-    let mut t = [[0.0; ALPHA]; ALPHA];
+/// The transpose of an α×α matrix.
+const fn transpose<const A: usize>(m: &Matrix<A>) -> Matrix<A> {
+    let mut t = [[0.0; A]; A];
     let mut i = 0;
-    while i < ALPHA {
+    while i < A {
         let mut j = 0;
-        while j < ALPHA {
+        while j < A {
             t[i][j] = m[j][i];
             j += 1;
         }
@@ -287,50 +287,71 @@ const fn transpose(m: &Matrix) -> Matrix {
 mod tests {
     use super::*;
 
-    /// The scaled rows hold small integers and halves only.
-    #[test]
-    fn input_transform_entries_are_exact_halves() {
-        for row in INPUT {
+    /// The scaled rows hold small multiples of a quarter only, and the scales are the
+    /// exact rationals (an elimination's rounding left in them would pass to every
+    /// transformed filter).
+    fn entries_are_exact_quarters<const A: usize>() {
+        for row in Input::<A>::TRANSFORM {
             for v in row {
-                assert!((v * 2.0).fract() == 0.0 && v.abs() <= 8.0, "{row:?}");
+                assert!((v * 4.0).fract() == 0.0 && v.abs() <= 16.0, "α = {A}: {row:?}");
             }
         }
+        for scale in Input::<A>::SCALE {
+            assert!((scale * 64.0).fract() == 0.0, "α = {A}: scale {scale}");
+        }
+    }
+
+    #[test]
+    fn input_transform_entries_are_exact_quarters() {
+        entries_are_exact_quarters::<6>();
+        entries_are_exact_quarters::<8>();
     }
 
     /// `C·E_α = I`: the input transform inverts the evaluation.
-    #[test]
-    fn input_transform_inverts_the_evaluation() {
-        let e = evaluation(ALPHA);
-        for i in 0..ALPHA {
-            for j in 0..ALPHA {
-                let product: f64 = (0..ALPHA).map(|k| INPUT[k][i] / INPUT_SCALE[k] * e[k][j]).sum();
+    fn inverts_the_evaluation<const A: usize>() {
+        let e = evaluation::<A>(A);
+        for i in 0..A {
+            for j in 0..A {
+                let product: f64 = (0..A).map(|k| Input::<A>::TRANSFORM[k][i] / Input::<A>::SCALE[k] * e[k][j]).sum();
                 let expected = if i == j { 1.0 } else { 0.0 };
-                assert!((product - expected).abs() < 1e-12, "(C·E)[{i}][{j}] = {product}");
+                assert!((product - expected).abs() < 1e-12, "α = {A}: (C·E)[{i}][{j}] = {product}");
             }
         }
     }
 
-    /// One dimension, m outputs of the correlation of a 6-cell tile with r taps, for
-    /// every split m + r = 7, against the direct sum.
     #[test]
-    fn one_dimensional_correlation_matches_the_direct_sum() {
-        let d: [f64; ALPHA] = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9];
-        for r in 1..ALPHA {
-            let m = ALPHA + 1 - r;
+    fn input_transform_inverts_the_evaluation() {
+        inverts_the_evaluation::<6>();
+        inverts_the_evaluation::<8>();
+    }
+
+    /// One dimension, m outputs of the correlation of an α-cell tile with r taps, for
+    /// every split m + r = α + 1, against the direct sum.
+    fn correlation_matches_the_direct_sum<const A: usize>() {
+        let d: [f64; A] = std::array::from_fn(|k| [0.3, -1.2, 2.5, 0.7, -0.4, 1.9, -0.8, 1.1][k]);
+        let (input, scale) = (Input::<A>::TRANSFORM, Input::<A>::SCALE);
+        for r in 1..A {
+            let m = A + 1 - r;
             let g: Vec<f64> = (0..r).map(|k| 0.5 - 0.37 * k as f64).collect();
-            let (er, em) = (evaluation(r), evaluation(m));
-            let transformed: Vec<f64> = (0..ALPHA)
+            let (er, em) = (evaluation::<A>(r), evaluation::<A>(m));
+            let transformed: Vec<f64> = (0..A)
                 .map(|j| {
                     let gj: f64 = (0..r).map(|k| er[j][k] * g[k]).sum();
-                    let dj: f64 = (0..ALPHA).map(|k| INPUT[j][k] * d[k]).sum();
-                    gj / INPUT_SCALE[j] * dj
+                    let dj: f64 = (0..A).map(|k| input[j][k] * d[k]).sum();
+                    gj / scale[j] * dj
                 })
                 .collect();
             for i in 0..m {
-                let y: f64 = (0..ALPHA).map(|j| em[j][i] * transformed[j]).sum();
+                let y: f64 = (0..A).map(|j| em[j][i] * transformed[j]).sum();
                 let direct: f64 = (0..r).map(|k| d[i + k] * g[k]).sum();
-                assert!((y - direct).abs() < 1e-12, "r = {r}, y[{i}] = {y}, direct {direct}");
+                assert!((y - direct).abs() < 1e-11, "α = {A}, r = {r}, y[{i}] = {y}, direct {direct}");
             }
         }
+    }
+
+    #[test]
+    fn one_dimensional_correlation_matches_the_direct_sum() {
+        correlation_matches_the_direct_sum::<6>();
+        correlation_matches_the_direct_sum::<8>();
     }
 }
