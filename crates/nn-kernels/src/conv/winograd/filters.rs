@@ -9,11 +9,12 @@ use crate::Element;
 use rayon::prelude::*;
 
 /// The α² transformed filters `E_r·w_eff[o, c]·E_rᵀ`, each point divided by the
-/// input transform's scales, as `[α², outer, inner]`, where `filter(o, c, a, b)` gives
-/// the correlation's tap.
+/// input transform's scales, as `[α², inner, outer_stride]` (columns past `outer`
+/// zero), where `filter(o, c, a, b)` gives the correlation's tap.
 pub(super) fn transform_filters<T: Element, const A: usize, const R: usize>(
     outer: usize,
     inner: usize,
+    outer_stride: usize,
     filter: impl Fn(usize, usize, usize, usize) -> T + Sync,
 ) -> Vec<T> {
     let (r, e, scale) = (R, evaluation::<A>(R), Input::<A>::SCALE);
@@ -38,10 +39,12 @@ pub(super) fn transform_filters<T: Element, const A: usize, const R: usize>(
             row
         })
         .collect();
-    let mut u = vec![T::zero(); A * A * outer * inner];
+    let mut u = vec![T::zero(); A * A * inner * outer_stride];
     for (o, row) in rows.iter().enumerate() {
         for (point, values) in row.chunks_exact(inner).enumerate() {
-            u[(point * outer + o) * inner..][..inner].copy_from_slice(values);
+            for (c, &value) in values.iter().enumerate() {
+                u[(point * inner + c) * outer_stride + o] = value;
+            }
         }
     }
     u
@@ -101,11 +104,12 @@ pub(super) fn correlation_tap(mode: KernelMode, r: usize, a: usize, b: usize) ->
 }
 
 /// `∂w += E_rᵀ·M·E_r` of the weight gradient's summed transformed values `total`
-/// (`[α², C_out, C_in]`), unscaled, in f64, the taps flipped back for the source's
-/// convolution.
+/// (`[α², C_out, in_stride]`, input channels past C_in ignored), unscaled, in f64, the
+/// taps flipped back for the source's convolution.
 pub(super) fn transform_back<T: Element, const A: usize, const R: usize>(
     problem: &ConvProblem,
     total: &[T],
+    in_stride: usize,
     dw: &mut [T],
 ) {
     let (ci, co) = (problem.in_channels(), problem.out_channels());
@@ -116,7 +120,7 @@ pub(super) fn transform_back<T: Element, const A: usize, const R: usize>(
             let mut x = [[0.0; A]; A];
             for (point, x) in x.iter_mut().flatten().enumerate() {
                 let (i, j) = (point / A, point % A);
-                *x = total[(point * co + o) * ci + c].as_f64() / (scale[i] * scale[j]);
+                *x = total[(point * co + o) * in_stride + c].as_f64() / (scale[i] * scale[j]);
             }
             let g = contract(&e, r, &x);
             for (a, g) in g.iter().enumerate().take(r) {

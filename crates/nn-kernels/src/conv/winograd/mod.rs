@@ -37,14 +37,15 @@ macro_rules! by_size {
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod filters;
+mod products;
 mod tiles;
 mod transform;
 
 use super::ConvProblem;
-use crate::gemm::{gemm_ld, MatRef, Transpose};
 use crate::workspace::{fit, with_scratch};
 use crate::Element;
 use filters::{correlation_tap, transform_back, transform_filters};
+use products::{product, Strided};
 use rayon::prelude::*;
 use tiles::PAD_SLACK;
 use transform::LANES;
@@ -52,6 +53,13 @@ use transform::LANES;
 /// Channels of a tile's transformed values as stored: whole packs of [`LANES`].
 fn packed(channels: usize) -> usize {
     channels.next_multiple_of(LANES)
+}
+
+/// Elements from one tile's transformed values to the next's: its α² points of
+/// `channels`, and a cache line more, so that a product walking one point across
+/// tiles does not put every row in the same L1 set (α² · 32 channels of f32 is 8 KB).
+fn tile_stride(points: usize, channels: usize) -> usize {
+    points * channels + 16
 }
 
 /// Bytes of transformed tiles (input and output side together) one block may fill:
@@ -186,7 +194,7 @@ impl Correlation {
     }
 
     /// Runs the correlation over a batch with the transformed filter `u`
-    /// (`[α², dst_channels, src_channels]`).
+    /// (`[α², src_channels, packed(dst_channels)]`).
     fn run<T: Element>(&self, src: &[T], u: &[T], bias: Option<&[T]>, fill: T, dst: &mut [T]) {
         let (block, images) = self.blocking::<T>();
         let (src_len, dst_len) = (self.src_image_len(), self.dst_image_len());
@@ -204,15 +212,14 @@ impl Correlation {
                 for start in (0..tiles).step_by(block) {
                     let range = start..(start + block).min(tiles);
                     let width = range.len();
-                    let v = fit(v, width * points * ci_packed);
-                    let products = fit(products, width * points * co_packed);
+                    let v = fit(v, width * tile_stride(points, ci_packed));
+                    let products = fit(products, width * tile_stride(points, co_packed));
                     tiles::inputs(self, padded, range.clone(), v);
-                    // Per point: products[t, ξ, o] = Σ_c v[t, ξ, c] · u[ξ, o, c].
-                    for (point, u) in u.chunks_exact(co * ci).enumerate() {
-                        let v = MatRef::new(&v[point * ci_packed..], Transpose::No, points * ci_packed);
-                        let u = MatRef::new(u, Transpose::Yes, ci);
+                    // Per point: products[t, ξ, o] = Σ_c v[t, ξ, c] · u[ξ, c, o].
+                    for (point, u) in u.chunks_exact(ci * co_packed).enumerate() {
+                        let v = Strided { data: &v[point * ci_packed..], row: tile_stride(points, ci_packed), step: 1 };
                         let p = &mut products[point * co_packed..];
-                        gemm_ld(width, co, ci, T::one(), v, u, T::zero(), p, points * co_packed);
+                        product((width, co_packed, ci), v, u, co_packed, p, tile_stride(points, co_packed), false);
                     }
                     tiles::outputs(self, products, range, bias, y);
                 }
@@ -243,7 +250,7 @@ pub(super) fn forward<T: Element>(
 ) {
     let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
     let tap = |o: usize, c: usize, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, a, b)];
-    let u = by_size!(r, transform_filters::<T>(co, ci, tap));
+    let u = by_size!(r, transform_filters::<T>(co, ci, packed(co), tap));
     Correlation::forward(problem, r).run(x, &u, bias, pad_value, y);
 }
 
@@ -251,7 +258,7 @@ pub(super) fn forward<T: Element>(
 pub(super) fn backward_input<T: Element>(problem: &ConvProblem, r: usize, w: &[T], dy: &[T], dx: &mut [T]) {
     let (ci, co, mode) = (problem.in_channels(), problem.out_channels(), problem.geometry().mode());
     let tap = |c: usize, o: usize, a, b| w[(o * ci + c) * r * r + correlation_tap(mode, r, r - 1 - a, r - 1 - b)];
-    let u = by_size!(r, transform_filters::<T>(ci, co, tap));
+    let u = by_size!(r, transform_filters::<T>(ci, co, packed(ci), tap));
     Correlation::input_gradient(problem, r).run(dy, &u, None, T::zero(), dx);
 }
 
@@ -276,7 +283,7 @@ pub(super) fn backward_weight<T: Element>(
     let (x_len, dy_len) = (job.src_image_len(), job.dst_image_len());
     let chunks = batch.div_ceil(per_chunk);
     let points = job.points();
-    let len = points * co * ci;
+    let len = points * co * ci_packed;
     // The chunks' sums in one scratch buffer kept between calls: fresh ones would be
     // fresh pages, faulted in on every call.
     with_scratch::<T, 1, _>(|[partials]| {
@@ -298,15 +305,27 @@ pub(super) fn backward_weight<T: Element>(
                     for start in (0..tiles).step_by(block) {
                         let range = start..(start + block).min(tiles);
                         let width = range.len();
-                        let v = fit(v, width * points * ci_packed);
-                        let gradients = fit(gradients, width * points * co_packed);
+                        let v = fit(v, width * tile_stride(points, ci_packed));
+                        let gradients = fit(gradients, width * tile_stride(points, co_packed));
                         tiles::inputs(&job, padded, range.clone(), v);
                         tiles::gradients(&job, dy, range, gradients);
                         // Per point: sums[ξ, o, c] += Σ_t gradients[t, ξ, o] · v[t, ξ, c].
-                        for (point, sums) in sums.chunks_exact_mut(co * ci).enumerate() {
-                            let g = MatRef::new(&gradients[point * co_packed..], Transpose::Yes, points * co_packed);
-                            let v = MatRef::new(&v[point * ci_packed..], Transpose::No, points * ci_packed);
-                            gemm_ld(co, ci, width, T::one(), g, v, T::one(), sums, ci);
+                        for (point, sums) in sums.chunks_exact_mut(co * ci_packed).enumerate() {
+                            let g = Strided {
+                                data: &gradients[point * co_packed..],
+                                row: 1,
+                                step: tile_stride(points, co_packed),
+                            };
+                            let v = &v[point * ci_packed..];
+                            product(
+                                (co, ci_packed, width),
+                                g,
+                                v,
+                                tile_stride(points, ci_packed),
+                                sums,
+                                ci_packed,
+                                true,
+                            );
                         }
                     }
                 }
@@ -316,6 +335,6 @@ pub(super) fn backward_weight<T: Element>(
         for part in rest.chunks_exact(len) {
             total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
         }
-        by_size!(r, transform_back::<T>(problem, total, dw));
+        by_size!(r, transform_back::<T>(problem, total, ci_packed, dw));
     });
 }

@@ -1,9 +1,10 @@
 //! The tile transforms over a block of tiles, eight channels of one tile in the
 //! lanes. Transformed values are stored `[tile, α², channels]`, channels rounded up
-//! to whole packs, so that one tile's values lie together.
+//! to whole packs and tiles a cache line apart, so that one tile's values lie
+//! together.
 
 use super::transform::{sandwich, Input, Pack, Sizes, LANES, MAX_M};
-use super::{packed, Correlation};
+use super::{packed, tile_stride, Correlation};
 use crate::simd::avx2_dispatch;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::Avx2Fma;
@@ -70,7 +71,7 @@ pub(super) fn put<T: Element, const A: usize>(
     j: usize,
     values: Pack<T>,
 ) {
-    let at = (tile * A * A + i * A + j) * channels + pack * LANES;
+    let at = tile * tile_stride(A * A, channels) + (i * A + j) * channels + pack * LANES;
     out[at..at + LANES].copy_from_slice(&values);
 }
 
@@ -85,7 +86,7 @@ pub(super) fn load_row<T: Element, const A: usize>(
     k: usize,
 ) -> [Pack<T>; A] {
     std::array::from_fn(|l| {
-        let at = (tile * A * A + k * A + l) * channels + pack * LANES;
+        let at = tile * tile_stride(A * A, channels) + (k * A + l) * channels + pack * LANES;
         let mut lanes = [T::zero(); LANES];
         lanes.copy_from_slice(&values[at..at + LANES]);
         lanes
@@ -250,12 +251,13 @@ mod tests {
             let tiles = 0..images * job.tiles_per_image();
             let padded: Vec<f32> = (0..images * job.padded_image_len() + PAD_SLACK).map(value).collect();
             let (ci, co, points) = (packed(job.src_channels), packed(job.dst_channels), job.points());
-            let (mut a, mut b) = (vec![0.0; tiles.len() * points * ci], vec![0.0; tiles.len() * points * ci]);
+            let (mut a, mut b) =
+                (vec![0.0; tiles.len() * tile_stride(points, ci)], vec![0.0; tiles.len() * tile_stride(points, ci)]);
             inputs_portable(&job, &padded, tiles.clone(), &mut a);
             super::super::avx2::inputs(isa, &job, &padded, tiles.clone(), &mut b);
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "inputs, r = {r}");
 
-            let products: Vec<f32> = (0..tiles.len() * points * co).map(value).collect();
+            let products: Vec<f32> = (0..tiles.len() * tile_stride(points, co)).map(value).collect();
             let bias: Vec<f32> = (0..job.dst_channels).map(|o| value(o + 5)).collect();
             let (mut a, mut b) = (vec![0.0; images * job.dst_image_len()], vec![0.0; images * job.dst_image_len()]);
             outputs_portable(&job, &products, tiles.clone(), Some(&bias), &mut a);
@@ -263,7 +265,8 @@ mod tests {
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "outputs, r = {r}");
 
             let dy: Vec<f32> = (0..images * job.dst_image_len()).map(value).collect();
-            let (mut a, mut b) = (vec![0.0; tiles.len() * points * co], vec![0.0; tiles.len() * points * co]);
+            let (mut a, mut b) =
+                (vec![0.0; tiles.len() * tile_stride(points, co)], vec![0.0; tiles.len() * tile_stride(points, co)]);
             gradients_portable(&job, &dy, tiles.clone(), &mut a);
             super::super::avx2::gradients(isa, &job, &dy, tiles, &mut b);
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients, r = {r}");
