@@ -4,7 +4,7 @@
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
 use super::tiles::{gradient_tile, lane_channels, put, tile_outputs};
-use super::transform::{sandwich, Input, Pack, Sizes, LANES, MIN_ALPHA};
+use super::transform::{sandwich, Input, Pack, Sizes, LANES, MAX_M, MIN_ALPHA};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
@@ -79,12 +79,13 @@ unsafe fn outputs_avx2<const A: usize, const R: usize>(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let m = Sizes::<A, R>::M;
+    // Each tile row is one 128-bit store a channel: four outputs a tile.
+    const { assert!(Sizes::<A, R>::M == MAX_M) };
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
     for (i, t) in tiles.enumerate() {
         let (image, row, col) = job.tile_origin(t);
-        let (rows, cols) = (m.min(oh - row), m.min(ow - col));
+        let (rows, cols) = (MAX_M.min(oh - row), MAX_M.min(ow - col));
         for pack in 0..packed(co) / LANES {
             let out = tile_outputs::<f32, A, R>(products, packed(co), i, pack);
             let lanes = LANES.min(co - pack * LANES);
@@ -93,28 +94,47 @@ unsafe fn outputs_avx2<const A: usize, const R: usize>(
                 shifts[..lanes].copy_from_slice(&bias[pack * LANES..][..lanes]);
             }
             for (a, out) in out.iter().enumerate().take(rows) {
-                let mut columns = [_mm256_setzero_ps(); LANES];
-                for (column, values) in columns.iter_mut().zip(out).take(m) {
-                    *column = _mm256_loadu_ps(values.as_ptr());
-                }
-                // Row a of channel `lane`'s tile, in the first m lanes.
-                let per_channel = transpose(columns);
+                let per_channel = channel_rows(out.map(|values| _mm256_loadu_ps(values.as_ptr())));
                 for (lane, cells) in per_channel.into_iter().enumerate().take(lanes) {
-                    let cells = _mm256_add_ps(cells, _mm256_set1_ps(shifts[lane]));
+                    let cells = _mm_add_ps(cells, _mm_set1_ps(shifts[lane]));
                     let at = image * job.dst_image_len() + (pack * LANES + lane) * plane + (row + a) * ow + col;
                     let dst = &mut y[at..at + cols];
-                    match cols {
-                        4 => _mm_storeu_ps(dst.as_mut_ptr(), _mm256_castps256_ps128(cells)),
-                        _ => {
-                            let mut values = [0.0; LANES];
-                            _mm256_storeu_ps(values.as_mut_ptr(), cells);
-                            dst.copy_from_slice(&values[..cols]);
-                        }
+                    if cols == MAX_M {
+                        _mm_storeu_ps(dst.as_mut_ptr(), cells);
+                    } else {
+                        let mut values = [0.0; MAX_M];
+                        _mm_storeu_ps(values.as_mut_ptr(), cells);
+                        dst.copy_from_slice(&values[..cols]);
                     }
                 }
             }
         }
     }
+}
+
+/// Cells 0..4 of a tile row, each a pack of eight channels, as each channel's four
+/// cells: a 4×8 transpose in eight shuffles.
+#[target_feature(enable = "avx2,fma")]
+fn channel_rows(p: [__m256; MAX_M]) -> [__m128; LANES] {
+    // Channels c and c + 4 share a 128-bit half throughout.
+    let t0 = _mm256_unpacklo_ps(p[0], p[1]);
+    let t1 = _mm256_unpackhi_ps(p[0], p[1]);
+    let t2 = _mm256_unpacklo_ps(p[2], p[3]);
+    let t3 = _mm256_unpackhi_ps(p[2], p[3]);
+    let pairs = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ];
+    std::array::from_fn(|lane| {
+        let pair = pairs[lane % 4];
+        if lane < 4 {
+            _mm256_castps256_ps128(pair)
+        } else {
+            _mm256_extractf128_ps::<1>(pair)
+        }
+    })
 }
 
 #[target_feature(enable = "avx2,fma")]

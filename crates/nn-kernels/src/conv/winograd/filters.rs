@@ -2,7 +2,7 @@
 //! transformed values, and the weight gradient's summed values contracted back to
 //! taps, each once per call.
 
-use super::transform::{evaluation, Input, Matrix};
+use super::transform::{evaluation, Input};
 use super::ConvProblem;
 use crate::geometry::KernelMode;
 use crate::Element;
@@ -17,81 +17,53 @@ pub(super) fn transform_filters<T: Element, const A: usize, const R: usize>(
     outer_stride: usize,
     filter: impl Fn(usize, usize, usize, usize) -> T + Sync,
 ) -> Vec<T> {
-    let (r, e, scale) = (R, evaluation::<A>(R), Input::<A>::SCALE);
-    // One task per outer channel, its α² × inner values then put in place.
-    let rows: Vec<Vec<T>> = (0..outer)
+    let (e, scale) = (evaluation::<A>(R), Input::<A>::SCALE);
+    // One task per inner channel, the outer channels innermost, so that every step
+    // below is a run along contiguous values.
+    let rows: Vec<Vec<T>> = (0..inner)
         .into_par_iter()
-        .map(|o| {
-            let mut row = vec![T::zero(); A * A * inner];
-            for c in 0..inner {
-                let mut taps = [[0.0; A]; A];
-                for (a, taps) in taps.iter_mut().enumerate().take(r) {
-                    for (b, tap) in taps.iter_mut().enumerate().take(r) {
-                        *tap = filter(o, c, a, b).as_f64();
-                    }
+        .map(|c| {
+            let mut taps = vec![0.0; R * R * outer];
+            for (o, (a, b)) in (0..outer).flat_map(|o| (0..R * R).map(move |t| (o, (t / R, t % R)))) {
+                taps[(a * R + b) * outer + o] = filter(o, c, a, b).as_f64();
+            }
+            // Down the columns, half[i, b] = Σ_a E[i, a]·taps[a, b]; then along the
+            // rows, out[i, j] = Σ_b half[i, b]·E[j, b].
+            let mut half = vec![0.0; A * R * outer];
+            for (i, half) in half.chunks_exact_mut(R * outer).enumerate() {
+                for (a, taps) in taps.chunks_exact(R * outer).enumerate() {
+                    add_scaled(half, e[i][a], taps);
                 }
-                let expanded = expand(&e, r, &taps);
-                for (point, value) in expanded.iter().flatten().enumerate() {
-                    let (i, j) = (point / A, point % A);
-                    row[point * inner + c] = T::from_f64(value / (scale[i] * scale[j]));
+            }
+            let mut row = vec![T::zero(); A * A * outer];
+            let mut sum = vec![0.0; outer];
+            for (point, row) in row.chunks_exact_mut(outer).enumerate() {
+                let (i, j) = (point / A, point % A);
+                sum.fill(0.0);
+                for (b, half) in half[i * R * outer..][..R * outer].chunks_exact(outer).enumerate() {
+                    add_scaled(&mut sum, e[j][b], half);
+                }
+                for (value, &s) in row.iter_mut().zip(&sum) {
+                    *value = T::from_f64(s / (scale[i] * scale[j]));
                 }
             }
             row
         })
         .collect();
     let mut u = vec![T::zero(); A * A * inner * outer_stride];
-    for (o, row) in rows.iter().enumerate() {
-        for (point, values) in row.chunks_exact(inner).enumerate() {
-            for (c, &value) in values.iter().enumerate() {
-                u[(point * inner + c) * outer_stride + o] = value;
-            }
+    for (c, row) in rows.iter().enumerate() {
+        for (point, values) in row.chunks_exact(outer).enumerate() {
+            u[(point * inner + c) * outer_stride..][..outer].copy_from_slice(values);
         }
     }
     u
 }
 
-/// `E·g·Eᵀ` in f64 for an `n×n` block g and the `α×n` matrix E.
-#[allow(clippy::needless_range_loop)] // matrix indices, as in the formula
-fn expand<const A: usize>(e: &Matrix<A>, n: usize, g: &Matrix<A>) -> Matrix<A> {
-    let mut half = [[0.0; A]; A];
-    for i in 0..A {
-        for a in 0..n {
-            for b in 0..n {
-                half[i][b] += e[i][a] * g[a][b];
-            }
-        }
+/// `sum += coefficient · values`, nothing for a zero coefficient.
+fn add_scaled(sum: &mut [f64], coefficient: f64, values: &[f64]) {
+    if coefficient != 0.0 {
+        sum.iter_mut().zip(values).for_each(|(s, &v)| *s += coefficient * v);
     }
-    let mut out = [[0.0; A]; A];
-    for i in 0..A {
-        for j in 0..A {
-            for b in 0..n {
-                out[i][j] += half[i][b] * e[j][b];
-            }
-        }
-    }
-    out
-}
-
-/// `Eᵀ·x·E` in f64 for an α×α block x and the `α×n` matrix E: the `n×n` result.
-#[allow(clippy::needless_range_loop)] // matrix indices, as in the formula
-fn contract<const A: usize>(e: &Matrix<A>, n: usize, x: &Matrix<A>) -> Matrix<A> {
-    let mut half = [[0.0; A]; A];
-    for a in 0..n {
-        for i in 0..A {
-            for j in 0..A {
-                half[a][j] += e[i][a] * x[i][j];
-            }
-        }
-    }
-    let mut out = [[0.0; A]; A];
-    for a in 0..n {
-        for b in 0..n {
-            for j in 0..A {
-                out[a][b] += half[a][j] * e[j][b];
-            }
-        }
-    }
-    out
 }
 
 /// The filter tap the correlation reads at (a, b): the stored tap, or the flipped
@@ -113,20 +85,33 @@ pub(super) fn transform_back<T: Element, const A: usize, const R: usize>(
     dw: &mut [T],
 ) {
     let (ci, co) = (problem.in_channels(), problem.out_channels());
-    let (r, e, scale) = (R, evaluation::<A>(R), Input::<A>::SCALE);
+    let (e, scale) = (evaluation::<A>(R), Input::<A>::SCALE);
     let mode = problem.geometry().mode();
-    dw.par_chunks_mut(ci * r * r).enumerate().for_each(|(o, dw)| {
-        for c in 0..ci {
-            let mut x = [[0.0; A]; A];
-            for (point, x) in x.iter_mut().flatten().enumerate() {
-                let (i, j) = (point / A, point % A);
-                *x = total[(point * co + o) * in_stride + c].as_f64() / (scale[i] * scale[j]);
+    // One task per output channel, the input channels innermost, as in
+    // `transform_filters`.
+    dw.par_chunks_mut(ci * R * R).enumerate().for_each(|(o, dw)| {
+        let mut x = vec![0.0; A * A * ci];
+        for (point, x) in x.chunks_exact_mut(ci).enumerate() {
+            let (i, j) = (point / A, point % A);
+            let values = &total[(point * co + o) * in_stride..][..ci];
+            x.iter_mut().zip(values).for_each(|(x, v)| *x = v.as_f64() / (scale[i] * scale[j]));
+        }
+        // half[a, j] = Σ_i E[i, a]·x[i, j], then g[a, b] = Σ_j half[a, j]·E[j, b].
+        let mut half = vec![0.0; R * A * ci];
+        for (a, half) in half.chunks_exact_mut(A * ci).enumerate() {
+            for (i, x) in x.chunks_exact(A * ci).enumerate() {
+                add_scaled(half, e[i][a], x);
             }
-            let g = contract(&e, r, &x);
-            for (a, g) in g.iter().enumerate().take(r) {
-                for (b, &g) in g.iter().enumerate().take(r) {
-                    dw[c * r * r + correlation_tap(mode, r, a, b)] += T::from_f64(g);
-                }
+        }
+        let mut g = vec![0.0; ci];
+        for (a, b) in (0..R).flat_map(|a| (0..R).map(move |b| (a, b))) {
+            g.fill(0.0);
+            for (j, half) in half[a * A * ci..][..A * ci].chunks_exact(ci).enumerate() {
+                add_scaled(&mut g, e[j][b], half);
+            }
+            let tap = correlation_tap(mode, R, a, b);
+            for (c, &g) in g.iter().enumerate() {
+                dw[c * R * R + tap] += T::from_f64(g);
             }
         }
     });
