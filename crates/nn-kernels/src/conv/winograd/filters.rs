@@ -75,26 +75,33 @@ pub(super) fn correlation_tap(mode: KernelMode, r: usize, a: usize, b: usize) ->
     }
 }
 
-/// `∂w += E_rᵀ·M·E_r` of the weight gradient's summed transformed values `total`
-/// (`[α², C_out, in_stride]`, input channels past C_in ignored), unscaled, in f64, the
-/// taps flipped back for the source's convolution.
+/// `∂w += E_rᵀ·M·E_r` of the weight gradient's transformed values, unscaled, in f64,
+/// the taps flipped back for the source's convolution. `partials` holds `chunks`
+/// partial sums, each `[α², C_out, in_stride]` (input channels past C_in ignored),
+/// added in order here, where each task reads only its own output channel's values:
+/// the reduction runs in parallel and its result does not depend on the threads.
 pub(super) fn transform_back<T: Element, const A: usize, const R: usize>(
     problem: &ConvProblem,
-    total: &[T],
+    partials: &[T],
+    chunks: usize,
     in_stride: usize,
     dw: &mut [T],
 ) {
     let (ci, co) = (problem.in_channels(), problem.out_channels());
     let (e, scale) = (evaluation::<A>(R), Input::<A>::SCALE);
     let mode = problem.geometry().mode();
+    let len = A * A * co * in_stride;
     // One task per output channel, the input channels innermost, as in
     // `transform_filters`.
     dw.par_chunks_mut(ci * R * R).enumerate().for_each(|(o, dw)| {
         let mut x = vec![0.0; A * A * ci];
         for (point, x) in x.chunks_exact_mut(ci).enumerate() {
             let (i, j) = (point / A, point % A);
-            let values = &total[(point * co + o) * in_stride..][..ci];
-            x.iter_mut().zip(values).for_each(|(x, v)| *x = v.as_f64() / (scale[i] * scale[j]));
+            let at = (point * co + o) * in_stride;
+            for (c, x) in x.iter_mut().enumerate() {
+                let sum = (1..chunks).fold(partials[at + c], |sum, part| sum + partials[part * len + at + c]);
+                *x = sum.as_f64() / (scale[i] * scale[j]);
+            }
         }
         // half[a, j] = Σ_i E[i, a]·x[i, j], then g[a, b] = Σ_j half[a, j]·E[j, b].
         let mut half = vec![0.0; R * A * ci];

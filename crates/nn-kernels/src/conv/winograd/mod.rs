@@ -263,8 +263,8 @@ pub(super) fn backward_input<T: Element>(problem: &ConvProblem, r: usize, w: &[T
 }
 
 /// Weight gradient, as [`super::conv_backward_weight`]: chunks of `per_chunk` images
-/// each sum their tiles' transformed products, the chunk sums are added in order, and
-/// the total transforms back once.
+/// each sum their tiles' transformed products, and each value's chunk sums are added
+/// in order as it transforms back, once.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_weight<T: Element>(
     problem: &ConvProblem,
@@ -290,7 +290,8 @@ pub(super) fn backward_weight<T: Element>(
         let partials = fit(partials, chunks * len);
         partials.par_chunks_mut(len).enumerate().for_each(|(chunk, sums)| {
             let chunk = chunk * per_chunk..((chunk + 1) * per_chunk).min(batch);
-            sums.fill(T::zero());
+            // The chunk's first block writes the sums, the rest add to them.
+            let mut accumulate = false;
             with_scratch::<T, 3, _>(|[padded, v, gradients]| {
                 // Groups of images as in the forward pass, so that small planes still
                 // make wide products; the sums run over the chunk's tiles in order.
@@ -324,17 +325,14 @@ pub(super) fn backward_weight<T: Element>(
                                 tile_stride(points, ci_packed),
                                 sums,
                                 ci_packed,
-                                true,
+                                accumulate,
                             );
                         }
+                        accumulate = true;
                     }
                 }
             });
         });
-        let (total, rest) = partials.split_at_mut(len);
-        for part in rest.chunks_exact(len) {
-            total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
-        }
-        by_size!(r, transform_back::<T>(problem, total, ci_packed, dw));
+        by_size!(r, transform_back::<T>(problem, partials, chunks, ci_packed, dw));
     });
 }
