@@ -171,6 +171,22 @@ impl Correlation {
         (block, (block / self.tiles_per_image()).max(1))
     }
 
+    /// Images per task of a batch's forward pass, at most `images`: a number of
+    /// tasks the worker threads share evenly where the batch allows (128 images in
+    /// five tasks of 27 went to two threads as 54 and 74). Each image's outputs are
+    /// the same whatever the partition.
+    fn balanced(batch: usize, images: usize) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        if batch == 0 {
+            return images;
+        }
+        let mut tasks = batch.div_ceil(images).next_multiple_of(threads);
+        while tasks < batch && !batch.div_ceil(batch.div_ceil(tasks)).is_multiple_of(threads) {
+            tasks += threads;
+        }
+        batch.div_ceil(tasks.min(batch))
+    }
+
     /// The padded copies of `[src_channels, source…]` images.
     fn pad<T: Element>(&self, images: &[T], fill: T, dst: &mut [T]) {
         let [ph, pw] = self.padded();
@@ -196,11 +212,12 @@ impl Correlation {
     /// Runs the correlation over a batch with the transformed filter `u`
     /// (`[α², src_channels, packed(dst_channels)]`).
     fn run<T: Element>(&self, src: &[T], u: &[T], bias: Option<&[T]>, fill: T, dst: &mut [T]) {
-        let (block, images) = self.blocking::<T>();
         let (src_len, dst_len) = (self.src_image_len(), self.dst_image_len());
+        let (block, images) = self.blocking::<T>();
+        let images = Self::balanced(src.len() / src_len, images);
         let (ci, co) = (self.src_channels, self.dst_channels);
         let (ci_packed, co_packed) = (packed(ci), packed(co));
-        let points = self.points();
+        let (src_stride, dst_stride) = (tile_stride(self.points(), ci_packed), tile_stride(self.points(), co_packed));
         dst.par_chunks_mut(images * dst_len).zip(src.par_chunks(images * src_len)).for_each(|(y, x)| {
             with_scratch::<T, 3, _>(|[padded, v, products]| {
                 let count = y.len() / dst_len;
@@ -212,14 +229,14 @@ impl Correlation {
                 for start in (0..tiles).step_by(block) {
                     let range = start..(start + block).min(tiles);
                     let width = range.len();
-                    let v = fit(v, width * tile_stride(points, ci_packed));
-                    let products = fit(products, width * tile_stride(points, co_packed));
+                    let v = fit(v, width * src_stride);
+                    let products = fit(products, width * dst_stride);
                     tiles::inputs(self, padded, range.clone(), v);
                     // Per point: products[t, ξ, o] = Σ_c v[t, ξ, c] · u[ξ, c, o].
                     for (point, u) in u.chunks_exact(ci * co_packed).enumerate() {
-                        let v = Strided { data: &v[point * ci_packed..], row: tile_stride(points, ci_packed), step: 1 };
+                        let v = Strided { data: &v[point * ci_packed..], row: src_stride, step: 1 };
                         let p = &mut products[point * co_packed..];
-                        product((width, co_packed, ci), v, u, co_packed, p, tile_stride(points, co_packed), false);
+                        product((width, co_packed, ci), v, u, co_packed, p, dst_stride, false);
                     }
                     tiles::outputs(self, products, range, bias, y);
                 }
@@ -283,6 +300,7 @@ pub(super) fn backward_weight<T: Element>(
     let (x_len, dy_len) = (job.src_image_len(), job.dst_image_len());
     let chunks = batch.div_ceil(per_chunk);
     let points = job.points();
+    let (x_stride, dy_stride) = (tile_stride(points, ci_packed), tile_stride(points, co_packed));
     let len = points * co * ci_packed;
     // The chunks' sums in one scratch buffer kept between calls: fresh ones would be
     // fresh pages, faulted in on every call.
@@ -306,27 +324,15 @@ pub(super) fn backward_weight<T: Element>(
                     for start in (0..tiles).step_by(block) {
                         let range = start..(start + block).min(tiles);
                         let width = range.len();
-                        let v = fit(v, width * tile_stride(points, ci_packed));
-                        let gradients = fit(gradients, width * tile_stride(points, co_packed));
+                        let v = fit(v, width * x_stride);
+                        let gradients = fit(gradients, width * dy_stride);
                         tiles::inputs(&job, padded, range.clone(), v);
                         tiles::gradients(&job, dy, range, gradients);
                         // Per point: sums[ξ, o, c] += Σ_t gradients[t, ξ, o] · v[t, ξ, c].
                         for (point, sums) in sums.chunks_exact_mut(co * ci_packed).enumerate() {
-                            let g = Strided {
-                                data: &gradients[point * co_packed..],
-                                row: 1,
-                                step: tile_stride(points, co_packed),
-                            };
+                            let g = Strided { data: &gradients[point * co_packed..], row: 1, step: dy_stride };
                             let v = &v[point * ci_packed..];
-                            product(
-                                (co, ci_packed, width),
-                                g,
-                                v,
-                                tile_stride(points, ci_packed),
-                                sums,
-                                ci_packed,
-                                accumulate,
-                            );
+                            product((co, ci_packed, width), g, v, x_stride, sums, ci_packed, accumulate);
                         }
                         accumulate = true;
                     }
@@ -335,4 +341,26 @@ pub(super) fn backward_weight<T: Element>(
         });
         by_size!(r, transform_back::<T>(problem, partials, chunks, ci_packed, dw));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Correlation;
+
+    /// Tasks of at most the asked images, as many per thread where the batch allows.
+    #[test]
+    fn tasks_are_shared_evenly() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (batch, images) in [(128, 27), (64, 5), (128, 5), (7, 3), (1, 4), (5, 9), (3, 1)] {
+                let per_task = pool.install(|| Correlation::balanced(batch, images));
+                let tasks = batch.div_ceil(per_task);
+                assert!((1..=images).contains(&per_task), "{batch} images by {images}: {per_task} a task");
+                assert!(
+                    tasks.is_multiple_of(threads) || tasks == batch,
+                    "{batch} by {images} on {threads}: {tasks} tasks"
+                );
+            }
+        }
+    }
 }
