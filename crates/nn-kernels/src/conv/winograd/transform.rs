@@ -204,8 +204,9 @@ pub(super) fn sandwich<T: crate::Element, const A: usize>(
     row: impl Fn(usize) -> [Pack<T>; A],
     mut emit: impl FnMut(usize, usize, Pack<T>),
 ) {
-    // Left uninitialised (zeroing it would be a memset per call): entries (k, j) with k < q and j < p are written by the
-    // first loop before the second reads exactly those.
+    // Left uninitialised (zeroing it would be a memset per call): entries (k, j) with
+    // k < q and j < p are written by the first loop before the second reads exactly
+    // those.
     let mut half = [[const { MaybeUninit::<Pack<T>>::uninit() }; A]; A];
     for k in 0..q {
         let x = row(k);
