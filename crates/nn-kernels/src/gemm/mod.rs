@@ -1,17 +1,20 @@
 //! General matrix multiply on row-major slices: `C ← α·op(A)·op(B) + β·C`.
 //!
-//! The micro-kernels are the `gemm` crate's (AVX-512, AVX2/FMA or portable, chosen at
-//! run time by that crate; it measured faster than `matrixmultiply` on every workload
-//! here). Threads come from rayon: a product at least 512 × 512 in C runs as one call
-//! of the `gemm` crate on its own rayon threading, whose bits do not depend on the
-//! thread count; a smaller one is cut into a fixed number of blocks of rows (or
-//! columns) of C, decided by the shape alone, and the blocks are shared among the
-//! workers. Every element of C is therefore computed by the same arithmetic in the
-//! same order whatever the thread count: results are bit-identical across thread
-//! counts.
+//! A product at least 512 × 512 in C runs, for f32 on a CPU with AVX2 but not
+//! AVX-512, in our packed kernel (`packed.rs`: BLIS-style blocking, a 6 × 16 register
+//! tile, the threads sharing one packed block of B), and otherwise as one call of the
+//! `gemm` crate on its own rayon threading. Smaller products use the crate's
+//! micro-kernels (AVX-512, AVX2/FMA or portable, chosen at run time by that crate; it
+//! measured faster than `matrixmultiply` on every workload here), cut into a fixed
+//! number of blocks of rows (or columns) of C, decided by the shape alone, and the
+//! blocks are shared among the workers. Every element of C is therefore computed by
+//! the same arithmetic in the same order whatever the thread count: results are
+//! bit-identical across thread counts.
 
 mod crate_call;
 pub(crate) use crate_call::crate_call;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -46,10 +49,11 @@ const SPLIT_ALIGN: usize = 16;
 /// per worker would make results depend on the thread count.
 const MAX_BLOCKS: usize = 4;
 
-/// When C has at least this many rows and columns, one call of the `gemm` crate with
-/// its own rayon threading beats our blocks (which pack the shared operand once per
-/// block); its bits do not depend on its thread count (`bit_identical_across_thread_counts`).
-/// Narrower products scale better on our blocks (docs/performance.md, "GEMM").
+/// When C has at least this many rows and columns, the packed kernel (or one call of
+/// the `gemm` crate with its own rayon threading) beats our blocks, which pack the
+/// shared operand once per block; neither's bits depend on the thread count
+/// (`bit_identical_across_thread_counts`). Narrower products scale better on our
+/// blocks (docs/performance.md, "GEMM").
 const OWN_THREADS_MIN: usize = 512;
 
 /// The row and column strides of `op(X)` for X stored row-major.
@@ -101,6 +105,21 @@ pub fn gemm<T: Element>(
         return Ok(());
     }
     if m >= OWN_THREADS_MIN && n >= OWN_THREADS_MIN {
+        // With AVX-512 the crate's wider kernels are the faster ones.
+        #[cfg(target_arch = "x86_64")]
+        if let (None, Some(isa), Some(a), Some(b), Some(c)) = (
+            crate::simd::Avx512::detect(),
+            crate::simd::Avx2Fma::detect(),
+            T::as_f32(a),
+            T::as_f32(b),
+            T::as_f32_mut(c),
+        ) {
+            let a_view = MatRef::new(a, trans_a, if trans_a == Transpose::No { k } else { m });
+            let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });
+            let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
+            packed::gemm_packed(isa, (m, n, k), alpha, a_view, b_view, beta, c, n);
+            return Ok(());
+        }
         // SAFETY: the checked lengths keep every strided index of A, B and C inside
         // their slices; `c` is a unique borrow and cannot alias `a` or `b`.
         unsafe {
