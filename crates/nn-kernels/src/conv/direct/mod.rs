@@ -107,9 +107,12 @@ impl Shape {
         self.out_channels * self.output[0] * self.output[1]
     }
 
-    /// One image: every row of outputs in tiles of up to [`CELLS`] cells, two channel
-    /// blocks at a time. (Tiles that run on across row ends, to fill 7×7 rows, measured
-    /// twice as slow: their cells' addresses no longer stay in registers.)
+    /// One image: every row of outputs in tiles of [`CELLS`] cells, two channel blocks
+    /// at a time, and the columns a row leaves over (one of a 7-wide row) in tiles
+    /// running down the column. A short tile keeps too few sums in flight to hide the
+    /// FMA latency: in rows alone a 7×7 plane takes seven one-cell tiles, down the
+    /// last column one of six and one of one. (Tiles that run on across row ends
+    /// measured twice as slow: their cells' addresses no longer stay in registers.)
     fn image(&self, isa: Avx2Fma, xp: &[f32], packed: &[f32], init: Option<&[f32]>, y: &mut [f32]) {
         let [oh, ow] = self.output;
         let [fh, fw] = self.filter;
@@ -118,31 +121,35 @@ impl Shape {
         assert!((oh - 1) * self.stride[0] + fh <= self.padded[0] && (ow - 1) * self.stride[1] + fw <= self.padded[1]);
         assert!(xp.len() >= self.in_channels * self.padded[0] * self.padded[1]);
         assert!(packed.len() >= self.blocks() * self.in_channels * self.taps() * LANES && y.len() >= self.out_len());
+        let whole = ow - ow % CELLS;
         let mut block = 0;
         while block < self.blocks() {
             let pair = self.blocks() - block >= 2;
-            for row in 0..oh {
-                let mut col = 0;
-                while col < ow {
-                    let cells = (ow - col).min(CELLS);
-                    let at = Tile { block, row, col };
-                    // SAFETY: AVX2 and FMA were detected (`isa`); the asserts above bound
-                    // every read of `xp` and `packed` and every write of `y` the tile makes.
-                    unsafe { dispatch_tile(isa, self, pair, cells, at, xp, packed, init, y) };
-                    col += cells;
-                }
+            let along_rows = (0..oh).flat_map(|row| {
+                (0..whole).step_by(CELLS).map(move |col| (Tile { block, row, col, down: false }, CELLS))
+            });
+            let down_columns = (whole..ow).flat_map(|col| {
+                (0..oh).step_by(CELLS).map(move |row| (Tile { block, row, col, down: true }, (oh - row).min(CELLS)))
+            });
+            for (at, cells) in along_rows.chain(down_columns) {
+                // SAFETY: AVX2 and FMA were detected (`isa`); the asserts above bound
+                // every read of `xp` and `packed` and every write of `y` the tile
+                // makes (its cells lie in the output plane).
+                unsafe { dispatch_tile(isa, self, pair, cells, at, xp, packed, init, y) };
             }
             block += if pair { 2 } else { 1 };
         }
     }
 }
 
-/// Where a micro-tile sits: its first channel block, output row and column.
+/// Where a micro-tile sits: its first channel block, first output cell, and whether
+/// its cells run along the row or down the column.
 #[derive(Clone, Copy)]
 struct Tile {
     block: usize,
     row: usize,
     col: usize,
+    down: bool,
 }
 
 /// Picks the tile compiled for this many channel blocks and cells.
@@ -206,6 +213,9 @@ unsafe fn tile<const B: usize, const R: usize>(
     let pw = shape.padded[1];
     let plane = shape.padded[0] * pw;
     let block_len = shape.in_channels * shape.taps() * LANES;
+    let [oh, ow] = shape.output;
+    // From one cell of the tile to the next, in the padded source and in the output.
+    let (source_step, output_step) = if at.down { (s0 * pw, ow) } else { (s1, 1) };
     // SAFETY (whole body): the caller guarantees AVX2/FMA and that every offset below
     // stays inside `xp`, `packed` and `y`.
     unsafe {
@@ -222,7 +232,7 @@ unsafe fn tile<const B: usize, const R: usize>(
                         *v = _mm256_loadu_ps(w_tap.add(k * block_len));
                     }
                     for r in 0..R {
-                        let xv = _mm256_broadcast_ss(&*x_row.add(r * s1 + b));
+                        let xv = _mm256_broadcast_ss(&*x_row.add(r * source_step + b));
                         for k in 0..B {
                             acc[k][r] = _mm256_fmadd_ps(xv, wv[k], acc[k][r]);
                         }
@@ -230,7 +240,6 @@ unsafe fn tile<const B: usize, const R: usize>(
                 }
             }
         }
-        let [oh, ow] = shape.output;
         let mut lanes = [0.0f32; LANES];
         for (k, acc) in acc.iter().enumerate() {
             let first = (at.block + k) * LANES;
@@ -240,7 +249,7 @@ unsafe fn tile<const B: usize, const R: usize>(
                 for (l, &value) in lanes.iter().enumerate().take(channels) {
                     let o = first + l;
                     let bias = init.map_or(0.0, |b| b[o]);
-                    *y.get_unchecked_mut((o * oh + at.row) * ow + at.col + r) = bias + value;
+                    *y.get_unchecked_mut((o * oh + at.row) * ow + at.col + r * output_step) = bias + value;
                 }
             }
         }
