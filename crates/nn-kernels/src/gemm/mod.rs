@@ -1,11 +1,12 @@
 //! General matrix multiply on row-major slices: `C ← α·op(A)·op(B) + β·C`.
 //!
-//! A product at least 512 × 512 in C runs, for f32 on a CPU with AVX2 but not
-//! AVX-512, in our packed kernel (`packed.rs`: BLIS-style blocking, a 6 × 16 register
-//! tile, the threads sharing one packed block of B), and otherwise as one call of the
-//! `gemm` crate on its own rayon threading. Smaller products use the crate's
-//! micro-kernels (AVX-512, AVX2/FMA or portable, chosen at run time by that crate; it
-//! measured faster than `matrixmultiply` on every workload here), cut into a fixed
+//! For f32 on a CPU with AVX2 but not AVX-512, products of at least 2²⁰ multiply-adds
+//! run in our packed kernel (`packed.rs`: BLIS-style blocking, a 6 × 16 register
+//! tile); elsewhere, and for smaller products, the `gemm` crate's micro-kernels do
+//! (AVX-512, AVX2/FMA or portable, chosen at run time by that crate; it measured
+//! faster than `matrixmultiply` on every workload here). A product at least 512 × 512
+//! in C runs as one parallel call (the packed kernel's threads sharing one packed
+//! block of B, or the crate's own rayon threading); a smaller one is cut into a fixed
 //! number of blocks of rows (or columns) of C, decided by the shape alone, and the
 //! blocks are shared among the workers. Every element of C is therefore computed by
 //! the same arithmetic in the same order whatever the thread count: results are
@@ -48,6 +49,11 @@ const SPLIT_ALIGN: usize = 16;
 /// product cut after row 16 differs from the whole in the last bits), so one block
 /// per worker would make results depend on the thread count.
 const MAX_BLOCKS: usize = 4;
+
+/// From this many multiply-adds a product on one thread runs in the packed kernel
+/// (f32, AVX2 without AVX-512); below, packing costs more than it saves (G1, 64³, ran
+/// at 0.8 of the `gemm` crate's speed).
+const PACKED_MIN_WORK: usize = 1 << 20;
 
 /// When C has at least this many rows and columns, the packed kernel (or one call of
 /// the `gemm` crate with its own rayon threading) beats our blocks, which pack the
@@ -117,7 +123,7 @@ pub fn gemm<T: Element>(
             let a_view = MatRef::new(a, trans_a, if trans_a == Transpose::No { k } else { m });
             let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });
             let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
-            packed::gemm_packed(isa, (m, n, k), alpha, a_view, b_view, beta, c, n);
+            packed::gemm_packed(isa, (m, n, k), alpha, a_view, b_view, beta, c, n, true);
             return Ok(());
         }
         // SAFETY: the checked lengths keep every strided index of A, B and C inside
@@ -261,6 +267,21 @@ pub(crate) fn gemm_ld<T: Element>(
     let (rsa, csa) = a.strides(m, k);
     let (rsb, csb) = b.strides(k, n);
     assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if let (true, None, Some(isa), Some(a_data), Some(b_data), Some(c)) = (
+        m * n * k >= PACKED_MIN_WORK,
+        crate::simd::Avx512::detect(),
+        crate::simd::Avx2Fma::detect(),
+        T::as_f32(a.data),
+        T::as_f32(b.data),
+        T::as_f32_mut(c),
+    ) {
+        let a = MatRef { data: a_data, ld: a.ld, trans: a.trans };
+        let b = MatRef { data: b_data, ld: b.ld, trans: b.trans };
+        let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
+        packed::gemm_packed(isa, (m, n, k), alpha, a, b, beta, c, ldc, false);
+        return;
+    }
     // SAFETY: the assertions above keep every strided index of A, B and C inside
     // their slices; `c` is a unique borrow and cannot alias `a` or `b`.
     unsafe {

@@ -24,7 +24,7 @@ const MC: usize = 144;
 const NC: usize = 4080;
 
 /// `C ← α·op(A)·op(B) + β·C` for f32 with C's element (i, j) at `i·ldc + j`, on the
-/// current rayon pool.
+/// current rayon pool when `parallel`, else on the calling thread.
 ///
 /// Panics if an operand does not fit its slice (callers pass validated sizes).
 #[allow(clippy::too_many_arguments)]
@@ -37,6 +37,7 @@ pub(super) fn gemm_packed(
     beta: f32,
     c: &mut [f32],
     ldc: usize,
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -52,7 +53,7 @@ pub(super) fn gemm_packed(
     if beta != 0.0 && beta != 1.0 {
         scale_rows(c, (m, n), ldc, beta);
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     // Blocks of rows of about MC, as many as keeps every thread equally busy.
     let row_blocks = m.div_ceil(MC).next_multiple_of(threads).min(m.div_ceil(MR));
     let mc = m.div_ceil(row_blocks).next_multiple_of(MR);
@@ -63,13 +64,19 @@ pub(super) fn gemm_packed(
             for p0 in (0..k).step_by(KC) {
                 let kc = (k - p0).min(KC);
                 let packed_b = aligned(fit(b_buffer, panels * KC * NR + ALIGN), panels * KC * NR);
-                packed_b.par_chunks_mut(PACK_GROUP * KC * NR).enumerate().for_each(|(group, dst)| {
+                let group_len = PACK_GROUP * KC * NR;
+                let pack_group = |(group, dst): (usize, &mut [f32])| {
                     let j = j0 + group * PACK_GROUP * NR;
                     pack_b(b.data, rsb, csb, (p0, kc), (j, (nc + j0 - j).min(PACK_GROUP * NR)), dst);
-                });
+                };
+                if parallel {
+                    packed_b.par_chunks_mut(group_len).enumerate().for_each(pack_group);
+                } else {
+                    packed_b.chunks_mut(group_len).enumerate().for_each(pack_group);
+                }
                 let packed_b = &*packed_b;
                 let accumulate = p0 > 0 || beta != 0.0;
-                c.par_chunks_mut(mc * ldc).enumerate().for_each(|(block, c_rows)| {
+                let multiply_block = |(block, c_rows): (usize, &mut [f32])| {
                     let i0 = block * mc;
                     let rows = (m - i0).min(mc);
                     with_scratch::<f32, 1, _>(|[a_buffer]| {
@@ -82,7 +89,12 @@ pub(super) fn gemm_packed(
                         let tiles = Tiles { kc, rows, cols: nc, ldc, accumulate };
                         tiles.run(isa, packed_a, packed_b, &mut c_rows[j0..]);
                     });
-                });
+                };
+                if parallel {
+                    c.par_chunks_mut(mc * ldc).enumerate().for_each(multiply_block);
+                } else {
+                    c.chunks_mut(mc * ldc).enumerate().for_each(multiply_block);
+                }
             }
         }
     });
@@ -321,7 +333,9 @@ mod tests {
                     let run = |threads: usize| {
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                         let mut c = start.clone();
-                        pool.install(|| gemm_packed(isa, (m, n, k), alpha, a_view, b_view, beta, &mut c, ldc));
+                        pool.install(|| {
+                            gemm_packed(isa, (m, n, k), alpha, a_view, b_view, beta, &mut c, ldc, threads > 1)
+                        });
                         c
                     };
                     let c = run(1);
