@@ -111,15 +111,8 @@ pub fn gemm<T: Element>(
         return Ok(());
     }
     if m >= OWN_THREADS_MIN && n >= OWN_THREADS_MIN {
-        // With AVX-512 the crate's wider kernels are the faster ones.
         #[cfg(target_arch = "x86_64")]
-        if let (None, Some(isa), Some(a), Some(b), Some(c)) = (
-            crate::simd::Avx512::detect(),
-            crate::simd::Avx2Fma::detect(),
-            T::as_f32(a),
-            T::as_f32(b),
-            T::as_f32_mut(c),
-        ) {
+        if let Some((isa, a, b, c)) = packed_operands(a, b, c) {
             let a_view = MatRef::new(a, trans_a, if trans_a == Transpose::No { k } else { m });
             let b_view = MatRef::new(b, trans_b, if trans_b == Transpose::No { n } else { k });
             let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
@@ -268,14 +261,9 @@ pub(crate) fn gemm_ld<T: Element>(
     let (rsb, csb) = b.strides(k, n);
     assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if let (true, None, Some(isa), Some(a_data), Some(b_data), Some(c)) = (
-        m * n * k >= PACKED_MIN_WORK,
-        crate::simd::Avx512::detect(),
-        crate::simd::Avx2Fma::detect(),
-        T::as_f32(a.data),
-        T::as_f32(b.data),
-        T::as_f32_mut(c),
-    ) {
+    if let Some((isa, a_data, b_data, c)) =
+        packed_operands(a.data, b.data, c).filter(|_| m.saturating_mul(n).saturating_mul(k) >= PACKED_MIN_WORK)
+    {
         let a = MatRef { data: a_data, ld: a.ld, trans: a.trans };
         let b = MatRef { data: b_data, ld: b.ld, trans: b.trans };
         let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
@@ -303,6 +291,20 @@ pub(crate) fn gemm_ld<T: Element>(
             1,
         )
     };
+}
+
+/// The packed kernel's token and A, B and C as f32.
+#[cfg(target_arch = "x86_64")]
+type PackedOperands<'a> = (crate::simd::Avx2Fma, &'a [f32], &'a [f32], &'a mut [f32]);
+
+/// The packed kernel's token and operands as f32, where it applies: f32 elements on a
+/// CPU with AVX2 but not AVX-512 (whose wider kernels in the `gemm` crate are faster).
+#[cfg(target_arch = "x86_64")]
+fn packed_operands<'a, T: Element>(a: &'a [T], b: &'a [T], c: &'a mut [T]) -> Option<PackedOperands<'a>> {
+    if crate::simd::Avx512::detect().is_some() {
+        return None;
+    }
+    Some((crate::simd::Avx2Fma::detect()?, T::as_f32(a)?, T::as_f32(b)?, T::as_f32_mut(c)?))
 }
 
 /// [`gemm()`] on the calling thread, for contiguous operands of exactly their sizes.
