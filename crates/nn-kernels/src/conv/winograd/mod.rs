@@ -17,19 +17,29 @@
 //! F(r, m), sharing the input transform, summed in the α² transformed values over a
 //! fixed partition of the batch before one transform back.
 
-/// `f::<…, α, r>(args)` for the filter size `r`: tiles of 6 cells for 3 taps, of 8 for
-/// 5, each pair compiled on its own.
+/// Cells of a tile along each dimension for filters of `r` taps: F(4, 3) over 6, F(4,
+/// 5) over 8.
+pub(in crate::conv) const fn tile_size(r: usize) -> usize {
+    if r == 3 {
+        6
+    } else {
+        8
+    }
+}
+
+/// `f::<…, α, r>(args)` for the filter size `r` (3 or 5) and its [`tile_size`], each
+/// pair compiled on its own.
 macro_rules! by_size {
     ($r:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $r {
-            3 => $f::<6, 3>($($arg),*),
-            _ => $f::<8, 5>($($arg),*),
+            3 => $f::<{ $crate::conv::winograd::tile_size(3) }, 3>($($arg),*),
+            _ => $f::<{ $crate::conv::winograd::tile_size(5) }, 5>($($arg),*),
         }
     };
     ($r:expr, $f:ident::<$($g:ty),+>($($arg:expr),* $(,)?)) => {
         match $r {
-            3 => $f::<$($g,)+ 6, 3>($($arg),*),
-            _ => $f::<$($g,)+ 8, 5>($($arg),*),
+            3 => $f::<$($g,)+ { $crate::conv::winograd::tile_size(3) }, 3>($($arg),*),
+            _ => $f::<$($g,)+ { $crate::conv::winograd::tile_size(5) }, 5>($($arg),*),
         }
     };
 }
@@ -129,11 +139,7 @@ impl Correlation {
 
     /// Cells of a tile along each dimension.
     fn alpha(&self) -> usize {
-        if self.r == 3 {
-            6
-        } else {
-            8
-        }
+        tile_size(self.r)
     }
     /// Transformed values per tile.
     fn points(&self) -> usize {
