@@ -123,9 +123,8 @@ fn scale_rows(c: &mut [f32], (m, n): (usize, usize), ldc: usize, beta: f32) {
     }
 }
 
-/// Panels of B packed by one task: the rows of a few panels side by side are a few
-/// consecutive cache lines of a row-major B, which the prefetcher follows; one
-/// panel's rows alone are a page apart each.
+/// Panels of B packed by one task, so that a row-major B is read a few cache lines of
+/// each row at a time rather than one.
 const PACK_GROUP: usize = 4;
 
 /// Packs op(B)'s rows `p0..p0+kc`, columns `j..j+cols` (cols ≤ PACK_GROUP·NR), as
@@ -133,20 +132,8 @@ const PACK_GROUP: usize = 4;
 /// keep what the buffer held: the kernel's sums for them are not stored.
 fn pack_b(b: &[f32], rsb: isize, csb: isize, (p0, kc): (usize, usize), (j, cols): (usize, usize), dst: &mut [f32]) {
     let (rsb, csb) = (rsb as usize, csb as usize);
-    for (panel, dst) in dst.chunks_mut(KC * NR).enumerate().take(cols.div_ceil(NR)) {
-        let j = j + panel * NR;
-        let width = (cols - panel * NR).min(NR);
-        if csb != 1 {
-            // Transposed: op(B)'s columns are contiguous along p.
-            for col in 0..width {
-                let column = &b[p0 * rsb + (j + col) * csb..][..kc];
-                for (p, &x) in column.iter().enumerate() {
-                    dst[p * NR + col] = x;
-                }
-            }
-        }
-    }
     if csb == 1 {
+        // Row-major: each row of op(B) is contiguous, copied out panel by panel.
         for p in 0..kc {
             let row = &b[(p0 + p) * rsb + j..][..cols];
             for (panel, values) in row.chunks(NR).enumerate() {
@@ -156,6 +143,16 @@ fn pack_b(b: &[f32], rsb: isize, csb: isize, (p0, kc): (usize, usize), (j, cols)
                     *<&mut [f32; NR]>::try_from(&mut dst[start..start + NR]).expect("NR long") = *values;
                 } else {
                     dst[start..start + values.len()].copy_from_slice(values);
+                }
+            }
+        }
+    } else {
+        // Transposed: op(B)'s columns are contiguous along p.
+        for (panel, dst) in dst.chunks_mut(KC * NR).enumerate().take(cols.div_ceil(NR)) {
+            for col in 0..(cols - panel * NR).min(NR) {
+                let column = &b[p0 * rsb + (j + panel * NR + col) * csb..][..kc];
+                for (p, &x) in column.iter().enumerate() {
+                    dst[p * NR + col] = x;
                 }
             }
         }
@@ -174,35 +171,10 @@ fn pack_a(
     dst: &mut [f32],
 ) {
     let (rsa, csa) = (rsa as usize, csa as usize);
-    let dst = &mut dst[..kc * MR];
-    if csa == 1 {
-        // Row-major A: eight columns of each row at a time, written out transposed.
-        const STEP: usize = 8;
-        let whole = kc - kc % STEP;
-        for p in (0..whole).step_by(STEP) {
-            let mut block = [[0.0f32; STEP]; MR];
-            for (r, values) in block.iter_mut().enumerate().take(rows) {
-                *values = *<&[f32; STEP]>::try_from(&a[(i + r) * rsa + p0 + p..][..STEP]).expect("STEP long");
-            }
-            let out = <&mut [f32; STEP * MR]>::try_from(&mut dst[p * MR..(p + STEP) * MR]).expect("STEP·MR long");
-            for q in 0..STEP {
-                for r in 0..MR {
-                    out[q * MR + r] = alpha * block[r][q];
-                }
-            }
-        }
-        for p in whole..kc {
-            for r in 0..rows {
-                dst[p * MR + r] = alpha * a[(i + r) * rsa + p0 + p];
-            }
-        }
-    } else {
-        // Transposed: op(A)'s rows are contiguous for each p.
-        for (p, column) in dst.chunks_exact_mut(MR).enumerate() {
-            let values = &a[i + (p0 + p) * csa..][..rows];
-            for (x, &v) in column.iter_mut().zip(values) {
-                *x = alpha * v;
-            }
+    for (p, column) in dst.chunks_exact_mut(MR).take(kc).enumerate() {
+        let start = i * rsa + (p0 + p) * csa;
+        for (r, x) in column[..rows].iter_mut().enumerate() {
+            *x = alpha * a[start + r * rsa];
         }
     }
 }
