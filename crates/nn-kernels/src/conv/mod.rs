@@ -16,8 +16,8 @@
 //! image, so no column matrix is built. It covers all three products at any stride,
 //! given enough channels to fill its tiles.
 //!
-//! For f32 in two dimensions on a CPU with AVX2 and FMA (`direct`), the forward
-//! pass, the weight gradient and the input gradient at stride 1 run as direct
+//! For f32 in one to three dimensions on a CPU with AVX2 and FMA (`direct`), the
+//! forward pass, the weight gradient and the input gradient at stride 1 run as direct
 //! convolutions with output channels in the vector lanes, reading taps from a padded
 //! copy of the image.
 //!

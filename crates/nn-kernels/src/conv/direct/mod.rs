@@ -1,9 +1,11 @@
-//! Direct 2-D convolution for AVX2 CPUs (f32): output channels in the vector lanes,
-//! a few output cells of a row in registers, filter taps read straight from a padded
-//! copy of the image. It suits the small planes and few channels of late CNN layers,
-//! where a column matrix is mostly traffic (144 rows written and read for 16 products
-//! per cell in T3's first stage).
+//! Direct convolution in one to three dimensions for AVX2 CPUs (f32): output channels
+//! in the vector lanes, a few output cells of a row in registers, filter taps read
+//! straight from a padded copy of the image. It suits the small planes and few channels
+//! of late CNN layers, where a column matrix is mostly traffic (144 rows written and
+//! read for 16 products per cell in T3's first stage), and volumes, whose column matrix
+//! per image outgrows every cache.
 //!
+//! Lower ranks run as three-dimensional problems whose leading dimensions have size 1.
 //! The input gradient at stride 1 is the same product on the output gradient, with
 //! the filter rotated by 180° and the channel roles swapped.
 
@@ -19,6 +21,9 @@ use crate::simd::Avx2Fma;
 use crate::workspace::{fit, with_scratch};
 use rayon::prelude::*;
 
+/// Spatial dimensions of the path; a problem of lower rank leads with dimensions of
+/// size 1 (filter 1, stride 1, no padding).
+const DIMS: usize = 3;
 /// Output channels per vector.
 const LANES: usize = 8;
 /// Output cells per micro-tile: 2 vectors of channels × 6 cells = 12 accumulators,
@@ -27,23 +32,25 @@ const CELLS: usize = 6;
 /// Multiply-adds per output cell and channel below which the column path is faster.
 const MIN_DEPTH: usize = 64;
 
-/// One correlation `y[o, i, j] = init[o] + Σ_c Σ_a Σ_b src[c, i·s₀ + a, j·s₁ + b] ·
-/// filter[o, c, a, b]` over a padded source, per image.
+/// One correlation `y[o, k, i, j] = init[o] + Σ_c Σ_t Σ_a Σ_b src[c, k·s₀ + t, i·s₁ + a,
+/// j·s₂ + b] · filter[o, c, t, a, b]` over a padded source, per image. Dimensions are
+/// (depth, row, column).
 struct Shape {
     in_channels: usize,
     out_channels: usize,
-    filter: [usize; 2],
-    stride: [usize; 2],
-    /// The padded source plane and where the image sits in it.
-    padded: [usize; 2],
-    before: [usize; 2],
-    source: [usize; 2],
-    output: [usize; 2],
+    filter: [usize; DIMS],
+    stride: [usize; DIMS],
+    /// The padded source volume and where the image sits in it.
+    padded: [usize; DIMS],
+    before: [usize; DIMS],
+    source: [usize; DIMS],
+    output: [usize; DIMS],
 }
 
 impl Shape {
+    /// Filter taps per input channel.
     fn taps(&self) -> usize {
-        self.filter[0] * self.filter[1]
+        self.filter.iter().product()
     }
 
     /// Whether this product suits the path: enough output channels to fill the lanes,
@@ -58,43 +65,68 @@ impl Shape {
         self.out_channels.div_ceil(LANES)
     }
 
+    /// Values of one padded input channel.
+    fn padded_volume(&self) -> usize {
+        self.padded.iter().product()
+    }
+
+    /// Output rows, over every depth.
+    fn output_rows(&self) -> usize {
+        self.output[0] * self.output[1]
+    }
+
+    fn source_len(&self) -> usize {
+        self.in_channels * self.source.iter().product::<usize>()
+    }
+
+    fn out_len(&self) -> usize {
+        self.out_channels * self.output.iter().product::<usize>()
+    }
+
+    /// Every tap of the last output cell lies in the padded source, in each dimension.
+    fn taps_fit(&self) -> bool {
+        (0..DIMS).all(|d| (self.output[d] - 1) * self.stride[d] + self.filter[d] <= self.padded[d])
+    }
+
     /// The padded copy of one `[in_channels, source…]` image.
     fn pad(&self, image: &[f32], value: f32, dst: &mut [f32]) {
-        let [ph, pw] = self.padded;
-        let [h, w] = self.source;
-        for (plane, src) in dst.chunks_exact_mut(ph * pw).zip(image.chunks_exact(h * w)) {
-            plane.fill(value);
-            for (row, src_row) in src.chunks_exact(w).enumerate() {
-                let at = (self.before[0] + row) * pw + self.before[1];
-                plane[at..at + w].copy_from_slice(src_row);
+        let [_, ph, pw] = self.padded;
+        let [_, h, w] = self.source;
+        let volume = self.source.iter().product::<usize>();
+        for (padded, src) in dst.chunks_exact_mut(self.padded_volume()).zip(image.chunks_exact(volume)) {
+            padded.fill(value);
+            for (depth, src_plane) in src.chunks_exact(h * w).enumerate() {
+                for (row, src_row) in src_plane.chunks_exact(w).enumerate() {
+                    let at = ((self.before[0] + depth) * ph + self.before[1] + row) * pw + self.before[2];
+                    padded[at..at + w].copy_from_slice(src_row);
+                }
             }
         }
     }
 
-    /// Filter values `weight(o, c, a, b)` in the kernel's order: blocks of eight output
-    /// channels, then input channel, tap row, tap column, lane; missing channels zero.
-    fn pack(&self, weight: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
-        let [fh, fw] = self.filter;
-        let mut packed = vec![0.0; self.blocks() * self.in_channels * self.taps() * LANES];
-        for (i, v) in packed.iter_mut().enumerate() {
-            let lane = i % LANES;
-            let tap = i / LANES % self.taps();
-            let c = i / LANES / self.taps() % self.in_channels;
-            let o = i / LANES / self.taps() / self.in_channels * LANES + lane;
-            if o < self.out_channels {
-                *v = weight(o, c, tap / fw, tap % fw);
+    /// Filter values `weight(o, c, tap)` (taps row-major over the filter) in the
+    /// kernel's order: blocks of eight output channels, then input channel, tap, lane;
+    /// missing channels zero.
+    fn pack(&self, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+        let taps = self.taps();
+        let mut packed = vec![0.0; self.blocks() * self.in_channels * taps * LANES];
+        for o in 0..self.out_channels {
+            let (block, lane) = (o / LANES, o % LANES);
+            for c in 0..self.in_channels {
+                let first = (block * self.in_channels + c) * taps;
+                for tap in 0..taps {
+                    packed[(first + tap) * LANES + lane] = weight(o, c, tap);
+                }
             }
         }
-        debug_assert_eq!(packed.len() % (fh * fw), 0);
         packed
     }
 
     /// Runs the correlation over a batch: `src` holds `[in_channels, source…]` images,
     /// `dst` `[out_channels, output…]` ones.
     fn run(&self, isa: Avx2Fma, src: &[f32], packed: &[f32], init: Option<&[f32]>, pad_value: f32, dst: &mut [f32]) {
-        let (src_len, dst_len) = (self.in_channels * self.source[0] * self.source[1], self.out_len());
-        let padded_len = self.in_channels * self.padded[0] * self.padded[1];
-        dst.par_chunks_mut(dst_len).zip(src.par_chunks(src_len)).for_each(|(y, x)| {
+        let padded_len = self.in_channels * self.padded_volume();
+        dst.par_chunks_mut(self.out_len()).zip(src.par_chunks(self.source_len())).for_each(|(y, x)| {
             with_scratch::<f32, 1, _>(|[xp]| {
                 let xp = fit(xp, padded_len);
                 self.pad(x, pad_value, xp);
@@ -103,38 +135,39 @@ impl Shape {
         });
     }
 
-    fn out_len(&self) -> usize {
-        self.out_channels * self.output[0] * self.output[1]
-    }
-
     /// One image: every row of outputs in tiles of [`CELLS`] cells, two channel blocks
     /// at a time, and the columns a row leaves over (one of a 7-wide row) in tiles
-    /// running down the column. A short tile keeps too few sums in flight to hide the
-    /// FMA latency: in rows alone a 7×7 plane takes seven one-cell tiles, down the
-    /// last column one of six and one of one. (Tiles that run on across row ends
-    /// measured twice as slow: their cells' addresses no longer stay in registers.)
+    /// running down the column within a depth. A short tile keeps too few sums in
+    /// flight to hide the FMA latency: in rows alone a 7×7 plane takes seven one-cell
+    /// tiles, down the last column one of six and one of one. (Tiles that run on across
+    /// row ends measured twice as slow: their cells' addresses no longer stay in
+    /// registers.)
     fn image(&self, isa: Avx2Fma, xp: &[f32], packed: &[f32], init: Option<&[f32]>, y: &mut [f32]) {
-        let [oh, ow] = self.output;
-        let [fh, fw] = self.filter;
+        let [od, oh, ow] = self.output;
         // Every tap a tile reads lies in the padded copy: the output geometry was
-        // derived from these paddings, so (o − 1)·s + f ≤ padded in each dimension.
-        assert!((oh - 1) * self.stride[0] + fh <= self.padded[0] && (ow - 1) * self.stride[1] + fw <= self.padded[1]);
-        assert!(xp.len() >= self.in_channels * self.padded[0] * self.padded[1]);
+        // derived from these paddings.
+        assert!(self.taps_fit());
+        assert!(xp.len() >= self.in_channels * self.padded_volume());
         assert!(packed.len() >= self.blocks() * self.in_channels * self.taps() * LANES && y.len() >= self.out_len());
         let whole = ow - ow % CELLS;
         let mut block = 0;
         while block < self.blocks() {
             let pair = self.blocks() - block >= 2;
-            let along_rows = (0..oh).flat_map(|row| {
-                (0..whole).step_by(CELLS).map(move |col| (Tile { block, row, col, down: false }, CELLS))
+            let along_rows = (0..od * oh).flat_map(|row| {
+                let (depth, row) = (row / oh, row % oh);
+                (0..whole).step_by(CELLS).map(move |col| (Tile { block, depth, row, col, down: false }, CELLS))
             });
-            let down_columns = (whole..ow).flat_map(|col| {
-                (0..oh).step_by(CELLS).map(move |row| (Tile { block, row, col, down: true }, (oh - row).min(CELLS)))
+            let down_columns = (0..od).flat_map(|depth| {
+                (whole..ow).flat_map(move |col| {
+                    (0..oh)
+                        .step_by(CELLS)
+                        .map(move |row| (Tile { block, depth, row, col, down: true }, (oh - row).min(CELLS)))
+                })
             });
             for (at, cells) in along_rows.chain(down_columns) {
                 // SAFETY: AVX2 and FMA were detected (`isa`); the asserts above bound
                 // every read of `xp` and `packed` and every write of `y` the tile
-                // makes (its cells lie in the output plane).
+                // makes (its cells lie in the output volume).
                 unsafe { dispatch_tile(isa, self, pair, cells, at, xp, packed, init, y) };
             }
             block += if pair { 2 } else { 1 };
@@ -147,6 +180,7 @@ impl Shape {
 #[derive(Clone, Copy)]
 struct Tile {
     block: usize,
+    depth: usize,
     row: usize,
     col: usize,
     down: bool,
@@ -192,7 +226,7 @@ unsafe fn dispatch_tile(
     }
 }
 
-/// `B` blocks of eight output channels by `R` output cells of one row.
+/// `B` blocks of eight output channels by `R` output cells of one row (or column).
 ///
 /// # Safety
 /// As for [`dispatch_tile`].
@@ -208,25 +242,34 @@ unsafe fn tile<const B: usize, const R: usize>(
     y: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let [fh, fw] = shape.filter;
-    let [s0, s1] = shape.stride;
-    let pw = shape.padded[1];
-    let plane = shape.padded[0] * pw;
+    let [fd, fh, fw] = shape.filter;
+    let [sd, s0, s1] = shape.stride;
+    let [pd, ph, pw] = shape.padded;
+    let plane = ph * pw;
     let block_len = shape.in_channels * shape.taps() * LANES;
-    let [oh, ow] = shape.output;
+    let [_, oh, ow] = shape.output;
     // From one cell of the tile to the next, in the padded source and in the output.
     let (source_step, output_step) = if at.down { (s0 * pw, ow) } else { (s1, 1) };
     // SAFETY (whole body): the caller guarantees AVX2/FMA and that every offset below
     // stays inside `xp`, `packed` and `y`.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); R]; B];
-        let x0 = xp.as_ptr().add(at.row * s0 * pw + at.col * s1);
-        for c in 0..shape.in_channels {
-            let w_c = packed.as_ptr().add(at.block * block_len + c * shape.taps() * LANES);
+        let x0 = xp.as_ptr().add(at.depth * sd * plane + at.row * s0 * pw + at.col * s1);
+        let w_block = packed.as_ptr().add(at.block * block_len);
+        // Input channel c and filter depth t in one loop (a fourth loop level kept the
+        // accumulators in memory), counted without a division.
+        let (mut c, mut t) = (0, 0);
+        for q in 0..shape.in_channels * fd {
+            let x_plane = x0.add((c * pd + t) * plane);
+            t += 1;
+            if t == fd {
+                (c, t) = (c + 1, 0);
+            }
+            let w_plane = w_block.add(q * fh * fw * LANES);
             for a in 0..fh {
-                let x_row = x0.add(c * plane + a * pw);
+                let x_row = x_plane.add(a * pw);
                 for b in 0..fw {
-                    let w_tap = w_c.add((a * fw + b) * LANES);
+                    let w_tap = w_plane.add((a * fw + b) * LANES);
                     let mut wv = [_mm256_setzero_ps(); B];
                     for (k, v) in wv.iter_mut().enumerate() {
                         *v = _mm256_loadu_ps(w_tap.add(k * block_len));
@@ -241,6 +284,8 @@ unsafe fn tile<const B: usize, const R: usize>(
             }
         }
         let mut lanes = [0.0f32; LANES];
+        let first_cell = (at.depth * oh + at.row) * ow + at.col;
+        let cells = shape.output.iter().product::<usize>();
         for (k, acc) in acc.iter().enumerate() {
             let first = (at.block + k) * LANES;
             let channels = (shape.out_channels - first).min(LANES);
@@ -249,49 +294,53 @@ unsafe fn tile<const B: usize, const R: usize>(
                 for (l, &value) in lanes.iter().enumerate().take(channels) {
                     let o = first + l;
                     let bias = init.map_or(0.0, |b| b[o]);
-                    *y.get_unchecked_mut((o * oh + at.row) * ow + at.col + r * output_step) = bias + value;
+                    *y.get_unchecked_mut(o * cells + first_cell + r * output_step) = bias + value;
                 }
             }
         }
     }
 }
 
-/// The geometry as a direct correlation, or `None` where this path does not apply
-/// (other ranks; dilated taps; channel groups).
 /// Whether the forward pass and the weight gradient of `problem` run here (both
 /// take the same shapes), on this CPU.
 pub(in crate::conv) fn takes(problem: &ConvProblem) -> bool {
     Avx2Fma::detect().is_some() && forward_shape(problem).is_some_and(|shape| shape.worthwhile())
 }
 
+/// The geometry as a direct correlation, or `None` where this path does not apply
+/// (ranks above three; dilated taps; channel groups).
 fn forward_shape(problem: &ConvProblem) -> Option<Shape> {
     let g = problem.geometry();
-    if g.rank() != 2 || !g.is_undilated() || problem.groups() > 1 {
+    let rank = g.rank();
+    if rank > DIMS || !g.is_undilated() || problem.groups() > 1 {
         return None;
     }
+    // Dimension d of the shape is the geometry's d − (DIMS − rank), or size 1.
+    let lead = DIMS - rank;
+    let per_dim = |of: &dyn Fn(usize) -> usize, absent: usize| -> [usize; DIMS] {
+        std::array::from_fn(|d| if d < lead { absent } else { of(d - lead) })
+    };
     let pad = g.padding();
     let (input, filter, stride, output) = (g.input(), g.filter(), g.stride(), g.output());
     Some(Shape {
         in_channels: problem.in_channels(),
         out_channels: problem.out_channels(),
-        filter: [filter[0], filter[1]],
-        stride: [stride[0], stride[1]],
-        padded: [pad[0].before + input[0] + pad[0].after, pad[1].before + input[1] + pad[1].after],
-        before: [pad[0].before, pad[1].before],
-        source: [input[0], input[1]],
-        output: [output[0], output[1]],
+        filter: per_dim(&|d| filter[d], 1),
+        stride: per_dim(&|d| stride[d], 1),
+        padded: per_dim(&|d| pad[d].before + input[d] + pad[d].after, 1),
+        before: per_dim(&|d| pad[d].before, 0),
+        source: per_dim(&|d| input[d], 1),
+        output: per_dim(&|d| output[d], 1),
     })
 }
 
-/// The filter oriented for correlation: the source's convolution reads tap f − 1 − α
-/// where cross-correlation reads α.
-fn oriented(problem: &ConvProblem, w: &[f32], o: usize, c: usize, a: usize, b: usize) -> f32 {
-    let f = problem.geometry().filter();
-    let (a, b) = match problem.geometry().mode() {
-        KernelMode::Convolution => (f[0] - 1 - a, f[1] - 1 - b),
-        KernelMode::CrossCorrelation => (a, b),
-    };
-    w[((o * problem.in_channels() + c) * f[0] + a) * f[1] + b]
+/// The filter oriented for correlation, as `weight(o, c, tap)`: the source's
+/// convolution reads tap f − 1 − α where cross-correlation reads α, in every dimension,
+/// which reverses the row-major tap index.
+fn oriented<'w>(problem: &ConvProblem, w: &'w [f32]) -> impl Fn(usize, usize, usize) -> f32 + 'w {
+    let (taps, in_channels) = (problem.geometry().filter_len(), problem.in_channels());
+    let flip = problem.geometry().mode() == KernelMode::Convolution;
+    move |o, c, tap| w[(o * in_channels + c) * taps + if flip { taps - 1 - tap } else { tap }]
 }
 
 /// Forward pass on the direct path; `false` (nothing written) where it does not apply.
@@ -308,7 +357,7 @@ pub(super) fn forward(
         return false;
     }
     debug_assert!(takes(problem));
-    let packed = shape.pack(|o, c, a, b| oriented(problem, w, o, c, a, b));
+    let packed = shape.pack(oriented(problem, w));
     shape.run(isa, x, &packed, bias, pad, y);
     true
 }
@@ -319,12 +368,12 @@ pub(super) fn forward(
 /// apply (another stride, or padding as wide as the filter).
 pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
     let (Some(isa), Some(fwd)) = (Avx2Fma::detect(), forward_shape(problem)) else { return false };
-    if fwd.stride != [1, 1] {
+    if fwd.stride != [1; DIMS] {
         return false;
     }
-    let mut before = [0; 2];
-    let mut padded = [0; 2];
-    for d in 0..2 {
+    let mut before = [0; DIMS];
+    let mut padded = [0; DIMS];
+    for d in 0..DIMS {
         let Some(b) = (fwd.filter[d] - 1).checked_sub(fwd.before[d]) else { return false };
         // Output cells o reach input cells o − p + a, so dx's last cell needs dy cells up
         // to input − 1 + p_before, padded out where they do not exist.
@@ -337,7 +386,7 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
         in_channels: fwd.out_channels,
         out_channels: fwd.in_channels,
         filter: fwd.filter,
-        stride: [1, 1],
+        stride: [1; DIMS],
         padded,
         before,
         source: fwd.output,
@@ -346,8 +395,8 @@ pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &
     if !shape.worthwhile() {
         return false;
     }
-    let [fh, fw] = fwd.filter;
-    let packed = shape.pack(|c, o, a, b| oriented(problem, w, o, c, fh - 1 - a, fw - 1 - b));
+    let (taps, weight) = (shape.taps(), oriented(problem, w));
+    let packed = shape.pack(|c, o, tap| weight(o, c, taps - 1 - tap));
     shape.run(isa, dy, &packed, None, 0.0, dx);
     true
 }

@@ -1,6 +1,7 @@
 //! The direct path against the formula (forward) and the column path in f64 (input
-//! gradient), over random 2-D geometry: odd channel counts that leave lanes empty,
-//! rows that end in short tiles, strides, asymmetric padding, both kernel modes.
+//! gradient), over random geometry in one to three dimensions: odd channel counts that
+//! leave lanes empty, rows that end in short tiles, strides, asymmetric padding, both
+//! kernel modes.
 
 use super::super::columns::{backward_input_by_columns, backward_weight_by_columns};
 use super::super::reference::conv_forward_reference;
@@ -11,9 +12,14 @@ use proptest::prelude::*;
 
 fn case() -> impl Strategy<Value = Case> {
     // Stride 1 most often: the input gradient takes the direct path only there.
-    let dim = (1usize..13, 1usize..5, prop::sample::select(vec![1usize, 1, 2, 3]), 0usize..4, 0usize..4);
+    // Sizes shrink with the rank so that a volume stays a few hundred cells.
+    let dims = (1usize..=3).prop_flat_map(|rank| {
+        let size: usize = [40, 13, 7][rank - 1];
+        let dim = (1usize..size, 1usize..5, prop::sample::select(vec![1usize, 1, 2, 3]), 0usize..4, 0usize..4);
+        prop::collection::vec(dim, rank)
+    });
     (
-        (dim.clone(), dim),
+        dims,
         any::<bool>(),
         any::<bool>(),
         1usize..16,
@@ -23,11 +29,13 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
     )
         .prop_filter_map("geometry must be valid", |(dims, floor, flip, c_in, c_out, batch, pad_value, bias)| {
-            let [a, b] = [dims.0, dims.1];
-            let padding = [Padding { before: a.3, after: a.4 }, Padding { before: b.3, after: b.4 }];
+            let input: Vec<usize> = dims.iter().map(|d| d.0).collect();
+            let filter: Vec<usize> = dims.iter().map(|d| d.1).collect();
+            let stride: Vec<usize> = dims.iter().map(|d| d.2).collect();
+            let padding: Vec<Padding> = dims.iter().map(|d| Padding { before: d.3, after: d.4 }).collect();
             let rounding = if floor { OutputRounding::Floor } else { OutputRounding::Strict };
             let mode = if flip { KernelMode::Convolution } else { KernelMode::CrossCorrelation };
-            let geometry = ConvGeometry::new(&[a.0, b.0], &[a.1, b.1], &[a.2, b.2], &padding, rounding, mode).ok()?;
+            let geometry = ConvGeometry::new(&input, &filter, &stride, &padding, rounding, mode).ok()?;
             Some(Case { problem: ConvProblem::new(geometry, c_in, c_out).ok()?, batch, pad_value, bias })
         })
 }
@@ -58,9 +66,9 @@ proptest! {
         let mut dx = vec![f32::NAN; case.batch * p.input_image_len()];
         let taken = super::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx);
         let suits = p.in_channels() >= 8 && p.out_channels() * p.geometry().filter_len() >= 64;
-        if Avx2Fma::detect().is_some() && suits && p.geometry().stride() == [1, 1] {
+        if Avx2Fma::detect().is_some() && suits && p.geometry().stride().iter().all(|&s| s == 1) {
             let g = p.geometry();
-            let fits = (0..2).all(|d| g.padding()[d].before < g.filter()[d] && g.output()[d] <= g.input()[d] + g.padding()[d].before);
+            let fits = (0..g.rank()).all(|d| g.padding()[d].before < g.filter()[d] && g.output()[d] <= g.input()[d] + g.padding()[d].before);
             prop_assert_eq!(taken, fits);
         }
         if taken {
@@ -116,6 +124,28 @@ fn the_direct_path_takes_t3_and_its_stride_one_input_gradients() {
         assert_eq!(super::backward_input(&p, &w, &y, &mut dx), stride == 1);
         let mut dw = vec![0.0; w.len()];
         assert!(super::backward_weight(&p, 2, 1, &x, &y, 0.0, &mut dw));
+    }
+}
+
+#[test]
+fn the_direct_path_takes_sequences_and_volumes_up_to_three_dimensions() {
+    let Some(_) = Avx2Fma::detect() else { return };
+    // C1's and C6's geometry at a smaller extent, and one rank past the path's.
+    for (input, filter, taken) in
+        [(vec![64], vec![9], true), (vec![4, 8, 8], vec![3, 3, 3], true), (vec![3, 3, 4, 4], vec![3, 3, 3, 3], false)]
+    {
+        let pad: Vec<Padding> = filter.iter().map(|&f| Padding::symmetric(f / 2)).collect();
+        let stride = vec![1; input.len()];
+        let g =
+            ConvGeometry::new(&input, &filter, &stride, &pad, OutputRounding::Floor, KernelMode::Convolution).unwrap();
+        let p = ConvProblem::new(g, 16, 32).unwrap();
+        let (x, w) = (vec![0.5; 2 * p.input_image_len()], vec![0.25; p.weight_len()]);
+        let mut y = vec![0.0; 2 * p.output_image_len()];
+        assert_eq!(super::forward(&p, &x, &w, None, 0.0, &mut y), taken);
+        let mut dx = vec![0.0; x.len()];
+        assert_eq!(super::backward_input(&p, &w, &y, &mut dx), taken);
+        let mut dw = vec![0.0; w.len()];
+        assert_eq!(super::backward_weight(&p, 2, 1, &x, &y, 0.0, &mut dw), taken);
     }
 }
 

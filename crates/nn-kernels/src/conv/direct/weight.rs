@@ -1,7 +1,7 @@
-//! The weight gradient on the direct path: `∂w[o, c, a, b] += Σ_n Σ_cells ∂y[n, o, cell]
-//! · x′[n, c, cell·s + (a, b)]`, with output channels in the vector lanes (∂y
-//! transposed to channel-last per image) and six filter taps in registers, summed
-//! over every output cell of an image.
+//! The weight gradient on the direct path: `∂w[o, c, tap] += Σ_n Σ_cells ∂y[n, o, cell]
+//! · x′[n, c, cell·s + tap]`, with output channels in the vector lanes (∂y transposed to
+//! channel-last per image) and six filter taps in registers, summed over every output
+//! cell of an image.
 
 use super::{Shape, LANES};
 use crate::conv::ConvProblem;
@@ -35,9 +35,10 @@ pub(in crate::conv) fn backward_weight(
     debug_assert!(super::takes(problem));
     let channels = shape.blocks() * LANES;
     let taps = shape.in_channels * shape.taps();
-    let (x_len, dy_len) = (shape.in_channels * shape.source[0] * shape.source[1], shape.out_len());
-    let padded_len = shape.in_channels * shape.padded[0] * shape.padded[1];
-    let cells = shape.output[0] * shape.output[1];
+    let (x_len, dy_len) = (shape.source_len(), shape.out_len());
+    let padded_len = shape.in_channels * shape.padded_volume();
+    let cells = shape.output.iter().product::<usize>();
+    let starts = window_starts(&shape);
     let partials: Vec<Vec<f32>> = (0..batch.div_ceil(per_chunk))
         .into_par_iter()
         .map(|chunk| {
@@ -48,25 +49,43 @@ pub(in crate::conv) fn backward_weight(
                     shape.pad(&x[n * x_len..(n + 1) * x_len], pad_value, xp);
                     let dyt = fit(dyt, cells * channels);
                     to_channel_last(&dy[n * dy_len..(n + 1) * dy_len], shape.out_channels, channels, dyt);
-                    image(isa, &shape, xp, dyt, &mut partial);
+                    image(isa, &shape, &starts, xp, dyt, &mut partial);
                 }
             });
             partial
         })
         .collect();
-    let [fh, fw] = shape.filter;
+    let per_channel = shape.taps();
     let flip = problem.geometry().mode() == KernelMode::Convolution;
     for partial in &partials {
         for (t, per_tap) in partial.chunks_exact(channels).enumerate() {
-            let (c, a, b) = (t / (fh * fw), t / fw % fh, t % fw);
-            // The correlation's tap (a, b) is the source convolution's (f − 1 − a, f − 1 − b).
-            let (a, b) = if flip { (fh - 1 - a, fw - 1 - b) } else { (a, b) };
+            let (c, tap) = (t / per_channel, t % per_channel);
+            // The correlation's tap α is the source convolution's f − 1 − α in every
+            // dimension: the row-major tap index reversed.
+            let tap = if flip { per_channel - 1 - tap } else { tap };
             for (o, &g) in per_tap.iter().take(shape.out_channels).enumerate() {
-                dw[((o * shape.in_channels + c) * fh + a) * fw + b] += g;
+                dw[(o * shape.in_channels + c) * per_channel + tap] += g;
             }
         }
     }
     true
+}
+
+/// Where the window of each tap (input channel, then tap row-major) starts in a padded
+/// image: worked out once, as a tile dividing its taps apart cost more than its sums
+/// on 7×7 planes.
+fn window_starts(shape: &Shape) -> Vec<usize> {
+    let [fd, fh, fw] = shape.filter;
+    let [pd, ph, pw] = shape.padded;
+    let mut starts = Vec::with_capacity(shape.in_channels * shape.taps());
+    for c in 0..shape.in_channels {
+        for t in 0..fd {
+            for a in 0..fh {
+                starts.extend((0..fw).map(|b| ((c * pd + t) * ph + a) * pw + b));
+            }
+        }
+    }
+    starts
 }
 
 /// `[C, cells]` to `[cells, padded C]`, the channels past `C` zero.
@@ -80,25 +99,24 @@ fn to_channel_last(src: &[f32], channels: usize, padded: usize, dst: &mut [f32])
 }
 
 /// Adds one image's contribution to `partial` (`[taps, padded channels]`).
-fn image(isa: Avx2Fma, shape: &Shape, xp: &[f32], dyt: &[f32], partial: &mut [f32]) {
-    let [oh, ow] = shape.output;
-    let [fh, fw] = shape.filter;
+fn image(isa: Avx2Fma, shape: &Shape, starts: &[usize], xp: &[f32], dyt: &[f32], partial: &mut [f32]) {
+    let (rows, ow) = (shape.output_rows(), shape.output[2]);
     let taps = shape.in_channels * shape.taps();
     // Every read lies in the buffers: (o − 1)·s + f ≤ padded in each dimension, the
     // transposed gradient has a row per output cell, the partial a row per tap.
-    assert!((oh - 1) * shape.stride[0] + fh <= shape.padded[0] && (ow - 1) * shape.stride[1] + fw <= shape.padded[1]);
-    assert!(xp.len() >= shape.in_channels * shape.padded[0] * shape.padded[1]);
-    assert!(dyt.len() >= oh * ow * shape.blocks() * LANES && partial.len() >= taps * shape.blocks() * LANES);
-    let strip = (STRIP_BYTES / (ow * shape.blocks() * LANES * 4)).clamp(1, oh);
-    for first in (0..oh).step_by(strip) {
-        let rows = first..(first + strip).min(oh);
+    assert!(shape.taps_fit());
+    assert!(xp.len() >= shape.in_channels * shape.padded_volume());
+    assert!(dyt.len() >= rows * ow * shape.blocks() * LANES && partial.len() >= taps * shape.blocks() * LANES);
+    let strip = (STRIP_BYTES / (ow * shape.blocks() * LANES * 4)).clamp(1, rows);
+    for first in (0..rows).step_by(strip) {
+        let rows = first..(first + strip).min(rows);
         let mut block = 0;
         while block < shape.blocks() {
             let pair = shape.blocks() - block >= 2;
             let mut tap = 0;
             while tap < taps {
                 let count = (taps - tap).min(TAPS);
-                let at = At { block, tap, rows: rows.clone() };
+                let at = At { block, starts: &starts[tap..tap + count], tap, rows: rows.clone() };
                 // SAFETY: AVX2 and FMA were detected (`isa`); the asserts above bound
                 // every read and write the tile makes.
                 unsafe { dispatch(isa, shape, pair, count, at, xp, dyt, partial) };
@@ -109,9 +127,12 @@ fn image(isa: Avx2Fma, shape: &Shape, xp: &[f32], dyt: &[f32], partial: &mut [f3
     }
 }
 
-/// A tile's first channel block, first tap, and the output rows it sums over.
-struct At {
+/// A tile's first channel block, first tap, and the output rows it sums over (counted
+/// over every depth).
+struct At<'s> {
     block: usize,
+    /// Where the windows of the tile's taps start in the padded image.
+    starts: &'s [usize],
     tap: usize,
     rows: std::ops::Range<usize>,
 }
@@ -165,26 +186,26 @@ unsafe fn dispatch(
 unsafe fn tile<const B: usize, const R: usize>(shape: &Shape, at: &At, xp: &[f32], dyt: &[f32], partial: &mut [f32]) {
     use std::arch::x86_64::*;
     let (block, first_tap) = (at.block, at.tap);
-    let ow = shape.output[1];
-    let [fh, fw] = shape.filter;
-    let [s0, s1] = shape.stride;
-    let pw = shape.padded[1];
+    let [_, oh, ow] = shape.output;
+    let [sd, s0, s1] = shape.stride;
+    let [_, ph, pw] = shape.padded;
     let channels = shape.blocks() * LANES;
-    // Where each tap's window starts in the padded image.
-    let starts: [usize; R] = std::array::from_fn(|r| {
-        let t = first_tap + r;
-        let (c, a, b) = (t / (fh * fw), t / fw % fh, t % fw);
-        (c * shape.padded[0] + a) * pw + b
-    });
     // SAFETY (whole body): the caller guarantees AVX2/FMA and that every offset below
     // stays inside `xp`, `dyt` and `partial`.
     unsafe {
-        let sources: [*const f32; R] = std::array::from_fn(|r| xp.as_ptr().add(starts[r]));
+        let sources: [*const f32; R] = std::array::from_fn(|r| xp.as_ptr().add(at.starts[r]));
         let mut acc = [[_mm256_setzero_ps(); R]; B];
+        // Output depth and row of output row i, counted without a division per row.
+        let (mut depth, mut row_in_depth) = (at.rows.start / oh, at.rows.start % oh);
         for i in at.rows.clone() {
             let row = dyt.as_ptr().add(i * ow * channels + block * LANES);
+            let row_start = (depth * sd * ph + row_in_depth * s0) * pw;
+            row_in_depth += 1;
+            if row_in_depth == oh {
+                (depth, row_in_depth) = (depth + 1, 0);
+            }
             for j in 0..ow {
-                let offset = i * s0 * pw + j * s1;
+                let offset = row_start + j * s1;
                 let mut g = [_mm256_setzero_ps(); B];
                 for (k, v) in g.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(row.add(j * channels + k * LANES));
