@@ -204,15 +204,19 @@ unsafe fn dispatch_tile(
     init: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    // Whole tiles along a row at stride 1 read neighbouring cells: a step known at
+    // compile time leaves the broadcasts plain offsets, not address arithmetic.
+    let unit_step = !at.down && cells == CELLS && shape.stride[2] == 1;
     macro_rules! by_cells {
         ($blocks:literal) => {
             match cells {
-                1 => tile::<$blocks, 1>(shape, at, xp, packed, init, y),
-                2 => tile::<$blocks, 2>(shape, at, xp, packed, init, y),
-                3 => tile::<$blocks, 3>(shape, at, xp, packed, init, y),
-                4 => tile::<$blocks, 4>(shape, at, xp, packed, init, y),
-                5 => tile::<$blocks, 5>(shape, at, xp, packed, init, y),
-                _ => tile::<$blocks, CELLS>(shape, at, xp, packed, init, y),
+                _ if unit_step => tile::<$blocks, CELLS, true>(shape, at, xp, packed, init, y),
+                1 => tile::<$blocks, 1, false>(shape, at, xp, packed, init, y),
+                2 => tile::<$blocks, 2, false>(shape, at, xp, packed, init, y),
+                3 => tile::<$blocks, 3, false>(shape, at, xp, packed, init, y),
+                4 => tile::<$blocks, 4, false>(shape, at, xp, packed, init, y),
+                5 => tile::<$blocks, 5, false>(shape, at, xp, packed, init, y),
+                _ => tile::<$blocks, CELLS, false>(shape, at, xp, packed, init, y),
             }
         };
     }
@@ -226,14 +230,15 @@ unsafe fn dispatch_tile(
     }
 }
 
-/// `B` blocks of eight output channels by `R` output cells of one row (or column).
+/// `B` blocks of eight output channels by `R` output cells of one row (or column);
+/// `UNIT_STEP`: the cells are neighbours in the source (a row at stride 1).
 ///
 /// # Safety
 /// As for [`dispatch_tile`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // Indices over two register arrays read clearer.
-unsafe fn tile<const B: usize, const R: usize>(
+unsafe fn tile<const B: usize, const R: usize, const UNIT_STEP: bool>(
     shape: &Shape,
     at: Tile,
     xp: &[f32],
@@ -249,7 +254,11 @@ unsafe fn tile<const B: usize, const R: usize>(
     let block_len = shape.in_channels * shape.taps() * LANES;
     let [_, oh, ow] = shape.output;
     // From one cell of the tile to the next, in the padded source and in the output.
-    let (source_step, output_step) = if at.down { (s0 * pw, ow) } else { (s1, 1) };
+    let (source_step, output_step) = match (UNIT_STEP, at.down) {
+        (true, _) => (1, 1),
+        (false, true) => (s0 * pw, ow),
+        (false, false) => (s1, 1),
+    };
     // SAFETY (whole body): the caller guarantees AVX2/FMA and that every offset below
     // stays inside `xp`, `packed` and `y`.
     unsafe {
