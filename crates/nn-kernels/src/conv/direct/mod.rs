@@ -79,8 +79,18 @@ impl Shape {
         self.in_channels * self.source.iter().product::<usize>()
     }
 
+    /// Output cells per channel.
+    fn output_cells(&self) -> usize {
+        self.output.iter().product()
+    }
+
     fn out_len(&self) -> usize {
-        self.out_channels * self.output.iter().product::<usize>()
+        self.out_channels * self.output_cells()
+    }
+
+    /// Values of one padded `[in_channels, padded…]` image.
+    fn padded_len(&self) -> usize {
+        self.in_channels * self.padded_volume()
     }
 
     /// Every tap of the last output cell lies in the padded source, in each dimension.
@@ -125,7 +135,7 @@ impl Shape {
     /// Runs the correlation over a batch: `src` holds `[in_channels, source…]` images,
     /// `dst` `[out_channels, output…]` ones.
     fn run(&self, isa: Avx2Fma, src: &[f32], packed: &[f32], init: Option<&[f32]>, pad_value: f32, dst: &mut [f32]) {
-        let padded_len = self.in_channels * self.padded_volume();
+        let padded_len = self.padded_len();
         dst.par_chunks_mut(self.out_len()).zip(src.par_chunks(self.source_len())).for_each(|(y, x)| {
             with_scratch::<f32, 1, _>(|[xp]| {
                 let xp = fit(xp, padded_len);
@@ -147,7 +157,7 @@ impl Shape {
         // Every tap a tile reads lies in the padded copy: the output geometry was
         // derived from these paddings.
         assert!(self.taps_fit());
-        assert!(xp.len() >= self.in_channels * self.padded_volume());
+        assert!(xp.len() >= self.padded_len());
         assert!(packed.len() >= self.blocks() * self.in_channels * self.taps() * LANES && y.len() >= self.out_len());
         let whole = ow - ow % CELLS;
         let mut block = 0;
@@ -294,7 +304,7 @@ unsafe fn tile<const B: usize, const R: usize, const UNIT_STEP: bool>(
         }
         let mut lanes = [0.0f32; LANES];
         let first_cell = (at.depth * oh + at.row) * ow + at.col;
-        let cells = shape.output.iter().product::<usize>();
+        let cells = shape.output_cells();
         for (k, acc) in acc.iter().enumerate() {
             let first = (at.block + k) * LANES;
             let channels = (shape.out_channels - first).min(LANES);

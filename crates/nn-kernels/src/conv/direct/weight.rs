@@ -36,8 +36,7 @@ pub(in crate::conv) fn backward_weight(
     let channels = shape.blocks() * LANES;
     let taps = shape.in_channels * shape.taps();
     let (x_len, dy_len) = (shape.source_len(), shape.out_len());
-    let padded_len = shape.in_channels * shape.padded_volume();
-    let cells = shape.output.iter().product::<usize>();
+    let (padded_len, cells) = (shape.padded_len(), shape.output_cells());
     let starts = window_starts(&shape);
     let partials: Vec<Vec<f32>> = (0..batch.div_ceil(per_chunk))
         .into_par_iter()
@@ -105,7 +104,7 @@ fn image(isa: Avx2Fma, shape: &Shape, starts: &[usize], xp: &[f32], dyt: &[f32],
     // Every read lies in the buffers: (o − 1)·s + f ≤ padded in each dimension, the
     // transposed gradient has a row per output cell, the partial a row per tap.
     assert!(shape.taps_fit());
-    assert!(xp.len() >= shape.in_channels * shape.padded_volume());
+    assert!(xp.len() >= shape.padded_len());
     assert!(dyt.len() >= rows * ow * shape.blocks() * LANES && partial.len() >= taps * shape.blocks() * LANES);
     let strip = (STRIP_BYTES / (ow * shape.blocks() * LANES * 4)).clamp(1, rows);
     for first in (0..rows).step_by(strip) {
