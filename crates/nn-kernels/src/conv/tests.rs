@@ -4,6 +4,12 @@ use super::*;
 use crate::GeometryError;
 use proptest::prelude::*;
 
+/// The geometries the implicit kernels take (given enough channels): not pointwise
+/// (its column matrix is the image), not dilated (they read neighbouring taps).
+fn implicit_suits(p: &ConvProblem) -> bool {
+    !p.geometry().is_pointwise() && p.geometry().is_undilated()
+}
+
 /// Whether this CPU runs the implicit-GEMM kernels.
 fn implicit_available() -> bool {
     Avx512::detect().is_some()
@@ -422,7 +428,7 @@ proptest! {
         assert_close("forward", &y, &slow, p.col_rows())?;
         prop_assert_eq!(
             implicit_forward(p, &x32, &w32, None, 0.0, &mut y.clone(), implicit::Writes::Direct),
-            implicit_available() && !p.geometry().is_pointwise() && p.out_channels() >= implicit::MIN_ROWS
+            implicit_available() && implicit_suits(p) && p.out_channels() >= implicit::MIN_ROWS
         );
     }
 
@@ -473,7 +479,7 @@ proptest! {
         assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
         prop_assert_eq!(
             implicit_input(p, &narrow(&w), &narrow(&dy), &mut dx, implicit::Writes::Direct),
-            implicit_available() && !p.geometry().is_pointwise() && p.in_channels() >= implicit::MIN_ROWS
+            implicit_available() && implicit_suits(p) && p.in_channels() >= implicit::MIN_ROWS
         );
     }
 }
@@ -499,7 +505,7 @@ proptest! {
             Avx512::detect().is_some_and(|isa| implicit::backward_weight(
                 isa, p.implicit_plan(), p, case.batch, per_chunk, &narrow(&x), &narrow(&dy), 0.0, &mut dw
             )),
-            implicit_available() && !p.geometry().is_pointwise() && c_out >= implicit::MIN_CHANNELS
+            implicit_available() && implicit_suits(p) && c_out >= implicit::MIN_CHANNELS
         );
     }
 }
@@ -621,4 +627,11 @@ fn f32_depthwise_matches_the_column_path() {
         backward_weight_by_columns(&p, batch, 2, &x, &dy, pad_value, &mut slow).unwrap();
         assert!(close(&fast, &slow), "weight gradient {input:?} stride {stride}");
     }
+}
+
+#[test]
+fn the_direct_path_goes_first_on_rows_shorter_than_a_vector() {
+    // T3's stage-3 and stage-2 planes, against stage 1's and a long sequence.
+    assert!(direct_goes_first(&[7, 7]) && direct_goes_first(&[14, 14]));
+    assert!(!direct_goes_first(&[28, 28]) && !direct_goes_first(&[1024]) && !direct_goes_first(&[]));
 }
