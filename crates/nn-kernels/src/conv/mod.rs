@@ -19,7 +19,10 @@
 //! For f32 in one to three dimensions on a CPU with AVX2 and FMA (`direct`), the
 //! forward pass, the weight gradient and the input gradient at stride 1 run as direct
 //! convolutions with output channels in the vector lanes, reading taps from a padded
-//! copy of the image.
+//! copy of the image (in AVX-512 tiles where the CPU has them; the weight gradient in
+//! AVX2). With AVX-512, the direct forward pass and input gradient go before the
+//! implicit ones where the planes they write have rows shorter than a vector (7×7,
+//! 14×14), and after them elsewhere.
 //!
 //! Depthwise convolutions (one input channel per group), any element type and rank,
 //! copy each plane once with its padding and sum a row's taps in registers
@@ -99,22 +102,36 @@ pub fn conv_forward<T: Element>(
         winograd::forward(problem, r, x, w, bias, pad_value, y);
         return Ok(());
     }
-    if let (Some(isa), Some(x), Some(w), Some(y)) = (Avx512::detect(), T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
-        let bias = bias.and_then(T::as_f32);
-        let writes = implicit::Writes::for_batch(x, y);
-        let pad_value = pad_value.as_f64() as f32;
-        if implicit::forward(isa, problem.implicit_plan(), x, w, bias, pad_value, y, writes) {
-            return Ok(());
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
     if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
-        if direct::forward(problem, x, w, bias.and_then(T::as_f32), pad_value.as_f64() as f32, y) {
+        let (bias, pad_value) = (bias.and_then(T::as_f32), pad_value.as_f64() as f32);
+        let implicit = |y: &mut [f32]| {
+            Avx512::detect().is_some_and(|isa| {
+                let writes = implicit::Writes::for_batch(x, y);
+                implicit::forward(isa, problem.implicit_plan(), x, w, bias, pad_value, y, writes)
+            })
+        };
+        #[cfg(target_arch = "x86_64")]
+        let direct = |y: &mut [f32]| direct::forward(problem, x, w, bias, pad_value, y);
+        #[cfg(not(target_arch = "x86_64"))]
+        let direct = |_: &mut [f32]| false;
+        if direct_goes_first(problem.geometry().output()) {
+            if direct(y) || implicit(y) {
+                return Ok(());
+            }
+        } else if implicit(y) || direct(y) {
             return Ok(());
         }
     }
     columns::forward_by_columns(problem, x, w, bias, pad_value, y);
     Ok(())
+}
+
+/// Whether the direct path goes before the implicit one for a product writing planes
+/// of these `extents`: the implicit kernels vectorise along rows and leave most of
+/// their 16 lanes empty on rows shorter than that; the direct path vectorises along
+/// channels. (On longer rows the implicit kernels measured faster.)
+fn direct_goes_first(extents: &[usize]) -> bool {
+    extents.last().is_some_and(|&row| row < implicit::LANES)
 }
 
 /// Input gradient: `∂x = convᵀ(∂y, w)`, overwriting `dx`. Padding cells have no
@@ -140,16 +157,22 @@ pub fn conv_backward_input<T: Element>(
         winograd::backward_input(problem, r, w, dy, dx);
         return Ok(());
     }
-    if let (Some(isa), Some(w), Some(dy), Some(dx)) = (Avx512::detect(), T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx))
-    {
-        let writes = implicit::Writes::for_batch(dy, dx);
-        if implicit::backward_input(isa, problem.implicit_plan(), problem, w, dy, dx, writes) {
-            return Ok(());
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
     if let (Some(w), Some(dy), Some(dx)) = (T::as_f32(w), T::as_f32(dy), T::as_f32_mut(dx)) {
-        if direct::backward_input(problem, w, dy, dx) {
+        let implicit = |dx: &mut [f32]| {
+            Avx512::detect().is_some_and(|isa| {
+                let writes = implicit::Writes::for_batch(dy, dx);
+                implicit::backward_input(isa, problem.implicit_plan(), problem, w, dy, dx, writes)
+            })
+        };
+        #[cfg(target_arch = "x86_64")]
+        let direct = |dx: &mut [f32]| direct::backward_input(problem, w, dy, dx);
+        #[cfg(not(target_arch = "x86_64"))]
+        let direct = |_: &mut [f32]| false;
+        if direct_goes_first(problem.geometry().input()) {
+            if direct(dx) || implicit(dx) {
+                return Ok(());
+            }
+        } else if implicit(dx) || direct(dx) {
             return Ok(());
         }
     }

@@ -1,14 +1,59 @@
 //! The direct path against the formula (forward) and the column path in f64 (input
 //! gradient), over random geometry in one to three dimensions: odd channel counts that
 //! leave lanes empty, rows that end in short tiles, strides, asymmetric padding, both
-//! kernel modes.
+//! kernel modes; the forward pass and the input gradient in the tiles of every
+//! instruction set this CPU has.
 
 use super::super::columns::{backward_input_by_columns, backward_weight_by_columns};
 use super::super::reference::conv_forward_reference;
 use super::super::tests::{assert_close, data, narrow, Case};
 use super::super::*;
-use crate::simd::Avx2Fma;
+use crate::simd::{Avx2Fma, Avx512};
 use proptest::prelude::*;
+
+/// `product` into `len` NaNs in the tiles of each instruction set this CPU has, as
+/// (instruction set, whether the path took it, the result).
+fn in_each_tile_set(
+    len: usize,
+    product: impl Fn(Option<Avx2Fma>, Option<Avx512>, &mut [f32]) -> bool,
+) -> Vec<(&'static str, bool, Vec<f32>)> {
+    let mut runs = Vec::new();
+    let mut run = |name, avx2, avx512| {
+        let mut out = vec![f32::NAN; len];
+        let taken = product(avx2, avx512, &mut out);
+        runs.push((name, taken, out));
+    };
+    if let Some(isa) = Avx2Fma::detect() {
+        run("AVX2", Some(isa), None);
+    }
+    if let Some(isa) = Avx512::detect() {
+        run("AVX-512", None, Some(isa));
+    }
+    runs
+}
+
+fn forward_in_each(
+    p: &ConvProblem,
+    batch: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pad: f32,
+) -> Vec<(&'static str, bool, Vec<f32>)> {
+    in_each_tile_set(batch * p.output_image_len(), |avx2, avx512, y| match (avx2, avx512) {
+        (Some(isa), _) => super::forward_on(isa, p, x, w, bias, pad, y),
+        (_, Some(isa)) => super::forward_on(isa, p, x, w, bias, pad, y),
+        _ => unreachable!(),
+    })
+}
+
+fn backward_input_in_each(p: &ConvProblem, batch: usize, w: &[f32], dy: &[f32]) -> Vec<(&'static str, bool, Vec<f32>)> {
+    in_each_tile_set(batch * p.input_image_len(), |avx2, avx512, dx| match (avx2, avx512) {
+        (Some(isa), _) => super::backward_input_on(isa, p, w, dy, dx),
+        (_, Some(isa)) => super::backward_input_on(isa, p, w, dy, dx),
+        _ => unreachable!(),
+    })
+}
 
 fn case() -> impl Strategy<Value = Case> {
     // Stride 1 most often: the input gradient takes the direct path only there.
@@ -48,14 +93,14 @@ proptest! {
         let p = &case.problem;
         let (x, w, b) = (data(case.batch * p.input_image_len(), 1), data(p.weight_len(), 2), data(p.out_channels(), 3));
         let bias = case.bias.then_some(&b[..]);
-        let mut y = vec![f32::NAN; case.batch * p.output_image_len()];
         let bias32 = bias.map(narrow);
-        let taken = super::forward(p, &narrow(&x), &narrow(&w), bias32.as_deref(), case.pad_value as f32, &mut y);
         let suits = p.out_channels() >= 8 && p.in_channels() * p.geometry().filter_len() >= 64;
-        prop_assert_eq!(taken, Avx2Fma::detect().is_some() && suits);
-        if taken {
-            let want = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
-            assert_close("forward", &y, &want, p.in_channels() * p.geometry().filter_len())?;
+        let want = conv_forward_reference(p, case.batch, &x, &w, bias, case.pad_value);
+        for (isa, taken, y) in forward_in_each(p, case.batch, &narrow(&x), &narrow(&w), bias32.as_deref(), case.pad_value as f32) {
+            prop_assert_eq!(taken, suits, "{}", isa);
+            if taken {
+                assert_close(isa, &y, &want, p.in_channels() * p.geometry().filter_len())?;
+            }
         }
     }
 
@@ -63,19 +108,17 @@ proptest! {
     fn direct_input_gradient_matches_the_column_path(case in case()) {
         let p = &case.problem;
         let (w, dy) = (data(p.weight_len(), 4), data(case.batch * p.output_image_len(), 5));
-        let mut dx = vec![f32::NAN; case.batch * p.input_image_len()];
-        let taken = super::backward_input(p, &narrow(&w), &narrow(&dy), &mut dx);
         let suits = p.in_channels() >= 8 && p.out_channels() * p.geometry().filter_len() >= 64;
-        if Avx2Fma::detect().is_some() && suits && p.geometry().stride().iter().all(|&s| s == 1) {
-            let g = p.geometry();
-            let fits = (0..g.rank()).all(|d| g.padding()[d].before < g.filter()[d] && g.output()[d] <= g.input()[d] + g.padding()[d].before);
-            prop_assert_eq!(taken, fits);
-        }
-        if taken {
-            prop_assert!(p.geometry().stride().iter().all(|&s| s == 1));
-            let mut want = vec![f64::NAN; dx.len()];
-            backward_input_by_columns(p, &w, &dy, &mut want);
-            assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
+        let g = p.geometry();
+        let unit_stride = g.stride().iter().all(|&s| s == 1);
+        let fits = (0..g.rank()).all(|d| g.padding()[d].before < g.filter()[d] && g.output()[d] <= g.input()[d] + g.padding()[d].before);
+        let mut want = vec![f64::NAN; case.batch * p.input_image_len()];
+        backward_input_by_columns(p, &w, &dy, &mut want);
+        for (isa, taken, dx) in backward_input_in_each(p, case.batch, &narrow(&w), &narrow(&dy)) {
+            prop_assert_eq!(taken, suits && unit_stride && fits, "{}", isa);
+            if taken {
+                assert_close(isa, &dx, &want, p.out_channels() * p.geometry().filter_len())?;
+            }
         }
     }
 }

@@ -3,13 +3,16 @@
 //! channel-last per image) and six filter taps in registers, summed over every output
 //! cell of an image.
 
-use super::{Shape, LANES};
+use super::tile::Simd;
+use super::Shape;
 use crate::conv::ConvProblem;
 use crate::geometry::KernelMode;
 use crate::simd::Avx2Fma;
 use crate::workspace::{fit, with_scratch};
 use rayon::prelude::*;
 
+/// Output channels per vector: the weight gradient's tiles are AVX2 only.
+const LANES: usize = Avx2Fma::LANES;
 /// Filter taps (input channel, tap row, tap column) per micro-tile.
 const TAPS: usize = 6;
 /// Bytes of the transposed gradient one strip of output rows holds: every tile of the
@@ -33,7 +36,7 @@ pub(in crate::conv) fn backward_weight(
         return false;
     }
     debug_assert!(super::takes(problem));
-    let channels = shape.blocks() * LANES;
+    let channels = shape.blocks(LANES) * LANES;
     let taps = shape.in_channels * shape.taps();
     let (x_len, dy_len) = (shape.source_len(), shape.out_len());
     let (padded_len, cells) = (shape.padded_len(), shape.output_cells());
@@ -105,13 +108,15 @@ fn image(isa: Avx2Fma, shape: &Shape, starts: &[usize], xp: &[f32], dyt: &[f32],
     // transposed gradient has a row per output cell, the partial a row per tap.
     assert!(shape.taps_fit());
     assert!(xp.len() >= shape.padded_len());
-    assert!(dyt.len() >= rows * ow * shape.blocks() * LANES && partial.len() >= taps * shape.blocks() * LANES);
-    let strip = (STRIP_BYTES / (ow * shape.blocks() * LANES * 4)).clamp(1, rows);
+    assert!(
+        dyt.len() >= rows * ow * shape.blocks(LANES) * LANES && partial.len() >= taps * shape.blocks(LANES) * LANES
+    );
+    let strip = (STRIP_BYTES / (ow * shape.blocks(LANES) * LANES * 4)).clamp(1, rows);
     for first in (0..rows).step_by(strip) {
         let rows = first..(first + strip).min(rows);
         let mut block = 0;
-        while block < shape.blocks() {
-            let pair = shape.blocks() - block >= 2;
+        while block < shape.blocks(LANES) {
+            let pair = shape.blocks(LANES) - block >= 2;
             let mut tap = 0;
             while tap < taps {
                 let count = (taps - tap).min(TAPS);
@@ -188,7 +193,7 @@ unsafe fn tile<const B: usize, const R: usize>(shape: &Shape, at: &At, xp: &[f32
     let [_, oh, ow] = shape.output;
     let [sd, s0, s1] = shape.stride;
     let [_, ph, pw] = shape.padded;
-    let channels = shape.blocks() * LANES;
+    let channels = shape.blocks(LANES) * LANES;
     // SAFETY (whole body): the caller guarantees AVX2/FMA and that every offset below
     // stays inside `xp`, `dyt` and `partial`.
     unsafe {

@@ -1,0 +1,275 @@
+//! The forward micro-tile, compiled once per instruction set: `B` blocks of output
+//! channels (one vector each) by `R` output cells of a row or column, every sum in a
+//! register while the tile walks the input channels and filter taps.
+
+use super::{Shape, Tile};
+use crate::simd::{Avx2Fma, Avx512};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// The vector operations a tile needs, on one instruction set. Every method is
+/// `#[inline(always)]`, so that it is compiled into the tile of the caller's
+/// `#[target_feature]` function; each is unsafe to call where the CPU lacks the
+/// instructions or the pointers are not readable (writable) for `LANES` floats.
+pub(super) trait Simd: Copy + Send + Sync {
+    type V: Copy;
+    /// Output channels per vector.
+    const LANES: usize;
+    /// Output cells per tile along a row: as many as keep `2 × CELLS` sums, two weight
+    /// vectors and a broadcast in the registers.
+    const CELLS: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn splat(p: *const f32) -> Self::V;
+    /// `a · b + c`, fused.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// Runs one tile compiled for these instructions: two channel blocks if `pair`,
+    /// else one, over `cells` cells.
+    ///
+    /// # Safety
+    /// Every read of `xp` and `packed` and every write of `y` the tile makes must lie
+    /// in the buffers (as [`Shape::image`] checks).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_tile(
+        self,
+        shape: &Shape,
+        pair: bool,
+        cells: usize,
+        at: Tile,
+        xp: &[f32],
+        packed: &[f32],
+        init: Option<&[f32]>,
+        y: &mut [f32],
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2Fma {
+    type V = __m256;
+    const LANES: usize = 8;
+    const CELLS: usize = 6;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m256 {
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    unsafe fn run_tile(
+        self,
+        shape: &Shape,
+        pair: bool,
+        cells: usize,
+        at: Tile,
+        xp: &[f32],
+        packed: &[f32],
+        init: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        // SAFETY: the token proves the instructions; the bounds are the caller's.
+        unsafe { run_avx2(self, shape, pair, cells, at, xp, packed, init, y) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    const CELLS: usize = 12;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m512 {
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    unsafe fn run_tile(
+        self,
+        shape: &Shape,
+        pair: bool,
+        cells: usize,
+        at: Tile,
+        xp: &[f32],
+        packed: &[f32],
+        init: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        // SAFETY: the token proves the instructions; the bounds are the caller's.
+        unsafe { run_avx512(self, shape, pair, cells, at, xp, packed, init, y) }
+    }
+}
+
+/// Picks the tile compiled for this many channel blocks and cells; the arguments
+/// are those of [`tile`].
+macro_rules! by_shape {
+    ($isa:ty, $pair:expr, $cells:expr, $unit_step:expr, $args:tt, $($r:literal)*) => {
+        match ($pair, $cells) {
+            (true, _) if $unit_step => tile::<$isa, { <$isa as Simd>::LANES }, 2, { <$isa as Simd>::CELLS }, true> $args,
+            (false, _) if $unit_step => tile::<$isa, { <$isa as Simd>::LANES }, 1, { <$isa as Simd>::CELLS }, true> $args,
+            $((true, $r) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, false> $args,)*
+            $((false, $r) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, false> $args,)*
+            _ => unreachable!("a tile has 1..=CELLS cells"),
+        }
+    };
+}
+
+/// [`Simd::run_tile`] on AVX2 and FMA.
+///
+/// # Safety
+/// As for [`Simd::run_tile`].
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(
+    _isa: Avx2Fma,
+    shape: &Shape,
+    pair: bool,
+    cells: usize,
+    at: Tile,
+    xp: &[f32],
+    packed: &[f32],
+    init: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let unit_step = unit_step::<Avx2Fma>(shape, cells, at);
+    // SAFETY: AVX2 and FMA are present (`_isa`); the bounds are the caller's.
+    unsafe { by_shape!(Avx2Fma, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6) }
+}
+
+/// [`Simd::run_tile`] on AVX-512F.
+///
+/// # Safety
+/// As for [`Simd::run_tile`].
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512(
+    _isa: Avx512,
+    shape: &Shape,
+    pair: bool,
+    cells: usize,
+    at: Tile,
+    xp: &[f32],
+    packed: &[f32],
+    init: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let unit_step = unit_step::<Avx512>(shape, cells, at);
+    // SAFETY: AVX-512F is present (`_isa`); the bounds are the caller's.
+    unsafe { by_shape!(Avx512, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6 7 8 9 10 11 12) }
+}
+
+/// Whole tiles along a row at stride 1 read neighbouring cells: a step known at
+/// compile time leaves the broadcasts plain offsets, not address arithmetic.
+#[inline(always)]
+fn unit_step<S: Simd>(shape: &Shape, cells: usize, at: Tile) -> bool {
+    !at.down && cells == S::CELLS && shape.stride[2] == 1
+}
+
+/// `B` blocks of output channels by `R` output cells of one row (or column);
+/// `UNIT_STEP`: the cells are neighbours in the source (a row at stride 1). `L` is
+/// `S::LANES`, passed again because only a const parameter can size the store buffer
+/// (a run-time length cost measurably more instructions).
+///
+/// # Safety
+/// As for [`Simd::run_tile`], on a CPU with `S`'s instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // Indices over two register arrays read clearer.
+unsafe fn tile<S: Simd, const L: usize, const B: usize, const R: usize, const UNIT_STEP: bool>(
+    shape: &Shape,
+    at: Tile,
+    xp: &[f32],
+    packed: &[f32],
+    init: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let [fd, fh, fw] = shape.filter;
+    let [sd, s0, s1] = shape.stride;
+    let [pd, ph, pw] = shape.padded;
+    let plane = ph * pw;
+    let block_len = shape.in_channels * shape.taps() * S::LANES;
+    let [_, oh, ow] = shape.output;
+    // From one cell of the tile to the next, in the padded source and in the output.
+    let (source_step, output_step) = match (UNIT_STEP, at.down) {
+        (true, _) => (1, 1),
+        (false, true) => (s0 * pw, ow),
+        (false, false) => (s1, 1),
+    };
+    // SAFETY (whole body): the caller guarantees the instructions and that every
+    // offset below stays inside `xp`, `packed` and `y`.
+    unsafe {
+        let mut acc = [[S::zero(); R]; B];
+        let x0 = xp.as_ptr().add(at.depth * sd * plane + at.row * s0 * pw + at.col * s1);
+        let w_block = packed.as_ptr().add(at.block * block_len);
+        // Input channel c and filter depth t in one loop (a fourth loop level kept the
+        // accumulators in memory), counted without a division.
+        let (mut c, mut t) = (0, 0);
+        for q in 0..shape.in_channels * fd {
+            let x_plane = x0.add((c * pd + t) * plane);
+            t += 1;
+            if t == fd {
+                (c, t) = (c + 1, 0);
+            }
+            let w_plane = w_block.add(q * fh * fw * S::LANES);
+            for a in 0..fh {
+                let x_row = x_plane.add(a * pw);
+                for b in 0..fw {
+                    let w_tap = w_plane.add((a * fw + b) * S::LANES);
+                    let mut wv = [S::zero(); B];
+                    for (k, v) in wv.iter_mut().enumerate() {
+                        *v = S::load(w_tap.add(k * block_len));
+                    }
+                    for r in 0..R {
+                        let xv = S::splat(x_row.add(r * source_step + b));
+                        for k in 0..B {
+                            acc[k][r] = S::fmadd(xv, wv[k], acc[k][r]);
+                        }
+                    }
+                }
+            }
+        }
+        let mut lanes = [0.0f32; L];
+        let first_cell = (at.depth * oh + at.row) * ow + at.col;
+        let cells = shape.output_cells();
+        for (k, acc) in acc.iter().enumerate() {
+            let first = (at.block + k) * S::LANES;
+            let channels = (shape.out_channels - first).min(S::LANES);
+            for (r, v) in acc.iter().enumerate() {
+                S::store(lanes.as_mut_ptr(), *v);
+                for (l, &value) in lanes.iter().enumerate().take(channels) {
+                    let o = first + l;
+                    let bias = init.map_or(0.0, |b| b[o]);
+                    *y.get_unchecked_mut(o * cells + first_cell + r * output_step) = bias + value;
+                }
+            }
+        }
+    }
+}
