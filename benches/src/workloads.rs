@@ -407,7 +407,8 @@ impl TrainCase {
         }
     }
 
-    fn algorithm(self) -> ConvAlgorithm {
+    /// How the variant computes its convolutions: Winograd for T2W and T3W.
+    pub fn algorithm(self) -> ConvAlgorithm {
         match self {
             TrainCase::T2W | TrainCase::T3W => ConvAlgorithm::Winograd,
             _ => ConvAlgorithm::Exact,

@@ -102,7 +102,7 @@ fn layer_times(case: TrainCase) {
 fn graph_node_times(case: TrainCase) {
     use std::collections::BTreeMap;
     use std::time::Instant;
-    let mut graph = nn_train::models::resnet20::<f32>(1).expect("T3 is valid");
+    let mut graph = nn_train::models::resnet20_with::<f32>(1, case.algorithm()).expect("T3 is valid");
     let (mut optimizer, data, batch) = (case.optimizer(), case.data(), case.batch());
     let (mut inputs, mut targets, mut grad) = (nn_core::Tensor::default(), Vec::new(), nn_core::Tensor::default());
     let indices: Vec<usize> = (0..batch).collect();
