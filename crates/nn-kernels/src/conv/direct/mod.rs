@@ -140,19 +140,28 @@ impl Shape {
             with_scratch::<f32, 1, _>(|[xp]| {
                 let xp = fit(xp, padded_len);
                 self.pad(x, pad_value, xp);
-                self.image(isa, xp, packed, init, y);
+                self.image(isa, xp, packed, init, pad_value == 0.0, y);
             })
         });
     }
 
-    /// One image: every row of outputs in tiles of `S::CELLS` cells, two channel blocks
-    /// at a time, and the columns a row leaves over (one of a 7-wide row) in tiles
+    /// One image, two channel blocks at a time: every row of outputs in tiles of
+    /// nearly equal width, at most `S::CELLS` cells and at least `S::MIN_CELLS`; where
+    /// no such split exists, in tiles of `S::CELLS` and the columns left over in tiles
     /// running down the column within a depth. A short tile keeps too few sums in
-    /// flight to hide the FMA latency: in rows alone a 7×7 plane takes seven one-cell
-    /// tiles, down the last column one of six and one of one. (Tiles that run on across
-    /// row ends measured twice as slow: their cells' addresses no longer stay in
-    /// registers.)
-    fn image<S: Simd>(&self, isa: S, xp: &[f32], packed: &[f32], init: Option<&[f32]>, y: &mut [f32]) {
+    /// flight to hide the FMA latency. (Tiles that run on across row ends measured
+    /// twice as slow: their cells' addresses no longer stay in registers.) Where the
+    /// padding is zero, a tile skips the filter taps that would read only padding:
+    /// rows and depths along a row, columns and depths down a column.
+    fn image<S: Simd>(
+        &self,
+        isa: S,
+        xp: &[f32],
+        packed: &[f32],
+        init: Option<&[f32]>,
+        zero_padding: bool,
+        y: &mut [f32],
+    ) {
         let [od, oh, ow] = self.output;
         // Every tap a tile reads lies in the padded copy: the output geometry was
         // derived from these paddings.
@@ -160,34 +169,53 @@ impl Shape {
         assert!(xp.len() >= self.padded_len());
         let blocks = self.blocks(S::LANES);
         assert!(packed.len() >= blocks * self.in_channels * self.taps() * S::LANES && y.len() >= self.out_len());
-        let cells = S::CELLS;
-        let whole = ow - ow % cells;
+        let tiles = ow.div_ceil(S::CELLS);
+        let (per_row, width, wider) =
+            if ow / tiles >= S::MIN_CELLS { (tiles, ow / tiles, ow % tiles) } else { (ow / S::CELLS, S::CELLS, 0) };
+        let first_down = per_row * width + wider;
+        let taps = |d: usize, at: usize| if zero_padding { self.inner_taps(d, at) } else { (0, self.filter[d]) };
         let mut block = 0;
         while block < blocks {
             let pair = blocks - block >= 2;
             let along_rows = (0..od * oh).flat_map(|row| {
                 let (depth, row) = (row / oh, row % oh);
-                (0..whole).step_by(cells).map(move |col| (Tile { block, depth, row, col, down: false }, cells))
+                (0..per_row).map(move |k| {
+                    let col = k * width + k.min(wider);
+                    let taps = [taps(0, depth), taps(1, row), (0, self.filter[2])];
+                    (Tile { block, depth, row, col, down: false, taps }, width + usize::from(k < wider))
+                })
             });
             let down_columns = (0..od).flat_map(|depth| {
-                (whole..ow).flat_map(move |col| {
-                    (0..oh)
-                        .step_by(cells)
-                        .map(move |row| (Tile { block, depth, row, col, down: true }, (oh - row).min(cells)))
+                (first_down..ow).flat_map(move |col| {
+                    (0..oh).step_by(S::CELLS).map(move |row| {
+                        let taps = [taps(0, depth), (0, self.filter[1]), taps(2, col)];
+                        (Tile { block, depth, row, col, down: true, taps }, (oh - row).min(S::CELLS))
+                    })
                 })
             });
             for (at, cells) in along_rows.chain(down_columns) {
                 // SAFETY: the asserts above bound every read of `xp` and `packed` and
-                // every write of `y` the tile makes (its cells lie in the output volume).
+                // every write of `y` the tile makes (its cells lie in the output volume;
+                // its taps within the filter).
                 unsafe { isa.run_tile(self, pair, cells, at, xp, packed, init, y) };
             }
             block += if pair { 2 } else { 1 };
         }
     }
+
+    /// The filter taps `[first, end)` of dimension `d` that read the image itself, not
+    /// its padding, for output index `at`.
+    fn inner_taps(&self, d: usize, at: usize) -> (usize, usize) {
+        let start = at * self.stride[d];
+        let first = self.before[d].saturating_sub(start).min(self.filter[d]);
+        let end = (self.before[d] + self.source[d]).saturating_sub(start).clamp(first, self.filter[d]);
+        (first, end)
+    }
 }
 
-/// Where a micro-tile sits: its first channel block, first output cell, and whether
-/// its cells run along the row or down the column.
+/// Where a micro-tile sits: its first channel block, first output cell, whether its
+/// cells run along the row or down the column, and the filter taps `[first, end)` it
+/// sums in each dimension.
 #[derive(Clone, Copy)]
 struct Tile {
     block: usize,
@@ -195,6 +223,7 @@ struct Tile {
     row: usize,
     col: usize,
     down: bool,
+    taps: [(usize, usize); DIMS],
 }
 
 /// Whether the forward pass and the weight gradient of `problem` run here (both

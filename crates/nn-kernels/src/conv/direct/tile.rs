@@ -18,6 +18,9 @@ pub(super) trait Simd: Copy + Send + Sync {
     /// Output cells per tile along a row: as many as keep `2 × CELLS` sums, two weight
     /// vectors and a broadcast in the registers.
     const CELLS: usize;
+    /// The fewest cells of a tile along a row that still hide the FMA latency with
+    /// two channel blocks.
+    const MIN_CELLS: usize;
     unsafe fn zero() -> Self::V;
     unsafe fn load(p: *const f32) -> Self::V;
     unsafe fn splat(p: *const f32) -> Self::V;
@@ -49,6 +52,7 @@ impl Simd for Avx2Fma {
     type V = __m256;
     const LANES: usize = 8;
     const CELLS: usize = 6;
+    const MIN_CELLS: usize = 6;
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         unsafe { _mm256_setzero_ps() }
@@ -90,6 +94,7 @@ impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     const CELLS: usize = 12;
+    const MIN_CELLS: usize = 6;
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         unsafe { _mm512_setzero_ps() }
@@ -130,11 +135,11 @@ impl Simd for Avx512 {
 /// are those of [`tile`].
 macro_rules! by_shape {
     ($isa:ty, $pair:expr, $cells:expr, $unit_step:expr, $args:tt, $($r:literal)*) => {
-        match ($pair, $cells) {
-            (true, _) if $unit_step => tile::<$isa, { <$isa as Simd>::LANES }, 2, { <$isa as Simd>::CELLS }, true> $args,
-            (false, _) if $unit_step => tile::<$isa, { <$isa as Simd>::LANES }, 1, { <$isa as Simd>::CELLS }, true> $args,
-            $((true, $r) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, false> $args,)*
-            $((false, $r) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, false> $args,)*
+        match ($pair, $cells, $unit_step) {
+            $((true, $r, true) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, true> $args,)*
+            $((true, $r, false) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, false> $args,)*
+            $((false, $r, true) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, true> $args,)*
+            $((false, $r, false) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, false> $args,)*
             _ => unreachable!("a tile has 1..=CELLS cells"),
         }
     };
@@ -158,7 +163,7 @@ unsafe fn run_avx2(
     init: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let unit_step = unit_step::<Avx2Fma>(shape, cells, at);
+    let unit_step = unit_step(shape, at);
     // SAFETY: AVX2 and FMA are present (`_isa`); the bounds are the caller's.
     unsafe { by_shape!(Avx2Fma, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6) }
 }
@@ -181,16 +186,16 @@ unsafe fn run_avx512(
     init: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let unit_step = unit_step::<Avx512>(shape, cells, at);
+    let unit_step = unit_step(shape, at);
     // SAFETY: AVX-512F is present (`_isa`); the bounds are the caller's.
     unsafe { by_shape!(Avx512, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6 7 8 9 10 11 12) }
 }
 
-/// Whole tiles along a row at stride 1 read neighbouring cells: a step known at
-/// compile time leaves the broadcasts plain offsets, not address arithmetic.
+/// Tiles along a row at stride 1 read neighbouring cells: a step known at compile
+/// time leaves the broadcasts plain offsets, not address arithmetic.
 #[inline(always)]
-fn unit_step<S: Simd>(shape: &Shape, cells: usize, at: Tile) -> bool {
-    !at.down && cells == S::CELLS && shape.stride[2] == 1
+fn unit_step(shape: &Shape, at: Tile) -> bool {
+    !at.down && shape.stride[2] == 1
 }
 
 /// `B` blocks of output channels by `R` output cells of one row (or column);
@@ -227,22 +232,26 @@ unsafe fn tile<S: Simd, const L: usize, const B: usize, const R: usize, const UN
     // offset below stays inside `xp`, `packed` and `y`.
     unsafe {
         let mut acc = [[S::zero(); R]; B];
-        let x0 = xp.as_ptr().add(at.depth * sd * plane + at.row * s0 * pw + at.col * s1);
-        let w_block = packed.as_ptr().add(at.block * block_len);
-        // Input channel c and filter depth t in one loop (a fourth loop level kept the
-        // accumulators in memory), counted without a division.
-        let (mut c, mut t) = (0, 0);
-        for q in 0..shape.in_channels * fd {
-            let x_plane = x0.add((c * pd + t) * plane);
-            t += 1;
-            if t == fd {
-                (c, t) = (c + 1, 0);
-            }
-            let w_plane = w_block.add(q * fh * fw * S::LANES);
-            for a in 0..fh {
+        // The tile's first cell at its first tap, in the source and in the filter.
+        let [(first_depth, end_depth), (first_row, end_row), (first_col, end_col)] = at.taps;
+        let (depths, rows, cols) = (end_depth - first_depth, end_row - first_row, end_col - first_col);
+        let x0 = xp
+            .as_ptr()
+            .add((at.depth * sd + first_depth) * plane + (at.row * s0 + first_row) * pw + at.col * s1 + first_col);
+        let w0 =
+            packed.as_ptr().add(at.block * block_len + ((first_depth * fh + first_row) * fw + first_col) * S::LANES);
+        // Input channel and filter depth in one loop (a fourth loop level kept the
+        // accumulators in memory): pointers stepped one depth at a time, and on to the
+        // next channel's first tap after the last depth, so no index is multiplied out.
+        let (x_depth, w_depth) = (plane, fh * fw * S::LANES);
+        let (x_channel, w_channel) = ((pd - depths) * plane, (fd - depths) * w_depth);
+        let (mut x_plane, mut w_plane, mut t) = (x0, w0, 0);
+        for _ in 0..shape.in_channels * depths {
+            for a in 0..rows {
                 let x_row = x_plane.add(a * pw);
-                for b in 0..fw {
-                    let w_tap = w_plane.add((a * fw + b) * S::LANES);
+                let w_row = w_plane.add(a * fw * S::LANES);
+                for b in 0..cols {
+                    let w_tap = w_row.add(b * S::LANES);
                     let mut wv = [S::zero(); B];
                     for (k, v) in wv.iter_mut().enumerate() {
                         *v = S::load(w_tap.add(k * block_len));
@@ -254,6 +263,11 @@ unsafe fn tile<S: Simd, const L: usize, const B: usize, const R: usize, const UN
                         }
                     }
                 }
+            }
+            // Past the last channel these point beyond the buffers, never read.
+            (x_plane, w_plane, t) = (x_plane.wrapping_add(x_depth), w_plane.wrapping_add(w_depth), t + 1);
+            if t == depths {
+                (x_plane, w_plane, t) = (x_plane.wrapping_add(x_channel), w_plane.wrapping_add(w_channel), 0);
             }
         }
         let mut lanes = [0.0f32; L];
