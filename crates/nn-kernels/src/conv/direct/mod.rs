@@ -1,9 +1,10 @@
 //! Direct convolution in one to three dimensions for AVX2 and AVX-512 CPUs (f32):
-//! output channels in the vector lanes, a few output cells of a row in registers, filter taps read
-//! straight from a padded copy of the image. It suits the small planes and few channels
-//! of late CNN layers, where a column matrix is mostly traffic (144 rows written and
-//! read for 16 products per cell in T3's first stage), and volumes, whose column matrix
-//! per image outgrows every cache.
+//! output channels in the vector lanes, a few output cells of a row in registers,
+//! filter taps read straight from a padded copy of the image. It suits the small
+//! planes and few channels of late CNN layers, where a column matrix is mostly traffic
+//! (144 rows written and read for 16 products per cell in T3's first stage) and the
+//! implicit kernels' row-wise vectors stay mostly empty, and volumes, whose column
+//! matrix per image outgrows every cache.
 //!
 //! Lower ranks run as three-dimensional problems whose leading dimensions have size 1.
 //! The input gradient at stride 1 is the same product on the output gradient, with

@@ -7,9 +7,9 @@ use crate::simd::{Avx2Fma, Avx512};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// The vector operations a tile needs, on one instruction set. Every method is
-/// `#[inline(always)]`, so that it is compiled into the tile of the caller's
-/// `#[target_feature]` function; each is unsafe to call where the CPU lacks the
+/// The vector operations a tile needs, on one instruction set. Each is
+/// `#[inline(always)]`, so that it is compiled into the tile of the instruction set's
+/// `#[target_feature]` function, and unsafe to call where the CPU lacks the
 /// instructions or the pointers are not readable (writable) for `LANES` floats.
 pub(super) trait Simd: Copy + Send + Sync {
     type V: Copy;
@@ -47,149 +47,96 @@ pub(super) trait Simd: Copy + Send + Sync {
     );
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx2Fma {
-    type V = __m256;
-    const LANES: usize = 8;
-    const CELLS: usize = 6;
-    const MIN_CELLS: usize = 6;
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m256 {
-        unsafe { _mm256_broadcast_ss(&*p) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    unsafe fn run_tile(
-        self,
-        shape: &Shape,
-        pair: bool,
-        cells: usize,
-        at: Tile,
-        xp: &[f32],
-        packed: &[f32],
-        init: Option<&[f32]>,
-        y: &mut [f32],
-    ) {
-        // SAFETY: the token proves the instructions; the bounds are the caller's.
-        unsafe { run_avx2(self, shape, pair, cells, at, xp, packed, init, y) }
-    }
-}
+/// `impl Simd` for one instruction set, and the `#[target_feature]` function its tiles
+/// are compiled into, which picks the tile for this many channel blocks and cells.
+macro_rules! simd {
+    (
+        $isa:ty, $v:ty, $feature:literal, $run:ident,
+        lanes $lanes:literal, cells $cells:literal, min_cells $min_cells:literal, tiles [$($r:literal)*],
+        $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident $(,)?
+    ) => {
+        impl Simd for $isa {
+            type V = $v;
+            const LANES: usize = $lanes;
+            const CELLS: usize = $cells;
+            const MIN_CELLS: usize = $min_cells;
+            #[inline(always)]
+            unsafe fn zero() -> $v {
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> $v {
+                unsafe { $load(p) }
+            }
+            #[inline(always)]
+            unsafe fn splat(p: *const f32) -> $v {
+                unsafe { $splat(*p) }
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
+                unsafe { $fmadd(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: $v) {
+                unsafe { $store(p, v) }
+            }
+            unsafe fn run_tile(
+                self,
+                shape: &Shape,
+                pair: bool,
+                cells: usize,
+                at: Tile,
+                xp: &[f32],
+                packed: &[f32],
+                init: Option<&[f32]>,
+                y: &mut [f32],
+            ) {
+                // SAFETY: the token proves the instructions; the bounds are the caller's.
+                unsafe { $run(self, shape, pair, cells, at, xp, packed, init, y) }
+            }
+        }
 
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx512 {
-    type V = __m512;
-    const LANES: usize = 16;
-    const CELLS: usize = 12;
-    const MIN_CELLS: usize = 6;
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        unsafe { _mm512_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m512 {
-        unsafe { _mm512_set1_ps(*p) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    unsafe fn run_tile(
-        self,
-        shape: &Shape,
-        pair: bool,
-        cells: usize,
-        at: Tile,
-        xp: &[f32],
-        packed: &[f32],
-        init: Option<&[f32]>,
-        y: &mut [f32],
-    ) {
-        // SAFETY: the token proves the instructions; the bounds are the caller's.
-        unsafe { run_avx512(self, shape, pair, cells, at, xp, packed, init, y) }
-    }
-}
-
-/// Picks the tile compiled for this many channel blocks and cells; the arguments
-/// are those of [`tile`].
-macro_rules! by_shape {
-    ($isa:ty, $pair:expr, $cells:expr, $unit_step:expr, $args:tt, $($r:literal)*) => {
-        match ($pair, $cells, $unit_step) {
-            $((true, $r, true) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, true> $args,)*
-            $((true, $r, false) => tile::<$isa, { <$isa as Simd>::LANES }, 2, $r, false> $args,)*
-            $((false, $r, true) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, true> $args,)*
-            $((false, $r, false) => tile::<$isa, { <$isa as Simd>::LANES }, 1, $r, false> $args,)*
-            _ => unreachable!("a tile has 1..=CELLS cells"),
+        /// [`Simd::run_tile`] compiled for these instructions.
+        ///
+        /// # Safety
+        /// As for [`Simd::run_tile`].
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $feature)]
+        unsafe fn $run(
+            _isa: $isa,
+            shape: &Shape,
+            pair: bool,
+            cells: usize,
+            at: Tile,
+            xp: &[f32],
+            packed: &[f32],
+            init: Option<&[f32]>,
+            y: &mut [f32],
+        ) {
+            // SAFETY: the instructions are present (`_isa`); the bounds are the caller's.
+            unsafe {
+                match (pair, cells, unit_step(shape, at)) {
+                    $((true, $r, true) => tile::<$isa, $lanes, 2, $r, true>(shape, at, xp, packed, init, y),)*
+                    $((true, $r, false) => tile::<$isa, $lanes, 2, $r, false>(shape, at, xp, packed, init, y),)*
+                    $((false, $r, true) => tile::<$isa, $lanes, 1, $r, true>(shape, at, xp, packed, init, y),)*
+                    $((false, $r, false) => tile::<$isa, $lanes, 1, $r, false>(shape, at, xp, packed, init, y),)*
+                    _ => unreachable!("a tile has 1..=CELLS cells"),
+                }
+            }
         }
     };
 }
 
-/// [`Simd::run_tile`] on AVX2 and FMA.
-///
-/// # Safety
-/// As for [`Simd::run_tile`].
-#[allow(clippy::too_many_arguments)]
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(
-    _isa: Avx2Fma,
-    shape: &Shape,
-    pair: bool,
-    cells: usize,
-    at: Tile,
-    xp: &[f32],
-    packed: &[f32],
-    init: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let unit_step = unit_step(shape, at);
-    // SAFETY: AVX2 and FMA are present (`_isa`); the bounds are the caller's.
-    unsafe { by_shape!(Avx2Fma, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6) }
-}
-
-/// [`Simd::run_tile`] on AVX-512F.
-///
-/// # Safety
-/// As for [`Simd::run_tile`].
-#[allow(clippy::too_many_arguments)]
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(
-    _isa: Avx512,
-    shape: &Shape,
-    pair: bool,
-    cells: usize,
-    at: Tile,
-    xp: &[f32],
-    packed: &[f32],
-    init: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let unit_step = unit_step(shape, at);
-    // SAFETY: AVX-512F is present (`_isa`); the bounds are the caller's.
-    unsafe { by_shape!(Avx512, pair, cells, unit_step, (shape, at, xp, packed, init, y), 1 2 3 4 5 6 7 8 9 10 11 12) }
-}
+simd!(
+    Avx2Fma, __m256, "avx2,fma", run_avx2,
+    lanes 8, cells 6, min_cells 6, tiles [1 2 3 4 5 6],
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps,
+);
+simd!(
+    Avx512, __m512, "avx512f", run_avx512,
+    lanes 16, cells 12, min_cells 6, tiles [1 2 3 4 5 6 7 8 9 10 11 12],
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps,
+);
 
 /// Tiles along a row at stride 1 read neighbouring cells: a step known at compile
 /// time leaves the broadcasts plain offsets, not address arithmetic.
@@ -232,14 +179,16 @@ unsafe fn tile<S: Simd, const L: usize, const B: usize, const R: usize, const UN
     // offset below stays inside `xp`, `packed` and `y`.
     unsafe {
         let mut acc = [[S::zero(); R]; B];
-        // The tile's first cell at its first tap, in the source and in the filter.
+        // The tile's first cell at its first tap, in the source and in the filter (past
+        // the buffers, and never read, where a tile's taps all fall in the padding).
         let [(first_depth, end_depth), (first_row, end_row), (first_col, end_col)] = at.taps;
         let (depths, rows, cols) = (end_depth - first_depth, end_row - first_row, end_col - first_col);
-        let x0 = xp
+        let x0 = xp.as_ptr().wrapping_add(
+            (at.depth * sd + first_depth) * plane + (at.row * s0 + first_row) * pw + at.col * s1 + first_col,
+        );
+        let w0 = packed
             .as_ptr()
-            .add((at.depth * sd + first_depth) * plane + (at.row * s0 + first_row) * pw + at.col * s1 + first_col);
-        let w0 =
-            packed.as_ptr().add(at.block * block_len + ((first_depth * fh + first_row) * fw + first_col) * S::LANES);
+            .wrapping_add(at.block * block_len + ((first_depth * fh + first_row) * fw + first_col) * S::LANES);
         // Input channel and filter depth in one loop (a fourth loop level kept the
         // accumulators in memory): pointers stepped one depth at a time, and on to the
         // next channel's first tap after the last depth, so no index is multiplied out.
