@@ -233,18 +233,38 @@ pub(in crate::conv) fn takes(problem: &ConvProblem) -> bool {
     Avx2Fma::detect().is_some() && forward_shape(problem).is_some_and(|shape| shape.worthwhile())
 }
 
-/// The widest tiles this CPU runs.
+/// An instruction set the tiles are compiled for, with the token that proves it.
 #[derive(Clone, Copy)]
-enum Widest {
+enum TileSet {
     Avx512(Avx512),
     Avx2(Avx2Fma),
 }
 
-impl Widest {
-    fn detect() -> Option<Self> {
-        Avx512::detect().map(Widest::Avx512).or_else(|| Avx2Fma::detect().map(Widest::Avx2))
+impl TileSet {
+    /// The widest this CPU runs.
+    fn widest() -> Option<Self> {
+        Avx512::detect().map(TileSet::Avx512).or_else(|| Avx2Fma::detect().map(TileSet::Avx2))
+    }
+
+    /// Every one this CPU runs, so that the tests cover each.
+    #[cfg(test)]
+    fn all() -> Vec<Self> {
+        [Avx2Fma::detect().map(TileSet::Avx2), Avx512::detect().map(TileSet::Avx512)].into_iter().flatten().collect()
     }
 }
+
+/// `$body` with `$isa` bound to the token of `$tiles`: the generic code, compiled once
+/// per instruction set.
+macro_rules! on_tiles {
+    ($tiles:expr, $isa:ident => $body:expr) => {
+        match $tiles {
+            TileSet::Avx512($isa) => $body,
+            TileSet::Avx2($isa) => $body,
+        }
+    };
+}
+#[cfg(test)]
+use on_tiles;
 
 /// The geometry as a direct correlation, or `None` where this path does not apply
 /// (ranks above three; dilated taps; channel groups).
@@ -292,11 +312,7 @@ pub(super) fn forward(
     pad: f32,
     y: &mut [f32],
 ) -> bool {
-    match Widest::detect() {
-        Some(Widest::Avx512(isa)) => forward_on(isa, problem, x, w, bias, pad, y),
-        Some(Widest::Avx2(isa)) => forward_on(isa, problem, x, w, bias, pad, y),
-        None => false,
-    }
+    TileSet::widest().is_some_and(|tiles| on_tiles!(tiles, isa => forward_on(isa, problem, x, w, bias, pad, y)))
 }
 
 /// [`forward`] in the tiles of `isa`.
@@ -321,11 +337,7 @@ fn forward_on<S: Simd>(
 /// roles swapped. `false` where it does not apply (another stride, or padding as wide
 /// as the filter).
 pub(super) fn backward_input(problem: &ConvProblem, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
-    match Widest::detect() {
-        Some(Widest::Avx512(isa)) => backward_input_on(isa, problem, w, dy, dx),
-        Some(Widest::Avx2(isa)) => backward_input_on(isa, problem, w, dy, dx),
-        None => false,
-    }
+    TileSet::widest().is_some_and(|tiles| on_tiles!(tiles, isa => backward_input_on(isa, problem, w, dy, dx)))
 }
 
 /// [`backward_input`] in the tiles of `isa`.

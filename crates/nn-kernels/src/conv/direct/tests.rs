@@ -8,30 +8,12 @@ use super::super::columns::{backward_input_by_columns, backward_weight_by_column
 use super::super::reference::conv_forward_reference;
 use super::super::tests::{assert_close, data, narrow, Case};
 use super::super::*;
-use crate::simd::{Avx2Fma, Avx512};
+use super::{on_tiles, TileSet};
+use crate::simd::Avx2Fma;
 use proptest::prelude::*;
 
-/// `product` into `len` NaNs in the tiles of each instruction set this CPU has, as
+/// The forward pass into NaNs, in the tiles of each instruction set this CPU has:
 /// (instruction set, whether the path took it, the result).
-fn in_each_tile_set(
-    len: usize,
-    product: impl Fn(Option<Avx2Fma>, Option<Avx512>, &mut [f32]) -> bool,
-) -> Vec<(&'static str, bool, Vec<f32>)> {
-    let mut runs = Vec::new();
-    let mut run = |name, avx2, avx512| {
-        let mut out = vec![f32::NAN; len];
-        let taken = product(avx2, avx512, &mut out);
-        runs.push((name, taken, out));
-    };
-    if let Some(isa) = Avx2Fma::detect() {
-        run("AVX2", Some(isa), None);
-    }
-    if let Some(isa) = Avx512::detect() {
-        run("AVX-512", None, Some(isa));
-    }
-    runs
-}
-
 fn forward_in_each(
     p: &ConvProblem,
     batch: usize,
@@ -40,19 +22,33 @@ fn forward_in_each(
     bias: Option<&[f32]>,
     pad: f32,
 ) -> Vec<(&'static str, bool, Vec<f32>)> {
-    in_each_tile_set(batch * p.output_image_len(), |avx2, avx512, y| match (avx2, avx512) {
-        (Some(isa), _) => super::forward_on(isa, p, x, w, bias, pad, y),
-        (_, Some(isa)) => super::forward_on(isa, p, x, w, bias, pad, y),
-        _ => unreachable!(),
-    })
+    in_each(
+        batch * p.output_image_len(),
+        |tiles, y| on_tiles!(tiles, isa => super::forward_on(isa, p, x, w, bias, pad, y)),
+    )
 }
 
+/// The input gradient, as [`forward_in_each`].
 fn backward_input_in_each(p: &ConvProblem, batch: usize, w: &[f32], dy: &[f32]) -> Vec<(&'static str, bool, Vec<f32>)> {
-    in_each_tile_set(batch * p.input_image_len(), |avx2, avx512, dx| match (avx2, avx512) {
-        (Some(isa), _) => super::backward_input_on(isa, p, w, dy, dx),
-        (_, Some(isa)) => super::backward_input_on(isa, p, w, dy, dx),
-        _ => unreachable!(),
-    })
+    in_each(
+        batch * p.input_image_len(),
+        |tiles, dx| on_tiles!(tiles, isa => super::backward_input_on(isa, p, w, dy, dx)),
+    )
+}
+
+fn in_each(len: usize, product: impl Fn(TileSet, &mut [f32]) -> bool) -> Vec<(&'static str, bool, Vec<f32>)> {
+    let name = |tiles| match tiles {
+        TileSet::Avx512(_) => "AVX-512",
+        TileSet::Avx2(_) => "AVX2",
+    };
+    TileSet::all()
+        .into_iter()
+        .map(|tiles| {
+            let mut out = vec![f32::NAN; len];
+            let taken = product(tiles, &mut out);
+            (name(tiles), taken, out)
+        })
+        .collect()
 }
 
 fn case() -> impl Strategy<Value = Case> {
