@@ -114,11 +114,7 @@ pub fn conv_forward<T: Element>(
         let direct = |y: &mut [f32]| direct::forward(problem, x, w, bias, pad_value, y);
         #[cfg(not(target_arch = "x86_64"))]
         let direct = |_: &mut [f32]| false;
-        if direct_goes_first(problem.geometry().output()) {
-            if direct(y) || implicit(y) {
-                return Ok(());
-            }
-        } else if implicit(y) || direct(y) {
+        if direct_or_implicit(problem.geometry().output(), y, direct, implicit) {
             return Ok(());
         }
     }
@@ -132,6 +128,20 @@ pub fn conv_forward<T: Element>(
 /// channels. (On longer rows the implicit kernels measured faster.)
 fn direct_goes_first(extents: &[usize]) -> bool {
     extents.last().is_some_and(|&row| row < implicit::LANES)
+}
+
+/// Offers `out` (planes of `extents`) to the direct and the implicit product in the
+/// order [`direct_goes_first`] picks; whether one of them took it.
+fn direct_or_implicit(
+    extents: &[usize],
+    out: &mut [f32],
+    direct: impl Fn(&mut [f32]) -> bool,
+    implicit: impl Fn(&mut [f32]) -> bool,
+) -> bool {
+    if direct_goes_first(extents) {
+        return direct(out) || implicit(out);
+    }
+    implicit(out) || direct(out)
 }
 
 /// Input gradient: `∂x = convᵀ(∂y, w)`, overwriting `dx`. Padding cells have no
@@ -168,11 +178,7 @@ pub fn conv_backward_input<T: Element>(
         let direct = |dx: &mut [f32]| direct::backward_input(problem, w, dy, dx);
         #[cfg(not(target_arch = "x86_64"))]
         let direct = |_: &mut [f32]| false;
-        if direct_goes_first(problem.geometry().input()) {
-            if direct(dx) || implicit(dx) {
-                return Ok(());
-            }
-        } else if implicit(dx) || direct(dx) {
+        if direct_or_implicit(problem.geometry().input(), dx, direct, implicit) {
             return Ok(());
         }
     }

@@ -4,7 +4,6 @@
 
 use super::{Shape, Tile};
 use crate::simd::{Avx2Fma, Avx512};
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// The vector operations a tile needs, on one instruction set. Each is
@@ -152,7 +151,6 @@ fn unit_step(shape: &Shape, at: Tile) -> bool {
 ///
 /// # Safety
 /// As for [`Simd::run_tile`], on a CPU with `S`'s instructions.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // Indices over two register arrays read clearer.
 unsafe fn tile<S: Simd, const L: usize, const B: usize, const R: usize, const UNIT_STEP: bool>(

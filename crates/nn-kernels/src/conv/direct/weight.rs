@@ -108,15 +108,14 @@ fn image(isa: Avx2Fma, shape: &Shape, starts: &[usize], xp: &[f32], dyt: &[f32],
     // transposed gradient has a row per output cell, the partial a row per tap.
     assert!(shape.taps_fit());
     assert!(xp.len() >= shape.padded_len());
-    assert!(
-        dyt.len() >= rows * ow * shape.blocks(LANES) * LANES && partial.len() >= taps * shape.blocks(LANES) * LANES
-    );
-    let strip = (STRIP_BYTES / (ow * shape.blocks(LANES) * LANES * 4)).clamp(1, rows);
+    let blocks = shape.blocks(LANES);
+    assert!(dyt.len() >= rows * ow * blocks * LANES && partial.len() >= taps * blocks * LANES);
+    let strip = (STRIP_BYTES / (ow * blocks * LANES * 4)).clamp(1, rows);
     for first in (0..rows).step_by(strip) {
         let rows = first..(first + strip).min(rows);
         let mut block = 0;
-        while block < shape.blocks(LANES) {
-            let pair = shape.blocks(LANES) - block >= 2;
+        while block < blocks {
+            let pair = blocks - block >= 2;
             let mut tap = 0;
             while tap < taps {
                 let count = (taps - tap).min(TAPS);
