@@ -105,7 +105,8 @@ impl<T: Element> Tensor<T> {
     /// Copies `other` into `self`, reusing the allocation.
     pub(crate) fn copy_from(&mut self, other: &Tensor<T>) {
         self.shape.clone_from(&other.shape);
-        self.data.clone_from(&other.data);
+        storage::resize_unspecified(&mut self.data, other.data.len());
+        nn_kernels::elementwise::copy(&other.data, &mut self.data).expect("resized to the source's length");
     }
 
     /// Converts every element to another element type.

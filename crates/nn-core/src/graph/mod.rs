@@ -127,12 +127,10 @@ impl<T: Element> Graph<T> {
                     Ok(())
                 }
                 Op::Layer(layer) => layer.forward(input(0), &mut out).map_err(|e| in_node(&node.name, e)),
-                Op::Add => {
-                    out.copy_from(input(0));
-                    (1..node.inputs.len())
-                        .try_for_each(|k| nn_kernels::elementwise::add_assign(out.data_mut(), input(k).data()))
-                        .map_err(NnError::from)
-                }
+                // The builder gives an addition two inputs.
+                Op::Add => out
+                    .set_batch_shape(batch, &node.shape)
+                    .and_then(|()| Ok(nn_kernels::elementwise::add(input(0).data(), input(1).data(), out.data_mut())?)),
                 Op::Concat => out.set_batch_shape(batch, &node.shape).map(|()| {
                     let parts: Vec<&Tensor<T>> = (0..node.inputs.len()).map(input).collect();
                     concat_channels(&parts, batch, out.data_mut());

@@ -388,7 +388,51 @@ pub fn add_assign<T: Element>(dst: &mut [T], src: &[T]) -> Result<(), KernelErro
 /// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("axpy: x", y.len(), x.len())?;
-    axpy_dispatched(alpha, x, y);
+    if y.len() >= 2 * PARALLEL_CHUNK {
+        y.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(x.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(y, x)| axpy_dispatched(alpha, x, y));
+    } else {
+        axpy_dispatched(alpha, x, y);
+    }
+    Ok(())
+}
+
+/// `out[i] = a[i] + b[i]`: one pass where a copy and an [`add_assign`] take two.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
+pub fn add<T: Element>(a: &[T], b: &[T], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("add: a", out.len(), a.len())?;
+    check_len("add: b", out.len(), b.len())?;
+    if out.len() >= 2 * PARALLEL_CHUNK {
+        let inputs = a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK));
+        out.par_chunks_mut(PARALLEL_CHUNK).zip(inputs).for_each(|(out, (a, b))| add_dispatched(a, b, out));
+    } else {
+        add_dispatched(a, b, out);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub(crate) fn add_body<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
+    lanes_then_tail!(T, out.len(), |i| { T::store(T::load(&a[i..]) + T::load(&b[i..]), &mut out[i..]) }, |j| {
+        out[j] = a[j] + b[j]
+    });
+}
+
+/// `dst ← src`, on all threads for long slices (one core's copy does not reach the
+/// memory bandwidth two have).
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
+pub fn copy<T: Element>(src: &[T], dst: &mut [T]) -> Result<(), KernelError> {
+    check_len("copy: src", dst.len(), src.len())?;
+    if dst.len() >= 2 * PARALLEL_CHUNK {
+        dst.par_chunks_mut(PARALLEL_CHUNK).zip(src.par_chunks(PARALLEL_CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+    } else {
+        dst.copy_from_slice(src);
+    }
     Ok(())
 }
 
@@ -428,6 +472,7 @@ pub(crate) fn sum_body<T: Element>(x: &[T]) -> T {
 avx2_dispatch!(fn relu_forward_dispatched<T: Element>(x: &[T], y: &mut [T]) => relu_forward);
 avx2_dispatch!(fn relu_backward_dispatched<T: Element>(y: &[T], dy: &[T], dx: &mut [T]) => relu_backward);
 avx2_dispatch!(fn add_scalar_dispatched<T: Element>(x: &mut [T], value: T) => add_scalar_body);
+avx2_dispatch!(fn add_dispatched<T: Element>(a: &[T], b: &[T], out: &mut [T]) => add_body);
 avx2_dispatch!(fn axpy_dispatched<T: Element>(alpha: T, x: &[T], y: &mut [T]) => axpy_body);
 avx2_dispatch!(fn scale_dispatched<T: Element>(x: &mut [T], alpha: T) => scale_body);
 avx2_dispatch!(fn sum_dispatched<T: Element>(x: &[T]) -> T => sum_body);

@@ -53,6 +53,12 @@ fn vector_ops_paths_match_scalar() {
         let scaled: Vec<f64> = x.iter().map(|v| v * 3.0).collect();
         assert_eq!((p, d), (scaled.clone(), scaled));
 
+        let (mut p, mut d) = (vec![0.0; len], vec![0.0; len]);
+        add_body(&x, &y0, &mut p);
+        add(&x, &y0, &mut d).unwrap();
+        let sums: Vec<f64> = x.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        assert_eq!((p, d), (sums.clone(), sums));
+
         let (mut p, mut d) = (x.clone(), x.clone());
         add_scalar_body(&mut p, 1.5);
         add_scalar(&mut d, 1.5);
@@ -134,6 +140,15 @@ fn parallel_paths_match_element_by_element() {
         assert_eq!((w_adam[i], m[i], s[i]), (wi[0], mi[0], si[0]));
     }
 
+    let (mut sums, mut copied, mut accumulated) = (vec![0.0; len], vec![0.0; len], g.clone());
+    add(&x, &g, &mut sums).unwrap();
+    copy(&x, &mut copied).unwrap();
+    axpy(-0.5, &x, &mut accumulated).unwrap();
+    assert_eq!(copied, x);
+    for i in 0..len {
+        assert_eq!((sums[i], accumulated[i]), (x[i] + g[i], g[i] + -0.5 * x[i]), "{i}");
+    }
+
     let mut z = x.clone();
     fill_zero(&mut z);
     assert!(z.iter().all(|&v| v == 0.0));
@@ -147,6 +162,7 @@ fn length_mismatches_are_errors() {
         Err(KernelError::BufferLength { what: "activation forward: y", expected: 3, got: 2 })
     );
     assert!(axpy(1.0, &x, &mut y).is_err());
+    assert!(add(&x, &x, &mut y).is_err() && add(&x[..2], &x, &mut y).is_err() && copy(&x, &mut y).is_err());
     let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 };
     assert!(sgd_update(step, &mut [0.0f32; 2], &[0.0; 2], &mut []).is_err());
 }
