@@ -3,11 +3,14 @@
 //! passes of the forward and backward. Sums run in a fixed order, whatever the thread
 //! count.
 
-use crate::simd::avx2_dispatch;
+#[cfg(target_arch = "x86_64")]
+mod widened;
+
+use crate::simd::{avx2_dispatch, Avx2Fma};
 use crate::Element;
 
 /// Independent partial sums per reduction: enough to hide the latency of f64 adds and
-/// fill AVX2 registers.
+/// fill two AVX2 registers.
 const PARTIALS: usize = 8;
 
 /// The partial sums added in a fixed pairwise order.
@@ -17,12 +20,31 @@ fn combine(acc: [f64; PARTIALS]) -> f64 {
 
 /// `Σ x`, accumulated in f64.
 pub fn sum<T: Element>(x: &[T]) -> f64 {
-    sum_dispatched(x)
+    let done = x.len() / PARTIALS * PARTIALS;
+    let mut acc = match f32_on_avx2(&x[..done]) {
+        #[cfg(target_arch = "x86_64")]
+        Some((x, isa)) => widened::sum(isa, x),
+        _ => sum_chunks_dispatched(&x[..done]),
+    };
+    for (a, &v) in acc.iter_mut().zip(&x[done..]) {
+        *a += v.as_f64();
+    }
+    combine(acc)
 }
 
 /// `Σ (x − centre)²`, accumulated in f64.
 pub fn sum_squared_deviation<T: Element>(x: &[T], centre: f64) -> f64 {
-    sum_squared_deviation_dispatched(x, centre)
+    let done = x.len() / PARTIALS * PARTIALS;
+    let mut acc = match f32_on_avx2(&x[..done]) {
+        #[cfg(target_arch = "x86_64")]
+        Some((x, isa)) => widened::sum_squared_deviation(isa, x, centre),
+        _ => sum_squared_deviation_chunks_dispatched(&x[..done], centre),
+    };
+    for (a, &v) in acc.iter_mut().zip(&x[done..]) {
+        let d = v.as_f64() - centre;
+        *a += d * d;
+    }
+    combine(acc)
 }
 
 /// `(Σ g, Σ g·(x − centre))` over equally long runs `g` and `x`, accumulated in f64.
@@ -31,7 +53,24 @@ pub fn sum_squared_deviation<T: Element>(x: &[T], centre: f64) -> f64 {
 /// When `g` and `x` differ in length (callers pass runs of one tensor shape).
 pub fn sum_and_dot_deviation<T: Element>(g: &[T], x: &[T], centre: f64) -> (f64, f64) {
     assert_eq!(g.len(), x.len(), "runs of one shape");
-    sum_and_dot_deviation_dispatched(g, x, centre)
+    let done = g.len() / PARTIALS * PARTIALS;
+    let (g_chunks, x_chunks) = (&g[..done], &x[..done]);
+    let (mut sums, mut dots) = match (f32_on_avx2(g_chunks), T::as_f32(x_chunks)) {
+        #[cfg(target_arch = "x86_64")]
+        (Some((g, isa)), Some(x)) => widened::sum_and_dot_deviation(isa, g, x, centre),
+        _ => sum_and_dot_deviation_chunks_dispatched(g_chunks, x_chunks, centre),
+    };
+    for (l, (&g, &x)) in g[done..].iter().zip(&x[done..]).enumerate() {
+        sums[l] += g.as_f64();
+        dots[l] += g.as_f64() * (x.as_f64() - centre);
+    }
+    (combine(sums), combine(dots))
+}
+
+/// `x` as f32 with the token for the AVX2 sums, where it is f32 and the CPU has AVX2:
+/// LLVM widens and adds the portable loops one element at a time.
+fn f32_on_avx2<T: Element>(x: &[T]) -> Option<(&[f32], Avx2Fma)> {
+    T::as_f32(x).zip(Avx2Fma::detect())
 }
 
 /// `y = x·scale + shift` elementwise.
@@ -54,60 +93,49 @@ pub fn centred_difference<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &
     centred_difference_dispatched(g, x, constants, dx)
 }
 
-avx2_dispatch!(fn sum_dispatched<T: Element>(x: &[T]) -> f64 => sum_body);
-avx2_dispatch!(fn sum_squared_deviation_dispatched<T: Element>(x: &[T], centre: f64) -> f64 => sum_squared_deviation_body);
-avx2_dispatch!(fn sum_and_dot_deviation_dispatched<T: Element>(g: &[T], x: &[T], centre: f64) -> (f64, f64) => sum_and_dot_deviation_body);
+avx2_dispatch!(fn sum_chunks_dispatched<T: Element>(x: &[T]) -> [f64; PARTIALS] => sum_chunks);
+avx2_dispatch!(fn sum_squared_deviation_chunks_dispatched<T: Element>(x: &[T], centre: f64) -> [f64; PARTIALS] => sum_squared_deviation_chunks);
+avx2_dispatch!(fn sum_and_dot_deviation_chunks_dispatched<T: Element>(g: &[T], x: &[T], centre: f64) -> ([f64; PARTIALS], [f64; PARTIALS]) => sum_and_dot_deviation_chunks);
 avx2_dispatch!(fn scale_shift_dispatched<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) => scale_shift_body);
 avx2_dispatch!(fn centred_difference_dispatched<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &mut [T]) => centred_difference_body);
 
+// The portable sums over whole chunks, partial sum `l` taking every chunk's element
+// `l`; the callers add the tail.
+
 #[inline(always)]
-fn sum_body<T: Element>(x: &[T]) -> f64 {
+fn sum_chunks<T: Element>(x: &[T]) -> [f64; PARTIALS] {
     let mut acc = [0.0; PARTIALS];
-    let mut chunks = x.chunks_exact(PARTIALS);
-    for chunk in &mut chunks {
+    for chunk in x.chunks_exact(PARTIALS) {
         for (a, &v) in acc.iter_mut().zip(chunk) {
             *a += v.as_f64();
         }
     }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += v.as_f64();
-    }
-    combine(acc)
+    acc
 }
 
 #[inline(always)]
-fn sum_squared_deviation_body<T: Element>(x: &[T], centre: f64) -> f64 {
+fn sum_squared_deviation_chunks<T: Element>(x: &[T], centre: f64) -> [f64; PARTIALS] {
     let mut acc = [0.0; PARTIALS];
-    let mut chunks = x.chunks_exact(PARTIALS);
-    for chunk in &mut chunks {
+    for chunk in x.chunks_exact(PARTIALS) {
         for (a, &v) in acc.iter_mut().zip(chunk) {
             let d = v.as_f64() - centre;
             *a += d * d;
         }
     }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        let d = v.as_f64() - centre;
-        *a += d * d;
-    }
-    combine(acc)
+    acc
 }
 
 #[inline(always)]
-fn sum_and_dot_deviation_body<T: Element>(g: &[T], x: &[T], centre: f64) -> (f64, f64) {
+fn sum_and_dot_deviation_chunks<T: Element>(g: &[T], x: &[T], centre: f64) -> ([f64; PARTIALS], [f64; PARTIALS]) {
     let (mut sums, mut dots) = ([0.0; PARTIALS], [0.0; PARTIALS]);
-    let (mut gs, mut xs) = (g.chunks_exact(PARTIALS), x.chunks_exact(PARTIALS));
-    for (gc, xc) in (&mut gs).zip(&mut xs) {
+    for (gc, xc) in g.chunks_exact(PARTIALS).zip(x.chunks_exact(PARTIALS)) {
         for l in 0..PARTIALS {
             let g = gc[l].as_f64();
             sums[l] += g;
             dots[l] += g * (xc[l].as_f64() - centre);
         }
     }
-    for (l, (&g, &x)) in gs.remainder().iter().zip(xs.remainder()).enumerate() {
-        sums[l] += g.as_f64();
-        dots[l] += g.as_f64() * (x.as_f64() - centre);
-    }
-    (combine(sums), combine(dots))
+    (sums, dots)
 }
 
 #[inline(always)]
@@ -154,6 +182,34 @@ mod tests {
             assert!(close(sum_squared_deviation(&x, centre), squares), "{len}");
             let (s, d) = sum_and_dot_deviation(&g, &x, centre);
             assert!(close(s, g_sum) && close(d, dot), "{len}");
+        }
+    }
+
+    /// The sums as the portable loops make them: value `i` into partial sum `i % 8`.
+    fn in_partials(values: impl Iterator<Item = f64>) -> f64 {
+        let mut acc = [0.0; PARTIALS];
+        for (i, v) in values.enumerate() {
+            acc[i % PARTIALS] += v;
+        }
+        combine(acc)
+    }
+
+    #[test]
+    fn sums_of_f32_have_the_bits_of_the_portable_loops() {
+        // Whichever path runs (AVX2 where the CPU has it; the portable loops under
+        // NN_KERNELS_PORTABLE), the bits are the same.
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 49, 196, 784, 1000] {
+            let (x, g) = (values(len, 11), values(len, 13));
+            let centre = -1.0 / 3.0; // a mean: (x − centre) rounds, as in use
+            let wide = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            let (x64, g64) = (wide(&x), wide(&g));
+            assert_eq!(sum(&x).to_bits(), in_partials(x64.iter().copied()).to_bits(), "{len}");
+            let squares = in_partials(x64.iter().map(|&v| (v - centre) * (v - centre)));
+            assert_eq!(sum_squared_deviation(&x, centre).to_bits(), squares.to_bits(), "{len}");
+            let (s, d) = sum_and_dot_deviation(&g, &x, centre);
+            assert_eq!(s.to_bits(), in_partials(g64.iter().copied()).to_bits(), "{len}");
+            let dot = in_partials(g64.iter().zip(&x64).map(|(&g, &x)| g * (x - centre)));
+            assert_eq!(d.to_bits(), dot.to_bits(), "{len}");
         }
     }
 
