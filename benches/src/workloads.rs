@@ -210,6 +210,16 @@ pub const WINOGRAD_CONVS: [ConvCase; 4] = [
     ConvCase { id: "C8W", algorithm: ConvAlgorithm::Winograd, ..CONVS[7] },
 ];
 
+/// T3's strided convolutions (the first of stages 2 and 3, and their 1×1 shortcuts),
+/// for `nn-bench passes` and `profile`: not benchmark rows, but where a T3 step
+/// spends time its stride-1 rows do not show.
+pub const T3_STRIDED: [ConvCase; 4] = [
+    ConvCase::plain("T3-s2a", 128, 16, &[28, 28], 32, &[3, 3], 2, 1),
+    ConvCase::plain("T3-s2b", 128, 32, &[14, 14], 64, &[3, 3], 2, 1),
+    ConvCase::plain("T3-1x1a", 128, 16, &[28, 28], 32, &[1, 1], 2, 0),
+    ConvCase::plain("T3-1x1b", 128, 32, &[14, 14], 64, &[1, 1], 2, 0),
+];
+
 /// Every convolution row: C1–C10, then the Winograd rows.
 pub fn conv_cases() -> impl Iterator<Item = &'static ConvCase> {
     CONVS.iter().chain(WINOGRAD_CONVS.iter())

@@ -9,12 +9,12 @@
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
-use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, GEMMS};
+use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, GEMMS, T3_STRIDED};
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
 const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3|T2W|T3W [THREADS] \
-                     | passes C1..C10 [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
+                     | passes C1..C10|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
 struct Reference {
@@ -204,7 +204,9 @@ fn main() {
             let mut step: Box<dyn FnMut() + Send> = if let Some(c) = GEMMS.iter().find(|c| c.id == id) {
                 let mut run = GemmRun::new(*c);
                 Box::new(move || run.ours())
-            } else if let Some(c) = conv_cases().find(|c| c.id == id.strip_suffix("-fwd").unwrap_or(id)) {
+            } else if let Some(c) =
+                conv_cases().chain(&T3_STRIDED).find(|c| c.id == id.strip_suffix("-fwd").unwrap_or(id))
+            {
                 let mut run = ConvRun::new(c);
                 if id.ends_with("-fwd") {
                     Box::new(move || run.forward())
@@ -226,9 +228,9 @@ fn main() {
             });
         }
         Some("passes") => {
-            let case = conv_cases().find(|c| Some(c.id) == args.get(1).map(String::as_str));
+            let case = conv_cases().chain(&T3_STRIDED).find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench passes C1..C10 [THREADS]");
+                eprintln!("usage: nn-bench passes C1..C10|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
