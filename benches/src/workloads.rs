@@ -213,7 +213,8 @@ pub const WINOGRAD_CONVS: [ConvCase; 4] = [
 /// T3's strided convolutions (the first of stages 2 and 3, and their 1×1 shortcuts),
 /// for `nn-bench passes` and `profile`: not benchmark rows, but where a T3 step
 /// spends time its stride-1 rows do not show.
-pub const T3_STRIDED: [ConvCase; 4] = [
+pub const T3_CONVS: [ConvCase; 5] = [
+    ConvCase::plain("T3-mid", 128, 32, &[14, 14], 32, &[3, 3], 1, 1),
     ConvCase::plain("T3-s2a", 128, 16, &[28, 28], 32, &[3, 3], 2, 1),
     ConvCase::plain("T3-s2b", 128, 32, &[14, 14], 64, &[3, 3], 2, 1),
     ConvCase::plain("T3-1x1a", 128, 16, &[28, 28], 32, &[1, 1], 2, 0),

@@ -9,7 +9,7 @@
 //! - `nn-bench profile ID [THREADS]`: loops one workload for 3 s, for `perf record`.
 
 use nn_benches::harness::{measure, measure_alternating, with_threads, Budget, Timing};
-use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, GEMMS, T3_STRIDED};
+use nn_benches::workloads::{conv_cases, ConvRun, GemmRun, TrainCase, TrainRun, GEMMS, T3_CONVS};
 use nn_benches::{instructions, peak};
 use serde::Serialize;
 
@@ -205,7 +205,7 @@ fn main() {
                 let mut run = GemmRun::new(*c);
                 Box::new(move || run.ours())
             } else if let Some(c) =
-                conv_cases().chain(&T3_STRIDED).find(|c| c.id == id.strip_suffix("-fwd").unwrap_or(id))
+                conv_cases().chain(&T3_CONVS).find(|c| c.id == id.strip_suffix("-fwd").unwrap_or(id))
             {
                 let mut run = ConvRun::new(c);
                 if id.ends_with("-fwd") {
@@ -228,7 +228,7 @@ fn main() {
             });
         }
         Some("passes") => {
-            let case = conv_cases().chain(&T3_STRIDED).find(|c| Some(c.id) == args.get(1).map(String::as_str));
+            let case = conv_cases().chain(&T3_CONVS).find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
                 eprintln!("usage: nn-bench passes C1..C10|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS]");
                 std::process::exit(2);

@@ -1,4 +1,5 @@
 use crate::{NnError, Tensor};
+use nn_kernels::elementwise::Activation;
 use nn_kernels::Element;
 
 /// What a parameter is to its layer, for optimizer options that treat the kinds
@@ -129,6 +130,21 @@ pub trait Layer<T: Element>: Send + Sync {
     /// share of a minibatch skips the patterns before and after it, and draws what one
     /// process running the whole minibatch would. Other layers ignore it.
     fn skip_patterns(&mut self, _patterns: usize) {}
+
+    /// The elementwise activation this layer is, if it is one (a graph folds a ReLU
+    /// into the layer before it where that layer [absorbs](Self::absorb_relu) it).
+    fn as_activation(&self) -> Option<Activation> {
+        None
+    }
+
+    /// Takes over a ReLU applied to this layer's output, if it can do so in its own
+    /// passes (one sweep over memory fewer each way): from then on `forward` writes
+    /// `max(y, 0)` and `backward` masks the output gradient where that is zero, with
+    /// the bits the two layers give apart. `false` (nothing changed) where it cannot,
+    /// or has already.
+    fn absorb_relu(&mut self) -> bool {
+        false
+    }
 
     /// Switches between training (the default) and evaluation, for layers that behave
     /// differently (batch statistics against running estimates). The trainer and

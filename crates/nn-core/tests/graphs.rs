@@ -131,7 +131,9 @@ fn profiling_times_every_node_of_both_passes() {
     let conv = timings.iter().find(|t| t.name == "stage2.block0.conv1").expect("named node");
     assert_eq!(conv.kind, "conv");
     assert!(conv.forward > std::time::Duration::ZERO && conv.backward > std::time::Duration::ZERO, "{conv:?}");
-    assert!(timings.iter().any(|t| t.kind == "add"), "{names:?}");
+    // Each block's last ReLU is folded into its sum, the first into batch norm.
+    assert!(timings.iter().any(|t| t.kind == "add+relu"), "{names:?}");
+    assert!(timings.iter().any(|t| t.name == "stage1.block0.bn1" && t.kind == "batch_norm+relu"), "{names:?}");
     net.set_profiling(false);
     assert!(net.node_timings().is_empty());
 }

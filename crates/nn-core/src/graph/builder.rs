@@ -165,7 +165,7 @@ impl<T: Element> GraphBuilder<T> {
             let error = NnError::Shape { op: "graph add", expected: sa, got: sb };
             return self.fail(name, a, error);
         }
-        self.push(name, Op::Add, vec![a.0, b.0], sa)
+        self.push(name, Op::Add { relu: false }, vec![a.0, b.0], sa)
     }
 
     /// `a` and `b` side by side along channels (a U-Net skip); all other dimensions
@@ -190,7 +190,17 @@ impl<T: Element> GraphBuilder<T> {
     pub fn build(self, output: NodeId) -> Result<Graph<T>, NnError> {
         match self.error {
             Some(error) => Err(error),
-            None => Ok(Graph::from_nodes(self.nodes, output.0)),
+            None => Ok(Graph::from_nodes(self.nodes, output.0, true)),
+        }
+    }
+
+    /// [`build`](Self::build) without folding ReLUs into the nodes before them, for
+    /// setting the two side by side.
+    #[cfg(test)]
+    pub(crate) fn build_unfused(self, output: NodeId) -> Result<Graph<T>, NnError> {
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(Graph::from_nodes(self.nodes, output.0, false)),
         }
     }
 }

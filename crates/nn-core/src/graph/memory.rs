@@ -46,10 +46,15 @@ pub(super) fn plan<T: Element>(nodes: &[Node<T>], output: usize) -> MemoryPlan {
     // The index of the last node whose forward reads each node's output.
     let mut last_reader: Vec<usize> = (0..n).collect();
     for (j, node) in nodes.iter().enumerate() {
-        if let Op::Layer(layer) = &node.op {
-            let reads = layer.backward_reads();
-            kept[j] |= reads.output;
-            kept[node.inputs[0]] |= reads.input;
+        match &node.op {
+            Op::Layer(layer) => {
+                let reads = layer.backward_reads();
+                kept[j] |= reads.output;
+                kept[node.inputs[0]] |= reads.input;
+            }
+            // A rectified sum's derivative is read off its output.
+            Op::Add { relu: true } => kept[j] = true,
+            _ => {}
         }
         for &i in &node.inputs {
             last_reader[i] = last_reader[i].max(j);
@@ -96,9 +101,9 @@ pub(super) fn plan<T: Element>(nodes: &[Node<T>], output: usize) -> MemoryPlan {
                 adds_to_begun = true;
             }
         }
-        // A sum passes its gradient on as it is; layers and concatenations compute
-        // their share first.
-        if adds_to_begun && !matches!(nodes[j].op, Op::Add) {
+        // A sum passes its gradient on as it is; layers, concatenations and rectified
+        // sums compute their share first.
+        if adds_to_begun && !matches!(nodes[j].op, Op::Add { relu: false }) {
             let slot = pool.take();
             scratch_slot[j] = Some(slot);
             pool.free.push(slot);
@@ -120,7 +125,8 @@ mod tests {
 
     #[test]
     fn only_outputs_a_backward_reads_are_kept_and_the_rest_share_buffers() {
-        // input → conv → bn → relu → conv → bn → add(·, relu) → relu → pool → dense
+        // input → conv → bn → relu → conv → bn → add(·, relu) → relu → pool → dense;
+        // the ReLUs fold into the first BN and the sum.
         let mut g = GraphBuilder::<f32>::new(&[2, 6, 6], 0);
         let x = g.input();
         let conv = |g: &mut GraphBuilder<f32>, name, x| g.conv(name, x, ConvSpec::new(2, &[3, 3]).padding(&[1, 1]));
@@ -132,26 +138,28 @@ mod tests {
         let sum = g.add("add", b2, r1);
         let r2 = g.relu("r2", sum);
         let pooled = g.global_avg_pool("pool", r2);
-        let out = g.dense("fc", pooled, 3);
+        let c3 = conv(&mut g, "c3", r2);
+        let b3 = g.batch_norm("b3", c3);
+        let pooled_too = g.global_avg_pool("pool3", b3);
+        let both = g.add("both", pooled, pooled_too);
+        let out = g.dense("fc", both, 3);
         let graph = g.build(out).unwrap();
         let plan = &graph.plan;
-        // Read by a backward: the input (conv), c1 and c2 (BN), r1 and r2 (ReLU), the
-        // pooled vector (dense) and the output (the loss).
+        // Read by a backward: the input, c1, c2 and c3 (convs' and BNs' inputs), b1
+        // (its ReLU's derivative), the rectified sum, the summed vector (dense) and the
+        // output (the loss).
         let kept: Vec<&str> =
             (0..plan.kept.len()).filter(|&i| plan.kept[i]).map(|i| graph.nodes[i].name.as_str()).collect();
-        assert_eq!(kept, ["input", "c1", "r1", "c2", "r2", "pool", "fc"]);
-        // b1, b2 and the sum live only until their reader's forward: b1's buffer is free
-        // again when b2 needs one; b2 is still being read while the sum is written.
-        let shared: Vec<usize> = ["b1", "b2", "add"]
-            .iter()
-            .map(|name| plan.value_slot[graph.nodes.iter().position(|n| n.name == *name).unwrap()])
-            .collect();
-        assert_eq!(shared[0], shared[1], "b1's buffer is reused for b2");
-        assert_ne!(shared[1], shared[2], "b2 is read while the sum is written");
-        assert_eq!(plan.values, 7 + 2);
-        // Gradients: alive from their first contribution to their node's backward; a
-        // chain with one skip needs three at most.
-        assert!(plan.grads <= 3, "{} gradient buffers", plan.grads);
+        assert_eq!(kept, ["input", "c1", "b1", "c2", "add", "c3", "both", "fc"]);
+        // b2, b3 and the pooled vectors live only until their reader's forward: b2's
+        // buffer is free again once the sum has read it; "pool" is still unread when
+        // "pool3" is written.
+        let slot = |name: &str| plan.value_slot[graph.nodes.iter().position(|n| n.name == name).unwrap()];
+        assert_eq!(slot("b2"), slot("pool"), "b2's buffer is reused for pool");
+        assert_ne!(slot("pool"), slot("pool3"), "pool is read after pool3 is written");
+        assert_eq!(plan.values, 8 + 3);
+        // Gradients: alive from their first contribution to their node's backward.
+        assert!(plan.grads <= 4, "{} gradient buffers", plan.grads);
         let distinct: std::collections::BTreeSet<usize> = plan.value_slot.iter().copied().collect();
         assert_eq!(distinct.len(), plan.values);
     }

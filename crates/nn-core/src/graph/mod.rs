@@ -7,6 +7,7 @@
 //! not depend on the thread count.
 
 mod builder;
+mod fusion;
 mod memory;
 mod profile;
 
@@ -25,8 +26,8 @@ pub(crate) enum Op<T: Element> {
     Input,
     /// A layer of one input.
     Layer(Box<dyn Layer<T>>),
-    /// The element-wise sum of its inputs (same shapes).
-    Add,
+    /// The element-wise sum of its inputs (same shapes), rectified if `relu`.
+    Add { relu: bool },
     /// Its inputs side by side along the channel axis (the first sample dimension).
     Concat,
 }
@@ -36,7 +37,8 @@ impl<T: Element> Op<T> {
         match self {
             Op::Input => "input",
             Op::Layer(layer) => layer.kind(),
-            Op::Add => "add",
+            Op::Add { relu: false } => "add",
+            Op::Add { relu: true } => "add+relu",
             Op::Concat => "concat",
         }
     }
@@ -80,7 +82,9 @@ impl<T: Element> std::fmt::Debug for Graph<T> {
 }
 
 impl<T: Element> Graph<T> {
-    pub(crate) fn from_nodes(nodes: Vec<Node<T>>, output: usize) -> Self {
+    /// The graph of `nodes`, with ReLUs folded into the nodes before them if `fold`.
+    pub(crate) fn from_nodes(nodes: Vec<Node<T>>, output: usize, fold: bool) -> Self {
+        let (nodes, output) = if fold { fusion::fold_relus(nodes, output) } else { (nodes, output) };
         let plan = memory::plan(&nodes, output);
         Self {
             values: (0..plan.values).map(|_| Tensor::default()).collect(),
@@ -128,9 +132,11 @@ impl<T: Element> Graph<T> {
                 }
                 Op::Layer(layer) => layer.forward(input(0), &mut out).map_err(|e| in_node(&node.name, e)),
                 // The builder gives an addition two inputs.
-                Op::Add => out
-                    .set_batch_shape(batch, &node.shape)
-                    .and_then(|()| Ok(nn_kernels::elementwise::add(input(0).data(), input(1).data(), out.data_mut())?)),
+                &mut Op::Add { relu } => out.set_batch_shape(batch, &node.shape).and_then(|()| {
+                    let (a, b, out) = (input(0).data(), input(1).data(), out.data_mut());
+                    let sum = if relu { nn_kernels::elementwise::add_relu } else { nn_kernels::elementwise::add };
+                    Ok(sum(a, b, out)?)
+                }),
                 Op::Concat => out.set_batch_shape(batch, &node.shape).map(|()| {
                     let parts: Vec<&Tensor<T>> = (0..node.inputs.len()).map(input).collect();
                     concat_channels(&parts, batch, out.data_mut());
@@ -223,9 +229,27 @@ impl<T: Element> Graph<T> {
                     }
                     .map_err(|e| in_node(&node.name, e))
                 }
-                Op::Add => node.inputs.iter().try_for_each(|&input| {
+                Op::Add { relu: false } => node.inputs.iter().try_for_each(|&input| {
                     accumulate(&mut grads[plan.grad_slot[input]], &mut has_grad[input], &upstream)
                 }),
+                // Each input's share is the gradient masked where the output is zero,
+                // written straight into its gradient (through the scratch buffer where
+                // another reader has begun that).
+                Op::Add { relu: true } => {
+                    let y = values[plan.value_slot[index]].data();
+                    node.inputs.iter().try_for_each(|&input| {
+                        let begun = std::mem::replace(&mut has_grad[input], true);
+                        let share = if begun { &mut scratch } else { &mut grads[plan.grad_slot[input]] };
+                        share.set_batch_shape(batch, &node.shape)?;
+                        let relu = nn_kernels::elementwise::Activation::Relu;
+                        nn_kernels::elementwise::activation_backward(relu, y, y, upstream.data(), share.data_mut())?;
+                        if begun {
+                            let into = grads[plan.grad_slot[input]].data_mut();
+                            nn_kernels::elementwise::add_assign(into, scratch.data())?;
+                        }
+                        Ok(())
+                    })
+                }
                 Op::Concat => {
                     let mut first = 0;
                     node.inputs.iter().try_for_each(|&input| {

@@ -44,6 +44,10 @@ impl<T: Element> Layer<T> for ActivationLayer {
         &self.shape
     }
 
+    fn as_activation(&self) -> Option<Activation> {
+        Some(self.activation)
+    }
+
     fn backward_reads(&self) -> BackwardReads {
         // ReLU's derivative is read off its output alone.
         if self.activation == Activation::Relu {

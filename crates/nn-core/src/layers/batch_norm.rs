@@ -13,6 +13,12 @@ use rayon::prelude::*;
 /// (the running variance takes the unbiased one); in evaluation the running estimates
 /// are used. PyTorch's defaults: momentum 0.1, ε = 1e-5, γ = 1, β = 0.
 ///
+/// A ReLU after it can be absorbed ([`Layer::absorb_relu`]; a [`Graph`](crate::Graph)
+/// does so when it is built): `y = max(γ·x̂ + β, 0)` is then written in the same pass,
+/// and the backward pass masks the output gradient as it reads it, where the forward
+/// pass's `x·scale + shift` (recomputed from the input) is not positive; the bits are
+/// those of the two layers apart.
+///
 /// Inside [`with_shared_statistics`](crate::shared_statistics::with_shared_statistics)
 /// the batch is every process's share of a minibatch: the sums behind μ, σ² and the
 /// backward pass's means are added across processes (synchronised batch norm).
@@ -32,6 +38,11 @@ pub struct BatchNorm<T: Element> {
     /// Cells per channel the last training forward pass's statistics covered (over
     /// all processes when they are shared).
     count: f64,
+    /// Whether a following ReLU has been absorbed.
+    relu: bool,
+    /// Per channel, the `(scale, shift)` the last forward pass wrote `x·scale + shift`
+    /// with: an absorbed ReLU's mask is recomputed from them.
+    affine: Vec<(T, T)>,
 }
 
 impl<T: Element> BatchNorm<T> {
@@ -77,6 +88,8 @@ impl<T: Element> BatchNorm<T> {
             mean: vec![0.0; channels],
             inv_std: vec![1.0; channels],
             count: 1.0,
+            relu: false,
+            affine: vec![(T::one(), T::zero()); channels],
         })
     }
 
@@ -102,7 +115,15 @@ fn channel_runs<T>(data: &[T], channels: usize, plane: usize, c: usize) -> impl 
 
 impl<T: Element> Layer<T> for BatchNorm<T> {
     fn kind(&self) -> &'static str {
-        "batch_norm"
+        if self.relu {
+            "batch_norm+relu"
+        } else {
+            "batch_norm"
+        }
+    }
+
+    fn absorb_relu(&mut self) -> bool {
+        !std::mem::replace(&mut self.relu, true)
     }
 
     fn input_shape(&self) -> &[usize] {
@@ -118,7 +139,8 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
     }
 
     fn backward_reads(&self) -> BackwardReads {
-        // x̂ is recomputed from the input and the saved batch statistics.
+        // x̂, and an absorbed ReLU's mask, are recomputed from the input and the saved
+        // batch statistics.
         BackwardReads::INPUT
     }
 
@@ -159,12 +181,15 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
             }
         }
         let (gamma, beta) = (self.gamma.value.data(), self.beta.value.data());
-        let sample = channels * plane;
+        for (c, affine) in self.affine.iter_mut().enumerate() {
+            let scale = gamma[c].as_f64() * self.inv_std[c];
+            *affine = (T::from_f64(scale), T::from_f64(beta[c].as_f64() - self.mean[c] * scale));
+        }
+        let pass = if self.relu { normalization::scale_shift_relu } else { normalization::scale_shift };
+        let (sample, affine) = (channels * plane, &self.affine);
         output.data_mut().par_chunks_mut(sample).zip(input.data().par_chunks(sample)).for_each(|(y, x)| {
-            for (c, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
-                let scale = gamma[c].as_f64() * self.inv_std[c];
-                let shift = beta[c].as_f64() - self.mean[c] * scale;
-                normalization::scale_shift(x, T::from_f64(scale), T::from_f64(shift), y);
+            for ((y, x), &(scale, shift)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).zip(affine) {
+                pass(x, scale, shift, y);
             }
         });
         Ok(())
@@ -184,16 +209,22 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         let batch = backward_batch(self, input, output, grad_output)?;
         let (channels, plane) = (self.channels(), self.plane());
         let (mean, inv_std) = (&self.mean, &self.inv_std);
+        let (g_all, x_all) = (grad_output.data(), input.data());
+        let rectifier = |c: usize| self.relu.then_some(self.affine[c]);
         // Per channel: Σ g and Σ g·x̂ = Σ g·(x − mean) / √(σ² + ε).
         let sums: Vec<(f64, f64)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let g = channel_runs(grad_output.data(), channels, plane, c);
-                let x = channel_runs(input.data(), channels, plane, c);
-                let (sg, sgd) = g.zip(x).fold((0.0, 0.0), |(sg, sgd), (g, x)| {
-                    let (run_g, run_gd) = normalization::sum_and_dot_deviation(g, x, mean[c]);
-                    (sg + run_g, sgd + run_gd)
-                });
+                let (mut sg, mut sgd) = (0.0, 0.0);
+                for n in 0..batch {
+                    let run = (n * channels + c) * plane..(n * channels + c + 1) * plane;
+                    let (g, x) = (&g_all[run.clone()], &x_all[run]);
+                    let (run_g, run_gd) = match rectifier(c) {
+                        None => normalization::sum_and_dot_deviation(g, x, mean[c]),
+                        Some(r) => normalization::sum_and_dot_deviation_rectified(g, x, mean[c], r),
+                    };
+                    (sg, sgd) = (sg + run_g, sgd + run_gd);
+                }
                 (sg, sgd * inv_std[c])
             })
             .collect();
@@ -213,7 +244,6 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         means.iter_mut().for_each(|m| *m /= self.count);
         let gamma = self.gamma.value.data();
         let sample = channels * plane;
-        let (g_all, x_all) = (grad_output.data(), input.data());
         dx.data_mut().par_chunks_mut(sample).enumerate().for_each(|(n, dx)| {
             for (c, dx) in dx.chunks_exact_mut(plane).enumerate() {
                 let at = n * sample + c * plane;
@@ -222,7 +252,10 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
                 let (mean_g, mean_gx) = if training { (means[2 * c], means[2 * c + 1]) } else { (0.0, 0.0) };
                 // scale·(g − mean_g − x̂·mean_gx) with x̂ = (x − mean)·inv_std.
                 let constants = [scale, mean_g, scale * inv_std[c] * mean_gx, mean[c], 0.0].map(T::from_f64);
-                normalization::centred_difference(g, x, constants, dx);
+                match rectifier(c) {
+                    None => normalization::centred_difference(g, x, constants, dx),
+                    Some(r) => normalization::centred_difference_rectified(g, x, constants, r, dx),
+                }
             }
         });
         Ok(())

@@ -336,7 +336,7 @@ fn stable_sigmoid<T: Element>(x: T) -> T {
 /// `max(x, 0)`, NaN for NaN (as IEEE's maximum and PyTorch do): a NaN input must reach
 /// the loss, where training notices it, not vanish into a zero.
 #[inline(always)]
-fn relu<T: Element>(x: T) -> T {
+pub(crate) fn relu<T: Element>(x: T) -> T {
     if x.is_nan() || x > T::zero() {
         x
     } else {
@@ -421,6 +421,34 @@ pub(crate) fn add_body<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
     });
 }
 
+/// `out[i] = max(a[i] + b[i], 0)` (NaN stays NaN, as in [`Activation::Relu`]): a
+/// residual sum and the ReLU after it in one pass.
+///
+/// # Errors
+/// [`KernelError::BufferLength`] when the slices differ in length.
+pub fn add_relu<T: Element>(a: &[T], b: &[T], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("add relu: a", out.len(), a.len())?;
+    check_len("add relu: b", out.len(), b.len())?;
+    if out.len() >= 2 * PARALLEL_CHUNK {
+        let inputs = a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK));
+        out.par_chunks_mut(PARALLEL_CHUNK).zip(inputs).for_each(|(out, (a, b))| add_relu_dispatched(a, b, out));
+    } else {
+        add_relu_dispatched(a, b, out);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub(crate) fn add_relu_body<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
+    let zero = T::splat(T::zero());
+    lanes_then_tail!(
+        T,
+        out.len(),
+        |i| { T::store(T::lanes_max(T::load(&a[i..]) + T::load(&b[i..]), zero), &mut out[i..]) },
+        |j| { out[j] = relu(a[j] + b[j]) }
+    );
+}
+
 /// `dst ← src`, on all threads for long slices (one core's copy does not reach the
 /// memory bandwidth two have).
 ///
@@ -472,6 +500,7 @@ pub(crate) fn sum_body<T: Element>(x: &[T]) -> T {
 avx2_dispatch!(fn relu_forward_dispatched<T: Element>(x: &[T], y: &mut [T]) => relu_forward);
 avx2_dispatch!(fn relu_backward_dispatched<T: Element>(y: &[T], dy: &[T], dx: &mut [T]) => relu_backward);
 avx2_dispatch!(fn add_scalar_dispatched<T: Element>(x: &mut [T], value: T) => add_scalar_body);
+avx2_dispatch!(fn add_relu_dispatched<T: Element>(a: &[T], b: &[T], out: &mut [T]) => add_relu_body);
 avx2_dispatch!(fn add_dispatched<T: Element>(a: &[T], b: &[T], out: &mut [T]) => add_body);
 avx2_dispatch!(fn axpy_dispatched<T: Element>(alpha: T, x: &[T], y: &mut [T]) => axpy_body);
 avx2_dispatch!(fn scale_dispatched<T: Element>(x: &mut [T], alpha: T) => scale_body);

@@ -141,12 +141,15 @@ fn parallel_paths_match_element_by_element() {
     }
 
     let (mut sums, mut copied, mut accumulated) = (vec![0.0; len], vec![0.0; len], g.clone());
+    let mut rectified = vec![0.0; len];
+    add_relu(&x, &g, &mut rectified).unwrap();
     add(&x, &g, &mut sums).unwrap();
     copy(&x, &mut copied).unwrap();
     axpy(-0.5, &x, &mut accumulated).unwrap();
     assert_eq!(copied, x);
     for i in 0..len {
         assert_eq!((sums[i], accumulated[i]), (x[i] + g[i], g[i] + -0.5 * x[i]), "{i}");
+        assert_eq!(rectified[i], (x[i] + g[i]).max(0.0), "{i}");
     }
 
     let mut z = x.clone();
@@ -163,6 +166,7 @@ fn length_mismatches_are_errors() {
     );
     assert!(axpy(1.0, &x, &mut y).is_err());
     assert!(add(&x, &x, &mut y).is_err() && add(&x[..2], &x, &mut y).is_err() && copy(&x, &mut y).is_err());
+    assert!(add_relu(&x[..2], &x, &mut y).is_err());
     let step = SgdStep { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 };
     assert!(sgd_update(step, &mut [0.0f32; 2], &[0.0; 2], &mut []).is_err());
 }
@@ -193,6 +197,15 @@ fn relu_propagates_nan() {
             relu_forward(&x, &mut portable);
             assert!(portable[at].is_nan(), "portable body, length {len}, NaN at {at}");
             assert!(y.iter().enumerate().all(|(i, &v)| i == at || v == x[i].max(0.0)));
+            // The residual sum's ReLU: the bits of a sum, then ReLU.
+            let (b, mut fused, mut sum) = (values(len + 1), vec![0.0; len], vec![0.0; len]);
+            add_relu(&x, &b[1..], &mut fused).unwrap();
+            add(&x, &b[1..], &mut sum).unwrap();
+            activation_forward(Activation::Relu, &sum.clone(), &mut sum).unwrap();
+            assert!(fused[at].is_nan(), "add relu, length {len}, NaN at {at}");
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fused), bits(&sum));
+            assert!(len < 13 || (fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0)), "{fused:?}");
         }
     }
     assert!(scalar_forward(Activation::Relu, f64::NAN).is_nan());

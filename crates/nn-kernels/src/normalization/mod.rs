@@ -52,19 +52,54 @@ pub fn sum_squared_deviation<T: Element>(x: &[T], centre: f64) -> f64 {
 /// # Panics
 /// When `g` and `x` differ in length (callers pass runs of one tensor shape).
 pub fn sum_and_dot_deviation<T: Element>(g: &[T], x: &[T], centre: f64) -> (f64, f64) {
+    sums_and_dots(g, x, centre, None)
+}
+
+/// [`sum_and_dot_deviation`] of the gradient through an absorbed ReLU: `g` counts
+/// only where `x·scale + shift > 0`, the output the forward pass rectified (the
+/// mask recomputed from the input, with the bits of the forward's, so the output
+/// is not read).
+///
+/// # Panics
+/// When `g` and `x` differ in length.
+pub fn sum_and_dot_deviation_rectified<T: Element>(
+    g: &[T],
+    x: &[T],
+    centre: f64,
+    (scale, shift): (T, T),
+) -> (f64, f64) {
+    sums_and_dots(g, x, centre, Some((scale, shift)))
+}
+
+fn sums_and_dots<T: Element>(g: &[T], x: &[T], centre: f64, rectifier: Option<(T, T)>) -> (f64, f64) {
     assert_eq!(g.len(), x.len(), "runs of one shape");
     let done = g.len() / PARTIALS * PARTIALS;
     let (g_chunks, x_chunks) = (&g[..done], &x[..done]);
     let (mut sums, mut dots) = match (f32_on_avx2(g_chunks), T::as_f32(x_chunks)) {
         #[cfg(target_arch = "x86_64")]
-        (Some((g, isa)), Some(x)) => widened::sum_and_dot_deviation(isa, g, x, centre),
-        _ => sum_and_dot_deviation_chunks_dispatched(g_chunks, x_chunks, centre),
+        (Some((g, isa)), Some(x)) => {
+            let rectifier = rectifier.map(|(s, b)| (s.as_f64() as f32, b.as_f64() as f32));
+            widened::sum_and_dot_deviation(isa, g, x, centre, rectifier)
+        }
+        _ => sum_and_dot_deviation_chunks_dispatched(g_chunks, x_chunks, centre, rectifier),
     };
     for (l, (&g, &x)) in g[done..].iter().zip(&x[done..]).enumerate() {
-        sums[l] += g.as_f64();
-        dots[l] += g.as_f64() * (x.as_f64() - centre);
+        let g = rectify(g, x, rectifier).as_f64();
+        sums[l] += g;
+        dots[l] += g * (x.as_f64() - centre);
     }
     (combine(sums), combine(dots))
+}
+
+/// `g` where there is no rectifier or `x·scale + shift > 0`, else 0: ReLU's
+/// derivative at the output the forward pass computed from `x`.
+#[inline(always)]
+fn rectify<T: Element>(g: T, x: T, rectifier: Option<(T, T)>) -> T {
+    match rectifier {
+        Some((scale, shift)) if x * scale + shift > T::zero() => g,
+        Some(_) => T::zero(),
+        None => g,
+    }
 }
 
 /// `x` as f32 with the token for the AVX2 sums, where it is f32 and the CPU has AVX2:
@@ -82,6 +117,16 @@ pub fn scale_shift<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
     scale_shift_dispatched(x, scale, shift, y)
 }
 
+/// `y = max(x·scale + shift, 0)` elementwise (NaN stays NaN): batch normalisation's
+/// output pass with the ReLU after it.
+///
+/// # Panics
+/// When `x` and `y` differ in length.
+pub fn scale_shift_relu<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
+    assert_eq!(x.len(), y.len(), "runs of one shape");
+    scale_shift_relu_dispatched(x, scale, shift, y)
+}
+
 /// `dx = a·(g − g_mean) − b·(x − x_mean) − c` elementwise: a normalisation's input
 /// gradient with the statistics folded into five constants (`c` is zero for batch
 /// normalisation; group normalisation, whose γ varies within a group, needs it).
@@ -93,11 +138,23 @@ pub fn centred_difference<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &
     centred_difference_dispatched(g, x, constants, dx)
 }
 
+/// [`centred_difference`] of the gradient through an absorbed ReLU, masked as in
+/// [`sum_and_dot_deviation_rectified`].
+///
+/// # Panics
+/// When the runs differ in length.
+pub fn centred_difference_rectified<T: Element>(g: &[T], x: &[T], constants: [T; 5], rectifier: (T, T), dx: &mut [T]) {
+    assert!(g.len() == dx.len() && x.len() == dx.len(), "runs of one shape");
+    centred_difference_rectified_dispatched(g, x, constants, rectifier, dx)
+}
+
 avx2_dispatch!(fn sum_chunks_dispatched<T: Element>(x: &[T]) -> [f64; PARTIALS] => sum_chunks);
 avx2_dispatch!(fn sum_squared_deviation_chunks_dispatched<T: Element>(x: &[T], centre: f64) -> [f64; PARTIALS] => sum_squared_deviation_chunks);
-avx2_dispatch!(fn sum_and_dot_deviation_chunks_dispatched<T: Element>(g: &[T], x: &[T], centre: f64) -> ([f64; PARTIALS], [f64; PARTIALS]) => sum_and_dot_deviation_chunks);
+avx2_dispatch!(fn sum_and_dot_deviation_chunks_dispatched<T: Element>(g: &[T], x: &[T], centre: f64, rectifier: Option<(T, T)>) -> ([f64; PARTIALS], [f64; PARTIALS]) => sum_and_dot_deviation_chunks);
 avx2_dispatch!(fn scale_shift_dispatched<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) => scale_shift_body);
+avx2_dispatch!(fn scale_shift_relu_dispatched<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) => scale_shift_relu_body);
 avx2_dispatch!(fn centred_difference_dispatched<T: Element>(g: &[T], x: &[T], constants: [T; 5], dx: &mut [T]) => centred_difference_body);
+avx2_dispatch!(fn centred_difference_rectified_dispatched<T: Element>(g: &[T], x: &[T], constants: [T; 5], rectifier: (T, T), dx: &mut [T]) => centred_difference_rectified_body);
 
 // The portable sums over whole chunks, partial sum `l` taking every chunk's element
 // `l`; the callers add the tail.
@@ -126,11 +183,16 @@ fn sum_squared_deviation_chunks<T: Element>(x: &[T], centre: f64) -> [f64; PARTI
 }
 
 #[inline(always)]
-fn sum_and_dot_deviation_chunks<T: Element>(g: &[T], x: &[T], centre: f64) -> ([f64; PARTIALS], [f64; PARTIALS]) {
+fn sum_and_dot_deviation_chunks<T: Element>(
+    g: &[T],
+    x: &[T],
+    centre: f64,
+    rectifier: Option<(T, T)>,
+) -> ([f64; PARTIALS], [f64; PARTIALS]) {
     let (mut sums, mut dots) = ([0.0; PARTIALS], [0.0; PARTIALS]);
     for (gc, xc) in g.chunks_exact(PARTIALS).zip(x.chunks_exact(PARTIALS)) {
         for l in 0..PARTIALS {
-            let g = gc[l].as_f64();
+            let g = rectify(gc[l], xc[l], rectifier).as_f64();
             sums[l] += g;
             dots[l] += g * (xc[l].as_f64() - centre);
         }
@@ -146,8 +208,31 @@ fn scale_shift_body<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
 }
 
 #[inline(always)]
+fn scale_shift_relu_body<T: Element>(x: &[T], scale: T, shift: T, y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = crate::elementwise::relu(x * scale + shift);
+    }
+}
+
+#[inline(always)]
 fn centred_difference_body<T: Element>(g: &[T], x: &[T], [a, g_mean, b, x_mean, c]: [T; 5], dx: &mut [T]) {
     for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+        *dx = a * (g - g_mean) - b * (x - x_mean) - c;
+    }
+}
+
+#[inline(always)]
+fn centred_difference_rectified_body<T: Element>(
+    g: &[T],
+    x: &[T],
+    [a, g_mean, b, x_mean, c]: [T; 5],
+    (scale, shift): (T, T),
+    dx: &mut [T],
+) {
+    let zero = T::zero();
+    for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+        // ReLU's derivative, written as a select so that the loop vectorises.
+        let g = if x * scale + shift > zero { g } else { zero };
         *dx = a * (g - g_mean) - b * (x - x_mean) - c;
     }
 }
@@ -214,11 +299,46 @@ mod tests {
     }
 
     #[test]
+    fn rectified_passes_are_the_plain_ones_on_the_masked_gradient() {
+        // Whichever path runs, a rectified pass gives the bits of the plain pass on
+        // the gradient ReLU's backward would have passed on, NaN outputs included.
+        let (scale, shift) = (1.25f32, 0.375f32);
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 49, 196] {
+            let (mut x, g) = (values(len, 17), values(len, 19));
+            if len > 9 {
+                x[9] = f32::NAN;
+            }
+            let masked: Vec<f32> =
+                g.iter().zip(&x).map(|(&g, &x)| if x * scale + shift > 0.0 { g } else { 0.0 }).collect();
+            let passed = masked.iter().filter(|&&g| g != 0.0).count();
+            assert!(len < 16 || (passed > 0 && passed < len), "the mask passes some, not all");
+            let centre = 1.0 / 3.0;
+            let (s, d) = sum_and_dot_deviation_rectified(&g, &x, centre, (scale, shift));
+            let (s0, d0) = sum_and_dot_deviation(&masked, &x, centre);
+            assert_eq!((s.to_bits(), d.is_nan()), (s0.to_bits(), d0.is_nan()), "{len}");
+            assert!(d.is_nan() || d.to_bits() == d0.to_bits(), "{len}");
+            let constants = [1.5, 0.25, 0.5, -1.0, 0.125];
+            let (mut dx, mut dx0) = (vec![0.0f32; len], vec![0.0f32; len]);
+            centred_difference_rectified(&g, &x, constants, (scale, shift), &mut dx);
+            centred_difference(&masked, &x, constants, &mut dx0);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dx), bits(&dx0), "{len}");
+        }
+    }
+
+    #[test]
     fn affine_passes_follow_their_formulas() {
         let (x, g) = (values(37, 7), values(37, 9));
         let mut y = vec![0.0f32; 37];
         scale_shift(&x, 1.5, -0.5, &mut y);
         assert!(y.iter().zip(&x).all(|(&y, &x)| y == x * 1.5 - 0.5));
+        let (mut rectified, mut with_nan) = (vec![0.0f32; 37], x.clone());
+        scale_shift_relu(&x, 1.5, -0.5, &mut rectified);
+        assert!(rectified.iter().zip(&y).all(|(&r, &y)| r.to_bits() == y.max(0.0).to_bits()));
+        assert!(rectified.contains(&0.0) && rectified.iter().any(|&r| r > 0.0));
+        with_nan[20] = f32::NAN;
+        scale_shift_relu(&with_nan.clone(), 1.5, -0.5, &mut with_nan);
+        assert!(with_nan[20].is_nan(), "ReLU keeps a NaN");
         let mut dx = vec![0.0f32; 37];
         centred_difference(&g, &x, [2.0, 0.25, 0.5, -1.0, 0.125], &mut dx);
         for ((&dx, &g), &x) in dx.iter().zip(&g).zip(&x) {
