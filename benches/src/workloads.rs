@@ -210,9 +210,9 @@ pub const WINOGRAD_CONVS: [ConvCase; 4] = [
     ConvCase { id: "C8W", algorithm: ConvAlgorithm::Winograd, ..CONVS[7] },
 ];
 
-/// T3's strided convolutions (the first of stages 2 and 3, and their 1×1 shortcuts),
-/// for `nn-bench passes` and `profile`: not benchmark rows, but where a T3 step
-/// spends time its stride-1 rows do not show.
+/// T3's convolutions that no C row has (stage 2's at stride 1; the strided first of
+/// stages 2 and 3, and their 1×1 shortcuts), for `nn-bench passes` and `profile`:
+/// not benchmark rows, but where a T3 step spends time the rows do not show.
 pub const T3_CONVS: [ConvCase; 5] = [
     ConvCase::plain("T3-mid", 128, 32, &[14, 14], 32, &[3, 3], 1, 1),
     ConvCase::plain("T3-s2a", 128, 16, &[28, 28], 32, &[3, 3], 2, 1),

@@ -14,7 +14,7 @@ use nn_benches::{instructions, peak};
 use serde::Serialize;
 
 const USAGE: &str = "nn-bench peak | run [--quick] [--filter ID]... | layers T1|T2|T3|T2W|T3W [THREADS] \
-                     | passes C1..C10|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
+                     | passes C1..C10|T3-mid|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS] | profile ID [THREADS] | instructions NAME | list-instructions";
 
 #[derive(Serialize)]
 struct Reference {
@@ -230,7 +230,7 @@ fn main() {
         Some("passes") => {
             let case = conv_cases().chain(&T3_CONVS).find(|c| Some(c.id) == args.get(1).map(String::as_str));
             let Some(case) = case else {
-                eprintln!("usage: nn-bench passes C1..C10|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS]");
+                eprintln!("usage: nn-bench passes C1..C10|T3-mid|T3-s2a|T3-s2b|T3-1x1a|T3-1x1b [THREADS]");
                 std::process::exit(2);
             };
             let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
