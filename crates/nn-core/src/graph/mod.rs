@@ -58,6 +58,11 @@ pub(crate) struct Node<T: Element> {
 /// Memory: a node's output is kept for the backward pass only where a layer's
 /// backward reads it ([`Layer::backward_reads`]); the others, and the gradients,
 /// share buffers planned once when the graph is built.
+///
+/// A ReLU whose input only it reads is folded into a residual sum or a batch
+/// normalisation before it ([`Layer::absorb_relu`]): the node then rectifies in its
+/// own passes, with the same bits, and the ReLU's node (and its name) is gone from
+/// [`node_timings`](Self::node_timings).
 pub struct Graph<T: Element> {
     nodes: Vec<Node<T>>,
     output: usize,
