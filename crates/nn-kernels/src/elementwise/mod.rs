@@ -403,13 +403,25 @@ pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) -> Result<(), KernelErro
 /// # Errors
 /// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn add<T: Element>(a: &[T], b: &[T], out: &mut [T]) -> Result<(), KernelError> {
-    check_len("add: a", out.len(), a.len())?;
-    check_len("add: b", out.len(), b.len())?;
+    in_pieces(["add: a", "add: b"], a, b, out, add_dispatched)
+}
+
+/// `kernel(a, b, out)` on equally long slices (named `names` in the error), over
+/// `PARALLEL_CHUNK` pieces on all threads for long ones.
+fn in_pieces<T: Element>(
+    names: [&'static str; 2],
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    kernel: fn(&[T], &[T], &mut [T]),
+) -> Result<(), KernelError> {
+    check_len(names[0], out.len(), a.len())?;
+    check_len(names[1], out.len(), b.len())?;
     if out.len() >= 2 * PARALLEL_CHUNK {
         let inputs = a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK));
-        out.par_chunks_mut(PARALLEL_CHUNK).zip(inputs).for_each(|(out, (a, b))| add_dispatched(a, b, out));
+        out.par_chunks_mut(PARALLEL_CHUNK).zip(inputs).for_each(|(out, (a, b))| kernel(a, b, out));
     } else {
-        add_dispatched(a, b, out);
+        kernel(a, b, out);
     }
     Ok(())
 }
@@ -427,15 +439,7 @@ pub(crate) fn add_body<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
 /// # Errors
 /// [`KernelError::BufferLength`] when the slices differ in length.
 pub fn add_relu<T: Element>(a: &[T], b: &[T], out: &mut [T]) -> Result<(), KernelError> {
-    check_len("add relu: a", out.len(), a.len())?;
-    check_len("add relu: b", out.len(), b.len())?;
-    if out.len() >= 2 * PARALLEL_CHUNK {
-        let inputs = a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK));
-        out.par_chunks_mut(PARALLEL_CHUNK).zip(inputs).for_each(|(out, (a, b))| add_relu_dispatched(a, b, out));
-    } else {
-        add_relu_dispatched(a, b, out);
-    }
-    Ok(())
+    in_pieces(["add relu: a", "add relu: b"], a, b, out, add_relu_dispatched)
 }
 
 #[inline(always)]
