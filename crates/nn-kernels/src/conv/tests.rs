@@ -4,10 +4,11 @@ use super::*;
 use crate::GeometryError;
 use proptest::prelude::*;
 
-/// The geometries the implicit kernels take (given enough channels): not pointwise
-/// (its column matrix is the image), not dilated (they read neighbouring taps).
+/// The geometries the implicit kernels take (given enough channels): more than one
+/// tap (a single tap's column matrix is the image, or a gather of it), not dilated
+/// (they read neighbouring taps).
 fn implicit_suits(p: &ConvProblem) -> bool {
-    !p.geometry().is_pointwise() && p.geometry().is_undilated()
+    p.geometry().filter_len() > 1 && p.geometry().is_undilated()
 }
 
 /// Whether this CPU runs the implicit-GEMM kernels.
@@ -295,6 +296,34 @@ fn weight_gradient_is_bit_identical_across_thread_counts() {
     };
     assert_eq!(run(1), run(2));
     assert_eq!(run(1), run(4));
+}
+
+// A single tap at a stride (T3's shortcuts) runs faster as a gather and a GEMM than in
+// vectors holding every other cell of a row; three taps at the same stride stay.
+#[test]
+fn single_tap_filters_leave_the_implicit_kernels() {
+    for (filter, pad, stride) in [(1, 0, 2), (1, 0, 1), (1, 1, 3), (3, 1, 2)] {
+        let pads = [Padding::symmetric(pad); 2];
+        let g = ConvGeometry::new(
+            &[14, 14],
+            &[filter; 2],
+            &[stride; 2],
+            &pads,
+            OutputRounding::Floor,
+            KernelMode::Convolution,
+        )
+        .unwrap();
+        let p = ConvProblem::new(g, 32, 64).unwrap();
+        let (x, w) = (narrow(&data(2 * p.input_image_len(), 31)), narrow(&data(p.weight_len(), 32)));
+        let (mut y, dy, mut dx) =
+            (vec![0.0; 2 * p.output_image_len()], vec![0.25; 2 * p.output_image_len()], vec![0.0; x.len()]);
+        let writes = implicit::Writes::Direct;
+        let taken =
+            (implicit_forward(&p, &x, &w, None, 0.0, &mut y, writes), implicit_input(&p, &w, &dy, &mut dx, writes));
+        let expected = implicit_available() && filter > 1;
+        assert_eq!(taken, (expected, expected), "{filter}×{filter}, stride {stride}, pad {pad}");
+        assert_eq!(p.implicit_plan().has_forward_or_weight(), filter > 1, "{filter}×{filter}, stride {stride}");
+    }
 }
 
 #[test]

@@ -92,13 +92,15 @@ pub(in crate::conv) struct Plan {
 }
 
 impl Plan {
-    /// Works out every product that applies to `problem`: none for a pointwise
-    /// geometry (its column matrix is the image itself), a dilated or grouped one (its
-    /// kernels assume adjacent taps and every input channel), the forward pass with at
-    /// least [`MIN_ROWS`] output channels, the input gradient with as many input
-    /// channels, the weight gradient with [`weight::MIN_CHANNELS`] output channels.
+    /// Works out every product that applies to `problem`: none for a filter of one tap
+    /// (its column matrix is the image itself, or a gather of its strided cells, and
+    /// the GEMM fills its tiles where these kernels' vectors would hold every s-th
+    /// cell), a dilated or grouped one (its kernels assume adjacent taps and every
+    /// input channel), the forward pass with at least [`MIN_ROWS`] output channels,
+    /// the input gradient with as many input channels, the weight gradient with
+    /// [`weight::MIN_CHANNELS`] output channels.
     pub(in crate::conv) fn new(problem: &ConvProblem) -> Self {
-        if problem.geometry().is_pointwise() || !problem.geometry().is_undilated() || problem.groups() > 1 {
+        if problem.geometry().filter_len() == 1 || !problem.geometry().is_undilated() || problem.groups() > 1 {
             return Plan { forward: None, input: None, weight: None };
         }
         let product = forward_product(problem);
