@@ -14,7 +14,7 @@
 //! For f32 on a CPU with AVX-512F, the three products run as implicit GEMMs
 //! (`implicit/`): a micro-kernel reads filter taps straight from a padded copy of the
 //! image, so no column matrix is built. It covers all three products at any stride,
-//! given enough channels to fill its tiles.
+//! given enough channels to fill its tiles and a filter of more than one tap.
 //!
 //! For f32 in one to three dimensions on a CPU with AVX2 and FMA (`direct`), the
 //! forward pass, the weight gradient and the input gradient at stride 1 run as direct
