@@ -3,8 +3,8 @@
 //! load and a share of 24 shuffles per row, where lane-by-lane gathering takes a load
 //! and an insert per cell), and the transformed outputs are transposed back to rows.
 
-use super::tiles::{gradient_tile, lane_channels, put, tile_outputs};
-use super::transform::{sandwich, Input, Pack, Sizes, LANES, MAX_M, MIN_ALPHA};
+use super::tiles::{gradient_tile, lane_channels, value_at};
+use super::transform::{sandwich, Input, PackMath, Sizes, LANES, MAX_M, MIN_ALPHA};
 use super::{packed, Correlation};
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
@@ -63,9 +63,9 @@ unsafe fn inputs_avx2<const A: usize, const R: usize>(
                     let cells = &padded[origin + c * plane + k * pw..][..LANES];
                     *row = _mm256_loadu_ps(cells.as_ptr());
                 }
-                columns(transpose(rows))
+                first(transpose(rows))
             };
-            let emit = |a, b, x| put::<f32, A>(v, packed(ci), i, pack, a, b, x);
+            let emit = |a, b, x| store(v, value_at::<A>(packed(ci), i, pack, a, b), x);
             sandwich(&Input::<A>::TRANSFORM, A, A, tile_row, emit);
         }
     }
@@ -87,14 +87,16 @@ unsafe fn outputs_avx2<const A: usize, const R: usize>(
         let (image, row, col) = job.tile_origin(t);
         let (rows, cols) = (MAX_M.min(oh - row), MAX_M.min(ow - col));
         for pack in 0..packed(co) / LANES {
-            let out = tile_outputs::<f32, A, R>(products, packed(co), i, pack);
+            let values = |k: usize| std::array::from_fn(|l| load(products, value_at::<A>(packed(co), i, pack, k, l)));
+            let mut out = [[Packed(_mm256_setzero_ps()); MAX_M]; MAX_M];
+            sandwich(&Sizes::<A, R>::TILE_BACK, MAX_M, A, values, |a, b, x| out[a][b] = x);
             let lanes = LANES.min(co - pack * LANES);
             let mut shifts = [0.0; LANES];
             if let Some(bias) = bias {
                 shifts[..lanes].copy_from_slice(&bias[pack * LANES..][..lanes]);
             }
             for (a, out) in out.iter().enumerate().take(rows) {
-                let per_channel = channel_rows(out.map(|values| _mm256_loadu_ps(values.as_ptr())));
+                let per_channel = channel_rows(out.map(|value| value.0));
                 for (lane, cells) in per_channel.into_iter().enumerate().take(lanes) {
                     let cells = _mm_add_ps(cells, _mm_set1_ps(shifts[lane]));
                     let at = image * job.dst_image_len() + (pack * LANES + lane) * plane + (row + a) * ow + col;
@@ -157,7 +159,7 @@ unsafe fn gradients_avx2<const A: usize, const R: usize>(
         for pack in 0..packed(co) / LANES {
             let lanes = LANES.min(co - pack * LANES);
             let last = origin + (pack * LANES + lanes - 1) * plane + (m - 1) * ow + LANES;
-            let emit = |a, b, x| put::<f32, A>(g, packed(co), i, pack, a, b, x);
+            let emit = |a, b, x| store(g, value_at::<A>(packed(co), i, pack, a, b), x);
             if inside && last <= dy.len() {
                 let tile_row = |a: usize| {
                     let mut rows = [_mm256_setzero_ps(); LANES];
@@ -165,26 +167,73 @@ unsafe fn gradients_avx2<const A: usize, const R: usize>(
                         let cells = &dy[origin + (pack * LANES + lane) * plane + a * ow..][..LANES];
                         *row = _mm256_loadu_ps(cells.as_ptr());
                     }
-                    columns(transpose(rows))
+                    first(transpose(rows))
                 };
                 sandwich(&Sizes::<A, R>::TILE, A, m, tile_row, emit);
             } else {
                 let d = gradient_tile::<f32, A, R>(job, dy, t, pack);
-                sandwich(&Sizes::<A, R>::TILE, A, m, |a| d[a], emit);
+                let tile_row = |a: usize| d[a].map(|cells: [f32; LANES]| load(&cells, 0));
+                sandwich(&Sizes::<A, R>::TILE, A, m, tile_row, emit);
             }
         }
     }
 }
 
-/// The first α vectors as packs.
+/// The first α vectors.
 #[target_feature(enable = "avx2,fma")]
-fn columns<const A: usize>(vectors: [__m256; LANES]) -> [Pack<f32>; A] {
-    let mut packs = [[0.0; LANES]; A];
-    for (pack, v) in packs.iter_mut().zip(vectors) {
-        // SAFETY: `pack` holds LANES floats.
-        unsafe { _mm256_storeu_ps(pack.as_mut_ptr(), v) };
+fn first<const A: usize>(vectors: [__m256; LANES]) -> [Packed; A] {
+    std::array::from_fn(|k| Packed(vectors[k]))
+}
+
+/// The eight floats of `values` from `at`.
+#[inline(always)]
+fn load(values: &[f32], at: usize) -> Packed {
+    let lanes = &values[at..at + LANES];
+    // SAFETY: a `Packed` is only made where the CPU has AVX2 (see its docs); `lanes`
+    // holds the eight floats read.
+    Packed(unsafe { _mm256_loadu_ps(lanes.as_ptr()) })
+}
+
+/// Writes `x` to the eight floats of `values` from `at`.
+#[inline(always)]
+fn store(values: &mut [f32], at: usize, x: Packed) {
+    let lanes = &mut values[at..at + LANES];
+    // SAFETY: as for `load`; `lanes` holds the eight floats written.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x.0) }
+}
+
+/// One pack of eight lanes in an AVX2 register. Only the AVX2 functions of this file
+/// make one (each `#[target_feature]`, reached with an [`Avx2Fma`] token), which is
+/// what makes the intrinsics below sound to call.
+#[derive(Clone, Copy)]
+pub(super) struct Packed(__m256);
+
+impl PackMath for Packed {
+    #[inline(always)]
+    fn zero() -> Self {
+        // SAFETY (every method): a `Packed` exists, so the CPU has AVX2 and FMA.
+        Packed(unsafe { _mm256_setzero_ps() })
     }
-    packs
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        Packed(unsafe { _mm256_add_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn sub(self, other: Self) -> Self {
+        Packed(unsafe { _mm256_sub_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn neg(self) -> Self {
+        Packed(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+    }
+    #[inline(always)]
+    fn scale(self, c: f64) -> Self {
+        Packed(unsafe { _mm256_mul_ps(_mm256_set1_ps(c as f32), self.0) })
+    }
+    #[inline(always)]
+    fn scale_add(self, c: f64, sum: Self) -> Self {
+        Packed(unsafe { _mm256_fmadd_ps(_mm256_set1_ps(c as f32), self.0, sum.0) })
+    }
 }
 
 /// The 8×8 transpose: lane j of result i is lane i of row j.

@@ -59,8 +59,14 @@ pub(super) fn gradients<T: Element>(job: &Correlation, dy: &[T], tiles: Range<us
     gradients_portable(job, dy, tiles, g);
 }
 
-/// Writes `values` as tile `tile`'s value at point (i, j) of channel pack `pack` in
+/// Where tile `tile`'s value at point (i, j) of channel pack `pack` starts in
 /// `[tile, α², channels]` storage.
+#[inline(always)]
+pub(super) fn value_at<const A: usize>(channels: usize, tile: usize, pack: usize, i: usize, j: usize) -> usize {
+    tile * tile_stride(A * A, channels) + (i * A + j) * channels + pack * LANES
+}
+
+/// Writes `values` as tile `tile`'s value at point (i, j) of channel pack `pack`.
 #[inline(always)]
 pub(super) fn put<T: Element, const A: usize>(
     out: &mut [T],
@@ -71,12 +77,11 @@ pub(super) fn put<T: Element, const A: usize>(
     j: usize,
     values: Pack<T>,
 ) {
-    let at = tile * tile_stride(A * A, channels) + (i * A + j) * channels + pack * LANES;
+    let at = value_at::<A>(channels, tile, pack, i, j);
     out[at..at + LANES].copy_from_slice(&values);
 }
 
-/// Tile `tile`'s values at points (k, 0..α) of channel pack `pack` in `[tile, α²,
-/// channels]` storage.
+/// Tile `tile`'s values at points (k, 0..α) of channel pack `pack`.
 #[inline(always)]
 pub(super) fn load_row<T: Element, const A: usize>(
     values: &[T],
@@ -86,7 +91,7 @@ pub(super) fn load_row<T: Element, const A: usize>(
     k: usize,
 ) -> [Pack<T>; A] {
     std::array::from_fn(|l| {
-        let at = tile * tile_stride(A * A, channels) + (k * A + l) * channels + pack * LANES;
+        let at = value_at::<A>(channels, tile, pack, k, l);
         let mut lanes = [T::zero(); LANES];
         lanes.copy_from_slice(&values[at..at + LANES]);
         lanes

@@ -189,25 +189,67 @@ macro_rules! unroll8 {
     }};
 }
 
+/// The arithmetic a transform needs on one pack of lanes. The portable transforms
+/// compute in [`Pack`] arrays; the AVX2 ones in registers (`avx2::Packed`), which
+/// keeps a tile's values out of memory between the two passes. Each operation is
+/// IEEE arithmetic lane by lane, so both give the same bits.
+pub(super) trait PackMath: Copy {
+    fn zero() -> Self;
+    fn add(self, other: Self) -> Self;
+    fn sub(self, other: Self) -> Self;
+    fn neg(self) -> Self;
+    /// `c·self`.
+    fn scale(self, c: f64) -> Self;
+    /// `c·self + sum`, fused.
+    fn scale_add(self, c: f64, sum: Self) -> Self;
+}
+
+impl<T: crate::Element> PackMath for Pack<T> {
+    #[inline(always)]
+    fn zero() -> Self {
+        [T::zero(); LANES]
+    }
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        std::array::from_fn(|l| self[l] + other[l])
+    }
+    #[inline(always)]
+    fn sub(self, other: Self) -> Self {
+        std::array::from_fn(|l| self[l] - other[l])
+    }
+    #[inline(always)]
+    fn neg(self) -> Self {
+        self.map(|x| -x)
+    }
+    #[inline(always)]
+    fn scale(self, c: f64) -> Self {
+        self.map(|x| T::from_f64(c) * x)
+    }
+    #[inline(always)]
+    fn scale_add(self, c: f64, sum: Self) -> Self {
+        std::array::from_fn(|l| T::from_f64(c).mul_add(self[l], sum[l]))
+    }
+}
+
 /// `out = L·x·Lᵀ` for a `q×q` block x and the `p×q` matrix L (the first p rows and q
 /// columns of `left`): x's rows come from `row(k)` (q packs), and each `out[i][j]`
 /// goes to `emit(i, j, value)` as soon as it is summed. Rows are transformed first,
 /// then columns, so that few values are live at once. Inlined with a constant
-/// `left`, p and q, it is a fixed sequence of additions and multiplications by the
+/// `left`, p and q, it is a fixed sequence of additions and multiply-adds by the
 /// nonzero coefficients.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indices into a block and a matrix at once
-pub(super) fn sandwich<T: crate::Element, const A: usize>(
+pub(super) fn sandwich<P: PackMath, const A: usize>(
     left: &Matrix<A>,
     p: usize,
     q: usize,
-    row: impl Fn(usize) -> [Pack<T>; A],
-    mut emit: impl FnMut(usize, usize, Pack<T>),
+    row: impl Fn(usize) -> [P; A],
+    mut emit: impl FnMut(usize, usize, P),
 ) {
     // Left uninitialised (zeroing it would be a memset per call): entries (k, j) with
     // k < q and j < p are written by the first loop before the second reads exactly
     // those.
-    let mut half = [[const { MaybeUninit::<Pack<T>>::uninit() }; A]; A];
+    let mut half = [[const { MaybeUninit::<P>::uninit() }; A]; A];
     for k in 0..q {
         let x = row(k);
         unroll8!(j < A => {
@@ -227,29 +269,41 @@ pub(super) fn sandwich<T: crate::Element, const A: usize>(
 }
 
 /// `Σ_k c[k]·x(k)` over the first q coefficients, zero ones skipped, starting from
-/// the first term (±1 as a copy or negation, then additions and subtractions).
+/// the first term (±1 as a copy or negation, then additions and subtractions, other
+/// coefficients fused into a multiply-add). Points `k` and `k + 1` of equal
+/// magnitude (the pairs ±p of [`point`]) enter as one term `c[k]·(x(k) ± x(k + 1))`:
+/// the same sum and difference serve every row of the matrix, so the compiler
+/// computes each once.
 #[inline(always)]
-fn combination<T: crate::Element, const A: usize>(c: &[f64; A], q: usize, x: impl Fn(usize) -> Pack<T>) -> Pack<T> {
-    let mut sum: Option<Pack<T>> = None;
+fn combination<P: PackMath, const A: usize>(c: &[f64; A], q: usize, x: impl Fn(usize) -> P) -> P {
+    let mut sum: Option<P> = None;
+    let mut add = |coefficient: f64, term: P| {
+        sum = Some(match (sum, coefficient) {
+            (None, 1.0) => term,
+            (None, -1.0) => term.neg(),
+            (None, c) => term.scale(c),
+            (Some(s), 1.0) => s.add(term),
+            (Some(s), -1.0) => s.sub(term),
+            (Some(s), c) => term.scale_add(c, s),
+        });
+    };
     unroll8!(k < A => {
-        if k < q && c[k] != 0.0 {
-            let x = x(k);
-            let mut next = sum.unwrap_or([T::zero(); LANES]);
-            let first = sum.is_none();
-            for (s, x) in next.iter_mut().zip(x) {
-                *s = match (first, c[k]) {
-                    (true, 1.0) => x,
-                    (true, -1.0) => -x,
-                    (true, c) => T::from_f64(c) * x,
-                    (false, 1.0) => *s + x,
-                    (false, -1.0) => *s - x,
-                    (false, c) => *s + T::from_f64(c) * x,
-                };
+        if k < q && c[k] != 0.0 && !(k > 0 && paired(c, q, k - 1)) {
+            if paired(c, q, k) {
+                let (a, b) = (x(k), x(k + 1));
+                add(c[k], if c[k + 1] == c[k] { a.add(b) } else { a.sub(b) });
+            } else {
+                add(c[k], x(k));
             }
-            sum = Some(next);
         }
     });
-    sum.unwrap_or([T::zero(); LANES])
+    sum.unwrap_or(P::zero())
+}
+
+/// Whether coefficients k and k + 1 (k odd, a pair of points ±p) have equal magnitude.
+#[inline(always)]
+fn paired<const A: usize>(c: &[f64; A], q: usize, k: usize) -> bool {
+    k % 2 == 1 && k + 1 < q && c[k] != 0.0 && c[k + 1].abs() == c[k].abs()
 }
 
 /// The evaluation matrices of a tile of α cells giving m outputs for a filter of r
