@@ -9,6 +9,9 @@
 //! - `cargo xtask bench --against-pytorch DIR [--against NEW.json]`: our figures
 //!   beside PyTorch's (the JSON files `shared/pytorch-reference` writes into DIR),
 //!   with the ratio per workload and thread count.
+//! - `cargo xtask against-pytorch ROUND…`: interleaved rounds written by
+//!   `benches/against-pytorch.sh`, one table of both sides' medians and the ratio
+//!   per round, training runs included.
 //! - `cargo xtask bench --instructions [--save-baseline]`: counts executed
 //!   instructions of a fixed kernel set under callgrind and fails on a change above
 //!   2% from `benches/instructions-baseline.json`.
@@ -16,6 +19,7 @@
 mod instructions;
 mod pytorch;
 mod report;
+mod rounds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -114,9 +118,12 @@ fn main() -> ExitCode {
             true
         }),
         Some("bench") => bench(&args[1..]),
+        Some("against-pytorch") => {
+            rounds::report(&args[1..].iter().map(PathBuf::from).collect::<Vec<_>>()).map(|()| true)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask peak\n       cargo xtask bench [--quick] [--filter ID]... [--compare OLD.json [--against NEW.json] [--threshold PCT]]\n       cargo xtask bench --instructions [--save-baseline]"
+                "usage: cargo xtask peak\n       cargo xtask bench [--quick] [--filter ID]... [--compare OLD.json [--against NEW.json] [--threshold PCT]]\n       cargo xtask bench --instructions [--save-baseline]\n       cargo xtask against-pytorch ROUND_DIR..."
             );
             return ExitCode::from(2);
         }

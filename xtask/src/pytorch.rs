@@ -21,7 +21,7 @@ fn read_json(path: &Path) -> Option<Value> {
 
 /// PyTorch's median seconds per workload id (ours' spelling: `G3`, `C3-fwd`,
 /// `C3-fwdbwd`, `T3-step`) and thread count, from every file of `dir` it knows.
-fn pytorch_medians(dir: &Path) -> Result<Vec<(String, usize, f64)>, String> {
+pub(crate) fn pytorch_medians(dir: &Path) -> Result<Vec<(String, usize, f64)>, String> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries.flatten() {
@@ -53,7 +53,7 @@ fn pytorch_medians(dir: &Path) -> Result<Vec<(String, usize, f64)>, String> {
 
 /// The PyTorch row one of ours is set against: a Winograd variant (`C3W-fwd`,
 /// `T3W-step`) against its workload's (`C3-fwd`), PyTorch choosing its own algorithm.
-fn pytorch_id(id: &str) -> String {
+pub(crate) fn pytorch_id(id: &str) -> String {
     let (workload, pass) = id.split_once('-').map_or((id, None), |(w, p)| (w, Some(p)));
     let workload = workload.strip_suffix('W').unwrap_or(workload);
     match pass {
