@@ -85,6 +85,24 @@ macro_rules! avx2_dispatch {
             $body($($arg),*)
         }
     };
+    // The same with const parameters, which the body takes explicitly.
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<T: Element, $(const $c:ident: usize),+>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name<T: $crate::Element, $(const $c: usize),+>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::simd::Avx2Fma::detect().is_some() {
+                /// # Safety
+                /// The CPU must have AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: $crate::Element, $(const $c: usize),+>($($arg: $ty),*) $(-> $ret)? {
+                    $body::<T, $($c),+>($($arg),*)
+                }
+                // SAFETY: detection found AVX2 and FMA on this CPU.
+                return unsafe { avx2::<T, $($c),+>($($arg),*) };
+            }
+            $body::<T, $($c),+>($($arg),*)
+        }
+    };
 }
 pub(crate) use avx2_dispatch;
 

@@ -5,6 +5,7 @@
 use super::transform::{evaluation, Input};
 use super::ConvProblem;
 use crate::geometry::KernelMode;
+use crate::simd::avx2_dispatch;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -30,31 +31,16 @@ pub(super) fn transform_filters<T: Element, const A: usize, const R: usize>(
     u
 }
 
-/// Inner channel `c`'s transformed filters, `[α², outer]`: the arithmetic compiled
-/// for AVX2 where the CPU has it (the same operations on wider vectors, so the same
-/// bits), else as portable code.
-fn transformed_channel<T: Element, const A: usize, const R: usize>(
-    outer: usize,
-    c: usize,
-    filter: &(impl Fn(usize, usize, usize, usize) -> T + Sync),
-) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::Avx2Fma::detect().is_some() {
-        /// # Safety
-        /// The CPU must have AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Element, const A: usize, const R: usize>(
-            outer: usize,
-            c: usize,
-            filter: &(impl Fn(usize, usize, usize, usize) -> T + Sync),
-        ) -> Vec<T> {
-            transformed_channel_body::<T, A, R>(outer, c, filter)
-        }
-        // SAFETY: detection found AVX2 and FMA on this CPU.
-        return unsafe { avx2::<T, A, R>(outer, c, filter) };
-    }
-    transformed_channel_body::<T, A, R>(outer, c, filter)
-}
+avx2_dispatch!(
+    /// Inner channel `c`'s transformed filters, `[α², outer]`: the arithmetic compiled
+    /// for AVX2 where the CPU has it (the same operations on wider vectors, so the
+    /// same bits), else as portable code.
+    fn transformed_channel<T: Element, const A: usize, const R: usize>(
+        outer: usize,
+        c: usize,
+        filter: &(impl Fn(usize, usize, usize, usize) -> T + Sync),
+    ) -> Vec<T> => transformed_channel_body
+);
 
 #[inline(always)]
 fn transformed_channel_body<T: Element, const A: usize, const R: usize>(
@@ -137,32 +123,16 @@ struct ChunkSums<'a, T> {
     in_stride: usize,
 }
 
-/// Output channel `o`'s part of [`transform_back`], into its `[C_in, r, r]` taps
-/// `dw`: compiled for AVX2 where the CPU has it, as in [`transformed_channel`].
-fn transform_back_channel<T: Element, const A: usize, const R: usize>(
-    sums: &ChunkSums<'_, T>,
-    mode: KernelMode,
-    o: usize,
-    dw: &mut [T],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::Avx2Fma::detect().is_some() {
-        /// # Safety
-        /// The CPU must have AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Element, const A: usize, const R: usize>(
-            sums: &ChunkSums<'_, T>,
-            mode: KernelMode,
-            o: usize,
-            dw: &mut [T],
-        ) {
-            transform_back_channel_body::<T, A, R>(sums, mode, o, dw)
-        }
-        // SAFETY: detection found AVX2 and FMA on this CPU.
-        return unsafe { avx2::<T, A, R>(sums, mode, o, dw) };
-    }
-    transform_back_channel_body::<T, A, R>(sums, mode, o, dw)
-}
+avx2_dispatch!(
+    /// Output channel `o`'s part of [`transform_back`], into its `[C_in, r, r]` taps
+    /// `dw`: compiled for AVX2 where the CPU has it, as [`transformed_channel`] is.
+    fn transform_back_channel<T: Element, const A: usize, const R: usize>(
+        sums: &ChunkSums<'_, T>,
+        mode: KernelMode,
+        o: usize,
+        dw: &mut [T],
+    ) => transform_back_channel_body
+);
 
 #[inline(always)]
 fn transform_back_channel_body<T: Element, const A: usize, const R: usize>(
