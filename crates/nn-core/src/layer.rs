@@ -146,6 +146,17 @@ pub trait Layer<T: Element>: Send + Sync {
         false
     }
 
+    /// Turns on or off applying a ReLU to this layer's input within the layer's own
+    /// passes, with the bits a ReLU layer before it would give; returns whether it is
+    /// on. A [`Sequential`](crate::Sequential) network turns it on in the layer after
+    /// each ReLU and then skips the ReLU layer, and a [`Graph`](crate::Graph) drops
+    /// the ReLU's node: a sweep over memory fewer each way.
+    /// Layers that cannot (most) stay off and return `false`; max pooling can, as
+    /// ReLU commutes with the maximum.
+    fn rectify_input(&mut self, _on: bool) -> bool {
+        false
+    }
+
     /// Switches between training (the default) and evaluation, for layers that behave
     /// differently (batch statistics against running estimates). The trainer and
     /// `evaluate` set the mode themselves.

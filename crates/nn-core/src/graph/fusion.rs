@@ -1,7 +1,9 @@
 //! Folds each ReLU into the node before it where that node rectifies its own output
-//! in its own passes (a residual sum; batch normalisation): a ReLU node on its own
+//! in its own passes (a residual sum; batch normalisation), or else into the node
+//! after it where that node rectifies its input (max pooling): a ReLU node on its own
 //! sweeps the whole activation once more each way. Only a node whose output the ReLU
-//! alone reads is folded, so nothing else sees the change; results keep their bits.
+//! alone reads, or a ReLU whose output one node alone reads, is folded, so nothing
+//! else sees the change; results keep their bits.
 
 use super::{Node, Op};
 use crate::Activation;
@@ -10,16 +12,22 @@ use nn_kernels::Element;
 /// The nodes with foldable ReLUs folded away, and the output's new index.
 pub(super) fn fold_relus<T: Element>(nodes: Vec<Node<T>>, output: usize) -> (Vec<Node<T>>, usize) {
     let mut readers = vec![0usize; nodes.len()];
+    // The node reading each node's output last (the only one, where there is one).
+    let mut reader = vec![usize::MAX; nodes.len()];
     readers[output] += 1;
-    for node in &nodes {
+    for (j, node) in nodes.iter().enumerate() {
         for &i in &node.inputs {
             readers[i] += 1;
+            reader[i] = j;
         }
     }
     let mut kept: Vec<Node<T>> = Vec::with_capacity(nodes.len());
     // Where each node's output now comes from, by old index.
     let mut moved: Vec<usize> = Vec::with_capacity(nodes.len());
-    for mut node in nodes {
+    // Taken in order, so that a ReLU can still change a node after it.
+    let mut later: Vec<Option<Node<T>>> = nodes.into_iter().map(Some).collect();
+    for index in 0..later.len() {
+        let mut node = later[index].take().expect("each node is taken once");
         let is_relu = matches!(&node.op, Op::Layer(l) if l.as_activation() == Some(Activation::Relu));
         if is_relu && readers[node.inputs[0]] == 1 {
             let before = moved[node.inputs[0]];
@@ -33,6 +41,16 @@ pub(super) fn fold_relus<T: Element>(nodes: Vec<Node<T>>, output: usize) -> (Vec
                 continue;
             }
         }
+        if is_relu && readers[index] == 1 {
+            // The reader then reads the ReLU's input in its place.
+            let after = later.get_mut(reader[index]).and_then(Option::as_mut);
+            if let Some(Node { op: Op::Layer(layer), .. }) = after {
+                if layer.rectify_input(true) {
+                    moved.push(moved[node.inputs[0]]);
+                    continue;
+                }
+            }
+        }
         node.inputs.iter_mut().for_each(|i| *i = moved[*i]);
         moved.push(kept.len());
         kept.push(node);
@@ -42,13 +60,14 @@ pub(super) fn fold_relus<T: Element>(nodes: Vec<Node<T>>, output: usize) -> (Vec
 
 #[cfg(test)]
 mod tests {
-    use crate::layers::ConvSpec;
+    use crate::layers::{ConvSpec, PoolKind, PoolSpec};
     use crate::{seeded_rng, Element, Graph, GraphBuilder, NodeId, Tensor};
     use rand::Rng;
 
     /// conv → BN → ReLU → conv → BN, + the block's input, → ReLU; then a ReLU after
     /// a convolution (nothing to fold into), a BN whose output a ReLU and a sum both
-    /// read (not folded), and a ReLU as the network's output (folded).
+    /// read (not folded), a ReLU after a BN (folded), and conv → ReLU → max pool (the
+    /// ReLU folded into the pool).
     fn network<T: Element>(fold: bool) -> Graph<T> {
         let mut g = GraphBuilder::<T>::new(&[2, 5, 5], 7);
         let conv = |g: &mut GraphBuilder<T>, name, x| g.conv(name, x, ConvSpec::new(2, &[3, 3]).padding(&[1, 1]));
@@ -66,7 +85,10 @@ mod tests {
         let r3 = g.relu("r3", b3);
         let both = g.add("both", r3, b3);
         let b4 = g.batch_norm("b4", both);
-        let out: NodeId = g.relu("out", b4);
+        let r4 = g.relu("r4", b4);
+        let c5 = conv(&mut g, "c5", r4);
+        let r5 = g.relu("r5", c5);
+        let out: NodeId = g.pool("pool", r5, PoolSpec::new(PoolKind::Max, &[2, 2]));
         if fold {
             g.build(out).unwrap()
         } else {
@@ -93,11 +115,14 @@ mod tests {
                 ("r3", "relu"),
                 ("both", "add"),
                 ("b4", "batch_norm+relu"),
+                ("c5", "conv"),
+                ("pool", "relu+max_pool"),
             ]
         );
         assert_eq!(graph.output, kinds.len() - 1);
         let inputs: Vec<&[usize]> = graph.nodes.iter().map(|n| n.inputs.as_slice()).collect();
-        assert_eq!(inputs, [&[][..], &[0], &[1], &[2], &[3], &[4], &[5], &[6, 2], &[7], &[8], &[9, 8], &[10]]);
+        let expected = [&[][..], &[0], &[1], &[2], &[3], &[4], &[5], &[6, 2], &[7], &[8], &[9, 8], &[10], &[11], &[12]];
+        assert_eq!(inputs, expected);
     }
 
     fn random<T: Element>(shape: &[usize], seed: u64) -> Tensor<T> {

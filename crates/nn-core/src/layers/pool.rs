@@ -2,7 +2,10 @@ use crate::layer::{backward_batch, batch_of};
 use crate::{BackwardReads, Layer, NnError, Tensor};
 use nn_kernels::conv::{ConvGeometry, KernelMode, OutputRounding, Padding};
 use nn_kernels::pad::{PadPlan, PaddingMode, SideModes};
-use nn_kernels::pool::{avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward};
+use nn_kernels::pool::{
+    avg_pool_backward, avg_pool_forward, check_pool_geometry, max_pool_backward, max_pool_forward,
+    max_pool_relu_forward,
+};
 use nn_kernels::Element;
 
 /// Which reduction a pooling window applies.
@@ -88,6 +91,8 @@ pub struct Pool {
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     argmax: Vec<u32>,
+    /// Whether a ReLU is applied to the input first ([`Layer::rectify_input`]).
+    rectify_input: bool,
 }
 
 impl Pool {
@@ -142,15 +147,17 @@ impl Pool {
         check_pool_geometry(&geometry)?;
         let mut output_shape = vec![input_shape[0]];
         output_shape.extend_from_slice(geometry.output());
-        Ok(Self { spec, geometry, pad, input_shape: input_shape.to_vec(), output_shape, argmax: Vec::new() })
+        let input_shape = input_shape.to_vec();
+        Ok(Self { spec, geometry, pad, input_shape, output_shape, argmax: Vec::new(), rectify_input: false })
     }
 }
 
 impl<T: Element> Layer<T> for Pool {
     fn kind(&self) -> &'static str {
-        match self.spec.kind {
-            PoolKind::Max => "max_pool",
-            PoolKind::Average => "avg_pool",
+        match (self.spec.kind, self.rectify_input) {
+            (PoolKind::Max, false) => "max_pool",
+            (PoolKind::Max, true) => "relu+max_pool",
+            (PoolKind::Average, _) => "avg_pool",
         }
     }
 
@@ -167,6 +174,12 @@ impl<T: Element> Layer<T> for Pool {
         BackwardReads::NEITHER
     }
 
+    fn rectify_input(&mut self, on: bool) -> bool {
+        // The maximum commutes with ReLU; the average does not.
+        self.rectify_input = on && self.spec.kind == PoolKind::Max;
+        self.rectify_input
+    }
+
     fn forward(&mut self, input: &Tensor<T>, output: &mut Tensor<T>) -> Result<(), NnError> {
         let batch = batch_of("pool forward", input, &self.input_shape)?;
         output.set_batch_shape(batch, &self.output_shape)?;
@@ -175,7 +188,8 @@ impl<T: Element> Layer<T> for Pool {
         let mut pool = |x: &[T]| match self.spec.kind {
             PoolKind::Max => {
                 argmax.resize(y.len(), 0);
-                max_pool_forward(geometry, planes, x, y, argmax)
+                let max_pool = if self.rectify_input { max_pool_relu_forward } else { max_pool_forward };
+                max_pool(geometry, planes, x, y, argmax)
             }
             PoolKind::Average => avg_pool_forward(geometry, planes, x, y),
         };

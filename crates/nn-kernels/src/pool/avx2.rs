@@ -1,9 +1,10 @@
 //! Max pooling over 2×2 windows at stride 2 (the common pooling) for f32 in AVX2 and
 //! FMA intrinsics: eight or four windows at a time, by the scalar loop's rule (the first
 //! maximum in row-major order wins, and the first NaN wins over any number), as
-//! selects. The scalar loop compiles its NaN tests to branches, which mispredict on
-//! data.
+//! selects, and rectified by ReLU's rule where asked. The scalar loop compiles its NaN
+//! tests to branches, which mispredict on data.
 
+use super::GRADIENT_STOPS;
 use crate::simd::Avx2Fma;
 use std::arch::x86_64::*;
 
@@ -12,7 +13,8 @@ const LANES: usize = 8;
 /// One output row whose windows' cells are the pairs `2b, 2b + 1` of the input rows
 /// starting at `top` and `bottom`, eight windows at a time (four where the row is
 /// shorter), the last step overlapping the one before; returns the windows done: all
-/// of them, or none for a row of under four windows.
+/// of them, or none for a row of under four windows. With `rectify`, as
+/// `max_pool_relu_forward` says.
 pub(super) fn max_of_2x2(
     _isa: Avx2Fma,
     x: &[f32],
@@ -20,6 +22,7 @@ pub(super) fn max_of_2x2(
     bottom: usize,
     y_row: &mut [f32],
     arg_row: &mut [u32],
+    rectify: bool,
 ) -> usize {
     let width = y_row.len();
     if width < 4 {
@@ -29,23 +32,28 @@ pub(super) fn max_of_2x2(
     assert!(x.len() <= u32::MAX as usize, "argmax indices are u32");
     // SAFETY: the token proves AVX2 and FMA; the assertions bound every read (2·V
     // cells from `row + 2b`, b + V ≤ width) and every write (V cells from b).
-    unsafe { row_avx2(x, top, bottom, y_row, arg_row) };
+    unsafe {
+        match rectify {
+            true => row_avx2::<true>(x, top, bottom, y_row, arg_row),
+            false => row_avx2::<false>(x, top, bottom, y_row, arg_row),
+        }
+    };
     width
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(x: &[f32], top: usize, bottom: usize, y_row: &mut [f32], arg_row: &mut [u32]) {
+unsafe fn row_avx2<const RECTIFY: bool>(x: &[f32], top: usize, bottom: usize, y_row: &mut [f32], arg_row: &mut [u32]) {
     let width = y_row.len();
     // SAFETY: AVX2, as this function's own; bounds as asserted by the caller.
     unsafe {
         if width >= LANES {
             let last = width - LANES;
             for b in (0..last).step_by(LANES).chain([last]) {
-                windows_8(x, top, bottom, b, y_row, arg_row);
+                windows_8::<RECTIFY>(x, top, bottom, b, y_row, arg_row);
             }
         } else {
             for b in [0, width - 4] {
-                windows_4(x, top, bottom, b, y_row, arg_row);
+                windows_4::<RECTIFY>(x, top, bottom, b, y_row, arg_row);
             }
         }
     }
@@ -53,7 +61,14 @@ unsafe fn row_avx2(x: &[f32], top: usize, bottom: usize, y_row: &mut [f32], arg_
 
 /// Windows `b..b + 8`.
 #[inline(always)]
-unsafe fn windows_8(x: &[f32], top: usize, bottom: usize, b: usize, y_row: &mut [f32], arg_row: &mut [u32]) {
+unsafe fn windows_8<const RECTIFY: bool>(
+    x: &[f32],
+    top: usize,
+    bottom: usize,
+    b: usize,
+    y_row: &mut [f32],
+    arg_row: &mut [u32],
+) {
     let evens = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     let one = _mm256_set1_epi32(1);
     // SAFETY: AVX2 is the caller's to prove, as are the bounds.
@@ -68,6 +83,13 @@ unsafe fn windows_8(x: &[f32], top: usize, bottom: usize, b: usize, y_row: &mut 
         update(&mut best, &mut arg, upper_right, _mm256_add_epi32(upper_at, one));
         update(&mut best, &mut arg, lower_left, lower_at);
         update(&mut best, &mut arg, lower_right, _mm256_add_epi32(lower_at, one));
+        if RECTIFY {
+            let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(best, _mm256_setzero_ps());
+            // ReLU: +0 unless positive or NaN.
+            best = _mm256_and_ps(best, _mm256_or_ps(positive, _mm256_cmp_ps::<_CMP_UNORD_Q>(best, best)));
+            let stops = _mm256_andnot_si256(_mm256_castps_si256(positive), _mm256_set1_epi32(GRADIENT_STOPS as i32));
+            arg = _mm256_or_si256(arg, stops);
+        }
         _mm256_storeu_ps(y_row.as_mut_ptr().add(b), best);
         _mm256_storeu_si256(arg_row.as_mut_ptr().add(b).cast(), arg);
     }
@@ -75,7 +97,14 @@ unsafe fn windows_8(x: &[f32], top: usize, bottom: usize, b: usize, y_row: &mut 
 
 /// Windows `b..b + 4`, in 128-bit vectors.
 #[inline(always)]
-unsafe fn windows_4(x: &[f32], top: usize, bottom: usize, b: usize, y_row: &mut [f32], arg_row: &mut [u32]) {
+unsafe fn windows_4<const RECTIFY: bool>(
+    x: &[f32],
+    top: usize,
+    bottom: usize,
+    b: usize,
+    y_row: &mut [f32],
+    arg_row: &mut [u32],
+) {
     // SAFETY: AVX2 is the caller's to prove, as are the bounds.
     unsafe {
         let (top_at, bottom_at) = (top + 2 * b, bottom + 2 * b);
@@ -88,6 +117,12 @@ unsafe fn windows_4(x: &[f32], top: usize, bottom: usize, b: usize, y_row: &mut 
         update_4(&mut best, &mut arg, upper_right, _mm_add_epi32(upper_at, one));
         update_4(&mut best, &mut arg, lower_left, lower_at);
         update_4(&mut best, &mut arg, lower_right, _mm_add_epi32(lower_at, one));
+        if RECTIFY {
+            let positive = _mm_cmp_ps::<_CMP_GT_OQ>(best, _mm_setzero_ps());
+            best = _mm_and_ps(best, _mm_or_ps(positive, _mm_cmp_ps::<_CMP_UNORD_Q>(best, best)));
+            let stops = _mm_andnot_si128(_mm_castps_si128(positive), _mm_set1_epi32(GRADIENT_STOPS as i32));
+            arg = _mm_or_si128(arg, stops);
+        }
         _mm_storeu_ps(y_row.as_mut_ptr().add(b), best);
         _mm_storeu_si128(arg_row.as_mut_ptr().add(b).cast(), arg);
     }

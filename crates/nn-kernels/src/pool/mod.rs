@@ -127,6 +127,11 @@ fn check_planes<T>(
     Ok(check_pool_geometry(geom)?)
 }
 
+/// The bit of an argmax entry that stops its window's gradient (see
+/// [`max_pool_relu_forward`]); the other bits still index the winner, as planes hold
+/// fewer than 2³¹ cells.
+pub const GRADIENT_STOPS: u32 = 1 << 31;
+
 /// Max pooling of `planes` planes: `y[β] = max over the window of x` (NaN where the
 /// window holds a NaN), recording in `argmax` the in-plane index of each winner (the
 /// first one on ties).
@@ -141,10 +146,40 @@ pub fn max_pool_forward<T: Element>(
     y: &mut [T],
     argmax: &mut [u32],
 ) -> Result<(), KernelError> {
+    max_pool(geom, planes, x, y, argmax, false)
+}
+
+/// Max pooling of `ReLU(x)`, as [`max_pool_forward`] after a ReLU layer would give
+/// it, without the pass over `x` the ReLU takes: ReLU is monotonic, so
+/// `max(ReLU(x)) = ReLU(max(x))`. A window whose result is not positive has
+/// [`GRADIENT_STOPS`] set in its argmax, so that [`max_pool_backward`] sends its
+/// gradient nowhere, as the ReLU's derivative would. Outputs and gradients keep the
+/// bits of the two layers apart.
+///
+/// # Errors
+/// As for [`max_pool_forward`].
+pub fn max_pool_relu_forward<T: Element>(
+    geom: &ConvGeometry,
+    planes: usize,
+    x: &[T],
+    y: &mut [T],
+    argmax: &mut [u32],
+) -> Result<(), KernelError> {
+    max_pool(geom, planes, x, y, argmax, true)
+}
+
+fn max_pool<T: Element>(
+    geom: &ConvGeometry,
+    planes: usize,
+    x: &[T],
+    y: &mut [T],
+    argmax: &mut [u32],
+    rectify: bool,
+) -> Result<(), KernelError> {
     check_planes(geom, planes, x, y.len(), ["max pool: x", "max pool: y"])?;
     check_len("max pool: argmax", y.len(), argmax.len())?;
-    if geom.input_len() > u32::MAX as usize {
-        return Err(GeometryError::Overflow { what: "max pool plane size (argmax is u32)" }.into());
+    if geom.input_len() > GRADIENT_STOPS as usize {
+        return Err(GeometryError::Overflow { what: "max pool plane size (argmax is 31 bits of a u32)" }.into());
     }
     let (in_len, out_len) = (geom.input_len(), geom.output_len());
     let windows = Windows::new(geom);
@@ -155,30 +190,44 @@ pub fn max_pool_forward<T: Element>(
                 let width = windows.inner.len();
                 for (r, (y_row, arg_row)) in y_p.chunks_exact_mut(width).zip(arg_p.chunks_exact_mut(width)).enumerate()
                 {
-                    max_of_pairs(x_p, windows.window_rows(r), y_row, arg_row);
+                    max_of_pairs(x_p, windows.window_rows(r), y_row, arg_row, rectify);
                 }
-                return;
-            }
-            windows.for_each_output(|o, rows, cols| {
-                // The first cell starts the max (every window has one, checked above);
-                // the first maximum in row-major order wins, and the first NaN wins
-                // over any number (see `supersedes`). Selects, not branches: a
-                // comparison on data mispredicts half the time.
-                let (mut best, mut arg) = (x_p[rows[0] + cols.start], rows[0] + cols.start);
-                for &base in rows {
-                    let first = base + cols.start;
-                    for (i, &v) in x_p[first..base + cols.end].iter().enumerate() {
-                        let better = supersedes(v, best);
-                        best = if better { v } else { best };
-                        arg = if better { first + i } else { arg };
+            } else {
+                windows.for_each_output(|o, rows, cols| {
+                    // The first cell starts the max (every window has one, checked
+                    // above); the first maximum in row-major order wins, and the first
+                    // NaN wins over any number (see `supersedes`). Selects, not
+                    // branches: a comparison on data mispredicts half the time.
+                    let (mut best, mut arg) = (x_p[rows[0] + cols.start], rows[0] + cols.start);
+                    for &base in rows {
+                        let first = base + cols.start;
+                        for (i, &v) in x_p[first..base + cols.end].iter().enumerate() {
+                            let better = supersedes(v, best);
+                            best = if better { v } else { best };
+                            arg = if better { first + i } else { arg };
+                        }
                     }
+                    y_p[o] = best;
+                    arg_p[o] = arg as u32;
+                });
+                if rectify {
+                    rectify_maxima(y_p, arg_p);
                 }
-                y_p[o] = best;
-                arg_p[o] = arg as u32;
-            });
+            }
         },
     );
     Ok(())
+}
+
+/// ReLU of maxima by the ReLU layer's rule (`elementwise::relu`: NaN stays), written
+/// as selects so that it vectorises; the gradient passes only where the result is
+/// positive.
+fn rectify_maxima<T: Element>(y: &mut [T], argmax: &mut [u32]) {
+    for (y, arg) in y.iter_mut().zip(argmax) {
+        let positive = *y > T::zero();
+        *y = if positive | y.is_nan() { *y } else { T::zero() };
+        *arg |= if positive { 0 } else { GRADIENT_STOPS };
+    }
 }
 
 /// Whether `v` replaces `best` as a window's maximum: when greater, or when it is the
@@ -192,15 +241,19 @@ fn supersedes<T: Element>(v: T, best: T) -> bool {
 /// One output row of max pooling whose windows are the pairs `2b, 2b + 1` of the
 /// input rows at `rows`: the same first-maximum rule as the general loop, with the
 /// bounds checked once per row instead of once per cell.
-fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row: &mut [u32]) {
+/// Rectified as [`max_pool_relu_forward`] says where `rectify` is set.
+fn max_of_pairs<T: Element>(x_p: &[T], rows: &[usize], y_row: &mut [T], arg_row: &mut [u32], rectify: bool) {
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if let (&[top, bottom], Some(isa), Some(x), Some(y)) =
         (rows, crate::simd::Avx2Fma::detect(), T::as_f32(x_p), T::as_f32_mut(y_row))
     {
-        let done = avx2::max_of_2x2(isa, x, top, bottom, y, arg_row);
-        return max_of_pairs_from(done, x_p, rows, y_row, arg_row);
+        done = avx2::max_of_2x2(isa, x, top, bottom, y, arg_row, rectify);
     }
-    max_of_pairs_from(0, x_p, rows, y_row, arg_row);
+    max_of_pairs_from(done, x_p, rows, y_row, arg_row);
+    if rectify {
+        rectify_maxima(&mut y_row[done..], &mut arg_row[done..]);
+    }
 }
 
 /// [`max_of_pairs`] from window `first` of the row on.
@@ -238,7 +291,8 @@ fn max_of_pairs_from<T: Element>(first: usize, x_p: &[T], rows: &[usize], y_row:
     }
 }
 
-/// Max pooling gradient: `dx[argmax[β]] += dy[β]`, with `dx` overwritten first.
+/// Max pooling gradient: `dx[argmax[β]] += dy[β]`, with `dx` overwritten first; a
+/// window whose argmax has [`GRADIENT_STOPS`] set adds nothing.
 ///
 /// # Errors
 /// [`KernelError`] when a buffer's length does not fit `geom` and `planes`.
@@ -256,8 +310,12 @@ pub fn max_pool_backward<T: Element>(
         |(dx_p, (dy_p, arg_p))| {
             dx_p.fill(T::zero());
             for (&g, &a) in dy_p.iter().zip(arg_p) {
+                // A stopped window adds +0 to its winner, not a branch on data, which
+                // would mispredict: a cell starts at +0, so it is never −0 (a sum is
+                // −0 only when both terms are) and adding +0 keeps its bits.
+                let g = if a & GRADIENT_STOPS == 0 { g } else { T::zero() };
                 // An out-of-range index is a caller's stale buffer, not ours to trust.
-                if let Some(cell) = dx_p.get_mut(a as usize) {
+                if let Some(cell) = dx_p.get_mut((a & !GRADIENT_STOPS) as usize) {
                     *cell += g;
                 }
             }

@@ -257,3 +257,61 @@ proptest! {
         }
     }
 }
+
+/// Values with ties, zeros of both signs, negatives and, where `nans` says, NaNs.
+fn rectifier_test_data(len: usize, seed: u64, nans: &[prop::sample::Index]) -> Vec<f64> {
+    let mut x: Vec<f64> = (0..len)
+        .map(|i| match (i as u64 * 7919 + seed * 104729) % 7 {
+            0 => -0.0,
+            k => k as f64 / 2.0 - 2.0,
+        })
+        .collect();
+    for at in nans {
+        x[at.index(len)] = f64::NAN;
+    }
+    x
+}
+
+/// A ReLU layer then max pooling, forward and backward, against the fused pass: the
+/// same outputs and input gradients, bit for bit.
+fn check_rectified_max_pool<T: Element>(geom: &ConvGeometry, planes: usize, x: &[f64]) -> Result<(), TestCaseError> {
+    use crate::elementwise::{activation_backward, activation_forward, Activation};
+    let x: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
+    let out = planes * geom.output_len();
+    let dy: Vec<T> = (0..out).map(|i| T::from_f64(if i % 6 == 0 { -0.0 } else { (i % 5) as f64 - 1.5 })).collect();
+    let bits = |v: &[T]| v.iter().map(|t| t.as_f64().to_bits()).collect::<Vec<_>>();
+
+    let mut rectified = vec![T::zero(); x.len()];
+    activation_forward(Activation::Relu, &x, &mut rectified).unwrap();
+    let (mut y_apart, mut arg_apart) = (vec![T::zero(); out], vec![0u32; out]);
+    max_pool_forward(geom, planes, &rectified, &mut y_apart, &mut arg_apart).unwrap();
+    let mut d_rectified = vec![T::zero(); x.len()];
+    max_pool_backward(geom, planes, &arg_apart, &dy, &mut d_rectified).unwrap();
+    let mut dx_apart = vec![T::zero(); x.len()];
+    activation_backward(Activation::Relu, &x, &rectified, &d_rectified, &mut dx_apart).unwrap();
+
+    let (mut y, mut arg) = (vec![T::zero(); out], vec![0u32; out]);
+    max_pool_relu_forward(geom, planes, &x, &mut y, &mut arg).unwrap();
+    let mut dx = vec![T::one(); x.len()];
+    max_pool_backward(geom, planes, &arg, &dy, &mut dx).unwrap();
+    prop_assert_eq!(bits(&y), bits(&y_apart));
+    prop_assert_eq!(bits(&dx), bits(&dx_apart));
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn rectified_max_pooling_keeps_the_bits_of_relu_then_pool(
+        geom in geometry(),
+        long in long_paired_geometry(),
+        planes in 1usize..3,
+        seed in 0u64..1000,
+        nans in prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+    ) {
+        for geom in [&geom, &long] {
+            let x = rectifier_test_data(planes * geom.input_len(), seed, &nans);
+            check_rectified_max_pool::<f64>(geom, planes, &x)?;
+            check_rectified_max_pool::<f32>(geom, planes, &x)?;
+        }
+    }
+}

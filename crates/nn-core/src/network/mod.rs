@@ -1,8 +1,8 @@
-use crate::layers::{
-    ActivationLayer, BatchNorm, Conv, ConvSpec, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool, GroupNorm,
-    LayerNorm, Pool, PoolKind, PoolSpec, Upsample,
-};
-use crate::{seeded_rng, Init, Layer, NnError, Param, SeededRng, Tensor};
+mod builder;
+
+pub use builder::SequentialBuilder;
+
+use crate::{Layer, NnError, Param, Tensor};
 use nn_kernels::elementwise::Activation;
 use nn_kernels::Element;
 
@@ -10,11 +10,16 @@ use nn_kernels::Element;
 ///
 /// The network keeps every layer's output from the last [`forward`](Self::forward)
 /// (the x⁽ᵏ⁾ that Step 3 needs) in buffers it reuses, so a training step allocates
-/// nothing once the batch size is steady.
+/// nothing once the batch size is steady. A ReLU layer whose next layer can apply it
+/// itself ([`Layer::rectify_input`]: a max pool) is left to that layer and skipped,
+/// with the same results to the bit.
 pub struct Sequential<T: Element> {
     input_shape: Vec<usize>,
     layers: Vec<Box<dyn Layer<T>>>,
-    /// `activations[k]` is the input of layer k; the last one is the network's output.
+    /// `skipped[k]`: layer k is a ReLU that layer k + 1 applies to its input.
+    skipped: Vec<bool>,
+    /// `activations[k]` is the output of layer k − 1 (the network's input for k = 0;
+    /// the last one is the network's output), unused after a skipped layer.
     activations: Vec<Tensor<T>>,
     /// `grads[k]` is ∂L/∂x⁽ᵏ⁾, the gradient of layer k's input. One buffer per layer,
     /// not two used in turn: each then keeps its size from step to step, and a step
@@ -66,19 +71,15 @@ impl<T: Element> Sequential<T> {
         }
         let activations = (0..=layers.len()).map(|_| Tensor::default()).collect();
         let grads = (0..layers.len().max(1)).map(|_| Tensor::default()).collect();
-        Ok(Self { input_shape: input_shape.to_vec(), layers, activations, grads, forward_done: false, training: true })
+        let skipped = vec![false; layers.len()];
+        let input_shape = input_shape.to_vec();
+        Ok(Self { input_shape, layers, skipped, activations, grads, forward_done: false, training: true })
     }
 
     /// A builder that tracks the shape as layers are added, drawing initial weights
     /// from a generator seeded with `seed`.
     pub fn builder(input_shape: &[usize], seed: u64) -> SequentialBuilder<T> {
-        SequentialBuilder {
-            input_shape: input_shape.to_vec(),
-            shape: input_shape.to_vec(),
-            layers: Vec::new(),
-            rng: seeded_rng(seed),
-            error: None,
-        }
+        SequentialBuilder::new(input_shape, seed)
     }
 
     /// The per-sample input shape.
@@ -109,13 +110,45 @@ impl<T: Element> Sequential<T> {
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         crate::layer::batch_of("network forward", x, &self.input_shape)?;
         self.forward_done = false;
+        self.fold_relus();
         self.activations[0].copy_from(x);
-        for (index, layer) in self.layers.iter_mut().enumerate() {
+        for index in 0..self.layers.len() {
+            if self.skipped[index] {
+                continue;
+            }
+            let from = self.holding_input(index);
             let (inputs, outputs) = self.activations.split_at_mut(index + 1);
-            layer.forward(&inputs[index], &mut outputs[0]).map_err(|source| in_layer(index, &**layer, source))?;
+            let layer = &mut self.layers[index];
+            layer.forward(&inputs[from], &mut outputs[0]).map_err(|source| in_layer(index, &**layer, source))?;
         }
         self.forward_done = true;
         Ok(&self.activations[self.layers.len()])
+    }
+
+    /// Hands each ReLU layer to the layer after it where that layer can apply it
+    /// (asked anew each pass: [`layers_mut`](Self::layers_mut) may have replaced
+    /// either), and marks the ReLU skipped.
+    fn fold_relus(&mut self) {
+        for k in 0..self.layers.len() {
+            let after_relu = k > 0 && self.layers[k - 1].as_activation() == Some(Activation::Relu);
+            let folded = self.layers[k].rectify_input(after_relu);
+            if k > 0 {
+                self.skipped[k - 1] = folded;
+            }
+        }
+    }
+
+    /// The index of the activation holding layer k's input x⁽ᵏ⁾: past the skipped
+    /// layers before it.
+    fn holding_input(&self, k: usize) -> usize {
+        (0..k).rev().find(|&j| !self.skipped[j]).map_or(0, |j| j + 1)
+    }
+
+    /// The index of the gradient buffer holding ∂L/∂x⁽ᵏ⁾ after the backward pass has
+    /// passed layer k: past the skipped layers from k on (`None`: the caller's
+    /// gradient of the output).
+    fn holding_grad(&self, k: usize) -> Option<usize> {
+        (k..self.layers.len()).find(|&j| !self.skipped[j])
     }
 
     /// The output of the last forward pass, if any.
@@ -140,10 +173,12 @@ impl<T: Element> Sequential<T> {
     /// As for [`backward`](Self::backward).
     pub fn backward_to_input(&mut self, grad_output: &Tensor<T>) -> Result<&Tensor<T>, NnError> {
         self.backward_impl(grad_output, true)?;
-        if self.layers.is_empty() {
+        // A network ends in a layer that is not skipped, unless it has none.
+        let Some(holding) = self.holding_grad(0) else {
             self.grads[0].copy_from(grad_output);
-        }
-        Ok(&self.grads[0])
+            return Ok(&self.grads[0]);
+        };
+        Ok(&self.grads[holding])
     }
 
     fn backward_impl(&mut self, grad_output: &Tensor<T>, want_input_grad: bool) -> Result<(), NnError> {
@@ -158,17 +193,22 @@ impl<T: Element> Sequential<T> {
                 got: grad_output.shape().to_vec(),
             });
         }
-        // Layer k reads ∂x⁽ᵏ⁺¹⁾ from grads[k + 1] (the caller's gradient for the last
-        // layer) and writes ∂x⁽ᵏ⁾ into grads[k].
-        let last = self.layers.len().saturating_sub(1);
+        // Layer k reads ∂x⁽ᵏ⁺¹⁾ from grads[k + 1], or from further on past skipped
+        // layers (the caller's gradient after the last layer), and writes ∂x⁽ᵏ⁾ into
+        // grads[k].
         for index in (0..self.layers.len()).rev() {
+            if self.skipped[index] {
+                continue;
+            }
+            let (input, output) = (self.holding_input(index), index + 1);
+            let upstream = self.holding_grad(index + 1);
+            let need_input = self.holding_input(index) > 0 || want_input_grad;
             let (head, tail) = self.grads.split_at_mut(index + 1);
-            let write = &mut head[index];
-            let upstream = if index == last { grad_output } else { &tail[0] };
-            let need_input = index > 0 || want_input_grad;
+            let upstream = upstream.map_or(grad_output, |j| &tail[j - index - 1]);
             let layer = &mut self.layers[index];
+            let write = need_input.then_some(&mut head[index]);
             layer
-                .backward(&self.activations[index], &self.activations[index + 1], upstream, need_input.then_some(write))
+                .backward(&self.activations[input], &self.activations[output], upstream, write)
                 .map_err(|source| in_layer(index, &**layer, source))?;
         }
         Ok(())
@@ -264,7 +304,8 @@ impl<T: Element> Sequential<T> {
         if !self.forward_done {
             return None;
         }
-        (0..self.layers.len()).find(|&i| !nn_kernels::elementwise::all_finite(self.activations[i + 1].data()))
+        (0..self.layers.len())
+            .find(|&i| !nn_kernels::elementwise::all_finite(self.activations[self.holding_input(i + 1)].data()))
     }
 
     /// The number of trainable scalars.
@@ -276,162 +317,4 @@ impl<T: Element> Sequential<T> {
 /// An error of layer `index`, wrapped with the layer's kind and input shape.
 fn in_layer<T: Element>(index: usize, layer: &dyn Layer<T>, source: NnError) -> NnError {
     NnError::Layer { index, kind: layer.kind(), input: layer.input_shape().to_vec(), source: Box::new(source) }
-}
-
-/// Builds a [`Sequential`] layer by layer, tracking the per-sample shape so each
-/// layer's input size is inferred. The first error is kept and returned by
-/// [`build`](Self::build), naming the layer's index.
-pub struct SequentialBuilder<T: Element> {
-    input_shape: Vec<usize>,
-    shape: Vec<usize>,
-    layers: Vec<Box<dyn Layer<T>>>,
-    rng: SeededRng,
-    error: Option<NnError>,
-}
-
-impl<T: Element> SequentialBuilder<T> {
-    fn push_with(
-        mut self,
-        kind: &'static str,
-        make: impl FnOnce(&[usize], &mut SeededRng) -> Result<Box<dyn Layer<T>>, NnError>,
-    ) -> Self {
-        if self.error.is_some() {
-            return self;
-        }
-        match make(&self.shape, &mut self.rng) {
-            Ok(layer) => {
-                self.shape = layer.output_shape().to_vec();
-                self.layers.push(layer);
-            }
-            Err(source) => {
-                self.error = Some(NnError::Layer {
-                    index: self.layers.len(),
-                    kind,
-                    input: self.shape.clone(),
-                    source: Box::new(source),
-                })
-            }
-        }
-        self
-    }
-
-    /// The per-sample shape the next layer will receive.
-    pub fn current_shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// A dense layer to `outputs` neurons with a bias and He-uniform weights. The input
-    /// must be one-dimensional (add [`flatten`](Self::flatten) after a convolution).
-    pub fn dense(self, outputs: usize) -> Self {
-        self.dense_with(outputs, true, Init::HeUniform)
-    }
-
-    /// A dense layer with explicit bias and initialisation.
-    pub fn dense_with(self, outputs: usize, bias: bool, init: Init) -> Self {
-        self.push_with("dense", |shape, rng| match *shape {
-            [inputs] => Ok(Box::new(Dense::new(inputs, outputs, bias, init, rng)?)),
-            _ => Err(NnError::InvalidArgument {
-                what: "dense input",
-                details: format!("needs a one-dimensional sample, got {shape:?}; add flatten() first"),
-            }),
-        })
-    }
-
-    /// A convolution layer.
-    pub fn conv(self, spec: ConvSpec) -> Self {
-        self.push_with("conv", |shape, rng| Ok(Box::new(Conv::new(shape, &spec, rng)?)))
-    }
-
-    /// A transposed convolution (the adjoint of the convolution `spec` describes).
-    pub fn conv_transpose(self, spec: ConvSpec) -> Self {
-        self.push_with("conv_transpose", |shape, rng| Ok(Box::new(ConvTranspose::new(shape, &spec, rng)?)))
-    }
-
-    /// An elementwise activation.
-    pub fn activation(self, activation: Activation) -> Self {
-        self.push_with("activation", |shape, _| Ok(Box::new(ActivationLayer::new(shape, activation))))
-    }
-
-    /// ReLU.
-    pub fn relu(self) -> Self {
-        self.activation(Activation::Relu)
-    }
-
-    /// Sigmoid.
-    pub fn sigmoid(self) -> Self {
-        self.activation(Activation::Sigmoid)
-    }
-
-    /// tanh.
-    pub fn tanh(self) -> Self {
-        self.activation(Activation::Tanh)
-    }
-
-    /// Max pooling with non-overlapping windows.
-    pub fn max_pool(self, window: &[usize]) -> Self {
-        self.pool(PoolSpec::new(PoolKind::Max, window))
-    }
-
-    /// Average pooling with non-overlapping windows.
-    pub fn avg_pool(self, window: &[usize]) -> Self {
-        self.pool(PoolSpec::new(PoolKind::Average, window))
-    }
-
-    /// A pooling layer.
-    pub fn pool(self, spec: PoolSpec) -> Self {
-        self.push_with("pool", |shape, _| Ok(Box::new(Pool::new(shape, spec)?)))
-    }
-
-    /// Batch normalisation over the channel axis (PyTorch's momentum and ε).
-    pub fn batch_norm(self) -> Self {
-        self.push_with("batch_norm", |shape, _| Ok(Box::new(BatchNorm::new(shape)?)))
-    }
-
-    /// Group normalisation in `groups` groups of channels (ε = 1e-5).
-    pub fn group_norm(self, groups: usize) -> Self {
-        self.push_with("group_norm", |shape, _| Ok(Box::new(GroupNorm::new(shape, groups)?)))
-    }
-
-    /// Layer normalisation over the last `normalized` dimensions of a sample (ε = 1e-5).
-    pub fn layer_norm(self, normalized: usize) -> Self {
-        self.push_with("layer_norm", |shape, _| Ok(Box::new(LayerNorm::new(shape, normalized)?)))
-    }
-
-    /// Nearest-neighbour up-sampling by an integer factor per spatial dimension.
-    pub fn upsample(self, factors: &[usize]) -> Self {
-        self.push_with("upsample", |shape, _| Ok(Box::new(Upsample::new(shape, factors)?)))
-    }
-
-    /// Dropout of probability `p` (inverted scaling), its masks seeded from the
-    /// builder's seed.
-    pub fn dropout(self, p: f64) -> Self {
-        self.push_with("dropout", |shape, rng| Ok(Box::new(Dropout::new(shape, p, rng)?)))
-    }
-
-    /// Global average pooling: `[C, spatial…]` to `[C]`.
-    pub fn global_avg_pool(self) -> Self {
-        self.push_with("global_avg_pool", |shape, _| Ok(Box::new(GlobalAvgPool::new(shape)?)))
-    }
-
-    /// Flattens each sample to one dimension.
-    pub fn flatten(self) -> Self {
-        self.push_with("flatten", |shape, _| Ok(Box::new(Flatten::new(shape)?)))
-    }
-
-    /// Any layer, built from the current shape (for layers defined outside this crate).
-    pub fn layer(self, make: impl FnOnce(&[usize]) -> Result<Box<dyn Layer<T>>, NnError>) -> Self {
-        self.push_with("custom", |shape, _| make(shape))
-    }
-
-    /// The network, or the first error met while adding layers.
-    ///
-    /// # Errors
-    /// The first [`NnError`] a layer's construction returned (an invalid geometry, a
-    /// shape a layer cannot take).
-    pub fn build(self) -> Result<Sequential<T>, NnError> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Sequential::new(&self.input_shape, self.layers),
-        }
-    }
 }
