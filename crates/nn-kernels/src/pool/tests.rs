@@ -315,3 +315,52 @@ proptest! {
         }
     }
 }
+
+/// The max pooling gradient by its definition: every window's gradient added into
+/// its winner, unless the window's gradient stops.
+fn scattered<T: Element>(geom: &ConvGeometry, planes: usize, argmax: &[u32], dy: &[T]) -> Vec<T> {
+    let mut dx = vec![T::zero(); planes * geom.input_len()];
+    for (o, (&a, &g)) in argmax.iter().zip(dy).enumerate() {
+        if a & GRADIENT_STOPS == 0 {
+            dx[o / geom.output_len() * geom.input_len() + a as usize] += g;
+        }
+    }
+    dx
+}
+
+fn check_backward_bits<T: Element>(geom: &ConvGeometry, planes: usize, x: &[f64]) -> Result<(), TestCaseError> {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
+    let out = planes * geom.output_len();
+    let dy: Vec<T> = (0..out).map(|i| T::from_f64(if i % 4 == 1 { -0.0 } else { i as f64 * 0.25 - 3.0 })).collect();
+    let bits = |v: &[T]| v.iter().map(|t| t.as_f64().to_bits()).collect::<Vec<_>>();
+    for rectify in [false, true] {
+        let (mut y, mut arg) = (vec![T::zero(); out], vec![0u32; out]);
+        let forward = if rectify { max_pool_relu_forward } else { max_pool_forward };
+        forward(geom, planes, &x, &mut y, &mut arg).unwrap();
+        let mut dx = vec![T::one(); x.len()];
+        max_pool_backward(geom, planes, &arg, &dy, &mut dx).unwrap();
+        prop_assert_eq!(bits(&dx), bits(&scattered(geom, planes, &arg, &dy)), "rectify {}", rectify);
+    }
+    Ok(())
+}
+
+proptest! {
+    // Paired windows (their forward pass has a path of its own) and any others, with
+    // and without rectifying: the bits of the definition's scatter, −0 gradients
+    // and stopped windows included.
+    #[test]
+    fn max_pool_gradients_keep_the_bits_of_a_scatter(
+        paired in paired_geometry(),
+        long in long_paired_geometry(),
+        any in geometry(),
+        planes in 1usize..3,
+        seed in 0u64..1000,
+        nans in prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+    ) {
+        for geom in [&paired, &long, &any] {
+            let x = rectifier_test_data(planes * geom.input_len(), seed, &nans);
+            check_backward_bits::<f32>(geom, planes, &x)?;
+            check_backward_bits::<f64>(geom, planes, &x)?;
+        }
+    }
+}
