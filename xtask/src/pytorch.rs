@@ -62,6 +62,13 @@ pub(crate) fn pytorch_id(id: &str) -> String {
     }
 }
 
+/// PyTorch's median seconds for our record `id` at `threads` (the last file's, where
+/// several hold it), from [`pytorch_medians`].
+pub(crate) fn their_median(theirs: &[(String, usize, f64)], id: &str, threads: usize) -> Option<f64> {
+    let wanted = pytorch_id(id);
+    theirs.iter().rev().find(|(id, t, _)| *id == wanted && *t == threads).map(|(_, _, s)| *s)
+}
+
 /// Prints the side-by-side table; rows are the workloads both sides ran.
 pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
     let theirs = pytorch_medians(pytorch_dir)?;
@@ -69,9 +76,8 @@ pub fn compare(ours: &Results, pytorch_dir: &Path) -> Result<(), String> {
         .records
         .iter()
         .filter_map(|r| {
-            let wanted = pytorch_id(&r.id);
-            let (_, _, s) = theirs.iter().rev().find(|(id, t, _)| *id == wanted && *t == r.threads)?;
-            Some(Row { id: r.id.clone(), threads: r.threads, ours_s: r.median_s, theirs_s: *s })
+            let theirs_s = their_median(&theirs, &r.id, r.threads)?;
+            Some(Row { id: r.id.clone(), threads: r.threads, ours_s: r.median_s, theirs_s })
         })
         .collect();
     if rows.is_empty() {

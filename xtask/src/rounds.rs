@@ -5,9 +5,10 @@
 //! JSON files of `shared/pytorch-reference` (conv.py, gemm.py, resnet.py --bench,
 //! train.py), our example's training runs (`cnn/`, `cnnw/`, `mlp/`, each with its
 //! `history.csv`, and `/usr/bin/time -v` logs beside them) and the FMA peak before and
-//! after (`peak-before.json`, `peak-after.json`).
+//! after (`peak-before.json`, `peak-after.json`). A round of training runs alone
+//! (`against-pytorch.sh OUT ROUNDS training`) holds only the training runs and peaks.
 
-use crate::pytorch::{pytorch_id, pytorch_medians};
+use crate::pytorch::{pytorch_medians, their_median};
 use crate::report::{Peak, Record};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -52,22 +53,31 @@ fn peak_mib(log: &Path) -> Option<f64> {
     Some(line.rsplit(':').next()?.trim().parse::<f64>().ok()? / 1024.0)
 }
 
-/// Our run in `dir/name` beside train.py's run `id`: (seconds, seconds, our test
-/// accuracy, theirs, our peak MiB, theirs).
-fn training_run(dir: &Path, name: &str, id: &str) -> Option<(f64, f64, f64, f64, Option<f64>, f64)> {
+/// Our whole training run beside train.py's, in one round.
+#[derive(Debug, PartialEq)]
+struct TrainingRun {
+    ours_s: f64,
+    theirs_s: f64,
+    ours_accuracy: f64,
+    theirs_accuracy: f64,
+    /// `None` where the `/usr/bin/time -v` log is missing.
+    ours_peak_mib: Option<f64>,
+    theirs_peak_mib: f64,
+}
+
+/// Our run in `dir/name` beside train.py's run `id`.
+fn training_run(dir: &Path, name: &str, id: &str) -> Option<TrainingRun> {
     let history = dir.join(name).join("history.csv");
-    let ours_s: f64 = csv_column(&history, "seconds")?.iter().sum();
-    let ours_accuracy = *csv_column(&history, "val_accuracy")?.last()?;
     let train = read_json(&dir.join("pytorch-train.json"))?;
     let theirs = train["results"].as_array()?.iter().find(|r| r["id"] == id)?;
-    Some((
-        ours_s,
-        theirs["train_s_total"].as_f64()?,
-        ours_accuracy,
-        theirs["test_accuracy"].as_f64()?,
-        peak_mib(&dir.join(format!("{name}.log"))),
-        theirs["peak_rss_mib"].as_f64()?,
-    ))
+    Some(TrainingRun {
+        ours_s: csv_column(&history, "seconds")?.iter().sum(),
+        theirs_s: theirs["train_s_total"].as_f64()?,
+        ours_accuracy: *csv_column(&history, "val_accuracy")?.last()?,
+        theirs_accuracy: theirs["test_accuracy"].as_f64()?,
+        ours_peak_mib: peak_mib(&dir.join(format!("{name}.log"))),
+        theirs_peak_mib: theirs["peak_rss_mib"].as_f64()?,
+    })
 }
 
 fn join<T>(items: &[T], separator: &str, show: impl Fn(&T) -> String) -> String {
@@ -92,10 +102,7 @@ pub fn report(dirs: &[PathBuf]) -> Result<(), String> {
     for (round, dir) in dirs.iter().enumerate() {
         let theirs = pytorch_medians(dir)?;
         for record in our_records(dir) {
-            let wanted = pytorch_id(&record.id);
-            let Some((_, _, s)) = theirs.iter().rev().find(|(id, t, _)| *id == wanted && *t == record.threads) else {
-                continue;
-            };
+            let Some(theirs_s) = their_median(&theirs, &record.id, record.threads) else { continue };
             let at = match rows.iter().position(|r| r.label == record.id && r.threads == record.threads) {
                 Some(at) => at,
                 None => {
@@ -107,11 +114,15 @@ pub fn report(dirs: &[PathBuf]) -> Result<(), String> {
                     rows.len() - 1
                 }
             };
-            rows[at].rounds[round] = Some((record.median_s, *s));
+            rows[at].rounds[round] = Some((record.median_s, theirs_s));
         }
     }
-    if rows.is_empty() {
-        return Err("no workload of ours matches a PyTorch result in the rounds".into());
+    let runs: Vec<(&str, Vec<TrainingRun>)> = RUNS
+        .iter()
+        .map(|&(name, id, label)| (label, dirs.iter().filter_map(|dir| training_run(dir, name, id)).collect()))
+        .collect();
+    if rows.is_empty() && runs.iter().all(|(_, r)| r.is_empty()) {
+        return Err("no workload or training run of ours matches a PyTorch result in the rounds".into());
     }
     for (round, dir) in dirs.iter().enumerate() {
         let peaks: Vec<Peak> = ["peak-before.json", "peak-after.json"]
@@ -123,7 +134,9 @@ pub fn report(dirs: &[PathBuf]) -> Result<(), String> {
         });
         println!("round {}: {} — FMA peak GFLOP/s {shown}", round + 1, dir.display());
     }
-    println!("\n| workload | threads | ours | PyTorch | speed ours / PyTorch |\n| --- | --- | --- | --- | --- |");
+    if !rows.is_empty() {
+        println!("\n| workload | threads | ours | PyTorch | speed ours / PyTorch |\n| --- | --- | --- | --- | --- |");
+    }
     for row in &rows {
         let present: Vec<(f64, f64)> = row.rounds.iter().flatten().copied().collect();
         println!(
@@ -136,20 +149,78 @@ pub fn report(dirs: &[PathBuf]) -> Result<(), String> {
         );
     }
     println!("\n| training run (2 threads) | ours | PyTorch | speed ours / PyTorch | test accuracy | peak memory, MiB |\n| --- | --- | --- | --- | --- | --- |");
-    for (name, id, label) in RUNS {
-        let runs: Vec<_> = dirs.iter().filter_map(|dir| training_run(dir, name, id)).collect();
-        if runs.is_empty() {
-            continue;
-        }
+    for (label, runs) in runs.iter().filter(|(_, r)| !r.is_empty()) {
         println!(
             "| {label} | {} | {} | {} | {} | {} |",
-            join(&runs, ", ", |r| duration(r.0)),
-            join(&runs, ", ", |r| duration(r.1)),
-            join(&runs, " – ", |r| format!("{:.2}", r.1 / r.0)),
-            join(&runs, ", ", |r| format!("{:.2}% ({:.2}%)", 100.0 * r.2, 100.0 * r.3)),
-            join(&runs, ", ", |r| format!("{} ({:.0})", r.4.map_or("?".into(), |m| format!("{m:.0}")), r.5)),
+            join(runs, ", ", |r| duration(r.ours_s)),
+            join(runs, ", ", |r| duration(r.theirs_s)),
+            join(runs, " – ", |r| format!("{:.2}", r.theirs_s / r.ours_s)),
+            join(runs, ", ", |r| format!("{:.2}% ({:.2}%)", 100.0 * r.ours_accuracy, 100.0 * r.theirs_accuracy)),
+            join(runs, ", ", |r| {
+                let ours = r.ours_peak_mib.map_or("?".into(), |m| format!("{m:.0}"));
+                format!("{ours} ({:.0})", r.theirs_peak_mib)
+            }),
         );
     }
     println!("\n(ratio > 1: ours is faster; medians of each side; PyTorch's figures in parentheses)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round folder in the system's temporary directory, removed when dropped.
+    struct Round(PathBuf);
+
+    impl Round {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("xtask-rounds-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("cnnw")).unwrap();
+            Self(dir)
+        }
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.0.join(name), text).unwrap();
+        }
+    }
+
+    impl Drop for Round {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_training_run_is_read_from_both_sides_files() {
+        let round = Round::new("run");
+        round.write("cnnw/history.csv", "epoch,val_accuracy,seconds\n0,0.871,12.5\n1,0.8857,12.75\n2,0.9013,13.0\n");
+        round.write("cnnw.log", "\tMaximum resident set size (kbytes): 122880\n\tExit status: 0\n");
+        round.write(
+            "pytorch-train.json",
+            r#"{"results": [{"id": "T1", "train_s_total": 1.0, "test_accuracy": 0.5, "peak_rss_mib": 1.0},
+                            {"id": "T2", "train_s_total": 88.5, "test_accuracy": 0.9022, "peak_rss_mib": 968.0}]}"#,
+        );
+        let run = training_run(&round.0, "cnnw", "T2").unwrap();
+        let expected = TrainingRun {
+            ours_s: 38.25,
+            theirs_s: 88.5,
+            ours_accuracy: 0.9013,
+            theirs_accuracy: 0.9022,
+            ours_peak_mib: Some(120.0),
+            theirs_peak_mib: 968.0,
+        };
+        assert_eq!(run, expected);
+        // No time log: the peak is unknown, the rest still read.
+        std::fs::remove_file(round.0.join("cnnw.log")).unwrap();
+        assert_eq!(training_run(&round.0, "cnnw", "T2").unwrap().ours_peak_mib, None);
+        // No PyTorch run of that id: no row.
+        assert!(training_run(&round.0, "cnnw", "T3").is_none());
+    }
+
+    #[test]
+    fn a_round_without_any_result_is_an_error() {
+        let round = Round::new("empty");
+        assert!(report(std::slice::from_ref(&round.0)).is_err());
+        assert!(report(&[]).is_err());
+    }
 }
