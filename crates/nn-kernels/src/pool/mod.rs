@@ -129,7 +129,7 @@ fn check_planes<T>(
 
 /// The bit of an argmax entry that stops its window's gradient (see
 /// [`max_pool_relu_forward`]); the other bits still index the winner, as planes hold
-/// fewer than 2³¹ cells.
+/// at most 2³¹ cells (indices below 2³¹).
 pub const GRADIENT_STOPS: u32 = 1 << 31;
 
 /// Max pooling of `planes` planes: `y[β] = max over the window of x` (NaN where the
