@@ -29,7 +29,7 @@ pub(super) fn max_of_2x2(
         return 0;
     }
     assert!(arg_row.len() == width && top.max(bottom) + 2 * width <= x.len(), "pooling rows");
-    assert!(x.len() <= u32::MAX as usize, "argmax indices are u32");
+    assert!(x.len() <= GRADIENT_STOPS as usize, "argmax indices keep bit 31 clear");
     // SAFETY: the token proves AVX2 and FMA; the assertions bound every read (2·V
     // cells from `row + 2b`, b + V ≤ width) and every write (V cells from b).
     unsafe {

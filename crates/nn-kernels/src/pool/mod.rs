@@ -219,9 +219,9 @@ fn max_pool<T: Element>(
     Ok(())
 }
 
-/// ReLU of maxima by the ReLU layer's rule (`elementwise::relu`: NaN stays), written
-/// as selects so that it vectorises; the gradient passes only where the result is
-/// positive.
+/// ReLU of maxima by the ReLU layer's rule (`elementwise::relu`: NaN stays), with `|`
+/// and selects: the short-circuit in `elementwise::relu` compiled to a branch per
+/// window here. The gradient passes only where the result is positive.
 fn rectify_maxima<T: Element>(y: &mut [T], argmax: &mut [u32]) {
     for (y, arg) in y.iter_mut().zip(argmax) {
         let positive = *y > T::zero();
@@ -310,10 +310,11 @@ pub fn max_pool_backward<T: Element>(
         |(dx_p, (dy_p, arg_p))| {
             dx_p.fill(T::zero());
             for (&g, &a) in dy_p.iter().zip(arg_p) {
-                // A stopped window adds +0 to its winner, not a branch on data, which
-                // would mispredict: a cell starts at +0, so it is never −0 (a sum is
-                // −0 only when both terms are) and adding +0 keeps its bits.
-                let g = if a & GRADIENT_STOPS == 0 { g } else { T::zero() };
+                // A stopped window adds +0 to its winner: a cell starts at +0, so it is
+                // never −0 (a sum is −0 only when both terms are) and adding +0 keeps
+                // its bits. Chosen by index: an `if` here compiles to a branch on data,
+                // which mispredicts.
+                let g = [g, T::zero()][(a / GRADIENT_STOPS) as usize];
                 // An out-of-range index is a caller's stale buffer, not ours to trust.
                 if let Some(cell) = dx_p.get_mut((a & !GRADIENT_STOPS) as usize) {
                     *cell += g;

@@ -272,6 +272,11 @@ fn rectifier_test_data(len: usize, seed: u64, nans: &[prop::sample::Index]) -> V
     x
 }
 
+/// The values' bits, so that comparisons tell −0 from +0 and see NaNs.
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|t| t.as_f64().to_bits()).collect()
+}
+
 /// A ReLU layer then max pooling, forward and backward, against the fused pass: the
 /// same outputs and input gradients, bit for bit.
 fn check_rectified_max_pool<T: Element>(geom: &ConvGeometry, planes: usize, x: &[f64]) -> Result<(), TestCaseError> {
@@ -279,7 +284,6 @@ fn check_rectified_max_pool<T: Element>(geom: &ConvGeometry, planes: usize, x: &
     let x: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
     let out = planes * geom.output_len();
     let dy: Vec<T> = (0..out).map(|i| T::from_f64(if i % 6 == 0 { -0.0 } else { (i % 5) as f64 - 1.5 })).collect();
-    let bits = |v: &[T]| v.iter().map(|t| t.as_f64().to_bits()).collect::<Vec<_>>();
 
     let mut rectified = vec![T::zero(); x.len()];
     activation_forward(Activation::Relu, &x, &mut rectified).unwrap();
@@ -332,7 +336,6 @@ fn check_backward_bits<T: Element>(geom: &ConvGeometry, planes: usize, x: &[f64]
     let x: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
     let out = planes * geom.output_len();
     let dy: Vec<T> = (0..out).map(|i| T::from_f64(if i % 4 == 1 { -0.0 } else { i as f64 * 0.25 - 3.0 })).collect();
-    let bits = |v: &[T]| v.iter().map(|t| t.as_f64().to_bits()).collect::<Vec<_>>();
     for rectify in [false, true] {
         let (mut y, mut arg) = (vec![T::zero(); out], vec![0u32; out]);
         let forward = if rectify { max_pool_relu_forward } else { max_pool_forward };
