@@ -96,11 +96,11 @@ pub(crate) struct Placement {
     pub offset: usize,
 }
 
-/// Copies a short line without a `memcpy` call: lines are one output row long (often
-/// under 32 elements), where the call costs more than the copy. Fixed-size blocks
+/// Copies a short line without a `memcpy` call: lines here are one row of a plane
+/// (often under 32 elements), where the call costs more than the copy. Fixed-size blocks
 /// compile to plain vector moves; a loop would be turned back into a `memcpy` call.
 #[inline(always)]
-fn copy_line<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(in crate::conv) fn copy_line<T: Copy>(dst: &mut [T], src: &[T]) {
     fn block<T: Copy, const N: usize>(dst: &mut [T], src: &[T], at: usize) {
         let chunk: [T; N] = src[at..at + N].try_into().expect("N elements");
         dst[at..at + N].copy_from_slice(&chunk);

@@ -51,8 +51,7 @@ unsafe fn inputs_avx2<const A: usize, const R: usize>(
 ) {
     let [ph, pw] = job.padded();
     let (plane, ci) = (ph * pw, job.src_channels);
-    for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
+    for (i, (image, row, col)) in job.tile_origins(tiles).enumerate() {
         let origin = image * job.padded_image_len() + row * pw + col;
         for pack in 0..packed(ci) / LANES {
             let channels = lane_channels(pack, ci);
@@ -83,8 +82,7 @@ unsafe fn outputs_avx2<const A: usize, const R: usize>(
     const { assert!(Sizes::<A, R>::M == MAX_M) };
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
-    for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
+    for (i, (image, row, col)) in job.tile_origins(tiles).enumerate() {
         let (rows, cols) = (MAX_M.min(oh - row), MAX_M.min(ow - col));
         for pack in 0..packed(co) / LANES {
             let values = |k: usize| std::array::from_fn(|l| load(products, value_at::<A>(packed(co), i, pack, k, l)));
@@ -149,8 +147,7 @@ unsafe fn gradients_avx2<const A: usize, const R: usize>(
     let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
-    for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
+    for (i, (image, row, col)) in job.tile_origins(tiles).enumerate() {
         let origin = image * job.dst_image_len() + row * ow + col;
         // A tile inside the plane whose last row's vector load stays inside `dy` takes
         // the transpose; edge tiles, whose cells past the edge count zero, the portable
@@ -171,7 +168,7 @@ unsafe fn gradients_avx2<const A: usize, const R: usize>(
                 };
                 sandwich(&Sizes::<A, R>::TILE, A, m, tile_row, emit);
             } else {
-                let d = gradient_tile::<f32, A, R>(job, dy, t, pack);
+                let d = gradient_tile::<f32, A, R>(job, dy, (image, row, col), pack);
                 let tile_row = |a: usize| d[a].map(|cells: [f32; LANES]| load(&cells, 0));
                 sandwich(&Sizes::<A, R>::TILE, A, m, tile_row, emit);
             }

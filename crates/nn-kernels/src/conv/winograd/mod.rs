@@ -51,12 +51,14 @@ mod products;
 mod tiles;
 mod transform;
 
+use super::im2col::copy_line;
 use super::ConvProblem;
 use crate::workspace::{fit, with_scratch};
 use crate::Element;
 use filters::{correlation_tap, transform_back, transform_filters};
 use products::{product, Strided};
 use rayon::prelude::*;
+use std::ops::Range;
 use tiles::PAD_SLACK;
 use transform::LANES;
 
@@ -193,24 +195,33 @@ impl Correlation {
         batch.div_ceil(tasks.min(batch))
     }
 
-    /// The padded copies of `[src_channels, source…]` images.
+    /// The padded copies of `[src_channels, source…]` images, each cell written once:
+    /// planes of small images are short rows, where filling a plane and then copying
+    /// rows over it by `memcpy` calls costs more than the copy itself.
     fn pad<T: Element>(&self, images: &[T], fill: T, dst: &mut [T]) {
         let [ph, pw] = self.padded();
         let [h, w] = self.source;
-        // Padded column u holds source column u + offset₁ where that is in range:
-        // columns [first, end).
-        let first = (-self.offset[1]).max(0);
-        let end = (pw as isize).min(w as isize - self.offset[1]);
-        let cols = (end - first).max(0) as usize;
-        let (first, start) = (first as usize, (first + self.offset[1]).max(0) as usize);
+        // Padded index i of dimension d holds source index i + offset_d where that is
+        // in range: indices [first, first + len) from source index `start`.
+        let overlap = |d: usize, padded: usize, source: usize| {
+            let first = (-self.offset[d]).max(0);
+            let end = (padded as isize).min(source as isize - self.offset[d]);
+            let len = (end - first).max(0) as usize;
+            (first as usize, len, (first + self.offset[d]).max(0) as usize)
+        };
+        let (top, rows, start_row) = overlap(0, ph, h);
+        let (left, cols, start_col) = overlap(1, pw, w);
         for (plane, src) in dst.chunks_exact_mut(ph * pw).zip(images.chunks_exact(h * w)) {
-            plane.fill(fill);
-            for (q, row) in plane.chunks_exact_mut(pw).enumerate() {
-                let s = q as isize + self.offset[0];
-                if (0..h as isize).contains(&s) && cols > 0 {
-                    let s = s as usize * w + start;
-                    row[first..first + cols].copy_from_slice(&src[s..s + cols]);
-                }
+            let (above, rest) = plane.split_at_mut(top * pw);
+            let (inside, below) = rest.split_at_mut(rows * pw);
+            above.fill(fill);
+            below.fill(fill);
+            for (row, s) in inside.chunks_exact_mut(pw).zip(src.chunks_exact(w).skip(start_row)) {
+                let (before, rest) = row.split_at_mut(left);
+                let (copied, after) = rest.split_at_mut(cols);
+                before.fill(fill);
+                copy_line(copied, &s[start_col..start_col + cols]);
+                after.fill(fill);
             }
         }
     }
@@ -250,13 +261,24 @@ impl Correlation {
         });
     }
 
-    /// Where tile `t` of a task's images starts: its image, and its first output row
-    /// and column.
-    fn tile_origin(&self, t: usize) -> (usize, usize, usize) {
-        let per_image = self.tiles_per_image();
-        let [_, tw] = self.tiles();
-        let (image, within) = (t / per_image, t % per_image);
-        (image, within / tw * self.m(), within % tw * self.m())
+    /// Where each tile of `tiles` (counted over a task's images, row by row) starts:
+    /// its image, and its first output row and column. Steps from tile to tile rather
+    /// than dividing for each: small planes make many tiles.
+    fn tile_origins(&self, tiles: Range<usize>) -> impl Iterator<Item = (usize, usize, usize)> {
+        let ([th, tw], m) = (self.tiles(), self.m());
+        let (mut image, within) = (tiles.start / (th * tw), tiles.start % (th * tw));
+        let (mut i, mut j) = (within / tw, within % tw);
+        tiles.map(move |_| {
+            let origin = (image, i * m, j * m);
+            j += 1;
+            if j == tw {
+                (i, j) = (i + 1, 0);
+                if i == th {
+                    (image, i) = (image + 1, 0);
+                }
+            }
+            origin
+        })
     }
 }
 
@@ -352,6 +374,23 @@ pub(super) fn backward_weight<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::Correlation;
+
+    /// Stepping gives each tile the origin its index divides out to, from any start.
+    #[test]
+    fn tile_origins_step_as_the_division_gives() {
+        for (output, r) in [([7, 7], 3), ([14, 9], 5), ([1, 5], 3), ([9, 1], 5)] {
+            let job = Correlation { src_channels: 1, dst_channels: 1, source: output, output, offset: [0, 0], r };
+            let ([th, tw], m) = (job.tiles(), job.m());
+            let divided = |t: usize| (t / (th * tw), t % (th * tw) / tw * m, t % tw * m);
+            for start in 0..2 * th * tw {
+                for len in [0, 1, tw, th * tw + 1, 3 * th * tw] {
+                    let got: Vec<_> = job.tile_origins(start..start + len).collect();
+                    let want: Vec<_> = (start..start + len).map(divided).collect();
+                    assert_eq!(got, want, "{output:?}, r = {r}, tiles {start}..+{len}");
+                }
+            }
+        }
+    }
 
     /// Tasks of at most the asked images, as many per thread where the batch allows.
     #[test]

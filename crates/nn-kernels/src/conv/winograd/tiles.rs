@@ -113,19 +113,20 @@ pub(super) fn tile_outputs<T: Element, const A: usize, const R: usize>(
     out
 }
 
-/// Tile `t`'s m×m output gradients of channel pack `pack`, gathered lane by lane;
-/// cells past the edge, and lanes past the last channel, zero.
+/// The m×m output gradients of channel pack `pack` of the tile at `origin` (image,
+/// row, column), gathered lane by lane; cells past the edge, and lanes past the last
+/// channel, zero.
 #[inline(always)]
 pub(super) fn gradient_tile<T: Element, const A: usize, const R: usize>(
     job: &Correlation,
     dy: &[T],
-    t: usize,
+    origin: (usize, usize, usize),
     pack: usize,
 ) -> [[Pack<T>; A]; MAX_M] {
     let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let plane = oh * ow;
-    let (image, row, col) = job.tile_origin(t);
+    let (image, row, col) = origin;
     let mut d = [[[T::zero(); LANES]; A]; MAX_M];
     for lane in 0..LANES.min(job.dst_channels - pack * LANES) {
         let dy = &dy[image * job.dst_image_len() + (pack * LANES + lane) * plane..][..plane];
@@ -159,8 +160,7 @@ fn inputs_for<T: Element, const A: usize, const R: usize>(
 ) {
     let [ph, pw] = job.padded();
     let (plane, ci) = (ph * pw, job.src_channels);
-    for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
+    for (i, (image, row, col)) in job.tile_origins(tiles).enumerate() {
         let origin = image * job.padded_image_len() + row * pw + col;
         for pack in 0..packed(ci) / LANES {
             let mut d = [[[T::zero(); LANES]; A]; A];
@@ -194,8 +194,7 @@ fn outputs_for<T: Element, const A: usize, const R: usize>(
     let m = Sizes::<A, R>::M;
     let [oh, ow] = job.output;
     let (plane, co) = (oh * ow, job.dst_channels);
-    for (i, t) in tiles.enumerate() {
-        let (image, row, col) = job.tile_origin(t);
+    for (i, (image, row, col)) in job.tile_origins(tiles).enumerate() {
         for pack in 0..packed(co) / LANES {
             let out = tile_outputs::<T, A, R>(products, packed(co), i, pack);
             for lane in 0..LANES.min(co - pack * LANES) {
@@ -226,9 +225,9 @@ fn gradients_for<T: Element, const A: usize, const R: usize>(
     g: &mut [T],
 ) {
     let (m, co) = (Sizes::<A, R>::M, job.dst_channels);
-    for (i, t) in tiles.enumerate() {
+    for (i, origin) in job.tile_origins(tiles).enumerate() {
         for pack in 0..packed(co) / LANES {
-            let d = gradient_tile::<T, A, R>(job, dy, t, pack);
+            let d = gradient_tile::<T, A, R>(job, dy, origin, pack);
             let emit = |a, b, x| put::<T, A>(g, packed(co), i, pack, a, b, x);
             sandwich(&Sizes::<A, R>::TILE, A, m, |a| d[a], emit);
         }
