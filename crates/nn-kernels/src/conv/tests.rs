@@ -299,13 +299,15 @@ fn weight_gradient_is_bit_identical_across_thread_counts() {
 }
 
 // A single tap at a stride (T3's shortcuts) runs faster as a gather and a GEMM than in
-// vectors holding every other cell of a row; three taps at the same stride stay.
+// vectors holding every other cell of a row; three taps at the same stride stay, but
+// for an input gradient whose classes' rows fill at most half a vector (7 of 16 cells
+// at stride 2 over 14, T3's stage-3 entry), which also runs faster as a GEMM.
 #[test]
-fn single_tap_filters_leave_the_implicit_kernels() {
-    for (filter, pad, stride) in [(1, 0, 2), (1, 0, 1), (1, 1, 3), (3, 1, 2)] {
+fn single_tap_filters_and_narrow_strided_classes_leave_the_implicit_kernels() {
+    for (width, filter, pad, stride) in [(14, 1, 0, 2), (14, 1, 0, 1), (14, 1, 1, 3), (14, 3, 1, 2), (40, 3, 1, 2)] {
         let pads = [Padding::symmetric(pad); 2];
         let g = ConvGeometry::new(
-            &[14, 14],
+            &[14, width],
             &[filter; 2],
             &[stride; 2],
             &pads,
@@ -321,8 +323,11 @@ fn single_tap_filters_leave_the_implicit_kernels() {
         let taken =
             (implicit_forward(&p, &x, &w, None, 0.0, &mut y, writes), implicit_input(&p, &w, &dy, &mut dx, writes));
         let expected = implicit_available() && filter > 1;
-        assert_eq!(taken, (expected, expected), "{filter}×{filter}, stride {stride}, pad {pad}");
-        assert_eq!(p.implicit_plan().has_forward_or_weight(), filter > 1, "{filter}×{filter}, stride {stride}");
+        let narrow_classes = stride > 1 && width == 14;
+        assert_eq!(implicit::narrow_classes(&p), narrow_classes, "{width} wide, stride {stride}");
+        let what = format!("{filter}×{filter}, stride {stride}, pad {pad}, {width} wide");
+        assert_eq!(taken, (expected, expected && !narrow_classes), "{what}");
+        assert_eq!(p.implicit_plan().has_forward_or_weight(), filter > 1, "{what}");
     }
 }
 
@@ -508,7 +513,10 @@ proptest! {
         assert_close("input gradient", &dx, &want, p.out_channels() * p.geometry().filter_len())?;
         prop_assert_eq!(
             implicit_input(p, &narrow(&w), &narrow(&dy), &mut dx, implicit::Writes::Direct),
-            implicit_available() && implicit_suits(p) && p.in_channels() >= implicit::MIN_ROWS
+            implicit_available()
+                && implicit_suits(p)
+                && p.in_channels() >= implicit::MIN_ROWS
+                && !implicit::narrow_classes(p)
         );
     }
 }

@@ -22,8 +22,13 @@ pub(super) struct InputPlan {
 }
 
 impl InputPlan {
-    /// None unless every class's reads lie inside its padded source.
+    /// None unless every class's reads lie inside its padded source, and none at a
+    /// stride whose classes' rows fill at most half a vector: there the column
+    /// path's GEMM, whose tiles do not follow the rows, is the faster one.
     pub(super) fn new(problem: &ConvProblem) -> Option<Self> {
+        if narrow_classes(problem) {
+            return None;
+        }
         let classes = input_gradient_classes(problem);
         if classes.iter().any(|class| !class.taps.is_empty() && !class.tiled.product.reads_in_bounds()) {
             return None;
@@ -32,6 +37,14 @@ impl InputPlan {
         let sources = row_sources(&classes, g.input(), g.stride());
         Some(InputPlan { classes, sources })
     }
+}
+
+/// Whether the input gradient is at a stride and its classes' rows (the widest has
+/// ⌈μ/s⌉ cells in the last dimension) fill at most half a vector.
+pub(in crate::conv) fn narrow_classes(problem: &ConvProblem) -> bool {
+    let g = problem.geometry();
+    let last = g.rank() - 1;
+    g.stride().iter().any(|&s| s > 1) && g.input()[last].div_ceil(g.stride()[last]) <= super::LANES / 2
 }
 
 /// The input cells `γ ≡ first (mod s)` in every dimension and the product that

@@ -51,6 +51,8 @@ mod transpose;
 mod weight;
 
 pub(super) use input_gradient::backward_input;
+#[cfg(test)]
+pub(super) use input_gradient::narrow_classes;
 pub(super) use tiling::Writes;
 pub(super) use weight::backward_weight;
 #[cfg(test)]
