@@ -68,15 +68,10 @@ fn layer_times(case: TrainCase) {
     shape.extend_from_slice(net.input_shape());
     let len = shape.iter().product();
     let mut activations = vec![Tensor::from_vec(&shape, nn_benches::workloads::filled(len, 1)).expect("shape")];
-    // As the network runs them: each ReLU that the next layer takes over (a max pool)
-    // is skipped, and that layer rectifies its input.
+    // As the network runs them: each ReLU that a neighbour takes over (the batch norm
+    // before it, the max pool after it) is skipped, and that layer rectifies.
+    let taken_by = net.relus_taken_over().to_vec();
     let layers = net.layers_mut();
-    let folded: Vec<bool> = (0..layers.len())
-        .map(|i| {
-            let relu = layers[i].as_activation() == Some(nn_core::Activation::Relu);
-            relu && layers.get_mut(i + 1).is_some_and(|next| next.rectify_input(true))
-        })
-        .collect();
     for layer in layers.iter_mut() {
         let mut out = Tensor::default();
         layer.forward(activations.last().expect("input"), &mut out).expect("forward");
@@ -86,8 +81,8 @@ fn layer_times(case: TrainCase) {
     let (mut total_f, mut total_b) = (0.0, 0.0);
     println!("| layer | kind | forward | backward |\n| --- | --- | --- | --- |");
     for (i, layer) in net.layers_mut().iter_mut().enumerate() {
-        if folded[i] {
-            println!("| {i} | {} | taken over by layer {} | |", layer.kind(), i + 1);
+        if let Some(by) = taken_by[i] {
+            println!("| {i} | {} | taken over by layer {by} | |", layer.kind());
             continue;
         }
         let (x, y) = (&activations[i], &activations[i + 1]);

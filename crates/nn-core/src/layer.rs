@@ -66,9 +66,16 @@ impl BackwardReads {
 ///
 /// Shapes are per sample; tensors passed in carry a leading batch dimension.
 pub trait Layer<T: Element>: Send + Sync {
-    /// A short name of the layer type ("dense", "conv", …), used in errors and in
-    /// parameter names.
+    /// A short name of the layer type ("dense", "conv", …), used in errors and
+    /// timings; it names a ReLU the layer has taken over ("batch_norm+relu").
     fn kind(&self) -> &'static str;
+
+    /// The layer type alone, without a ReLU taken over: the kind in a
+    /// [`Sequential`](crate::Sequential) network's parameter names, which must not
+    /// change when the network folds a ReLU into the layer.
+    fn base_kind(&self) -> &'static str {
+        self.kind()
+    }
 
     /// The per-sample input shape this layer was built for.
     fn input_shape(&self) -> &[usize];
@@ -132,17 +139,20 @@ pub trait Layer<T: Element>: Send + Sync {
     fn skip_patterns(&mut self, _patterns: usize) {}
 
     /// The elementwise activation this layer is, if it is one (a graph folds a ReLU
-    /// into the layer before it where that layer [absorbs](Self::absorb_relu) it).
+    /// into the layer before it where that layer [rectifies its output](Self::rectify_output)).
     fn as_activation(&self) -> Option<Activation> {
         None
     }
 
-    /// Takes over a ReLU applied to this layer's output, if it can do so in its own
-    /// passes (one sweep over memory fewer each way): from then on `forward` writes
-    /// `max(y, 0)` and `backward` masks the output gradient where that is zero, with
-    /// the bits the two layers give apart. `false` (nothing changed) where it cannot,
-    /// or has already.
-    fn absorb_relu(&mut self) -> bool {
+    /// Turns on or off applying a ReLU to this layer's output within the layer's own
+    /// passes, with the bits a ReLU layer after it would give; returns whether it is
+    /// on. When on, `forward` writes `max(y, 0)` and `backward` masks the output
+    /// gradient where that is zero. A [`Sequential`](crate::Sequential) network turns
+    /// it on in the layer before each ReLU and then skips the ReLU layer, and a
+    /// [`Graph`](crate::Graph) drops the ReLU's node: a sweep over memory fewer each
+    /// way. Layers that cannot (most) stay off and return `false`; batch
+    /// normalisation can.
+    fn rectify_output(&mut self, _on: bool) -> bool {
         false
     }
 

@@ -1,12 +1,14 @@
-//! A `Sequential` network leaves each ReLU before a max pool to the pool and skips it:
-//! outputs and gradients must keep the bits of running every layer on its own.
+//! A `Sequential` network leaves each ReLU after a batch norm to the batch norm, and
+//! each other ReLU before a max pool to the pool, and skips it: outputs and gradients
+//! must keep the bits of running every layer on its own.
 
 use nn_core::layers::{PoolKind, PoolSpec};
 use nn_core::prelude::*;
 
 /// A ReLU first (its input gradient is the network's), ReLU → max pool twice (one
 /// with overlapping, padded windows), ReLU → ReLU → max pool, ReLU → average pool
-/// (not foldable), and a dense layer.
+/// (not foldable); batch norm → ReLU → max pool (the batch norm takes the ReLU),
+/// batch norm → ReLU → ReLU (the second stays); and a dense layer.
 fn network<T: Element>() -> Sequential<T> {
     let conv = || ConvSpec::new(3, &[3, 3]).padding(&[1, 1]);
     Sequential::<T>::builder(&[2, 8, 8], 11)
@@ -24,11 +26,21 @@ fn network<T: Element>() -> Sequential<T> {
         .max_pool(&[1, 2])
         .relu()
         .avg_pool(&[2, 1])
+        .conv(conv())
+        .batch_norm()
+        .relu()
+        .max_pool(&[1, 2])
+        .batch_norm()
+        .relu()
+        .relu()
         .flatten()
         .dense(3)
         .build()
         .unwrap()
 }
+
+/// Layers 16 and 19, the ReLUs after the batch norms.
+const RELUS_AFTER_BATCH_NORMS: [usize; 2] = [16, 19];
 
 fn input<T: Element>() -> Tensor<T> {
     // Exact zeros among the inputs, so that some windows' maxima are not positive.
@@ -82,7 +94,7 @@ fn same_bits<T: Element>() {
 }
 
 #[test]
-fn relus_folded_into_max_pools_keep_the_bits_of_separate_layers() {
+fn folded_relus_keep_the_bits_of_separate_layers() {
     same_bits::<f32>();
     same_bits::<f64>();
 }
@@ -100,6 +112,57 @@ fn a_replaced_pool_gives_its_relu_back() {
         net.zero_grad();
     }
     assert_eq!(through_the_network(&mut folded), layer_by_layer(&mut apart));
+}
+
+/// Who takes over which ReLU, as the network reports it; parameter names do not
+/// change when a batch norm takes over a ReLU.
+#[test]
+fn each_relu_goes_to_the_batch_norm_before_it_or_else_the_max_pool_after_it() {
+    let mut net = network::<f32>();
+    let names: Vec<String> = net.named_params().into_iter().map(|(name, _)| name).collect();
+    let taken_by = net.relus_taken_over().to_vec();
+    let mut want = vec![None; net.layers().len()];
+    for (relu, by) in [(0, 1), (3, 4), (6, 7), (10, 11), (16, 15), (19, 18)] {
+        want[relu] = Some(by);
+    }
+    assert_eq!(taken_by, want);
+    for k in RELUS_AFTER_BATCH_NORMS {
+        assert_eq!(net.layers()[k - 1].kind(), "batch_norm+relu");
+    }
+    assert_eq!(net.layers()[17].kind(), "max_pool", "the batch norm took the ReLU, not the pool");
+    through_the_network(&mut net);
+    let after: Vec<String> = net.named_params().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(after, names);
+    assert!(names.contains(&"15.batch_norm.weight".to_string()), "{names:?}");
+}
+
+/// A ReLU after a batch norm replaced by another activation: the batch norm stops
+/// rectifying.
+#[test]
+fn a_replaced_relu_is_given_back_by_the_batch_norm() {
+    let (mut folded, mut apart) = (network::<f64>(), network::<f64>());
+    through_the_network(&mut folded);
+    for net in [&mut folded, &mut apart] {
+        for k in RELUS_AFTER_BATCH_NORMS {
+            let shape = net.layers()[k].input_shape().to_vec();
+            net.layers_mut()[k] = Box::new(nn_core::layers::ActivationLayer::new(&shape, Activation::Tanh));
+        }
+        net.zero_grad();
+    }
+    assert_eq!(through_the_network(&mut folded), layer_by_layer(&mut apart));
+    assert_eq!(folded.layers()[15].kind(), "batch_norm");
+}
+
+/// A network ending in batch norm → ReLU keeps the ReLU: its output is the network's.
+#[test]
+fn a_last_relu_stays_a_layer() {
+    let conv = ConvSpec::new(3, &[3, 3]).padding(&[1, 1]);
+    let build = || Sequential::<f64>::builder(&[2, 8, 8], 5).conv(conv.clone()).batch_norm().relu().build().unwrap();
+    let (mut folded, mut apart) = (build(), build());
+    assert_eq!(folded.relus_taken_over(), [None, None, None]);
+    let got = through_the_network(&mut folded);
+    assert_eq!(got, layer_by_layer(&mut apart));
+    assert!(got.0.contains(&0) && got.0.iter().any(|&b| b != 0), "the ReLU ran");
 }
 
 #[test]

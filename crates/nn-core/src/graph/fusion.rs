@@ -33,7 +33,7 @@ pub(super) fn fold_relus<T: Element>(nodes: Vec<Node<T>>, output: usize) -> (Vec
             let before = moved[node.inputs[0]];
             let absorbed = match &mut kept[before].op {
                 Op::Add { relu } => !std::mem::replace(relu, true),
-                Op::Layer(layer) => layer.absorb_relu(),
+                Op::Layer(layer) => layer.rectify_output(true),
                 Op::Input | Op::Concat => false,
             };
             if absorbed {

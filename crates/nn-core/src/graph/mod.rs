@@ -60,7 +60,7 @@ pub(crate) struct Node<T: Element> {
 /// share buffers planned once when the graph is built.
 ///
 /// A ReLU whose input only it reads is folded into a residual sum or a batch
-/// normalisation before it ([`Layer::absorb_relu`]), and otherwise a ReLU whose
+/// normalisation before it ([`Layer::rectify_output`]), and otherwise a ReLU whose
 /// output one node alone reads into that node where it can rectify its input (a max
 /// pool: [`Layer::rectify_input`]). The node then rectifies in its own passes, with
 /// the same bits, and the ReLU's node (and its name) is gone from

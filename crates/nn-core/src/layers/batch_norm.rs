@@ -13,8 +13,8 @@ use rayon::prelude::*;
 /// (the running variance takes the unbiased one); in evaluation the running estimates
 /// are used. PyTorch's defaults: momentum 0.1, ε = 1e-5, γ = 1, β = 0.
 ///
-/// A ReLU after it can be absorbed ([`Layer::absorb_relu`]; a [`Graph`](crate::Graph)
-/// does so when it is built): `y = max(γ·x̂ + β, 0)` is then written in the same pass,
+/// A ReLU after it can be taken over ([`Layer::rectify_output`]; a
+/// [`Sequential`](crate::Sequential) network and a [`Graph`](crate::Graph) do so): `y = max(γ·x̂ + β, 0)` is then written in the same pass,
 /// and the backward pass masks the output gradient as it reads it, where the forward
 /// pass's `x·scale + shift` (recomputed from the input) is not positive; the bits are
 /// those of the two layers apart.
@@ -122,8 +122,13 @@ impl<T: Element> Layer<T> for BatchNorm<T> {
         }
     }
 
-    fn absorb_relu(&mut self) -> bool {
-        !std::mem::replace(&mut self.relu, true)
+    fn base_kind(&self) -> &'static str {
+        "batch_norm"
+    }
+
+    fn rectify_output(&mut self, on: bool) -> bool {
+        self.relu = on;
+        on
     }
 
     fn input_shape(&self) -> &[usize] {

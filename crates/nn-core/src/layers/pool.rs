@@ -174,6 +174,13 @@ impl<T: Element> Layer<T> for Pool {
         BackwardReads::NEITHER
     }
 
+    fn base_kind(&self) -> &'static str {
+        match self.spec.kind {
+            PoolKind::Max => "max_pool",
+            PoolKind::Average => "avg_pool",
+        }
+    }
+
     fn rectify_input(&mut self, on: bool) -> bool {
         // The maximum commutes with ReLU; the average does not.
         self.rectify_input = on && self.spec.kind == PoolKind::Max;

@@ -10,14 +10,16 @@ use nn_kernels::Element;
 ///
 /// The network keeps every layer's output from the last [`forward`](Self::forward)
 /// (the x⁽ᵏ⁾ that Step 3 needs) in buffers it reuses, so a training step allocates
-/// nothing once the batch size is steady. A ReLU layer whose next layer can apply it
-/// itself ([`Layer::rectify_input`]: a max pool) is left to that layer and skipped,
-/// with the same results to the bit.
+/// nothing once the batch size is steady. A ReLU layer that the layer before it can
+/// apply to its output ([`Layer::rectify_output`]: batch normalisation), or else the
+/// layer after it to its input ([`Layer::rectify_input`]: a max pool), is left to that
+/// layer and skipped, with the same results to the bit.
 pub struct Sequential<T: Element> {
     input_shape: Vec<usize>,
     layers: Vec<Box<dyn Layer<T>>>,
-    /// `skipped[k]`: layer k is a ReLU that layer k + 1 applies to its input.
-    skipped: Vec<bool>,
+    /// `taken_by[k]`: the neighbour (k − 1 or k + 1) that applies layer k, a ReLU,
+    /// in its own passes; layer k is then skipped.
+    taken_by: Vec<Option<usize>>,
     /// `activations[k]` is the output of layer k − 1 (the network's input for k = 0;
     /// the last one is the network's output), unused after a skipped layer.
     activations: Vec<Tensor<T>>,
@@ -71,9 +73,9 @@ impl<T: Element> Sequential<T> {
         }
         let activations = (0..=layers.len()).map(|_| Tensor::default()).collect();
         let grads = (0..layers.len().max(1)).map(|_| Tensor::default()).collect();
-        let skipped = vec![false; layers.len()];
+        let taken_by = vec![None; layers.len()];
         let input_shape = input_shape.to_vec();
-        Ok(Self { input_shape, layers, skipped, activations, grads, forward_done: false, training: true })
+        Ok(Self { input_shape, layers, taken_by, activations, grads, forward_done: false, training: true })
     }
 
     /// A builder that tracks the shape as layers are added, drawing initial weights
@@ -113,7 +115,7 @@ impl<T: Element> Sequential<T> {
         self.fold_relus();
         self.activations[0].copy_from(x);
         for index in 0..self.layers.len() {
-            if self.skipped[index] {
+            if self.skipped(index) {
                 continue;
             }
             let from = self.holding_input(index);
@@ -125,30 +127,51 @@ impl<T: Element> Sequential<T> {
         Ok(&self.activations[self.layers.len()])
     }
 
-    /// Hands each ReLU layer to the layer after it where that layer can apply it
-    /// (asked anew each pass: [`layers_mut`](Self::layers_mut) may have replaced
-    /// either), and marks the ReLU skipped.
+    /// Hands each ReLU layer to the layer before it where that layer can apply it to
+    /// its output, or else to the layer after it where that one can apply it to its
+    /// input, and marks the ReLU skipped. Asked anew each pass:
+    /// [`layers_mut`](Self::layers_mut) may have replaced any of them.
     fn fold_relus(&mut self) {
-        for k in 0..self.layers.len() {
-            let after_relu = k > 0 && self.layers[k - 1].as_activation() == Some(Activation::Relu);
-            let folded = self.layers[k].rectify_input(after_relu);
-            if k > 0 {
-                self.skipped[k - 1] = folded;
+        let n = self.layers.len();
+        let relu: Vec<bool> = self.layers.iter().map(|l| l.as_activation() == Some(Activation::Relu)).collect();
+        self.taken_by.fill(None);
+        for k in 0..n {
+            // A last ReLU stays: the network's output is the last layer's.
+            let before_relu = k + 2 < n && relu[k + 1];
+            if self.layers[k].rectify_output(before_relu) && before_relu {
+                self.taken_by[k + 1] = Some(k);
+            }
+            let after_free_relu = k > 0 && relu[k - 1] && self.taken_by[k - 1].is_none();
+            if self.layers[k].rectify_input(after_free_relu) && after_free_relu {
+                self.taken_by[k - 1] = Some(k);
             }
         }
+    }
+
+    /// For each layer, the neighbour that applies it in its own passes when the
+    /// network runs (a ReLU taken over by the batch norm before it or the max pool
+    /// after it), or `None`: the layers as the next [`forward`](Self::forward) will
+    /// run them, for tools that time layers one by one.
+    pub fn relus_taken_over(&mut self) -> &[Option<usize>] {
+        self.fold_relus();
+        &self.taken_by
+    }
+
+    fn skipped(&self, k: usize) -> bool {
+        self.taken_by[k].is_some()
     }
 
     /// The index of the activation holding layer k's input x⁽ᵏ⁾: past the skipped
     /// layers before it.
     fn holding_input(&self, k: usize) -> usize {
-        (0..k).rev().find(|&j| !self.skipped[j]).map_or(0, |j| j + 1)
+        (0..k).rev().find(|&j| !self.skipped(j)).map_or(0, |j| j + 1)
     }
 
     /// The index of the gradient buffer holding ∂L/∂x⁽ᵏ⁾ after the backward pass has
     /// passed layer k: past the skipped layers from k on (`None`: the caller's
     /// gradient of the output).
     fn holding_grad(&self, k: usize) -> Option<usize> {
-        (k..self.layers.len()).find(|&j| !self.skipped[j])
+        (k..self.layers.len()).find(|&j| !self.skipped(j))
     }
 
     /// The output of the last forward pass, if any.
@@ -197,7 +220,7 @@ impl<T: Element> Sequential<T> {
         // layers (the caller's gradient after the last layer), and writes ∂x⁽ᵏ⁾ into
         // grads[k].
         for index in (0..self.layers.len()).rev() {
-            if self.skipped[index] {
+            if self.skipped(index) {
                 continue;
             }
             let (input, output) = (self.holding_input(index), index + 1);
@@ -230,7 +253,7 @@ impl<T: Element> Sequential<T> {
         self.layers
             .iter()
             .enumerate()
-            .flat_map(|(i, l)| l.params().into_iter().map(move |p| (format!("{i}.{}.{}", l.kind(), p.name), p)))
+            .flat_map(|(i, l)| l.params().into_iter().map(move |p| (format!("{i}.{}.{}", l.base_kind(), p.name), p)))
             .collect()
     }
 
@@ -240,7 +263,7 @@ impl<T: Element> Sequential<T> {
             .iter_mut()
             .enumerate()
             .flat_map(|(i, l)| {
-                let kind = l.kind();
+                let kind = l.base_kind();
                 l.params_mut().into_iter().map(move |p| (format!("{i}.{kind}.{}", p.name), p))
             })
             .collect()
@@ -253,7 +276,9 @@ impl<T: Element> Sequential<T> {
         self.layers
             .iter()
             .enumerate()
-            .flat_map(|(i, l)| l.buffers().into_iter().map(move |(name, b)| (format!("{i}.{}.{name}", l.kind()), b)))
+            .flat_map(|(i, l)| {
+                l.buffers().into_iter().map(move |(name, b)| (format!("{i}.{}.{name}", l.base_kind()), b))
+            })
             .collect()
     }
 
@@ -263,7 +288,7 @@ impl<T: Element> Sequential<T> {
             .iter_mut()
             .enumerate()
             .flat_map(|(i, l)| {
-                let kind = l.kind();
+                let kind = l.base_kind();
                 l.buffers_mut().into_iter().map(move |(name, b)| (format!("{i}.{kind}.{name}"), b))
             })
             .collect()
