@@ -195,9 +195,9 @@ impl Correlation {
         batch.div_ceil(tasks.min(batch))
     }
 
-    /// The padded copies of `[src_channels, source…]` images, each cell written once:
-    /// planes of small images are short rows, where filling a plane and then copying
-    /// rows over it by `memcpy` calls costs more than the copy itself.
+    /// The padded copies of `[src_channels, source…]` images, each cell written once
+    /// and the rows copied without `memcpy` calls: small planes have rows of a few
+    /// cells, where a call's overhead is most of the copy.
     fn pad<T: Element>(&self, images: &[T], fill: T, dst: &mut [T]) {
         let [ph, pw] = self.padded();
         let [h, w] = self.source;
