@@ -66,8 +66,8 @@ mod tests {
 
     /// conv → BN → ReLU → conv → BN, + the block's input, → ReLU; then a ReLU after
     /// a convolution (nothing to fold into), a BN whose output a ReLU and a sum both
-    /// read (not folded), a ReLU after a BN (folded), and conv → ReLU → max pool (the
-    /// ReLU folded into the pool).
+    /// read (not folded), two ReLUs after a BN (both folded: ReLU is idempotent), and
+    /// conv → ReLU → max pool (the ReLU folded into the pool).
     fn network<T: Element>(fold: bool) -> Graph<T> {
         let mut g = GraphBuilder::<T>::new(&[2, 5, 5], 7);
         let conv = |g: &mut GraphBuilder<T>, name, x| g.conv(name, x, ConvSpec::new(2, &[3, 3]).padding(&[1, 1]));
@@ -86,7 +86,8 @@ mod tests {
         let both = g.add("both", r3, b3);
         let b4 = g.batch_norm("b4", both);
         let r4 = g.relu("r4", b4);
-        let c5 = conv(&mut g, "c5", r4);
+        let again = g.relu("r4_again", r4);
+        let c5 = conv(&mut g, "c5", again);
         let r5 = g.relu("r5", c5);
         let out: NodeId = g.pool("pool", r5, PoolSpec::new(PoolKind::Max, &[2, 2]));
         if fold {
