@@ -14,10 +14,11 @@ use rayon::prelude::*;
 /// are used. PyTorch's defaults: momentum 0.1, ε = 1e-5, γ = 1, β = 0.
 ///
 /// A ReLU after it can be taken over ([`Layer::rectify_output`]; a
-/// [`Sequential`](crate::Sequential) network and a [`Graph`](crate::Graph) do so): `y = max(γ·x̂ + β, 0)` is then written in the same pass,
-/// and the backward pass masks the output gradient as it reads it, where the forward
-/// pass's `x·scale + shift` (recomputed from the input) is not positive; the bits are
-/// those of the two layers apart.
+/// [`Sequential`](crate::Sequential) network and a [`Graph`](crate::Graph) do so):
+/// `y = max(γ·x̂ + β, 0)` is then written in the same pass, and the backward pass masks
+/// the output gradient as it reads it, where the forward pass's `x·scale + shift`
+/// (recomputed from the input) is not positive; the bits are those of the two layers
+/// apart.
 ///
 /// Inside [`with_shared_statistics`](crate::shared_statistics::with_shared_statistics)
 /// the batch is every process's share of a minibatch: the sums behind μ, σ² and the

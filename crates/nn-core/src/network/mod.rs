@@ -133,15 +133,15 @@ impl<T: Element> Sequential<T> {
     /// [`layers_mut`](Self::layers_mut) may have replaced any of them.
     fn fold_relus(&mut self) {
         let n = self.layers.len();
-        let relu: Vec<bool> = self.layers.iter().map(|l| l.as_activation() == Some(Activation::Relu)).collect();
+        let relu = |layer: &dyn Layer<T>| layer.as_activation() == Some(Activation::Relu);
         self.taken_by.fill(None);
         for k in 0..n {
             // A last ReLU stays: the network's output is the last layer's.
-            let before_relu = k + 2 < n && relu[k + 1];
+            let before_relu = k + 2 < n && relu(&*self.layers[k + 1]);
             if self.layers[k].rectify_output(before_relu) && before_relu {
                 self.taken_by[k + 1] = Some(k);
             }
-            let after_free_relu = k > 0 && relu[k - 1] && self.taken_by[k - 1].is_none();
+            let after_free_relu = k > 0 && relu(&*self.layers[k - 1]) && self.taken_by[k - 1].is_none();
             if self.layers[k].rectify_input(after_free_relu) && after_free_relu {
                 self.taken_by[k - 1] = Some(k);
             }
